@@ -11,20 +11,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional._checks import _is_tensor, _shape, check_regression
-from lightning_losses.functional.regression import _per_sample_mean
+from lightning_losses.functional._checks import _is_tensor, _shape
+from lightning_losses.functional.regression import _per_sample_mean, _residual
 
 __all__ = ["cauchy", "gaussian_nll", "huber", "log_cosh", "mae_regression", "pseudo_huber", "quantile"]
 
 _LOG_2 = math.log(2.0)
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    check_regression(pred, target)
-    if pred.dtype in (torch.float16, torch.bfloat16):
-        pred = pred.float()
-    return pred - target.to(pred.dtype)
 
 
 def mae_regression(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -80,7 +80,7 @@ def test_quantile_minimiser_is_the_sample_quantile():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["mae_regression", "huber", "pseudo_huber", "log_cosh", "quantile", "cauchy"])
+@pytest.mark.parametrize("name", ["mse", "mae_regression", "huber", "pseudo_huber", "log_cosh", "quantile", "cauchy"])
 def test_half_precision_large_residuals_are_finite(name, dtype):
     pred = torch.tensor([[3.0e4, -3.0e4], [1.0, 0.0]], dtype=dtype, requires_grad=True)
     target = torch.tensor([[-3.0e4, 3.0e4], [0.0, 1.0]], dtype=dtype)
