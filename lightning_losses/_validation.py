@@ -78,9 +78,9 @@ def check_number(
         2.0
     """
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ConfigurationError(
-            f"`{name}` must be a finite number {_interval(low, high, low_open, high_open)}, got {value!r}"
-        )
+        bounds = _interval(low, high, low_open, high_open)
+        expected = "a finite number" if bounds == "finite" else f"a finite number {bounds}"
+        raise ConfigurationError(f"`{name}` must be {expected}, got {value!r}")
     value = float(value)
     bad_low = low is not None and (value <= low if low_open else value < low)
     bad_high = high is not None and (value >= high if high_open else value > high)
