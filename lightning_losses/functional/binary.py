@@ -24,7 +24,8 @@ def bce(
         \qquad \ell_i = \tfrac{1}{K}\sum_k \ell_{ik}
 
     ``p_k`` is the optional positive-class weight (``pos_weight``, shape ``[K]`` or scalar). Computed in the stable
-    log-sigmoid form; float32 for half-precision inputs.
+    log-sigmoid form; float32 for half-precision inputs. The logistic log-likelihood (Cox, *The Regression Analysis
+    of Binary Sequences*, JRSS B 1958); ``pos_weight`` as in ``torch.nn.BCEWithLogitsLoss``.
 
     Example:
         >>> bce(torch.tensor([0.0, 3.0]), torch.tensor([1.0, 1.0])).round(decimals=4)

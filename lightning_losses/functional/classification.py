@@ -40,6 +40,10 @@ def cross_entropy(
     class weight multiplies its loss, and the normaliser is left to the reduction step. Samples whose label is
     ``ignore_index`` get loss 0 (the objective also drops them from the normaliser).
 
+    References: softmax outputs trained by cross entropy as class posteriors (Bridle, *Probabilistic
+    Interpretation of Feedforward Classification Network Outputs*, 1990); label smoothing (Szegedy et al.,
+    *Rethinking the Inception Architecture for Computer Vision*, CVPR 2016).
+
     Args:
         logits: ``[N, C]`` unnormalised scores.
         target: ``[N]`` integer labels, or ``[N, C]`` class probabilities (soft targets).
