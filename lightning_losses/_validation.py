@@ -14,6 +14,7 @@ import torch
 from lightning_losses.errors import ConfigurationError
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_int",
     "check_number",
@@ -86,6 +87,18 @@ def check_number(
     bad_high = high is not None and (value >= high if high_open else value > high)
     if bad_low or bad_high:
         raise ConfigurationError(f"`{name}` must be {_interval(low, high, low_open, high_open)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Validate a flag: only ``True`` or ``False`` (no truthy strings, numbers or ``None``).
+
+    Example:
+        >>> check_bool("normalize", True)
+        True
+    """
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"`{name}` must be a bool (True or False), got {value!r}")
     return value
 
 

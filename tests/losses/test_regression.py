@@ -262,7 +262,7 @@ def test_ordinal_wasserstein_squared_and_errors():
         ("quantile", {"q": 0.0}, r"`q` must be in \(0.0, 1.0\), got 0.0"),
         ("cauchy", {"c": 0}, r"`c` must be > 0.0, got 0.0"),
         ("gaussian_nll", {"parameterization": "logvar"}, r"`parameterization` must be one of .*did you mean `log_var`"),
-        ("gaussian_nll", {"full": 1}, r"`full` must be a bool, got 1"),
+        ("gaussian_nll", {"full": 1}, r"`full` must be a bool \(True or False\), got 1"),
         ("gaussian_nll", {"eps": 0.0}, r"`eps` must be > 0.0, got 0.0"),
         ("l1", {"delta": 1.0}, r"unexpected argument `delta`"),
     ],
