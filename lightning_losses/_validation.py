@@ -14,6 +14,7 @@ import torch
 from lightning_losses.errors import ConfigurationError
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_int",
     "check_number",
@@ -78,14 +79,26 @@ def check_number(
         2.0
     """
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
-        raise ConfigurationError(
-            f"`{name}` must be a finite number {_interval(low, high, low_open, high_open)}, got {value!r}"
-        )
+        bounds = _interval(low, high, low_open, high_open)
+        expected = "a finite number" if bounds == "finite" else f"a finite number {bounds}"
+        raise ConfigurationError(f"`{name}` must be {expected}, got {value!r}")
     value = float(value)
     bad_low = low is not None and (value <= low if low_open else value < low)
     bad_high = high is not None and (value >= high if high_open else value > high)
     if bad_low or bad_high:
         raise ConfigurationError(f"`{name}` must be {_interval(low, high, low_open, high_open)}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Validate a flag: only ``True`` or ``False`` (no truthy strings, numbers or ``None``).
+
+    Example:
+        >>> check_bool("normalize", True)
+        True
+    """
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"`{name}` must be a bool (True or False), got {value!r}")
     return value
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_binary", "check_multiclass", "check_regression"]
+__all__ = ["check_binary", "check_multiclass", "check_per_class", "check_regression"]
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -82,3 +82,14 @@ def check_regression(pred: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError(f"`pred` must be a floating tensor of shape [N] or [N, D], got {pred.dtype} {_shape(pred)}")
     if target.shape != pred.shape:
         raise ValueError(f"`target` must have the shape of `pred` {_shape(pred)}, got {_shape(target)}")
+
+
+def check_per_class(name: str, values: torch.Tensor, size: int, axis: str = "C", *, scalar_ok: bool = False) -> None:
+    """Validate a per-class vector (class weights, ``alpha``, ``pos_weight``) against the ``size`` of the class axis.
+
+    ``scalar_ok`` also accepts one value (``[]`` or ``[1]``) that broadcasts over the classes.
+    """
+    if scalar_ok and values.numel() == 1 and values.ndim <= 1:
+        return
+    if values.shape != (size,):
+        raise ValueError(f"`{name}` must have shape [{axis}] = [{size}], got {list(values.shape)}")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional._checks import check_multiclass
+from lightning_losses.functional._checks import check_multiclass, check_per_class
 
 __all__ = ["cross_entropy", "focal", "focal_term"]
 
@@ -40,6 +40,10 @@ def cross_entropy(
     class weight multiplies its loss, and the normaliser is left to the reduction step. Samples whose label is
     ``ignore_index`` get loss 0 (the objective also drops them from the normaliser).
 
+    References: softmax outputs trained by cross entropy as class posteriors (Bridle, *Probabilistic
+    Interpretation of Feedforward Classification Network Outputs*, 1990); label smoothing (Szegedy et al.,
+    *Rethinking the Inception Architecture for Computer Vision*, CVPR 2016).
+
     Args:
         logits: ``[N, C]`` unnormalised scores.
         target: ``[N]`` integer labels, or ``[N, C]`` class probabilities (soft targets).
@@ -59,8 +63,7 @@ def cross_entropy(
     check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args)
     num_classes = logits.shape[-1]
     if weight is not None:
-        if weight.shape != (num_classes,):
-            raise ValueError(f"`weight` must have shape [C] = [{num_classes}], got {list(weight.shape)}")
+        check_per_class("weight", weight, num_classes)
         weight = weight.to(device=logits.device, dtype=_upcast(logits).dtype)
     # torch's fused kernel implements exactly this formula (tests check it against an explicit loop)
     return F.cross_entropy(
@@ -139,5 +142,7 @@ def focal(
     loss = focal_term(ce, gamma)
     if alpha is not None:
         alpha_t = torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)
+        if alpha_t.ndim:
+            check_per_class("alpha", alpha_t, logits.shape[-1])
         loss = loss * (alpha_t[safe_target] if alpha_t.ndim == 1 else alpha_t)
     return torch.where(valid, loss, torch.zeros_like(loss))

@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional._checks import _is_tensor, _shape, check_regression
-from lightning_losses.functional.regression import _per_sample_mean
+from lightning_losses.functional._checks import _is_tensor, _shape
+from lightning_losses.functional.regression import _per_sample_mean, _residual
 
 __all__ = ["cauchy", "gaussian_nll", "huber", "log_cosh", "mae_regression", "pseudo_huber", "quantile"]
 
@@ -20,15 +20,11 @@ _LOG_2 = math.log(2.0)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    check_regression(pred, target)
-    if pred.dtype in (torch.float16, torch.bfloat16):
-        pred = pred.float()
-    return pred - target.to(pred.dtype)
-
-
 def mae_regression(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     r"""Per-sample absolute error :math:`\ell_i = \frac1D\sum_d |\hat y_{id} - y_{id}|` (L1).
+
+    Least absolute deviations (Laplace); see Jadon et al., *A Comprehensive Survey of Regression Based Loss
+    Functions for Time Series Forecasting* (2022).
 
     Example:
         >>> mae_regression(torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, 0.0]]))
@@ -57,9 +53,11 @@ def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, *, delta: float = 1.0
 
     .. math:: \ell(r) = \delta^2\left(\sqrt{1 + (r/\delta)^2} - 1\right) = \frac{r^2}{\sqrt{1 + (r/\delta)^2} + 1}
 
-    The right-hand form is used: no cancellation for small ``r``. Element-wise (the scheduled pseudo-Huber of
-    diffusion training applies it to the per-sample norm ``‖r‖``; pass ``pred``/``target`` of shape ``[N]`` holding
-    that norm and zero to get that variant).
+    Charbonnier et al., *Two Deterministic Half-Quadratic Regularization Algorithms for Computed Imaging* (ICIP
+    1994); scheduled for diffusion training in *Improving Diffusion Models's Data-Corruption Resistance using
+    Scheduled Pseudo-Huber Loss* (2024). The right-hand form is used: no cancellation for small ``r``.
+    Element-wise (the scheduled pseudo-Huber of diffusion training applies it to the per-sample norm ``‖r‖``; pass
+    ``pred``/``target`` of shape ``[N]`` holding that norm and zero to get that variant).
 
     Example:
         >>> pseudo_huber(torch.tensor([0.0, 3.0]), torch.zeros(2), delta=1.0).round(decimals=4)
@@ -73,7 +71,8 @@ def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, *, delta: float = 1.0
 def log_cosh(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     r"""Per-sample log-cosh loss :math:`\log\cosh r`, computed stably as :math:`r + \mathrm{softplus}(-2r) - \log 2`.
 
-    Behaves as :math:`r^2/2` near 0 and :math:`|r| - \log 2` for large ``|r|`` (no ``cosh`` overflow).
+    Behaves as :math:`r^2/2` near 0 and :math:`|r| - \log 2` for large ``|r|`` (no ``cosh`` overflow). Listed in
+    Jadon et al., *A Comprehensive Survey of Regression Based Loss Functions for Time Series Forecasting* (2022).
 
     Example:
         >>> log_cosh(torch.tensor([0.0, 100.0]), torch.zeros(2))
@@ -134,7 +133,8 @@ def gaussian_nll(
     (:math:`\log\sigma^2`, any real; no clamp, the usual parameterisation for a network head). Its shape is that of
     ``pred``, or broadcastable to it with the batch dimension kept (e.g. ``[N, 1]`` for one variance per sample),
     or ``[N]`` with ``pred [N, D]``. ``full`` adds the constant :math:`\tfrac12\log 2\pi`. Averaged over non-batch
-    dimensions.
+    dimensions. Nix & Weigend, *Estimating the Mean and Variance of the Target Probability Distribution*
+    (ICNN 1994).
 
     Example:
         >>> gaussian_nll(torch.zeros(2), torch.tensor([1.0, 2.0]), var=torch.ones(2))

@@ -135,7 +135,10 @@ def squentropy(
     r"""Squentropy (Hui, Belkin, Wright, *Cut your Losses with Squentropy*, ICML 2023): cross entropy plus the average
     square loss over the incorrect classes, :math:`\ell_i = -\log p_{i,y_i} + \frac{1}{C-1}\sum_{j \ne y_i} z_{ij}^2`.
 
-    The squares act on the raw logits (the paper's definition as we read it; no reference code was checked).
+    The squares act on the raw logits, as in the authors' training code (*Like-Hui/Squentropy_vision*
+    ``svhn.py``, ``loss_type == 'sqen'``: the sum of squared logits minus the true-class one, over ``C - 1``,
+    plus cross entropy; the script's extra ``resquare`` multiplier is left out, as in the paper's parameter-free
+    form).
     No hyperparameters. Needs ``C >= 2``.
 
     Example:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lightning_losses._validation import check_bool
 from lightning_losses.registry import Registry
 
 __all__ = ["LOSSES", "Loss", "build_loss", "list_losses"]
@@ -35,7 +36,7 @@ class Loss(nn.Module):
 
     def __init__(self, validate_args: bool = True) -> None:
         super().__init__()
-        self.validate_args = bool(validate_args)
+        self.validate_args = check_bool("validate_args", validate_args)
 
     @classmethod
     def input_names(cls) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from lightning_losses import functional as LF
-from lightning_losses._validation import check_int, check_number
-from lightning_losses.errors import ConfigurationError
+from lightning_losses._validation import check_bool, check_int, check_number
 from lightning_losses.losses.base import LOSSES
 from lightning_losses.losses.classification import _LabelLoss
 
@@ -46,9 +45,7 @@ class LDRKL(_LabelLoss):
         super().__init__(validate_args)
         self.lam = check_number("lam", lam, low=0.0, low_open=True)
         self.margin = check_number("margin", margin, low=0.0)
-        if not isinstance(normalize, bool):
-            raise ConfigurationError(f"`normalize` must be a bool, got {normalize!r}")
-        self.normalize = normalize
+        self.normalize = check_bool("normalize", normalize)
         self.ignore_index = check_int("ignore_index", ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 
 from lightning_losses import functional as LF
-from lightning_losses._validation import check_choice, check_number
-from lightning_losses.errors import ConfigurationError
+from lightning_losses._validation import check_bool, check_choice, check_number
 from lightning_losses.losses.base import LOSSES, Loss
 
 __all__ = ["Cauchy", "GaussianNLL", "Huber", "LogCosh", "MAERegression", "PseudoHuber", "Quantile"]
@@ -154,9 +153,7 @@ class GaussianNLL(_RegressionLoss):
     def __init__(self, parameterization: str = "var", full: bool = False, eps: float = 1e-6) -> None:
         super().__init__()
         self.parameterization = check_choice("parameterization", parameterization, ("var", "log_var"))
-        if not isinstance(full, bool):
-            raise ConfigurationError(f"`full` must be a bool, got {full!r}")
-        self.full = full
+        self.full = check_bool("full", full)
         self.eps = check_number("eps", eps, low=0.0, low_open=True)
 
     def forward(

@@ -23,6 +23,19 @@ def ce(row, y):
     return -math.log(softmax(row)[y])
 
 
+def ref_cross_entropy(row, y, label_smoothing=0.0):
+    # PyTorch's smoothing: eps / C to every class, the label included
+    p, c = softmax(row), len(row)
+    return -sum(((1 - label_smoothing) * (k == y) + label_smoothing / c) * math.log(p[k]) for k in range(c))
+
+
+def ref_focal(row, y, gamma=2.0, alpha=None):
+    # the paper's softmax form -alpha_y (1 - p_y)^gamma log p_y (alpha: None, a scalar or per-class weights)
+    p = softmax(row)[y]
+    a = 1.0 if alpha is None else alpha if isinstance(alpha, float) else alpha[y]
+    return -a * (1 - p) ** gamma * math.log(p)
+
+
 def ref_gce(row, y, q=0.7):
     return (1 - softmax(row)[y] ** q) / q
 

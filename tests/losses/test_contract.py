@@ -9,6 +9,8 @@ set, the family is inferred from the input names where they are unambiguous (``p
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -100,6 +102,9 @@ def test_loss_contract(name):
 
     with pytest.raises(ll.ConfigurationError, match=rf"loss `{name}` got an unexpected argument `not_an_argument`"):
         ll.build_loss(name, **kwargs, not_an_argument=1)
+    if "validate_args" in inspect.signature(cls).parameters:
+        with pytest.raises(ll.ConfigurationError, match=r"`validate_args` must be a bool \(True or False\), got 'no'"):
+            ll.build_loss(name, **kwargs, validate_args="no")
 
     required, optional = loss.input_names()
     inputs = _inputs(family, required + tuple(k for k in optional if k == "target"), name)

@@ -200,6 +200,30 @@ def test_constructor_errors(name, kwargs, match):
         ),
         (LF.focal, (torch.zeros(2, 2), torch.zeros(2, 2)), ValueError, r"`focal` takes integer labels"),
         (
+            lambda z, t: LF.cross_entropy(z, t, weight=torch.ones(2)),
+            (torch.zeros(3, 4), torch.tensor([0, 1, 1])),
+            ValueError,
+            r"`weight` must have shape \[C\] = \[4\], got \[2\]",
+        ),
+        (  # labels inside the short vector: without the check this silently used the wrong weights
+            lambda z, t: LF.focal(z, t, alpha=[0.25, 0.5]),
+            (torch.zeros(3, 4), torch.tensor([0, 1, 1])),
+            ValueError,
+            r"`alpha` must have shape \[C\] = \[4\], got \[2\]",
+        ),
+        (
+            lambda z, t: LF.bce(z, t, pos_weight=torch.ones(3)),
+            (torch.zeros(2, 4), torch.ones(2, 4)),
+            ValueError,
+            r"`pos_weight` must have shape \[K\] = \[4\], got \[3\]",
+        ),
+        (
+            lambda z, t: LF.bce(z, t, pos_weight=torch.ones(2)),
+            (torch.zeros(3), torch.ones(3)),
+            ValueError,
+            r"`pos_weight` must have shape \[K\] = \[1\], got \[2\]",
+        ),
+        (
             LF.bce,
             (torch.zeros(2, 2), torch.zeros(2)),
             ValueError,

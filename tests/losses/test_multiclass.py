@@ -51,6 +51,11 @@ def _clip_functional(logits, target, tau=1.0, p=2.0, base="cross_entropy"):
 
 
 CASES = [
+    Case("cross_entropy", {}, R.ref_cross_entropy),
+    Case("cross_entropy", {"label_smoothing": 0.1}, R.ref_cross_entropy),
+    Case("focal", {}, R.ref_focal),
+    Case("focal", {"gamma": 0.5}, R.ref_focal),
+    Case("focal", {"gamma": 0.25, "alpha": 0.25}, R.ref_focal),
     Case("gce", {}, R.ref_gce),
     Case("gce", {"q": 0.3}, R.ref_gce),
     Case("mae", {}, R.ref_mae),
@@ -201,7 +206,8 @@ def test_label_inputs_validated(case):
     loss(logits=logits, target=torch.tensor([0, 9, 1]).clamp_max(3))  # in range: fine
 
 
-HARD = [c for c in CASES if c.labels and c.name not in ("poly1", "logit_clip")]  # these two take soft targets
+SOFT = ("cross_entropy", "poly1", "logit_clip")  # these take soft targets
+HARD = [c for c in CASES if c.labels and c.name not in SOFT]
 
 
 @pytest.mark.parametrize("case", HARD, ids=[c.id for c in HARD])

@@ -248,6 +248,7 @@ def test_anyloss_absent_class_is_finite(metric):
 @pytest.mark.parametrize(
     "name,kwargs",
     [
+        ("bce", {"pos_weight": 2.0}),
         ("sigmoid_focal", {"gamma": 0.5}),
         ("asymmetric", {"gamma_pos": 0.5}),
         ("dice", {"alpha": 0.5}),
@@ -275,7 +276,7 @@ def test_autocast_bf16_model():
         assert logits.dtype == torch.bfloat16
         total = sum(
             ll.build_loss(name)(logits=logits, target=target).sum()
-            for name in ("sigmoid_focal", "asymmetric", "dice", "tversky", "anyloss")
+            for name in ("bce", "sigmoid_focal", "asymmetric", "dice", "tversky", "anyloss")
         )
     total.backward()
     assert torch.isfinite(total) and all(torch.isfinite(p.grad).all() for p in layer.parameters())
