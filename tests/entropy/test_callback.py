@@ -200,6 +200,22 @@ def test_recipe_builds():
 # ---------------------------------------------------------------- the one real 2-process Trainer run
 
 
+class _RecordingClassifier(DigitsClassifier):
+    """The demo model that records, for every training micro-batch, ``(global_step, sum of H, count)`` with H
+    computed here by hand (``-sum p log p`` in float64), independently of the library."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def compute_loss(self, **tensors):
+        if self.training:
+            p = torch.softmax(tensors["logits"].detach().double(), -1)
+            h = -torch.special.xlogy(p, p).sum(-1)
+            self.seen.append((int(self.global_step), float(h.sum()), h.numel()))
+        return super().compute_loss(**tensors)
+
+
 def _ddp_trainer_run():
     from lightning_losses.distributed import rank
 
@@ -209,18 +225,25 @@ def _ddp_trainer_run():
         L.seed_everything(0, verbose=False)
         cb = ll.EntropyControl(target=0.8, lr=0.05, beta_min=-10.0, beta_max=10.0)
         rec = _Recorder(cb)
-        model = DigitsClassifier(dropout=0.0, cosine_schedule=False)
+        model = _RecordingClassifier(dropout=0.0, cosine_schedule=False)
         trainer = _trainer([cb, rec], max_steps=12, strategy="ddp", devices=2, accumulate_grad_batches=2)
         trainer.fit(model, DigitsDataModule(batch_size=32))
-        return rec.beta, rec.entropy, trainer.world_size
+        return rec.beta, rec.entropy, trainer.world_size, model.seen
     finally:
         for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
             os.environ.pop(key, None)
 
 
 def test_ddp_trainer_beta_identical_on_both_ranks(ddp):
-    (beta0, h0, ws0), (beta1, h1, ws1) = ddp.run(_ddp_trainer_run)
+    (beta0, h0, ws0, seen0), (beta1, h1, ws1, seen1) = ddp.run(_ddp_trainer_run)
     assert ws0 == ws1 == 2
+    # the controller's H of each optimizer step is the mean over both ranks' shards and both micro-batches
+    for step in range(12):
+        rows = [r for r in seen0 + seen1 if r[0] == step]
+        assert len(rows) == 4, (step, rows)  # 2 ranks x 2 micro-batches
+        expected = sum(r[1] for r in rows) / sum(r[2] for r in rows)
+        assert h0[2 * step + 1] == pytest.approx(expected, rel=1e-5), step
+    assert {r[1] for r in seen0}.isdisjoint({r[1] for r in seen1})  # the ranks saw different data
     assert len(beta0) == 24  # on_train_batch_end per micro-batch; beta moves once per optimizer step
     assert beta0 == beta1 and h0 == h1  # the shards differ: equal values mean the global batch was used
     assert len(set(beta0)) == 13  # initial 0.0 during the first accumulation + one new value per step
