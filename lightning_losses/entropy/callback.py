@@ -43,7 +43,8 @@ class EntropyControl(L.Callback):
         band: ``[low, high]`` entropy band (nats) for the controller instead of a single target (AEnt-style).
         beta: the coefficient without a controller (number or schedule mapping), the initial value with one.
             Default 0.
-        lr: controller step size :math:`\eta`. Default 0.02.
+        lr: controller step size :math:`\eta`. Default 0.02 (see :class:`EntropyController` for the settings that
+            hold the digits demo at its target: ``lr=0.03, kp=1.0, warmup_steps=40``).
         beta_min / beta_max: controller clip range. Defaults -1 / 1; ``beta_min=0`` only ever raises entropy.
         kp: controller proportional gain (PI control; damps oscillations). Default 0: plain dual ascent.
         warmup_steps: optimizer steps before the controller starts updating ``beta``. Default 0.
