@@ -11,9 +11,10 @@ to the objective before reweighting and the global normalisation. ``beta`` is si
   micro-batches of the step): one ``all_reduce`` of two numbers per step, no host sync.
 
 Every ``log_every_n_steps`` optimizer steps it sends ``{name}/mean`` (mean entropy of the samples seen since the
-last log, global), ``{name}/beta``, ``{name}/target`` (controller) and, with ``per_class=True``,
-``{name}/class_{c}`` (mean entropy per true class, or per predicted class without integer targets) straight to the
-trainer's loggers at that step (one extra collective and host sync per log step).
+last log, global), ``{name}/beta``, ``{name}/target`` (controller; for a band its midpoint, plus
+``{name}/band_low`` and ``{name}/band_high``) and, with ``per_class=True``, ``{name}/class_{c}`` (mean entropy per
+true class, or per predicted class without integer targets) straight to the trainer's loggers at that step (one
+extra collective and host sync per log step).
 """
 
 from __future__ import annotations
@@ -217,6 +218,8 @@ class EntropyControl(L.Callback):
         }
         if self.controller is not None:
             metrics[f"{self.name}/target"] = self.controller.target_at(step)
+            if self.controller.band is not None:  # the target is the band's midpoint; log the edges too
+                metrics[f"{self.name}/band_low"], metrics[f"{self.name}/band_high"] = self.controller.band
         if reduced.numel() > 2:
             num_classes = (reduced.numel() - 2) // 2
             sums, counts = reduced[2 : 2 + num_classes], reduced[2 + num_classes :]

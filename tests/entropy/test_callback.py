@@ -100,6 +100,32 @@ def test_logging_window_per_class_and_controller_update():
     assert float(cb.last_entropy) == pytest.approx(float(step_means[1]), rel=1e-5)
 
 
+def test_logging_without_controller_and_with_a_band():
+    """Fixed beta: mean H and beta are logged (no target); a band logs its edges; nothing between log steps."""
+    module = SimpleNamespace(objective_logging_suppressed=False)
+    batches = [_batch(seed=s) for s in range(3)]
+    h = torch.cat([torch.tensor([scipy.stats.entropy(r) for r in torch.softmax(z, -1).numpy()]) for z, _ in batches])
+    for cb in (
+        ll.EntropyControl(beta=0.3, log_every_n_steps=3),
+        ll.EntropyControl(band=[0.4, 0.6], log_every_n_steps=3),
+    ):
+        logger = _MemoryLogger()
+        trainer = SimpleNamespace(global_step=0, loggers=[logger])
+        for i, (z, y) in enumerate(batches):  # one micro-batch per optimizer step; log after the third
+            cb.extra_terms(module, {"logits": z, "target": y}, trainer.global_step)
+            trainer.global_step += 1
+            cb.on_train_batch_end(trainer, module, None, None, i)
+        assert [row[0] for row in logger.rows] == [3]
+        logged = logger.rows[0][1]
+        assert logged["entropy/mean"] == pytest.approx(float(h.mean()), rel=1e-5)
+        if cb.controller is None:
+            assert logged == {"entropy/mean": logged["entropy/mean"], "entropy/beta": pytest.approx(0.3)}
+        else:
+            assert logged["entropy/target"] == pytest.approx(0.5)
+            assert (logged["entropy/band_low"], logged["entropy/band_high"]) == (0.4, 0.6)
+            assert logged["entropy/beta"] == pytest.approx(float(cb.controller.beta))
+
+
 def test_errors():
     with pytest.raises(ConfigurationError, match="needs a LightningModule that uses `lightning_losses.LossesMixin`"):
         ll.EntropyControl(beta=0.1).setup(None, L.LightningModule(), "fit")
