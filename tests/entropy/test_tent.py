@@ -140,6 +140,55 @@ def test_epoch_reset_and_keep_adaptation():
     assert model.net[1].running_mean is not None
 
 
+class _FailsOnSecondBatch(_Tiny):
+    def test_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            raise RuntimeError("boom")
+        return super().test_step(batch, batch_idx)
+
+
+def test_exception_mid_run_restores_the_original_weights():
+    torch.manual_seed(0)
+    model = _FailsOnSecondBatch().eval()
+    original = _state(model)
+    tent = Tent(lr=0.05)
+    with pytest.raises(RuntimeError, match="boom"):
+        _test(model, [tent], [_batch(3)] * 3)
+    assert len(tent.entropies) == 2  # adapted twice (the second batch's step then failed)
+    restored = _state(model)
+    assert restored.keys() == original.keys() and all(torch.equal(original[k], restored[k]) for k in original)
+    assert model.net[1].track_running_stats and all(p.requires_grad for p in model.parameters())
+
+
+class _Predicts(_Tiny):
+    def predict_step(self, batch, batch_idx):
+        return self(batch["x"])
+
+
+def test_predict_loop_adapts_and_restores():
+    torch.manual_seed(0)
+    model = _Predicts().eval()
+    original = _state(model)
+    batches = [_batch(3)] * 3
+    data = DataLoader(DictDataset(**{k: torch.cat([b[k] for b in batches]) for k in ("x", "target")}), batch_size=16)
+    kwargs = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    tent = Tent(lr=0.05)
+    preds = L.Trainer(callbacks=[tent], inference_mode=False, **kwargs).predict(model, data)
+    h = tent.entropies
+    assert len(h) == 3 and h[0] > h[1] > h[2], h  # online: the same batch gets ever more confident
+    restored = _state(model)
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    with torch.no_grad():
+        source = model(batches[0]["x"])  # restored model, running statistics
+    assert not torch.allclose(preds[-1], source)  # the predictions came from the adapted model
+    with pytest.raises(ConfigurationError, match=r"Tent updates parameters during `predict`"):
+        L.Trainer(callbacks=[Tent()], inference_mode=True, **kwargs).predict(model, data)
+    assert all(torch.equal(original[k], v) for k, v in _state(model).items())
+    skipped = Tent(stages=["test"])  # not adapting in predict: inference mode is fine and nothing changes
+    L.Trainer(callbacks=[skipped], inference_mode=True, **kwargs).predict(model, data)
+    assert skipped.entropies == []
+
+
 def test_inference_mode_is_refused_before_touching_the_model():
     model = _Tiny().eval()
     original = _state(model)
