@@ -190,26 +190,28 @@ class _OrderedDigits(DigitsDataModule):
         return self.datasets["train"]
 
 
-def _resume_run(tmp_path, epochs, ckpt=None, save=None):
+def _resume_run(tmp_path, epochs, ckpt=None, save=None, accumulate=1):
     L.seed_everything(0, verbose=False)
     cb = ll.EntropyControl(target=0.8, lr=0.05, kp=0.2, log_every_n_steps=7, per_class=True)
     model = DigitsClassifier(dropout=0.0, cosine_schedule=False)
-    trainer = _trainer([cb], max_epochs=epochs, default_root_dir=tmp_path)
+    trainer = _trainer([cb], max_epochs=epochs, default_root_dir=tmp_path, accumulate_grad_batches=accumulate)
     trainer.fit(model, _OrderedDigits(batch_size=128), ckpt_path=ckpt)
     if save:
         trainer.save_checkpoint(save)
     return cb, model
 
 
-def test_resume_continues_exactly(tmp_path):
-    full_cb, full_model = _resume_run(tmp_path, epochs=3)
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_resume_continues_exactly(tmp_path, accumulate):
+    full_cb, full_model = _resume_run(tmp_path, epochs=3, accumulate=accumulate)
     ckpt = tmp_path / "epoch1.ckpt"
-    _resume_run(tmp_path, epochs=1, save=ckpt)
-    resumed_cb, resumed_model = _resume_run(tmp_path, epochs=3, ckpt=str(ckpt))
+    _resume_run(tmp_path, epochs=1, save=ckpt, accumulate=accumulate)
+    resumed_cb, resumed_model = _resume_run(tmp_path, epochs=3, ckpt=str(ckpt), accumulate=accumulate)
     assert float(full_cb.controller.beta) != 0.0
     for key, value in full_cb.state_dict()["controller"].items():
         assert torch.equal(value, resumed_cb.state_dict()["controller"][key]), key
-    assert full_cb.state_dict()["last_step"] == resumed_cb.state_dict()["last_step"] == 30
+    assert full_cb.state_dict()["last_step"] == resumed_cb.state_dict()["last_step"] == 30 // accumulate
+    torch.testing.assert_close(full_cb.state_dict()["window"], resumed_cb.state_dict()["window"], rtol=0, atol=0)
     for (name, p), q in zip(full_model.named_parameters(), resumed_model.parameters()):
         assert torch.equal(p, q), name
 
