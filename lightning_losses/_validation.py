@@ -14,6 +14,7 @@ import torch
 from lightning_losses.errors import ConfigurationError
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_int",
     "check_number",
@@ -103,6 +104,18 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     if (low is not None and value < low) or (high is not None and value > high):
         raise ConfigurationError(f"`{name}` must be {expected}, got {value!r}")
     return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Validate a flag: ``True`` or ``False`` only (not ``"no"``, not ``0``).
+
+    Example:
+        >>> check_bool("per_class", True)
+        True
+    """
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"`{name}` must be a bool (True or False), got {value!r}")
+    return value
 
 
 def check_choice(name: str, value: Any, options: Sequence[str]) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_losses._validation import check_int, check_number
+from lightning_losses._validation import check_bool, check_int, check_number
 from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.distributed import global_sum
 from lightning_losses.entropy.controller import EntropyController
@@ -87,7 +87,7 @@ class EntropyControl(L.Callback):
         self.name = name
         self.input = input
         self.ignore_index = check_int("ignore_index", ignore_index)
-        self.per_class = bool(per_class)
+        self.per_class = check_bool("per_class", per_class)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, low=1)
         self.controller: EntropyController | None = None
         if target is None and band is None:

@@ -13,18 +13,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from lightning_losses._validation import check_choice, check_number
-from lightning_losses.errors import ConfigurationError
+from lightning_losses._validation import check_bool, check_choice, check_number
 from lightning_losses.functional import metric_learning as MF
 from lightning_losses.losses.base import LOSSES, Loss
 
 __all__ = ["Circle", "InfoNCE", "MultiSimilarity", "SupCon", "Triplet"]
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"`{name}` must be a bool (True or False), got {value!r}")
-    return value
 
 
 class _EmbeddingLoss(Loss):
@@ -35,8 +28,8 @@ class _EmbeddingLoss(Loss):
 
     def __init__(self, normalize: bool, gather: bool, validate_args: bool) -> None:
         super().__init__(validate_args)
-        self.normalize = _check_bool("normalize", normalize)
-        self.gather = _check_bool("gather", gather)
+        self.normalize = check_bool("normalize", normalize)
+        self.gather = check_bool("gather", gather)
 
     def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
         raise NotImplementedError

@@ -102,6 +102,12 @@ def test_errors():
         ll.CalibrationMonitor(input_key=None)
     with pytest.raises(ConfigurationError, match="`stages` must be a non-empty list from 'val', 'test'"):
         ll.CalibrationMonitor(stages=["train"])
+    with pytest.raises(ConfigurationError, match="`max_iter` must be an integer >= 1, got 0"):
+        ll.TemperatureScaling(max_iter=0)
+    with pytest.raises(ConfigurationError, match="`target_key` must be the batch key of the labels, got None"):
+        ll.CalibrationMonitor(target_key=None)
+    with pytest.raises(ConfigurationError, match="`forward_fn` must be callable as forward_fn"):
+        ll.TemperatureScaling(forward_fn="self")
     with pytest.raises(ConfigurationError, match="checkpointed `temperature` must be a positive float"):
         ll.TemperatureScaling().load_state_dict({"temperature": -1.0})
 

@@ -131,6 +131,14 @@ def test_errors():
         ll.EntropyControl(beta=0.1).setup(None, L.LightningModule(), "fit")
     with pytest.raises(ValueError, match=r"EntropyControl needs `scores` in compute_loss\(...\); got `logits`"):
         ll.EntropyControl(input="scores").extra_terms(SimpleNamespace(), {"logits": torch.zeros(2, 3)}, 0)
+    with pytest.raises(ConfigurationError, match="`input` must name the logits tensor passed to compute_loss, got ''"):
+        ll.EntropyControl(input="")
+    with pytest.raises(ConfigurationError, match="`ignore_index` must be an integer, got 0.5"):
+        ll.EntropyControl(ignore_index=0.5)
+    with pytest.raises(ConfigurationError, match=r"`per_class` must be a bool \(True or False\), got 'no'"):
+        ll.EntropyControl(per_class="no")
+    with pytest.raises(ConfigurationError, match=r"`band` must satisfy low <= high, got \[0.9, 0.1\]"):
+        ll.EntropyControl(band=[0.9, 0.1])
     with pytest.raises(ConfigurationError, match="`log_every_n_steps` must be an integer >= 1, got 0"):
         ll.EntropyControl(log_every_n_steps=0)
     with pytest.raises(ConfigurationError, match="`name` must be an identifier-like string"):

@@ -211,6 +211,22 @@ def test_errors():
         Tent(stages=["val"])
     with pytest.raises(ConfigurationError, match="`forward_fn` must be callable"):
         Tent(forward_fn=3)
+    with pytest.raises(ConfigurationError, match="`lr` must be >= 0.0, got -0.1"):
+        Tent(lr=-0.1)
+    with pytest.raises(ConfigurationError, match=r"`momentum` must be in \[0.0, 1.0\], got 1.5"):
+        Tent(momentum=1.5)
+    with pytest.raises(ConfigurationError, match="`norm` must be one of `batch_norm`, `all`, got 'layer'"):
+        Tent(norm="layer")
+    with pytest.raises(
+        ConfigurationError, match="`stages` must be a non-empty list from 'test', 'predict', got 'test'"
+    ):
+        Tent(stages="test")
+    with pytest.raises(ConfigurationError, match="`input_key` must be the batch key of the model input, got ''"):
+        Tent(input_key="")
+    with pytest.raises(ConfigurationError, match=r"`sync_grads` must be a bool \(True or False\), got 1"):
+        Tent(sync_grads=1)
+    with pytest.raises(ConfigurationError, match=r"`restore_on_end` must be a bool \(True or False\), got 'yes'"):
+        Tent(restore_on_end="yes")
 
 
 # ---------------------------------------------------------------- DDP
