@@ -76,6 +76,14 @@ def test_sequence_tsallis_matches_loop():
         assert got[i].item() == pytest.approx(sum(values) / len(values), rel=1e-10)
 
 
+def test_sequence_entropy_gradient_ignores_masked_tokens():
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    z = _logits(2, 3, 4, seed=10).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: sequence_entropy(x, mask), (z,))
+    sequence_entropy(z, mask).sum().backward()
+    assert (z.grad[~mask] == 0).all() and (z.grad[mask] != 0).any()
+
+
 def test_bf16_autocast_logits_through_the_objective():
     """Logits produced under CPU bf16 autocast, saturated: the confidence penalty stays finite and matches fp32."""
     torch.manual_seed(0)

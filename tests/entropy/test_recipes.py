@@ -47,3 +47,17 @@ def test_confidence_controls_recipe_overrides_and_errors():
         build_run(load_recipe(RECIPE, ["logger=none", "objective.confidence_penalty.beta=-1.0"]))
     with pytest.raises(ConfigurationError, match=r"term `ce`: `tau` must be > 0.0, got 0.0"):
         build_run(load_recipe(RECIPE, ["logger=none", "objective.ce.tau=0.0"]))
+
+
+def test_scheduled_confidence_penalty_from_a_recipe():
+    """The regulariser's strength follows the shared schedule API through the term's `coefficient`."""
+    schedule = "objective.confidence_penalty.coefficient={name: linear, start: 0.0, end: 1.0, steps: 10}"
+    run = build_run(load_recipe(RECIPE, ["logger=none", schedule, "objective.confidence_penalty.beta=1.0"]))
+    z = torch.randn(8, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.arange(8)
+    p = torch.softmax(z, -1)
+    h = -torch.special.xlogy(p, p).sum(-1).mean()
+    at = {s: run.model.objective({"logits": z, "target": y}, step=s).value for s in (0, 5, 10, 20)}
+    torch.testing.assert_close(at[0] - at[5], 0.5 * h)  # the other terms do not depend on the step
+    torch.testing.assert_close(at[0] - at[10], h)
+    torch.testing.assert_close(at[10], at[20])
