@@ -7,6 +7,7 @@ is already calibrated on digits: test ECE about 0.015; noisy labels make it unde
 before / after temperature scaling fitted on the (clean) validation split.
 
     python examples/tent_calibration.py --config configs/tent_digits.yaml --seeds 0 1 2
+    python examples/tent_calibration.py --seeds 0 --set trainer.max_epochs=1   # a quick smoke run
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def _fit(config: str, seed: int, overrides: list[str]):
     return run
 
 
-def run_seed(config: str, seed: int, label_noise: float) -> dict[str, float]:
-    run = _fit(config, seed, [])
+def run_seed(config: str, seed: int, label_noise: float, overrides: list[str] = ()) -> dict[str, float]:
+    run = _fit(config, seed, list(overrides))
     tent = next(c for c in run.callbacks if isinstance(c, ll.Tent))
     next(c for c in run.callbacks if isinstance(c, ll.TemperatureScaling)).remove()  # Tent on raw logits
     tent_kwargs = dict(lr=tent.lr, optimizer=tent.optimizer_name, steps=tent.steps, reset=tent.reset)
@@ -67,7 +68,7 @@ def run_seed(config: str, seed: int, label_noise: float) -> dict[str, float]:
         out[f"acc/{name}/source"] = evaluate(run.model, data, [])
         out[f"acc/{name}/norm_stats"] = evaluate(run.model, data, [ll.Tent(steps=0)])
         out[f"acc/{name}/tent"] = evaluate(run.model, data, [ll.Tent(**tent_kwargs)])
-    run = _fit(config, seed, [f"data.label_noise={label_noise}"])
+    run = _fit(config, seed, [*overrides, f"data.label_noise={label_noise}"])
     scaling = next(c for c in run.callbacks if isinstance(c, ll.TemperatureScaling))
     monitor = ll.CalibrationMonitor(stages=["test"])
     loader = DataLoader(run.datamodule.datasets["test"], batch_size=run.datamodule.batch_size)
@@ -81,19 +82,21 @@ def run_seed(config: str, seed: int, label_noise: float) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/tent_digits.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label_noise", type=float, default=0.3, help="training-label noise of the calibration run")
-    args = parser.parse_args()
+    parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, e.g. trainer.max_epochs=1")
+    args = parser.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    results = [run_seed(args.config, s, args.label_noise) for s in args.seeds]
+    results = [run_seed(args.config, s, args.label_noise, args.set) for s in args.seeds]
     print(f"\n{len(results)} seeds {args.seeds}: mean (min-max)")
     for key in results[0]:
         values = [r[key] for r in results]
         print(f"{key:32s} {statistics.mean(values):.4f}  ({min(values):.4f}-{max(values):.4f})")
+    return results
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["batch_logits", "batch_target", "check_forward_args"]
+__all__ = ["batch_logits", "batch_target", "check_forward_args", "check_target_key"]
 
 ForwardFn = Callable[[Any, Any], torch.Tensor]
 
@@ -20,6 +20,15 @@ def check_forward_args(input_key: Any, forward_fn: Any) -> None:
         raise ConfigurationError(f"`input_key` must be the batch key of the model input, got {input_key!r}")
     if forward_fn is not None and not callable(forward_fn):
         raise ConfigurationError(f"`forward_fn` must be callable as forward_fn(pl_module, batch), got {forward_fn!r}")
+
+
+def check_target_key(target_key: Any) -> str:
+    """Validate the batch key of the labels (calibration callbacks)."""
+    from lightning_losses.errors import ConfigurationError
+
+    if not isinstance(target_key, str) or not target_key:
+        raise ConfigurationError(f"`target_key` must be the batch key of the labels, got {target_key!r}")
+    return target_key
 
 
 def batch_logits(pl_module: Any, batch: Any, input_key: str = "x", forward_fn: ForwardFn | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS
 from lightning_losses.distributed import all_gather_with_grad
-from lightning_losses.entropy._batch import ForwardFn, batch_logits, batch_target, check_forward_args
+from lightning_losses.entropy._batch import ForwardFn, batch_logits, batch_target, check_forward_args, check_target_key
 from lightning_losses.errors import ConfigurationError
 
 __all__ = ["CalibrationMonitor", "TemperatureScaling", "expected_calibration_error", "fit_temperature"]
@@ -130,9 +130,7 @@ class TemperatureScaling(L.Callback):
         self.n_bins = check_int("n_bins", n_bins, low=1)
         self.max_iter = check_int("max_iter", max_iter, low=1)
         check_forward_args(input_key, forward_fn)
-        if not isinstance(target_key, str) or not target_key:
-            raise ConfigurationError(f"`target_key` must be the batch key of the labels, got {target_key!r}")
-        self.input_key, self.target_key, self.forward_fn = input_key, target_key, forward_fn
+        self.input_key, self.target_key, self.forward_fn = input_key, check_target_key(target_key), forward_fn
         self.temperature: float | None = None
         self.ece_before: float | None = None
         self.ece_after: float | None = None
@@ -219,7 +217,7 @@ class CalibrationMonitor(L.Callback):
             raise ConfigurationError(f"`stages` must be a non-empty list from 'val', 'test', got {stages!r}")
         self.stages = tuple(stages)
         check_forward_args(input_key, forward_fn)
-        self.input_key, self.target_key, self.forward_fn = input_key, target_key, forward_fn
+        self.input_key, self.target_key, self.forward_fn = input_key, check_target_key(target_key), forward_fn
         self.metric: MulticlassCalibrationError | None = None
         self._captured: list[torch.Tensor] = []
         self._handle: Any = None

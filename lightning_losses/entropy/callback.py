@@ -11,9 +11,10 @@ to the objective before reweighting and the global normalisation. ``beta`` is si
   micro-batches of the step): one ``all_reduce`` of two numbers per step, no host sync.
 
 Every ``log_every_n_steps`` optimizer steps it sends ``{name}/mean`` (mean entropy of the samples seen since the
-last log, global), ``{name}/beta``, ``{name}/target`` (controller) and, with ``per_class=True``,
-``{name}/class_{c}`` (mean entropy per true class, or per predicted class without integer targets) straight to the
-trainer's loggers at that step (one extra collective and host sync per log step).
+last log, global), ``{name}/beta``, ``{name}/target`` (controller; for a band its midpoint, plus
+``{name}/band_low`` and ``{name}/band_high``) and, with ``per_class=True``, ``{name}/class_{c}`` (mean entropy per
+true class, or per predicted class without integer targets) straight to the trainer's loggers at that step (one
+extra collective and host sync per log step).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_losses._validation import check_int, check_number
+from lightning_losses._validation import check_bool, check_int, check_number
 from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.distributed import global_sum
 from lightning_losses.entropy.controller import EntropyController
@@ -43,7 +44,8 @@ class EntropyControl(L.Callback):
         band: ``[low, high]`` entropy band (nats) for the controller instead of a single target (AEnt-style).
         beta: the coefficient without a controller (number or schedule mapping), the initial value with one.
             Default 0.
-        lr: controller step size :math:`\eta`. Default 0.02.
+        lr: controller step size :math:`\eta`. Default 0.02 (see :class:`EntropyController` for the settings that
+            hold the digits demo at its target: ``lr=0.03, kp=1.0, warmup_steps=40``).
         beta_min / beta_max: controller clip range. Defaults -1 / 1; ``beta_min=0`` only ever raises entropy.
         kp: controller proportional gain (PI control; damps oscillations). Default 0: plain dual ascent.
         warmup_steps: optimizer steps before the controller starts updating ``beta``. Default 0.
@@ -85,7 +87,7 @@ class EntropyControl(L.Callback):
         self.name = name
         self.input = input
         self.ignore_index = check_int("ignore_index", ignore_index)
-        self.per_class = bool(per_class)
+        self.per_class = check_bool("per_class", per_class)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, low=1)
         self.controller: EntropyController | None = None
         if target is None and band is None:
@@ -216,6 +218,8 @@ class EntropyControl(L.Callback):
         }
         if self.controller is not None:
             metrics[f"{self.name}/target"] = self.controller.target_at(step)
+            if self.controller.band is not None:  # the target is the band's midpoint; log the edges too
+                metrics[f"{self.name}/band_low"], metrics[f"{self.name}/band_high"] = self.controller.band
         if reduced.numel() > 2:
             num_classes = (reduced.numel() - 2) // 2
             sums, counts = reduced[2 : 2 + num_classes], reduced[2 + num_classes :]

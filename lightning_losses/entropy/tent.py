@@ -31,7 +31,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lightning_losses._validation import check_choice, check_int, check_number
+from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.callbacks import CALLBACKS
 from lightning_losses.distributed import global_sum, is_distributed, world_size
 from lightning_losses.entropy._batch import ForwardFn, batch_logits, check_forward_args
@@ -166,8 +166,8 @@ class Tent(L.Callback):
         self.norm = check_choice("norm", norm, tuple(_NORM_TYPES))
         check_forward_args(input_key, forward_fn)
         self.input_key, self.forward_fn = input_key, forward_fn
-        self.sync_grads = bool(sync_grads)
-        self.restore_on_end = bool(restore_on_end)
+        self.sync_grads = check_bool("sync_grads", sync_grads)
+        self.restore_on_end = check_bool("restore_on_end", restore_on_end)
         self.snapshot: NormSnapshot | None = None
         self._params: list[nn.Parameter] = []
         self._optimizer: torch.optim.Optimizer | None = None

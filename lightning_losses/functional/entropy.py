@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from lightning_losses._validation import check_number
+
 __all__ = [
     "confidence_penalty",
     "entropy",
@@ -62,12 +64,13 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 def tsallis_entropy(logits: torch.Tensor, q: float = 2.0) -> torch.Tensor:
     r"""Tsallis entropy :math:`S_q = (1 - \sum_k p_k^q)/(q - 1)`; ``q = 1`` is the Shannon entropy.
 
-    Computed as :math:`p^q = e^{q \log p}` from ``log_softmax`` (``methods/entropy.md`` §9).
+    Computed as :math:`p^q = e^{q \log p}` from ``log_softmax`` (``methods/entropy.md`` §9); ``q > 0``.
 
     Example:
         >>> tsallis_entropy(torch.zeros(1, 4), q=2.0)  # 1 - 4 * (1/4)^2
         tensor([0.7500])
     """
+    q = check_number("q", q, low=0.0, low_open=True)
     if q == 1.0:
         return entropy(logits)
     logp = torch.log_softmax(_check_logits(logits), dim=-1)

@@ -102,6 +102,12 @@ def test_errors():
         ll.CalibrationMonitor(input_key=None)
     with pytest.raises(ConfigurationError, match="`stages` must be a non-empty list from 'val', 'test'"):
         ll.CalibrationMonitor(stages=["train"])
+    with pytest.raises(ConfigurationError, match="`max_iter` must be an integer >= 1, got 0"):
+        ll.TemperatureScaling(max_iter=0)
+    with pytest.raises(ConfigurationError, match="`target_key` must be the batch key of the labels, got None"):
+        ll.CalibrationMonitor(target_key=None)
+    with pytest.raises(ConfigurationError, match="`forward_fn` must be callable as forward_fn"):
+        ll.TemperatureScaling(forward_fn="self")
     with pytest.raises(ConfigurationError, match="checkpointed `temperature` must be a positive float"):
         ll.TemperatureScaling().load_state_dict({"temperature": -1.0})
 
@@ -116,3 +122,38 @@ def test_tent_recipe_builds():
     kinds = {type(c) for c in run.callbacks}
     assert {ll.Tent, ll.TemperatureScaling, ll.CalibrationMonitor} <= kinds
     assert run.model.hparams.batch_norm and not run.trainer.test_loop.inference_mode
+
+
+# ---------------------------------------------------------------- DDP
+
+
+def _ddp_temperature(shards):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader
+
+    from lightning_losses.demo import DictDataset
+    from lightning_losses.distributed import rank
+
+    torch.manual_seed(0)
+    model = _Overconfident(num_features=4, num_classes=4, dropout=0.0)
+    x, y = shards[rank()]
+    loader = DataLoader(DictDataset(x=x, target=y), batch_size=7)
+    ts = ll.TemperatureScaling()
+    trainer = SimpleNamespace(val_dataloaders=loader, datamodule=None, loggers=[], global_step=0)
+    ts.on_fit_end(trainer, model)
+    ts.remove()
+    with torch.no_grad():
+        model.eval()
+        logits = model(torch.cat([s[0] for s in shards]))
+    return ts.temperature, ts.ece_before, logits
+
+
+def test_ddp_temperature_is_fitted_on_the_global_validation_set(ddp):
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(50, 4, generator=g), torch.randint(0, 4, (50,), generator=g)
+    shards = [(x[:30], y[:30]), (x[30:], y[30:])]  # unequal shard sizes
+    (t0, e0, z), (t1, e1, _) = ddp.run(_ddp_temperature, shards)
+    assert t0 == t1 and e0 == e1
+    assert t0 == pytest.approx(fit_temperature(z, y), rel=1e-6)  # one process on the concatenated set
+    assert e0 == pytest.approx(float(expected_calibration_error(z, y)), rel=1e-6)

@@ -100,11 +100,45 @@ def test_logging_window_per_class_and_controller_update():
     assert float(cb.last_entropy) == pytest.approx(float(step_means[1]), rel=1e-5)
 
 
+def test_logging_without_controller_and_with_a_band():
+    """Fixed beta: mean H and beta are logged (no target); a band logs its edges; nothing between log steps."""
+    module = SimpleNamespace(objective_logging_suppressed=False)
+    batches = [_batch(seed=s) for s in range(3)]
+    h = torch.cat([torch.tensor([scipy.stats.entropy(r) for r in torch.softmax(z, -1).numpy()]) for z, _ in batches])
+    for cb in (
+        ll.EntropyControl(beta=0.3, log_every_n_steps=3),
+        ll.EntropyControl(band=[0.4, 0.6], log_every_n_steps=3),
+    ):
+        logger = _MemoryLogger()
+        trainer = SimpleNamespace(global_step=0, loggers=[logger])
+        for i, (z, y) in enumerate(batches):  # one micro-batch per optimizer step; log after the third
+            cb.extra_terms(module, {"logits": z, "target": y}, trainer.global_step)
+            trainer.global_step += 1
+            cb.on_train_batch_end(trainer, module, None, None, i)
+        assert [row[0] for row in logger.rows] == [3]
+        logged = logger.rows[0][1]
+        assert logged["entropy/mean"] == pytest.approx(float(h.mean()), rel=1e-5)
+        if cb.controller is None:
+            assert logged == {"entropy/mean": logged["entropy/mean"], "entropy/beta": pytest.approx(0.3)}
+        else:
+            assert logged["entropy/target"] == pytest.approx(0.5)
+            assert (logged["entropy/band_low"], logged["entropy/band_high"]) == (0.4, 0.6)
+            assert logged["entropy/beta"] == pytest.approx(float(cb.controller.beta))
+
+
 def test_errors():
     with pytest.raises(ConfigurationError, match="needs a LightningModule that uses `lightning_losses.LossesMixin`"):
         ll.EntropyControl(beta=0.1).setup(None, L.LightningModule(), "fit")
     with pytest.raises(ValueError, match=r"EntropyControl needs `scores` in compute_loss\(...\); got `logits`"):
         ll.EntropyControl(input="scores").extra_terms(SimpleNamespace(), {"logits": torch.zeros(2, 3)}, 0)
+    with pytest.raises(ConfigurationError, match="`input` must name the logits tensor passed to compute_loss, got ''"):
+        ll.EntropyControl(input="")
+    with pytest.raises(ConfigurationError, match="`ignore_index` must be an integer, got 0.5"):
+        ll.EntropyControl(ignore_index=0.5)
+    with pytest.raises(ConfigurationError, match=r"`per_class` must be a bool \(True or False\), got 'no'"):
+        ll.EntropyControl(per_class="no")
+    with pytest.raises(ConfigurationError, match=r"`band` must satisfy low <= high, got \[0.9, 0.1\]"):
+        ll.EntropyControl(band=[0.9, 0.1])
     with pytest.raises(ConfigurationError, match="`log_every_n_steps` must be an integer >= 1, got 0"):
         ll.EntropyControl(log_every_n_steps=0)
     with pytest.raises(ConfigurationError, match="`name` must be an identifier-like string"):
@@ -164,26 +198,28 @@ class _OrderedDigits(DigitsDataModule):
         return self.datasets["train"]
 
 
-def _resume_run(tmp_path, epochs, ckpt=None, save=None):
+def _resume_run(tmp_path, epochs, ckpt=None, save=None, accumulate=1):
     L.seed_everything(0, verbose=False)
     cb = ll.EntropyControl(target=0.8, lr=0.05, kp=0.2, log_every_n_steps=7, per_class=True)
     model = DigitsClassifier(dropout=0.0, cosine_schedule=False)
-    trainer = _trainer([cb], max_epochs=epochs, default_root_dir=tmp_path)
+    trainer = _trainer([cb], max_epochs=epochs, default_root_dir=tmp_path, accumulate_grad_batches=accumulate)
     trainer.fit(model, _OrderedDigits(batch_size=128), ckpt_path=ckpt)
     if save:
         trainer.save_checkpoint(save)
     return cb, model
 
 
-def test_resume_continues_exactly(tmp_path):
-    full_cb, full_model = _resume_run(tmp_path, epochs=3)
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_resume_continues_exactly(tmp_path, accumulate):
+    full_cb, full_model = _resume_run(tmp_path, epochs=3, accumulate=accumulate)
     ckpt = tmp_path / "epoch1.ckpt"
-    _resume_run(tmp_path, epochs=1, save=ckpt)
-    resumed_cb, resumed_model = _resume_run(tmp_path, epochs=3, ckpt=str(ckpt))
+    _resume_run(tmp_path, epochs=1, save=ckpt, accumulate=accumulate)
+    resumed_cb, resumed_model = _resume_run(tmp_path, epochs=3, ckpt=str(ckpt), accumulate=accumulate)
     assert float(full_cb.controller.beta) != 0.0
     for key, value in full_cb.state_dict()["controller"].items():
         assert torch.equal(value, resumed_cb.state_dict()["controller"][key]), key
-    assert full_cb.state_dict()["last_step"] == resumed_cb.state_dict()["last_step"] == 30
+    assert full_cb.state_dict()["last_step"] == resumed_cb.state_dict()["last_step"] == 30 // accumulate
+    torch.testing.assert_close(full_cb.state_dict()["window"], resumed_cb.state_dict()["window"], rtol=0, atol=0)
     for (name, p), q in zip(full_model.named_parameters(), resumed_model.parameters()):
         assert torch.equal(p, q), name
 
@@ -200,6 +236,22 @@ def test_recipe_builds():
 # ---------------------------------------------------------------- the one real 2-process Trainer run
 
 
+class _RecordingClassifier(DigitsClassifier):
+    """The demo model that records, for every training micro-batch, ``(global_step, sum of H, count)`` with H
+    computed here by hand (``-sum p log p`` in float64), independently of the library."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def compute_loss(self, **tensors):
+        if self.training:
+            p = torch.softmax(tensors["logits"].detach().double(), -1)
+            h = -torch.special.xlogy(p, p).sum(-1)
+            self.seen.append((int(self.global_step), float(h.sum()), h.numel()))
+        return super().compute_loss(**tensors)
+
+
 def _ddp_trainer_run():
     from lightning_losses.distributed import rank
 
@@ -209,18 +261,25 @@ def _ddp_trainer_run():
         L.seed_everything(0, verbose=False)
         cb = ll.EntropyControl(target=0.8, lr=0.05, beta_min=-10.0, beta_max=10.0)
         rec = _Recorder(cb)
-        model = DigitsClassifier(dropout=0.0, cosine_schedule=False)
+        model = _RecordingClassifier(dropout=0.0, cosine_schedule=False)
         trainer = _trainer([cb, rec], max_steps=12, strategy="ddp", devices=2, accumulate_grad_batches=2)
         trainer.fit(model, DigitsDataModule(batch_size=32))
-        return rec.beta, rec.entropy, trainer.world_size
+        return rec.beta, rec.entropy, trainer.world_size, model.seen
     finally:
         for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
             os.environ.pop(key, None)
 
 
 def test_ddp_trainer_beta_identical_on_both_ranks(ddp):
-    (beta0, h0, ws0), (beta1, h1, ws1) = ddp.run(_ddp_trainer_run)
+    (beta0, h0, ws0, seen0), (beta1, h1, ws1, seen1) = ddp.run(_ddp_trainer_run)
     assert ws0 == ws1 == 2
+    # the controller's H of each optimizer step is the mean over both ranks' shards and both micro-batches
+    for step in range(12):
+        rows = [r for r in seen0 + seen1 if r[0] == step]
+        assert len(rows) == 4, (step, rows)  # 2 ranks x 2 micro-batches
+        expected = sum(r[1] for r in rows) / sum(r[2] for r in rows)
+        assert h0[2 * step + 1] == pytest.approx(expected, rel=1e-5), step
+    assert {r[1] for r in seen0}.isdisjoint({r[1] for r in seen1})  # the ranks saw different data
     assert len(beta0) == 24  # on_train_batch_end per micro-batch; beta moves once per optimizer step
     assert beta0 == beta1 and h0 == h1  # the shards differ: equal values mean the global batch was used
     assert len(set(beta0)) == 13  # initial 0.0 during the first accumulation + one new value per step

@@ -67,6 +67,40 @@ def test_sequence_entropy_matches_loop():
     torch.testing.assert_close(per_sample_entropy(z, mask), got)
 
 
+def test_sequence_tsallis_matches_loop():
+    z = _logits(2, 3, 4, seed=9)
+    mask = torch.tensor([[1, 0, 1], [0, 1, 1]], dtype=torch.bool)
+    got = sequence_entropy(z, mask, q=2.0)
+    for i in range(2):
+        values = [1 - (torch.softmax(z[i, t], -1) ** 2).sum().item() for t in range(3) if mask[i, t]]
+        assert got[i].item() == pytest.approx(sum(values) / len(values), rel=1e-10)
+
+
+def test_sequence_entropy_gradient_ignores_masked_tokens():
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    z = _logits(2, 3, 4, seed=10).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: sequence_entropy(x, mask), (z,))
+    sequence_entropy(z, mask).sum().backward()
+    assert (z.grad[~mask] == 0).all() and (z.grad[mask] != 0).any()
+
+
+def test_bf16_autocast_logits_through_the_objective():
+    """Logits produced under CPU bf16 autocast, saturated: the confidence penalty stays finite and matches fp32."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 5)
+    x = torch.randn(6, 8) * torch.tensor([1e3] * 3 + [0.3] * 3).unsqueeze(1)  # 3 saturated rows, 3 moderate
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = layer(x)
+    assert z.dtype == torch.bfloat16
+    loss = ll.build_loss("confidence_penalty", beta=1.0)(logits=z)
+    loss.sum().backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
+    assert torch.isfinite(layer.weight.grad).all()
+    p = torch.softmax(z.detach().double(), -1)
+    torch.testing.assert_close(loss.double(), torch.special.xlogy(p, p).sum(-1), atol=1e-6, rtol=1e-5)
+    assert (loss[:3] == 0).all() and (loss[3:] < -0.1).all()  # one-hot rows and uncertain rows
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_extreme_logits_stay_finite(dtype):
     big = 6e4 if dtype == torch.float16 else 1e4
@@ -122,6 +156,10 @@ def test_errors():
         ll.build_loss("confidence_penalty", threshold=-0.5)
     with pytest.raises(ConfigurationError, match="unexpected argument `bta`; did you mean `beta`"):
         ll.build_loss("entropy_minimization", bta=1.0)
+    with pytest.raises(ConfigurationError, match="`q` must be > 0.0, got 0.0"):
+        tsallis_entropy(torch.zeros(2, 3), q=0.0)
+    with pytest.raises(ConfigurationError, match="`q` must be > 0.0, got -1.0"):
+        sequence_entropy(torch.zeros(2, 3, 4), q=-1.0)
     with pytest.raises(TypeError, match="`logits` must be a torch.Tensor, got list"):
         entropy([0.0, 1.0])
     with pytest.raises(ValueError, match=r"`logits` must be a floating tensor \[..., C\]"):

@@ -140,6 +140,55 @@ def test_epoch_reset_and_keep_adaptation():
     assert model.net[1].running_mean is not None
 
 
+class _FailsOnSecondBatch(_Tiny):
+    def test_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            raise RuntimeError("boom")
+        return super().test_step(batch, batch_idx)
+
+
+def test_exception_mid_run_restores_the_original_weights():
+    torch.manual_seed(0)
+    model = _FailsOnSecondBatch().eval()
+    original = _state(model)
+    tent = Tent(lr=0.05)
+    with pytest.raises(RuntimeError, match="boom"):
+        _test(model, [tent], [_batch(3)] * 3)
+    assert len(tent.entropies) == 2  # adapted twice (the second batch's step then failed)
+    restored = _state(model)
+    assert restored.keys() == original.keys() and all(torch.equal(original[k], restored[k]) for k in original)
+    assert model.net[1].track_running_stats and all(p.requires_grad for p in model.parameters())
+
+
+class _Predicts(_Tiny):
+    def predict_step(self, batch, batch_idx):
+        return self(batch["x"])
+
+
+def test_predict_loop_adapts_and_restores():
+    torch.manual_seed(0)
+    model = _Predicts().eval()
+    original = _state(model)
+    batches = [_batch(3)] * 3
+    data = DataLoader(DictDataset(**{k: torch.cat([b[k] for b in batches]) for k in ("x", "target")}), batch_size=16)
+    kwargs = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    tent = Tent(lr=0.05)
+    preds = L.Trainer(callbacks=[tent], inference_mode=False, **kwargs).predict(model, data)
+    h = tent.entropies
+    assert len(h) == 3 and h[0] > h[1] > h[2], h  # online: the same batch gets ever more confident
+    restored = _state(model)
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    with torch.no_grad():
+        source = model(batches[0]["x"])  # restored model, running statistics
+    assert not torch.allclose(preds[-1], source)  # the predictions came from the adapted model
+    with pytest.raises(ConfigurationError, match=r"Tent updates parameters during `predict`"):
+        L.Trainer(callbacks=[Tent()], inference_mode=True, **kwargs).predict(model, data)
+    assert all(torch.equal(original[k], v) for k, v in _state(model).items())
+    skipped = Tent(stages=["test"])  # not adapting in predict: inference mode is fine and nothing changes
+    L.Trainer(callbacks=[skipped], inference_mode=True, **kwargs).predict(model, data)
+    assert skipped.entropies == []
+
+
 def test_inference_mode_is_refused_before_touching_the_model():
     model = _Tiny().eval()
     original = _state(model)
@@ -162,6 +211,22 @@ def test_errors():
         Tent(stages=["val"])
     with pytest.raises(ConfigurationError, match="`forward_fn` must be callable"):
         Tent(forward_fn=3)
+    with pytest.raises(ConfigurationError, match="`lr` must be >= 0.0, got -0.1"):
+        Tent(lr=-0.1)
+    with pytest.raises(ConfigurationError, match=r"`momentum` must be in \[0.0, 1.0\], got 1.5"):
+        Tent(momentum=1.5)
+    with pytest.raises(ConfigurationError, match="`norm` must be one of `batch_norm`, `all`, got 'layer'"):
+        Tent(norm="layer")
+    with pytest.raises(
+        ConfigurationError, match="`stages` must be a non-empty list from 'test', 'predict', got 'test'"
+    ):
+        Tent(stages="test")
+    with pytest.raises(ConfigurationError, match="`input_key` must be the batch key of the model input, got ''"):
+        Tent(input_key="")
+    with pytest.raises(ConfigurationError, match=r"`sync_grads` must be a bool \(True or False\), got 1"):
+        Tent(sync_grads=1)
+    with pytest.raises(ConfigurationError, match=r"`restore_on_end` must be a bool \(True or False\), got 'yes'"):
+        Tent(restore_on_end="yes")
 
 
 # ---------------------------------------------------------------- DDP
