@@ -118,18 +118,6 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     return int(value)
 
 
-def check_bool(name: str, value: Any) -> bool:
-    """Validate a flag: ``True`` or ``False`` only (not ``"no"``, not ``0``).
-
-    Example:
-        >>> check_bool("per_class", True)
-        True
-    """
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"`{name}` must be a bool (True or False), got {value!r}")
-    return value
-
-
 def check_choice(name: str, value: Any, options: Sequence[str]) -> str:
     """Validate that ``value`` is one of ``options`` (the message lists them and suggests the nearest).
 
