@@ -65,9 +65,9 @@ class SampleReweighting(Callback):
     Args:
         strategy: a strategy name or a built :class:`~lightning_losses.reweighting.Reweighter`. Default
             ``"loss_softmax"``.
-        log_every_n_steps: log weight / group statistics every this many optimizer steps (0 = never). Default
-            ``None``: on the steps where the Trainer writes its step logs (``Trainer(log_every_n_steps=...)``); an
-            explicit value should be a multiple of the Trainer's, or the logger drops the values in between.
+        log_every_n_steps: log weight / group statistics every this many optimizer steps (0 = never), written to
+            the Trainer's loggers on exactly those steps, whatever ``Trainer(log_every_n_steps=...)`` is. Default
+            ``None``: on the steps where the Trainer writes its step logs (through ``LightningModule.log``).
         **kwargs: the strategy's arguments (e.g. ``step_size=0.01`` for ``group_dro``).
 
     Example:
@@ -156,8 +156,16 @@ class SampleReweighting(Callback):
                 metrics[f"reweight/group_acc/{g}"] = stats["acc"][g]
                 metrics[f"reweight/group_loss/{g}"] = stats["loss"][g]
             metrics["reweight/worst_group_acc"] = stats["worst_acc"]
-        if metrics:
+        if not metrics:
+            return
+        if self.log_every_n_steps is None:
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False)
+        else:  # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's
+            # later logging steps, or drop it when they do not coincide)
+            trainer.callback_metrics.update(metrics)
+            connector = getattr(trainer, "_logger_connector", None)
+            if connector is not None:
+                connector.log_metrics(metrics)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -111,7 +111,15 @@ def _loader(dm):
     return DataLoader(dm.datasets["train"], batch_size=64, shuffle=False)
 
 
-def test_checkpoint_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("per_sample_ema", {"momentum": 0.5, "temperature": 1.0}),  # per-sample store
+        ("group_dro", {"step_size": 0.5}),  # q, moved every optimizer step
+        ("jtt", {"upweight": 3.0, "stage_epochs": 1}),  # the error set recorded in epoch 0, used in epoch 1
+    ],
+)
+def test_checkpoint_resume_continues_exactly(tmp_path, name, options):
     def model_and_data():
         torch.manual_seed(0)
         dm = DigitsDataModule(spurious=0.9)
@@ -120,17 +128,17 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
 
     kwargs = {"limit_train_batches": 5, "enable_checkpointing": True}
     model, dm = model_and_data()
-    straight = ll.SampleReweighting("per_sample_ema", momentum=0.5, temperature=1.0)
+    straight = ll.SampleReweighting(name, **options)
     _trainer(tmp_path / "a", [straight], max_epochs=2, **kwargs).fit(model, train_dataloaders=_loader(dm))
 
     first_model, dm = model_and_data()
-    first = ll.SampleReweighting("per_sample_ema", momentum=0.5, temperature=1.0)
+    first = ll.SampleReweighting(name, **options)
     _trainer(tmp_path / "b", [first], max_epochs=1, **kwargs).fit(first_model, train_dataloaders=_loader(dm))
     (ckpt,) = (tmp_path / "b").rglob("*.ckpt")
-    assert "SampleReweighting{'strategy': 'per_sample_ema'}" in torch.load(ckpt, weights_only=False)["callbacks"]
+    assert f"SampleReweighting{{'strategy': '{name}'}}" in torch.load(ckpt, weights_only=False)["callbacks"]
 
     resumed_model, dm = model_and_data()  # a new process: fresh model and callback, state from the checkpoint
-    resumed = ll.SampleReweighting("per_sample_ema", momentum=0.5, temperature=1.0)
+    resumed = ll.SampleReweighting(name, **options)
     trainer = _trainer(tmp_path / "c", [resumed], max_epochs=2, **kwargs)
     trainer.fit(resumed_model, train_dataloaders=_loader(dm), ckpt_path=str(ckpt))
     final, reference = resumed.reweighter.state_dict(), straight.reweighter.state_dict()
