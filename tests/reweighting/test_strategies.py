@@ -328,3 +328,9 @@ def test_balanced_sampler_shards_are_disjoint_and_cover():
         BalancedSampler(groups, mode="balanced")
     with pytest.raises(ValueError, match="`groups` must be a non-empty 1-D sequence"):
         BalancedSampler([])
+    with pytest.raises(
+        ConfigurationError, match=r"`num_samples` applies to mode='oversample' only .* got num_samples=5"
+    ):
+        BalancedSampler(groups, mode="subsample", num_samples=5)
+    with pytest.raises(ConfigurationError, match=r"`rank` must be an integer in \[0, 1\], got 2"):
+        BalancedSampler(groups, num_replicas=2, rank=2)
