@@ -118,6 +118,11 @@ class Reweighter:
             if not store.fixed:
                 store.set_size(num_samples)
 
+    def size_groups(self, num_groups: int) -> None:
+        """Tell a group-aware strategy the number of groups of the training data (the callback calls this when the
+        datamodule has a ``num_groups``), so that it is not taken from the first global batch, which may miss a
+        group. A no-op for strategies without groups, and for ones built with an explicit number."""
+
     def add_store(self, name: str, store: Any) -> None:
         """Register a :class:`~lightning_losses.reweighting.store.PerSampleStore` (checkpointed as ``name.*``)."""
         self._stores[name] = store

@@ -64,7 +64,9 @@ class GroupDRO(Reweighter):
     Args:
         step_size: :math:`\eta > 0`. Default 0.01 (reference and DomainBed default).
         adjustment: generalisation adjustment :math:`C \ge 0`. Default 0. Needs ``group_counts``.
-        num_groups: number of groups; default: from ``group_counts`` or the first global batch.
+        num_groups: number of groups; default: from ``group_counts``, the datamodule's ``num_groups`` (under
+            :class:`~lightning_losses.reweighting.SampleReweighting`) or else the first global batch (which may
+            miss a rare group: a later, larger id then raises an error naming this argument).
         group_counts: training-set size of each group (for the adjustment).
 
     Example:
@@ -114,6 +116,12 @@ class GroupDRO(Reweighter):
     @property
     def num_groups(self) -> int:
         return int(self.q.numel())
+
+    def size_groups(self, num_groups: int) -> None:
+        if self.num_groups == 0:  # not given, not yet taken from a batch: uniform q over the data's groups
+            g = check_int("num_groups", num_groups, low=1)
+            self.q = torch.full((g,), 1.0 / g, dtype=torch.float64, device=self.q.device)
+            self.pending_loss, self.pending_count = torch.zeros_like(self.q), torch.zeros_like(self.q)
 
     def local_statistics(self, losses, inputs):
         group, mask = inputs["group"], inputs.get("sample_mask")
