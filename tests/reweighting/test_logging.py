@@ -74,6 +74,11 @@ def test_group_accuracy_matches_loop():
     assert float(out["worst_acc"]) == pytest.approx(worst)  # over groups present only (group 3 never occurs)
 
 
+def test_group_accuracy_rejects_unknown_group():
+    with pytest.raises(ValueError, match=r"GroupAccuracy got group id 2 but `num_groups` is 2; set `num_groups`"):
+        GroupAccuracy(num_groups=2).update(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 2]))
+
+
 def _group_accuracy_on_rank():
     logits, target, group, losses, mask = _group_batch()
     part = slice(0, 13) if rank() == 0 else slice(13, None)
