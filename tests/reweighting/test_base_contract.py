@@ -12,7 +12,7 @@ import torch.distributed as dist
 import lightning_losses as ll
 from lightning_losses.distributed import rank
 from lightning_losses.reweighting import PerSampleEMA, Reweighter, sync_statistics
-from tests.reweighting.helpers import DATASET, NUM_CLASSES, NUM_GROUPS, STRATEGIES, make_steps
+from tests.reweighting.helpers import NUM_CLASSES, SIZED, STRATEGIES, make_steps
 
 SIZES = (3, 5)  # uneven per-rank slices of the 8-sample global batch
 
@@ -131,13 +131,6 @@ def test_custom_strategies_ddp_equal_one_process(ddp):
 # ---------------------------------------------------------------- one sync point per step
 
 COLLECTIVES = ("all_gather", "all_reduce", "all_gather_into_tensor", "broadcast", "reduce", "gather", "all_to_all")
-SIZED = {
-    "group_dro": {"num_groups": NUM_GROUPS},
-    "ema_class_loss": {"num_classes": NUM_CLASSES},
-    "class_balanced": {"num_classes": NUM_CLASSES, "num_samples": DATASET},
-    "per_sample_ema": {"num_samples": DATASET},
-    "jtt": {"num_samples": DATASET},
-}
 
 
 def _count_collectives(steps):
