@@ -5,10 +5,11 @@ AdamW step. Configurations are interleaved in rounds (each round runs every conf
 and the median per-step time over rounds is reported, with the ratio to the plain objective. With
 ``--world-size 2`` the same runs in a 2-process gloo group (CPU), so the reweighter's collectives are included.
 
-The per-sample store is measured three ways in the same run: ``per_sample_ema/before`` (the store as first merged:
-index ``min`` / ``max`` read on the host in every store call, ``torch.unique`` and boolean-mask writes),
-``per_sample_ema/grow`` (no ``num_samples``: one host read per step) and ``per_sample_ema`` (sized with
-``num_samples``: no host sync).
+``jtt`` runs its identification stage (epoch 0: index and error gathered every step); ``class_balanced`` counts
+classes by index. The per-sample store is measured three ways in the same run: ``per_sample_ema/before`` (the
+store as first merged: index ``min`` / ``max`` read on the host in every store call, ``torch.unique`` and
+boolean-mask writes), ``per_sample_ema/grow`` (no ``num_samples``: one host read per step) and ``per_sample_ema``
+(sized with ``num_samples``: no host sync).
 
 Usage::
 
@@ -33,9 +34,12 @@ from lightning_losses.reweighting.store import PerSampleStore
 CONFIGS = {
     "none": None,
     "loss_softmax": {},
+    "lin_upper": {},
     "cvar": {"alpha": 0.2},
     "group_dro": {"num_groups": 4},
+    "class_balanced": {"num_classes": 10, "num_samples": 100_000},
     "ema_class_loss": {"num_classes": 10},
+    "jtt": {"upweight": 4.0, "stage_epochs": 1, "num_samples": 100_000},
     "per_sample_ema": {"num_samples": 100_000, "temperature": 1.0},
     "per_sample_ema/grow": {"temperature": 1.0},
     "per_sample_ema/before": {"num_samples": 100_000, "temperature": 1.0},

@@ -76,6 +76,13 @@ def make_digits_splits(
     x_all = (data.data / 16.0).astype(np.float32)
     y_all = data.target.astype(np.int64)
     num_classes = 10
+
+    @property
+    def num_groups(self) -> int:
+        """Number of spurious groups (0: attribute agrees with the label, 1: conflicts), 0 without them; read by
+        :class:`~lightning_losses.reweighting.SampleReweighting` to size group strategies."""
+        return 2 if self.spurious > 0 else 0
+
     rng = np.random.default_rng(seed)
     train, val, test = _stratified_split(y_all, (val_fraction, test_fraction), rng)
     if imbalance > 1.0:
@@ -140,6 +147,12 @@ class DigitsDataModule(L.LightningDataModule):
     """
 
     num_classes = 10
+
+    @property
+    def num_groups(self) -> int:
+        """Number of spurious groups (0: attribute agrees with the label, 1: conflicts), 0 without them; read by
+        :class:`~lightning_losses.reweighting.SampleReweighting` to size group strategies."""
+        return 2 if self.spurious > 0 else 0
 
     def __init__(
         self,

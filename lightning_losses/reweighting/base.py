@@ -53,7 +53,8 @@ class Reweighter:
     """Base class of every sample reweighter.
 
     Class attributes:
-        requires: input names that must be passed to ``compute_loss`` (``"group"``, ``"index"``, ...).
+        requires: input names that must be passed to ``compute_loss`` (``"group"``, ``"index"``, ...); a strategy may
+            set it per instance when what it needs depends on its arguments.
 
     Attributes:
         statistics: ``name -> reduction`` (one of ``"sum"``, ``"mean"``, ``"max"``, ``"min"``, ``"cat"``) of the
@@ -63,8 +64,10 @@ class Reweighter:
         hparams: the validated constructor arguments (shown by ``repr``).
     """
 
-    requires: ClassVar[tuple[str, ...]] = ()
+    requires: tuple[str, ...] = ()
     strategy: ClassVar[str] = ""
+    #: ``input name -> text`` appended to the missing-input error (e.g. an alternative to passing it)
+    missing_hints: ClassVar[dict[str, str]] = {}
 
     def __init__(self) -> None:
         self._states: dict[str, _State] = {}
@@ -114,6 +117,11 @@ class Reweighter:
         for store in self._stores.values():
             if not store.fixed:
                 store.set_size(num_samples)
+
+    def size_groups(self, num_groups: int) -> None:
+        """Tell a group-aware strategy the number of groups of the training data (the callback calls this when the
+        datamodule has a ``num_groups``), so that it is not taken from the first global batch, which may miss a
+        group. A no-op for strategies without groups, and for ones built with an explicit number."""
 
     def add_store(self, name: str, store: Any) -> None:
         """Register a :class:`~lightning_losses.reweighting.store.PerSampleStore` (checkpointed as ``name.*``)."""
@@ -168,9 +176,10 @@ class Reweighter:
         given = ", ".join(f"`{k}`" for k in inputs) or "none"
         for key in self.requires:
             if inputs.get(key) is None:
+                hint = self.missing_hints.get(key, "")
                 raise ValueError(
                     f"reweighter `{self.strategy}` needs `{key}` in compute_loss(...) (got {given}); "
-                    f"pass e.g. compute_loss(..., {key}=batch['{key}'])"
+                    f"pass e.g. compute_loss(..., {key}=batch['{key}']){hint}"
                 )
             value = inputs[key]
             if key in ("group", "index", "target") and (

@@ -10,7 +10,8 @@ Semantics:
   ``ema_class_loss`` update ``q`` / the class EMA once from the sums and counts of all micro-batches, so ``K``
   micro-batches of ``B`` reach the state of one batch of ``K*B`` (the per-sample stores are invariant anyway);
 * per-sample stores are sized from the training dataset's length at ``on_train_start`` (when the strategy was built
-  without ``num_samples`` and the dataset has a length): no host sync per step;
+  without ``num_samples`` and the dataset has a length): no host sync per step; a datamodule with a ``num_groups``
+  attribute sizes ``group_dro`` (when built without ``num_groups``) and the per-group metrics;
 * a pass with ``objective_logging_suppressed`` set (the second, perturbed pass of SAM-like methods) reuses the
   weights of the first pass: the state advances once per step and no extra collective runs;
 * on the Trainer's logging steps (or every ``log_every_n_steps`` optimizer steps) it logs ``reweight/ess``,
@@ -58,6 +59,12 @@ def _dataset_length(loader: Any) -> int | None:
         return None
 
 
+def _datamodule_groups(trainer: Any) -> int | None:
+    """The attached datamodule's ``num_groups`` (a positive int), or ``None``."""
+    value = getattr(getattr(trainer, "datamodule", None), "num_groups", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 @CALLBACKS.register("sample_reweighting", aliases=("reweighting",))
 class SampleReweighting(Callback):
     """Reweight training samples online with a registered strategy (``ll.list_reweighters()``).
@@ -65,9 +72,9 @@ class SampleReweighting(Callback):
     Args:
         strategy: a strategy name or a built :class:`~lightning_losses.reweighting.Reweighter`. Default
             ``"loss_softmax"``.
-        log_every_n_steps: log weight / group statistics every this many optimizer steps (0 = never). Default
-            ``None``: on the steps where the Trainer writes its step logs (``Trainer(log_every_n_steps=...)``); an
-            explicit value should be a multiple of the Trainer's, or the logger drops the values in between.
+        log_every_n_steps: log weight / group statistics every this many optimizer steps (0 = never), written to
+            the Trainer's loggers on exactly those steps, whatever ``Trainer(log_every_n_steps=...)`` is. Default
+            ``None``: on the steps where the Trainer writes its step logs (through ``LightningModule.log``).
         **kwargs: the strategy's arguments (e.g. ``step_size=0.01`` for ``group_dro``).
 
     Example:
@@ -109,6 +116,9 @@ class SampleReweighting(Callback):
         size = _dataset_length(getattr(trainer, "train_dataloader", None))
         if size:
             self.reweighter.size_stores(size)
+        groups = _datamodule_groups(trainer)
+        if groups:
+            self.reweighter.size_groups(groups)
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self.reweighter.commit()  # once per optimizer step, after all its micro-batches
@@ -117,9 +127,9 @@ class SampleReweighting(Callback):
         self.reweighter.set_epoch(trainer.current_epoch)
 
     # ------------------------------------------------------------------ logging
-    def _group_metric_for(self, group: torch.Tensor) -> GroupAccuracy:
+    def _group_metric_for(self, group: torch.Tensor, trainer: Any) -> GroupAccuracy:
         if self._group_metric is None:
-            size = getattr(self.reweighter, "num_groups", 0)
+            size = getattr(self.reweighter, "num_groups", 0) or _datamodule_groups(trainer)
             if not size:  # one collective, once
                 local = group.max().reshape(1) if group.numel() else group.new_full((1,), -1)
                 size = int(sync_statistics({"m": local}, {"m": "max"})[0]["m"]) + 1
@@ -133,7 +143,7 @@ class SampleReweighting(Callback):
         group, target, logits = last.get("group"), last.get("target"), last.get("logits")
         track_groups = group is not None and target is not None and isinstance(logits, torch.Tensor)
         if track_groups and logits.ndim == 2 and target.ndim == 1:
-            metric = self._group_metric_for(group)
+            metric = self._group_metric_for(group, trainer)
             metric.update(logits, target, group, last.get("losses"), mask=last.get("sample_mask"))
         step = trainer.global_step
         if self.log_every_n_steps is None:
@@ -156,8 +166,16 @@ class SampleReweighting(Callback):
                 metrics[f"reweight/group_acc/{g}"] = stats["acc"][g]
                 metrics[f"reweight/group_loss/{g}"] = stats["loss"][g]
             metrics["reweight/worst_group_acc"] = stats["worst_acc"]
-        if metrics:
+        if not metrics:
+            return
+        if self.log_every_n_steps is None:
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False)
+        else:  # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's
+            # later logging steps, or drop it when they do not coincide)
+            trainer.callback_metrics.update(metrics)
+            connector = getattr(trainer, "_logger_connector", None)
+            if connector is not None:
+                connector.log_metrics(metrics)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

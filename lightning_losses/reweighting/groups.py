@@ -64,7 +64,9 @@ class GroupDRO(Reweighter):
     Args:
         step_size: :math:`\eta > 0`. Default 0.01 (reference and DomainBed default).
         adjustment: generalisation adjustment :math:`C \ge 0`. Default 0. Needs ``group_counts``.
-        num_groups: number of groups; default: from ``group_counts`` or the first global batch.
+        num_groups: number of groups; default: from ``group_counts``, the datamodule's ``num_groups`` (under
+            :class:`~lightning_losses.reweighting.SampleReweighting`) or else the first global batch (which may
+            miss a rare group: a later, larger id then raises an error naming this argument).
         group_counts: training-set size of each group (for the adjustment).
 
     Example:
@@ -115,6 +117,12 @@ class GroupDRO(Reweighter):
     def num_groups(self) -> int:
         return int(self.q.numel())
 
+    def size_groups(self, num_groups: int) -> None:
+        if self.num_groups == 0:  # not given, not yet taken from a batch: uniform q over the data's groups
+            g = check_int("num_groups", num_groups, low=1)
+            self.q = torch.full((g,), 1.0 / g, dtype=torch.float64, device=self.q.device)
+            self.pending_loss, self.pending_count = torch.zeros_like(self.q), torch.zeros_like(self.q)
+
     def local_statistics(self, losses, inputs):
         group, mask = inputs["group"], inputs.get("sample_mask")
         if self.num_groups == 0:  # first step without num_groups: one extra collective
@@ -163,8 +171,9 @@ class ClassBalanced(Reweighter):
 
     :math:`w_c = (1-\beta)/(1-\beta^{n_c})`, normalised to :math:`\sum_c w_c = C`; sample :math:`i` gets
     :math:`w_{y_i}`. With ``samples_per_class`` the weights are fixed (no collective at all). Without it the class
-    counts are counted online across ranks from the gathered ``target`` (and ``index``, when passed, so that
-    each sample counts once, whatever the epoch or the sampler's padding); the counts are exact after one epoch.
+    counts are counted online across ranks from the gathered ``target`` and ``index`` (required then: each sample
+    counts once, whatever the epoch or the sampler's padding, so the counts are exact after one epoch instead of
+    growing with every visit). Memory when counting: 4 bytes per sample (the table of counted indices).
 
     Args:
         beta: :math:`\beta \in [0, 1)`. Default 0.999 (the paper's grid: 0.9 ... 0.9999).
@@ -180,6 +189,7 @@ class ClassBalanced(Reweighter):
 
     strategy = "class_balanced"
     requires = ("target",)
+    missing_hints = {"index": ", or give the training-set class counts as `samples_per_class`"}
 
     def __init__(
         self,
@@ -200,6 +210,7 @@ class ClassBalanced(Reweighter):
         self.hparams = {"beta": self.beta, "samples_per_class": samples_per_class, "num_classes": num_classes}
         self.add_state("class_count", counts.to(torch.float64) if counts is not None else torch.zeros(0))
         if not self.fixed:
+            self.requires = ("target", "index")  # counting each sample once needs its dataset index
             self.statistics.update(target="cat", index="cat")
             if num_samples is not None:
                 num_samples = check_int("num_samples", num_samples, low=1)
@@ -208,8 +219,7 @@ class ClassBalanced(Reweighter):
     def local_statistics(self, losses, inputs):
         if self.fixed:
             return {}
-        index = inputs.get("index")
-        return {"target": inputs["target"], **({"index": index} if index is not None else {})}
+        return {"target": inputs["target"], "index": inputs["index"]}
 
     def compute(self, losses, synced, inputs):
         if not self.fixed:
@@ -219,11 +229,9 @@ class ClassBalanced(Reweighter):
                 size = int((target if valid is None else target.masked_fill(~valid, -1)).max()) + 1
             if self.class_count.numel() == 0:
                 self.class_count = torch.zeros(size, dtype=torch.float64, device=losses.device)
-            new = torch.ones_like(target, dtype=torch.bool) if valid is None else valid
-            if "index" in synced:
-                index = synced["index"]
-                new = self.seen.fresh(index, 0, valid) & ~self.seen.seen(index)
-                self.seen.write(index, new, 0)
+            index = synced["index"]
+            new = self.seen.fresh(index, 0, valid) & ~self.seen.seen(index)
+            self.seen.write(index, new, 0)
             self.class_count = self.class_count + _counts(target, size, "num_classes", mask=new)
         class_weights = F.class_balanced_weights(self.class_count, self.beta)
         return class_weights[self.masked_ids(inputs["target"], inputs)].to(losses.dtype)

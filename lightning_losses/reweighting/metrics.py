@@ -87,7 +87,13 @@ class GroupAccuracy(torchmetrics.Metric):
             g = g.masked_fill(~mask, 0)
 
         def per_group(values: torch.Tensor) -> torch.Tensor:
-            return torch.bincount(g, weights=values * counted, minlength=self.num_groups)[: self.num_groups]
+            sums = torch.bincount(g, weights=values * counted, minlength=self.num_groups)
+            if sums.numel() > self.num_groups:  # a shape, known on the host: no extra sync
+                raise ValueError(
+                    f"GroupAccuracy got group id {sums.numel() - 1} but `num_groups` is {self.num_groups}; "
+                    "set `num_groups` to the true number of groups"
+                )
+            return sums
 
         self.total += per_group(torch.ones_like(counted))
         self.correct += per_group((preds == target).to(torch.float64))

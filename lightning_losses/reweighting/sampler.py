@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler
 from lightning_losses._validation import check_choice, check_int
 from lightning_losses.distributed import rank as current_rank
 from lightning_losses.distributed import world_size
+from lightning_losses.errors import ConfigurationError
 
 __all__ = ["BalancedSampler"]
 
@@ -33,7 +34,8 @@ class BalancedSampler(DistributedSampler):
     Args:
         groups: group (or class) id of every dataset sample, in dataset order.
         mode: ``"oversample"`` or ``"subsample"``. Default ``"oversample"``.
-        num_samples: indices per epoch (all ranks together) for ``"oversample"``; default ``len(groups)``.
+        num_samples: indices per epoch (all ranks together) for ``"oversample"``; default ``len(groups)``. Not
+            allowed with ``"subsample"``.
         num_replicas / rank: DDP world size and rank; default from the initialised process group (else 1 / 0).
         seed: base seed; epoch ``e`` uses ``seed + e``. Default 0.
         drop_last: drop the tail instead of padding to a multiple of ``num_replicas``. Default False.
@@ -59,6 +61,11 @@ class BalancedSampler(DistributedSampler):
             raise ValueError(f"`groups` must be a non-empty 1-D sequence of non-negative integer ids, got {groups!r}")
         self.groups = ids.long()
         self.mode = check_choice("mode", mode, _MODES)
+        if num_samples is not None and self.mode == "subsample":
+            raise ConfigurationError(
+                f"`num_samples` applies to mode='oversample' only (a subsampled epoch has G * min_g n_g samples), "
+                f"got num_samples={num_samples!r} with mode='subsample'"
+            )
         self.total = len(ids) if num_samples is None else check_int("num_samples", num_samples, low=1)
         self.num_replicas = world_size() if num_replicas is None else check_int("num_replicas", num_replicas, low=1)
         self.rank = current_rank() if rank is None else check_int("rank", rank, low=0, high=self.num_replicas - 1)

@@ -70,7 +70,9 @@ def sync_statistics(
     max_n = max(all_sizes)
     fixed = [stats[n].detach().reshape(-1).to(torch.float64) for n in fixed_names]
     widths = [math.prod(stats[n].shape[1:]) for n in cat_names]
-    rows = [stats[n].detach().reshape(n_local, -1).to(torch.float64) for n in cat_names]
+    rows = [
+        stats[n].detach().reshape(n_local, w).to(torch.float64) for n, w in zip(cat_names, widths)
+    ]  # n_local may be 0
     per_sample = torch.cat(rows, dim=1) if rows else torch.zeros(n_local, 0, dtype=torch.float64, device=device)
     padded = per_sample.new_zeros(max_n, per_sample.shape[1])
     padded[:n_local] = per_sample

@@ -27,6 +27,14 @@ STRATEGIES = {
     "per_sample_ema": {"momentum": 0.7, "temperature": 0.5},
 }
 STATEFUL = ("lin_upper", "group_dro", "class_balanced", "ema_class_loss", "jtt", "per_sample_ema")
+# extra kwargs that fix every lazily-sized state up front (no sizing collective or host sync in any step)
+SIZED = {
+    "group_dro": {"num_groups": NUM_GROUPS},
+    "ema_class_loss": {"num_classes": NUM_CLASSES},
+    "class_balanced": {"num_classes": NUM_CLASSES, "num_samples": DATASET},
+    "per_sample_ema": {"num_samples": DATASET},
+    "jtt": {"num_samples": DATASET},
+}
 
 
 def make_steps(num_steps: int, seed: int = 0) -> list[tuple[int, dict[str, torch.Tensor]]]:

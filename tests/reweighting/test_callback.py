@@ -77,6 +77,37 @@ def test_fit_logged_metrics(tmp_path):
     )
 
 
+class _FirstBatchOneGroup(DigitsDataModule):
+    """Spurious digits whose first batch holds group 0 only (a rare group can miss the first batch)."""
+
+    def __init__(self, groups_known=True, **kwargs):
+        super().__init__(spurious=0.95, batch_size=8, **kwargs)
+        self.groups_known = groups_known
+
+    @property
+    def num_groups(self):
+        return 2 if self.groups_known else 0
+
+    def train_dataloader(self):
+        self.setup()
+        dataset = self.datasets["train"]
+        group = dataset.tensors["group"]
+        order = torch.cat([torch.nonzero(group == g).flatten()[:8] for g in (0, 1)])
+        return DataLoader(torch.utils.data.Subset(dataset, order.tolist()), batch_size=8)
+
+
+def test_datamodule_sizes_the_groups(tmp_path):
+    assert DigitsDataModule(spurious=0.9).num_groups == 2 and DigitsDataModule().num_groups == 0
+    model = DigitsClassifier(num_features=74, dropout=0.0)
+    cb = ll.SampleReweighting("group_dro", step_size=0.5, log_every_n_steps=1)
+    _trainer(tmp_path, [cb], limit_train_batches=2).fit(model, datamodule=_FirstBatchOneGroup())
+    assert cb.reweighter.num_groups == 2 and cb._group_metric.num_groups == 2
+    assert not torch.allclose(cb.reweighter.q, torch.full((2,), 0.5, dtype=torch.float64))  # q moved, both groups
+    with pytest.raises(ValueError, match=r"got id 1 but `num_groups` is 1; set `num_groups` to the true number"):
+        unsized = ll.SampleReweighting("group_dro", step_size=0.5)  # group count from the first batch: too small
+        _trainer(tmp_path, [unsized], limit_train_batches=2).fit(model, datamodule=_FirstBatchOneGroup(False))
+
+
 def test_missing_group_names_the_key(tmp_path):
     dm = DigitsDataModule(batch_size=16)  # no spurious groups -> no `group` in the batch
     model = DigitsClassifier()
@@ -111,7 +142,15 @@ def _loader(dm):
     return DataLoader(dm.datasets["train"], batch_size=64, shuffle=False)
 
 
-def test_checkpoint_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("per_sample_ema", {"momentum": 0.5, "temperature": 1.0}),  # per-sample store
+        ("group_dro", {"step_size": 0.5}),  # q, moved every optimizer step
+        ("jtt", {"upweight": 3.0, "stage_epochs": 1}),  # the error set recorded in epoch 0, used in epoch 1
+    ],
+)
+def test_checkpoint_resume_continues_exactly(tmp_path, name, options):
     def model_and_data():
         torch.manual_seed(0)
         dm = DigitsDataModule(spurious=0.9)
@@ -120,17 +159,17 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
 
     kwargs = {"limit_train_batches": 5, "enable_checkpointing": True}
     model, dm = model_and_data()
-    straight = ll.SampleReweighting("per_sample_ema", momentum=0.5, temperature=1.0)
+    straight = ll.SampleReweighting(name, **options)
     _trainer(tmp_path / "a", [straight], max_epochs=2, **kwargs).fit(model, train_dataloaders=_loader(dm))
 
     first_model, dm = model_and_data()
-    first = ll.SampleReweighting("per_sample_ema", momentum=0.5, temperature=1.0)
+    first = ll.SampleReweighting(name, **options)
     _trainer(tmp_path / "b", [first], max_epochs=1, **kwargs).fit(first_model, train_dataloaders=_loader(dm))
     (ckpt,) = (tmp_path / "b").rglob("*.ckpt")
-    assert "SampleReweighting{'strategy': 'per_sample_ema'}" in torch.load(ckpt, weights_only=False)["callbacks"]
+    assert f"SampleReweighting{{'strategy': '{name}'}}" in torch.load(ckpt, weights_only=False)["callbacks"]
 
     resumed_model, dm = model_and_data()  # a new process: fresh model and callback, state from the checkpoint
-    resumed = ll.SampleReweighting("per_sample_ema", momentum=0.5, temperature=1.0)
+    resumed = ll.SampleReweighting(name, **options)
     trainer = _trainer(tmp_path / "c", [resumed], max_epochs=2, **kwargs)
     trainer.fit(resumed_model, train_dataloaders=_loader(dm), ckpt_path=str(ckpt))
     final, reference = resumed.reweighter.state_dict(), straight.reweighter.state_dict()

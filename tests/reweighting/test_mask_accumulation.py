@@ -13,11 +13,7 @@ from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 from lightning_losses.functional import reweighting as F
 from lightning_losses.objective import Objective
 from lightning_losses.reweighting import PerSampleStore
-from tests.reweighting.helpers import BATCH, DATASET, NUM_CLASSES, NUM_GROUPS, STATEFUL, STRATEGIES, make_steps
-
-SIZED = {"group_dro": {"num_groups": NUM_GROUPS}, "ema_class_loss": {"num_classes": NUM_CLASSES}}
-SIZED.update({n: {"num_samples": DATASET} for n in ("per_sample_ema", "jtt")})
-SIZED["class_balanced"] = {"num_classes": NUM_CLASSES, "num_samples": DATASET}
+from tests.reweighting.helpers import BATCH, NUM_CLASSES, NUM_GROUPS, SIZED, STATEFUL, STRATEGIES, make_steps
 
 
 def _with_masked_sample(inputs, at):

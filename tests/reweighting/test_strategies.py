@@ -51,6 +51,18 @@ def test_unknown_strategy_and_argument():
         ("jtt", {"upweight": 0.5, "stage_epochs": 1}, r"`upweight` must be >= 1.0"),
         ("jtt", {"upweight": 2.0, "stage_epochs": 0}, r"`stage_epochs` must be an integer >= 1"),
         ("per_sample_ema", {"num_samples": 0}, r"`num_samples` must be an integer >= 1"),
+        ("per_sample_ema", {"temperature": -1.0}, r"`temperature` must be > 0.0, got -1.0"),
+        ("per_sample_ema", {"momentum": -0.1}, r"`momentum` must be in \[0.0, 1.0\), got -0.1"),
+        ("quadratic", {"temperature": 0.0}, r"`temperature` must be > 0.0, got 0.0"),
+        ("extremes", {"delta": 0.0}, r"`delta` must be > 0.0, got 0.0"),
+        ("cvar", {"alpha": 0.0}, r"`alpha` must be in \(0.0, 1.0\], got 0.0"),
+        ("top_k", {"k": 1.5}, r"`k` must be an integer >= 1, got 1.5"),
+        ("group_dro", {"num_groups": 0}, r"`num_groups` must be an integer >= 1, got 0"),
+        ("group_dro", {"adjustment": -1.0}, r"`adjustment` must be >= 0.0, got -1.0"),
+        ("class_balanced", {"samples_per_class": [3, -1]}, r"`samples_per_class` must be a non-empty 1-D sequence"),
+        ("class_balanced", {"num_samples": 0}, r"`num_samples` must be an integer >= 1, got 0"),
+        ("ema_class_loss", {"temperature": 0.0}, r"`temperature` must be > 0.0, got 0.0"),
+        ("ema_class_loss", {"num_classes": 0}, r"`num_classes` must be an integer >= 1, got 0"),
     ],
 )
 def test_invalid_arguments(name, kwargs, match):
@@ -74,6 +86,16 @@ def test_missing_input_names_the_key(name, kwargs, key):
         r(losses=torch.zeros(3), logits=torch.zeros(3, 2))
 
 
+def test_class_balanced_counting_needs_index():
+    """Counting without ``index`` would count every visit (counts grow each epoch; padding counted twice)."""
+    r = ll.build_reweighter("class_balanced")
+    with pytest.raises(
+        ValueError, match=r"`class_balanced` needs `index` .*, or give the training-set class counts as "
+    ):
+        r(losses=torch.zeros(3), target=torch.tensor([0, 1, 1]))
+    ll.build_reweighter("class_balanced", samples_per_class=[1, 2])(losses=torch.zeros(2), target=torch.tensor([0, 1]))
+
+
 def test_bad_input_shapes():
     r = ll.build_reweighter("group_dro")
     with pytest.raises(ValueError, match=r"`group` must be an integer tensor of shape \[3\], got torch.float32 \[3\]"):
@@ -88,9 +110,14 @@ def test_bad_input_shapes():
 # ---------------------------------------------------------------- multi-step references
 
 
-@pytest.mark.parametrize("name", ["loss_softmax", "quadratic", "extremes", "cvar", "top_k", "loss_truncation"])
+@pytest.mark.parametrize(
+    "name", ["loss_softmax", "quadratic", "extremes", "cvar", "top_k", "spectral_risk", "loss_truncation"]
+)
 def test_stateless_strategies_apply_their_formula(name):
+    """The strategy classes apply the functional forms (each checked against an explicit loop in
+    test_functional.py) to every batch, with their arguments."""
     fns = {
+        "spectral_risk": lambda x: F.spectral_risk_weights(x, torch.tensor([0.0, 1.0, 2.0, 4.0])),
         "loss_softmax": lambda x: F.loss_softmax_weights(x, 0.7),
         "quadratic": lambda x: F.quadratic_weights(x, 2.0, 1.0),
         "extremes": lambda x: F.extremes_weights(x, 1.0, 0.8),
@@ -301,3 +328,9 @@ def test_balanced_sampler_shards_are_disjoint_and_cover():
         BalancedSampler(groups, mode="balanced")
     with pytest.raises(ValueError, match="`groups` must be a non-empty 1-D sequence"):
         BalancedSampler([])
+    with pytest.raises(
+        ConfigurationError, match=r"`num_samples` applies to mode='oversample' only .* got num_samples=5"
+    ):
+        BalancedSampler(groups, mode="subsample", num_samples=5)
+    with pytest.raises(ConfigurationError, match=r"`rank` must be an integer in \[0, 1\], got 2"):
+        BalancedSampler(groups, num_replicas=2, rank=2)

@@ -1,0 +1,170 @@
+"""What reweighting logs, against loop references: weight statistics (ESS, entropy, min, max, zero fraction),
+per-group accuracy / loss and the worst-group accuracy (a torchmetrics Metric, synced over 2 ranks), written every
+N optimizer steps by the callback (read back from a CSV logger)."""
+
+import csv
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+
+import lightning_losses as ll
+from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+from lightning_losses.distributed import rank
+from lightning_losses.errors import ConfigurationError
+from lightning_losses.reweighting import GroupAccuracy, global_weight_stats
+
+
+def _weight_stats_reference(weights):
+    w = [float(x) for x in weights]
+    n, total = len(w), sum(w)
+    h = -sum(x / total * math.log(x / total) for x in w if x > 0)
+    return {
+        "ess": total**2 / (n * sum(x * x for x in w)),
+        "entropy": h / math.log(n),
+        "max": max(w),
+        "min": min(w),
+        "zero_fraction": sum(1 for x in w if x == 0) / n,
+    }
+
+
+@pytest.mark.parametrize("weights", [[0.5, 1.0, 2.0, 0.0, 0.5], [1.0] * 4, [0.0, 0.0, 3.0]])
+def test_global_weight_stats_matches_loop(weights):
+    got = global_weight_stats(torch.tensor(weights, dtype=torch.float64))
+    for key, value in _weight_stats_reference(weights).items():
+        assert float(got[key]) == pytest.approx(value, abs=1e-6), key
+
+
+def _group_reference(pred, target, group, losses, mask, num_groups):
+    correct, total, loss = [0.0] * num_groups, [0] * num_groups, [0.0] * num_groups
+    for p, t, g, v, m in zip(pred, target, group, losses, mask):
+        if m:
+            total[g] += 1
+            correct[g] += float(p == t)
+            loss[g] += v
+    acc = [c / n if n else 0.0 for c, n in zip(correct, total)]
+    mean_loss = [v / n if n else 0.0 for v, n in zip(loss, total)]
+    return acc, mean_loss, min(a for a, n in zip(acc, total) if n)
+
+
+def _group_batch(seed=0, n=40, num_groups=4):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, 3, generator=g)
+    target = torch.randint(0, 3, (n,), generator=g)
+    group = torch.randint(0, num_groups - 1, (n,), generator=g)  # the last group never occurs
+    losses = torch.rand(n, generator=g, dtype=torch.float64)
+    mask = torch.rand(n, generator=g) > 0.2
+    return logits, target, group, losses, mask
+
+
+def test_group_accuracy_matches_loop():
+    logits, target, group, losses, mask = _group_batch()
+    metric = GroupAccuracy(num_groups=4)
+    metric.update(logits[:15], target[:15], group[:15], losses[:15], mask=mask[:15])  # two batches accumulate
+    metric.update(logits[15:], target[15:], group[15:], losses[15:], mask=mask[15:])
+    out = metric.compute()
+    acc, loss, worst = _group_reference(
+        logits.argmax(-1).tolist(), target.tolist(), group.tolist(), losses.tolist(), mask.tolist(), 4
+    )
+    torch.testing.assert_close(out["acc"], torch.tensor(acc))
+    torch.testing.assert_close(out["loss"], torch.tensor(loss))
+    assert float(out["worst_acc"]) == pytest.approx(worst)  # over groups present only (group 3 never occurs)
+
+
+def test_group_accuracy_rejects_unknown_group():
+    with pytest.raises(ValueError, match=r"GroupAccuracy got group id 2 but `num_groups` is 2; set `num_groups`"):
+        GroupAccuracy(num_groups=2).update(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 2]))
+
+
+def _group_accuracy_on_rank():
+    logits, target, group, losses, mask = _group_batch()
+    part = slice(0, 13) if rank() == 0 else slice(13, None)
+    metric = GroupAccuracy(num_groups=4)
+    metric.update(logits[part], target[part], group[part], losses[part], mask=mask[part])
+    return {k: v.clone() for k, v in metric.compute().items()}  # torchmetrics sums the states over ranks
+
+
+def test_group_accuracy_is_global_under_ddp(ddp):
+    out0, out1 = ddp.run(_group_accuracy_on_rank)
+    single = GroupAccuracy(num_groups=4)
+    single.update(*_group_batch()[:4], mask=_group_batch()[4])
+    expected = single.compute()
+    for key in expected:
+        torch.testing.assert_close(out0[key], expected[key])
+        torch.testing.assert_close(out1[key], expected[key])
+
+
+class _Recorder(Callback):
+    """Records, after every training batch, what the reweighting callback saw (placed after it)."""
+
+    def __init__(self, reweighting):
+        self.reweighting, self.rows = reweighting, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        last = self.reweighting.reweighter.last
+        self.rows.append(
+            {
+                "step": trainer.global_step,
+                "weights": pl_module.objective_output.weights.detach().clone(),
+                "correct": (last["logits"].argmax(-1) == last["target"]).tolist(),
+                "group": last["group"].tolist(),
+                "losses": last["losses"].tolist(),
+                "q": self.reweighting.reweighter.q.clone(),
+            }
+        )
+
+
+def _fit_and_read(tmp_path, every, trainer_every=3, batches=7):
+    L.seed_everything(0)
+    dm = DigitsDataModule(batch_size=32, spurious=0.9)
+    model = DigitsClassifier(num_features=dm.num_features, dropout=0.0)
+    cb = ll.SampleReweighting("group_dro", step_size=0.5, log_every_n_steps=every)
+    recorder = _Recorder(cb)
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=batches, accelerator="cpu", logger=CSVLogger(tmp_path),
+        log_every_n_steps=trainer_every, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, limit_val_batches=0, callbacks=[cb, recorder],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    with open(trainer.logger.experiment.metrics_file_path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("reweight/ess")]
+    return rows, recorder.rows
+
+
+def test_logged_every_n_steps_with_loop_values(tmp_path):
+    logged, seen = _fit_and_read(tmp_path, every=None)  # follows Trainer(log_every_n_steps=3)
+    assert [int(r["step"]) for r in logged] == [2, 5]  # after optimizer steps 3 and 6 (CSV rows are 0-based)
+    window_start = 0
+    for row in logged:
+        end = int(row["step"]) + 1  # batches seen[0:end] ran; this log covers those since the previous one
+        at = seen[end - 1]
+        for key, value in _weight_stats_reference(at["weights"].tolist()).items():
+            assert float(row[f"reweight/{key}"]) == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        for g in (0, 1):
+            assert float(row[f"reweight/q/{g}"]) == pytest.approx(float(at["q"][g]), rel=1e-6)
+        correct, group, losses = (
+            [x for b in seen[window_start:end] for x in b[k]] for k in ("correct", "group", "losses")
+        )
+        ones = [True] * len(correct)  # correct == True <=> prediction == target
+        acc, loss, worst = _group_reference(correct, ones, group, losses, ones, 2)
+        for g in (0, 1):
+            assert float(row[f"reweight/group_acc/{g}"]) == pytest.approx(acc[g], abs=1e-6)
+            assert float(row[f"reweight/group_loss/{g}"]) == pytest.approx(loss[g], rel=1e-5)
+        assert float(row["reweight/worst_group_acc"]) == pytest.approx(worst, abs=1e-6)
+        window_start = end
+
+
+def test_explicit_interval_and_zero_turns_logging_off(tmp_path):
+    for trainer_every in (1, 3, 50):  # neither repeated on the Trainer's other logging steps nor dropped
+        logged, seen = _fit_and_read(tmp_path / str(trainer_every), every=2, trainer_every=trainer_every, batches=5)
+        assert [int(r["step"]) for r in logged] == [1, 3]
+        for row in logged:
+            q = seen[int(row["step"])]["q"]
+            assert float(row["reweight/q/0"]) == pytest.approx(float(q[0]), rel=1e-6)
+    off, _ = _fit_and_read(tmp_path / "off", every=0, trainer_every=1, batches=3)
+    assert off == []
+    with pytest.raises(ConfigurationError, match=r"`log_every_n_steps` must be an integer >= 0, got -1"):
+        ll.SampleReweighting("cvar", alpha=0.5, log_every_n_steps=-1)
