@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("wandb")
 
 from lightning_losses.cli import run_fit  # noqa: E402
-from tests.helpers.wandb_reader import read_history, read_records  # noqa: E402
+from tests.helpers.wandb_reader import read_history, read_records, wait_for_exit  # noqa: E402
 
 
 def test_wandb_offline_run_holds_logged_metrics(tmp_path, monkeypatch):
@@ -29,6 +29,7 @@ def test_wandb_offline_run_holds_logged_metrics(tmp_path, monkeypatch):
     files = list(tmp_path.rglob("run-*.wandb"))
     assert len(files) == 1, files
     assert "offline-run" in str(files[0])
+    wait_for_exit(files[0])
     rows = read_history(files[0])
     train = [r for r in rows if "train/loss" in r]
     assert len(train) == 40 // 5  # 2 epochs x 20 steps, every 5 steps

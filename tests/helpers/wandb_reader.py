@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,20 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
             row[key] = json.loads(item.value_json)
         rows.append(row)
     return rows
+
+
+def wait_for_exit(path: str | Path, timeout: float = 60.0) -> list[Any]:
+    """Return the run's records once its ``exit`` record is on disk.
+
+    ``wandb.finish()`` can return before the background service has flushed the whole run file (seen on a loaded
+    machine: some or all ``history`` records missing); the ``exit`` record is written last. Raises ``TimeoutError``
+    if it does not appear within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} holds no `exit` record after {timeout} s ({len(records)} records)")
+        time.sleep(0.2)
