@@ -24,15 +24,15 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["ChunkedLinearCE", "default_chunk_size"]
 
-_CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MiB in float32
+_CHUNK_ELEMENTS = 1 << 25  # logits per chunk: 128 MiB in float32
 
 
 def default_chunk_size(num_tokens: int, vocab: int) -> int:
-    """Tokens per chunk so that a chunk's float32 logits take about 64 MiB (at least 1, at most ``num_tokens``).
+    """Tokens per chunk so that a chunk's float32 logits take about 128 MiB (at least 1, at most ``num_tokens``).
 
     Example:
         >>> default_chunk_size(4096, 131072), default_chunk_size(4096, 32000), default_chunk_size(10, 100)
-        (128, 524, 10)
+        (256, 1048, 10)
     """
     return max(1, min(num_tokens, _CHUNK_ELEMENTS // max(1, vocab)))
 
@@ -41,17 +41,35 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _chunk_logits(
-    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, softcap: float | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(z, dz/draw)`` of one chunk: logits in the compute dtype and the softcap derivative (``None`` without cap)."""
-    z = torch.addmm(b, x, w.t()) if b is not None else x @ w.t()
-    z = z.to(_compute_dtype(z.dtype))
-    if softcap is None:
+class _Buffers:
+    """Chunk-sized work buffers allocated once per pass and reused (no allocator churn, no page faults per chunk)."""
+
+    def __init__(self, x: torch.Tensor, w: torch.Tensor, chunk: int, count: int, softcap: float | None) -> None:
+        rows, vocab = min(chunk, x.shape[0]), w.shape[0]
+        cdtype = _compute_dtype(x.dtype)
+        new = lambda dtype: torch.empty(rows, vocab, dtype=dtype, device=x.device)  # noqa: E731
+        self.work = [new(cdtype) for _ in range(count)]
+        self.half = new(x.dtype) if x.dtype != cdtype else None
+        self.deriv = new(cdtype) if softcap is not None else None
+
+    def logits(self, x, w, b, softcap, s, e):
+        """Chunk ``[s, e)``'s logits (compute dtype) in ``work[0]``, the softcap derivative in ``deriv``."""
+        rows = e - s
+        z = self.work[0][:rows]
+        out = z if self.half is None else self.half[:rows]
+        if b is not None:
+            torch.addmm(b, x[s:e], w.t(), out=out)
+        else:
+            torch.mm(x[s:e], w.t(), out=out)
+        if self.half is not None:
+            z.copy_(out)
+        if softcap is not None:
+            t = z.div_(softcap).tanh_()
+            d = self.deriv[:rows]
+            torch.mul(t, t, out=d).neg_().add_(1.0)
+            t.mul_(softcap)
+            return z, d
         return z, None
-    t = z.div_(softcap).tanh_()
-    deriv = 1.0 - t.square()
-    return t.mul_(softcap), deriv
 
 
 class ChunkedLinearCE(torch.autograd.Function):
@@ -66,22 +84,31 @@ class ChunkedLinearCE(torch.autograd.Function):
         loss = torch.zeros(m if want_loss else 0, dtype=cdtype, device=x.device)
         ent = torch.empty(m if want_entropy else 0, dtype=cdtype, device=x.device)
         with torch.no_grad():
+            bufs = _Buffers(x, w, chunk, 2 if want_entropy else 1, softcap) if m else None
             for s in range(0, m, chunk):
                 e = min(s + chunk, m)
-                z, _ = _chunk_logits(x[s:e], w, b, softcap)
-                lse[s:e] = torch.logsumexp(z, dim=-1)
+                z, _ = bufs.logits(x, w, b, softcap, s, e)
                 if want_loss:
-                    zy = z.gather(1, y[s:e, None]).squeeze(1)
-                    tok = lse[s:e] - (1.0 - eps) * zy
+                    tok = z.gather(1, y[s:e, None]).squeeze(1).mul_(-(1.0 - eps))
                     if eps:
-                        tok = tok - (eps / vocab) * z.sum(-1)
-                    if z_coef:
-                        tok = tok + z_coef * lse[s:e].square()
-                    loss[s:e] = torch.where(valid[s:e], tok, torch.zeros_like(tok))
+                        tok.sub_(z.sum(-1), alpha=eps / vocab)
+                zmax = z.amax(-1)
                 if want_entropy:
-                    p = z.sub(lse[s:e, None]).exp_()
-                    ent[s:e] = lse[s:e] - torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).view(-1)
-                del z
+                    ex = torch.sub(z, zmax[:, None], out=bufs.work[1][: e - s]).exp_()
+                    total = ex.sum(-1)
+                    pz = torch.bmm(ex.unsqueeze(1), z.unsqueeze(2)).view(-1).div_(total)
+                else:
+                    total = z.sub_(zmax[:, None]).exp_().sum(-1)
+                lse_c = total.log_().add_(zmax)
+                lse[s:e] = lse_c
+                if want_entropy:
+                    ent[s:e] = lse_c - pz
+                if want_loss:
+                    tok.add_(lse_c)
+                    if z_coef:
+                        tok.add_(lse_c.square(), alpha=z_coef)
+                    loss[s:e] = tok.masked_fill_(~valid[s:e], 0.0)
+            del bufs
         ctx.save_for_backward(x, w, b, y, valid, lse, ent)
         ctx.opts = (eps, z_coef, softcap, chunk, want_loss, want_entropy)
         ctx.set_materialize_grads(False)
@@ -107,39 +134,38 @@ class ChunkedLinearCE(torch.autograd.Function):
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
         grad_w = torch.zeros(w.shape, dtype=cdtype, device=w.device) if need_w else None
         grad_b = torch.zeros(vocab, dtype=cdtype, device=w.device) if need_b else None
-        # per-token factors: L's gradient is p * a - (1 - eps) * onehot - eps / V, scaled by the upstream gradient
-        if grad_loss is not None:
-            g_l = torch.where(valid, grad_loss.to(cdtype), torch.zeros((), dtype=cdtype, device=x.device))
+        if grad_loss is not None:  # dL/dz = p * a - (1 - eps) * onehot(y) - eps / V, times the upstream gradient
+            g_l = grad_loss.to(cdtype).masked_fill(~valid, 0.0)
             a = g_l * (1.0 + 2.0 * z_coef * lse) if z_coef else g_l
+        if grad_ent is not None:
+            g_h = grad_ent.to(cdtype)
+        bufs = _Buffers(x, w, chunk, 2 if grad_ent is not None else 1, softcap) if m else None
         for s in range(0, m, chunk):
             e = min(s + chunk, m)
-            z, deriv = _chunk_logits(x[s:e], w, b, softcap)
+            rows = e - s
+            z, deriv = bufs.logits(x, w, b, softcap, s, e)
             logp = z.sub_(lse[s:e, None])
-            p = logp.exp()
-            if grad_ent is not None:
-                h_term = logp.add_(ent[s:e, None]).mul_(p).mul_(-grad_ent[s:e, None].to(cdtype))
-            if grad_loss is not None:
-                g = p.mul_(a[s:e, None])
-                rows = torch.arange(e - s, device=x.device)
-                g[rows, y[s:e]] -= (1.0 - eps) * g_l[s:e]
-                if eps:
-                    g.sub_((eps / vocab) * g_l[s:e, None])
-                if grad_ent is not None:
-                    g.add_(h_term)
+            if grad_ent is not None:  # dH/dz = -p * (log p + H), in work[0]; p in work[1]
+                p = torch.exp(logp, out=bufs.work[1][:rows])
+                g = logp.add_(ent[s:e, None]).mul_(p).mul_(-g_h[s:e, None])
+                if grad_loss is not None:
+                    g.addcmul_(p, a[s:e, None])
             else:
-                g = h_term
-            del p, logp, z
+                g = logp.exp_().mul_(a[s:e, None])
+            if grad_loss is not None:
+                g[torch.arange(rows, device=x.device), y[s:e]] -= (1.0 - eps) * g_l[s:e]
+                if eps:
+                    g.sub_(g_l[s:e, None], alpha=eps / vocab)
             if deriv is not None:
                 g.mul_(deriv)
-                del deriv
-            gm = g.to(x.dtype)
+            gm = g if bufs.half is None else bufs.half[:rows].copy_(g)
             if need_x:
                 torch.mm(gm, w, out=grad_x[s:e])
             if need_w:
                 grad_w.addmm_(g.t(), x[s:e].to(cdtype))
             if need_b:
                 grad_b.add_(g.sum(0))
-            del g, gm
+        del bufs
         grad_w = grad_w.to(w.dtype) if grad_w is not None else None
         grad_b = grad_b.to(b.dtype) if grad_b is not None else None
         return grad_x, grad_w, grad_b, None, None, None, None, None, None, None, None

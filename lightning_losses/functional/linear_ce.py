@@ -4,9 +4,10 @@ For hidden states ``hidden [N, T, H]`` (or any ``[..., H]``), the output embeddi
 ``bias [V]``, the logits :math:`z = h W^\top + b` are never materialised for all tokens at once: a custom autograd
 function works through chunks of tokens, keeps only the per-token log-sum-exp in the forward and recomputes each
 chunk's logits in the backward (the idea of *Cut Your Losses in Large-Vocabulary Language Models*, Wijmans et al.,
-ICLR 2025, done chunk-wise in PyTorch as Liger-Kernel's fused linear cross entropy does). Peak extra memory is one
-chunk's logits (``chunk_size × V``, about 64 MiB by default) instead of several ``[N·T, V]`` tensors; the price is
-one more ``[N·T, H] × [H, V]`` matmul in the backward.
+ICLR 2025, done chunk-wise in PyTorch as Liger-Kernel's fused linear cross entropy does). Extra memory is one
+chunk-sized buffer (``chunk_size × V`` floats, about 128 MiB by default; two with entropy, one more with a softcap or
+half inputs) plus ``grad_weight``, instead of several ``[N·T, V]`` tensors; the price is one more
+``[N·T, H] × [H, V]`` matmul in the backward (4 instead of 3).
 
 The per-token results are exact (to float tolerance) against the materialised path for any upstream gradient, so
 per-token weights, ``reduction="none"`` and per-sequence normalisation
@@ -178,7 +179,7 @@ def linear_cross_entropy(
         token_weight: optional floating ``[...]`` multiplying each token's loss (gradients flow to it too).
         reduction: ``"none"`` (per token, shape of ``target``), ``"sum"``, or ``"mean"`` (the sum divided by the number
             of valid tokens, at least 1). Default ``"none"``.
-        chunk_size: tokens per chunk, or ``None`` for about 64 MiB of float32 logits per chunk.
+        chunk_size: tokens per chunk, or ``None`` for about 128 MiB of float32 logits per chunk.
         impl: ``"auto"``, ``"chunked"`` or ``"cce"`` (see the module docstring). Default ``"auto"``.
         validate_args: check that target ids are in range (one host sync). Default ``True``.
 

@@ -40,7 +40,7 @@ class LinearCrossEntropy(Loss):
         softcap: logit softcap :math:`s > 0` (:math:`s\tanh(z/s)`, Gemma 2), or ``None``. Default ``None``.
         normalization: ``"sequence"`` (token mean within each sequence), ``"token"`` (global token mean), ``"sum"``
             or ``"constant"`` (see :mod:`lightning_losses.functional.policy`). Default ``"sequence"``.
-        chunk_size: tokens per chunk, or ``None`` (about 64 MiB of float32 logits per chunk). Default ``None``.
+        chunk_size: tokens per chunk, or ``None`` (about 128 MiB of float32 logits per chunk). Default ``None``.
         impl: ``"auto"``, ``"chunked"`` or ``"cce"`` (``cut_cross_entropy`` on CUDA; see the functional module).
             Default ``"auto"``.
 
