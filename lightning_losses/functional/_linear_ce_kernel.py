@@ -83,7 +83,7 @@ class ChunkedLinearCE(torch.autograd.Function):
         lse = torch.empty(m, dtype=cdtype, device=x.device)
         loss = torch.zeros(m if want_loss else 0, dtype=cdtype, device=x.device)
         ent = torch.empty(m if want_entropy else 0, dtype=cdtype, device=x.device)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             bufs = _Buffers(x, w, chunk, 2 if want_entropy else 1, softcap) if m else None
             for s in range(0, m, chunk):
                 e = min(s + chunk, m)
@@ -111,6 +111,7 @@ class ChunkedLinearCE(torch.autograd.Function):
             del bufs
         ctx.save_for_backward(x, w, b, y, valid, lse, ent)
         ctx.opts = (eps, z_coef, softcap, chunk, want_loss, want_entropy)
+        ctx.device_type = x.device.type
         ctx.set_materialize_grads(False)
         if not want_loss:
             ctx.mark_non_differentiable(loss)
@@ -121,6 +122,11 @@ class ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss, grad_ent):
+        with torch.autocast(ctx.device_type, enabled=False):
+            return ChunkedLinearCE._backward(ctx, grad_loss, grad_ent)
+
+    @staticmethod
+    def _backward(ctx, grad_loss, grad_ent):
         x, w, b, y, valid, lse, ent = ctx.saved_tensors
         eps, z_coef, softcap, chunk, want_loss, want_entropy = ctx.opts
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

@@ -38,6 +38,28 @@ def _shape(t: torch.Tensor) -> str:
     return f"[{', '.join(str(s) for s in t.shape)}]"
 
 
+def _autocast_dtype(device: str) -> torch.dtype | None:
+    try:  # torch >= 2.4
+        return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    except (AttributeError, TypeError, RuntimeError):  # torch 2.3
+        if device == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+        if device == "cpu" and torch.is_autocast_cpu_enabled():
+            return torch.get_autocast_cpu_dtype()
+        return None
+
+
+def _autocast(hidden, weight, bias):
+    """Under ``torch.autocast`` cast the matmul inputs to its dtype, as ``F.linear`` would (softmax stays float32)."""
+    if not (isinstance(hidden, torch.Tensor) and isinstance(weight, torch.Tensor)):
+        return hidden, weight, bias
+    dtype = _autocast_dtype(hidden.device.type)
+    if dtype is None:
+        return hidden, weight, bias
+    cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    return cast(hidden), cast(weight), cast(bias)
+
+
 def _check(hidden, weight, bias, target, token_weight, chunk_size, validate_args, ignore_index) -> None:
     for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias), ("target", target)):
         if t is not None and not isinstance(t, torch.Tensor):
@@ -54,7 +76,7 @@ def _check(hidden, weight, bias, target, token_weight, chunk_size, validate_args
     if weight.dtype != hidden.dtype or weight.device != hidden.device:
         raise ValueError(
             f"`weight` must have the dtype and device of `hidden` ({hidden.dtype}, {hidden.device}), "
-            f"got {weight.dtype}, {weight.device}"
+            f"got {weight.dtype}, {weight.device} (cast one, or run under torch.autocast)"
         )
     if bias is not None and (bias.shape != weight.shape[:1] or bias.dtype != weight.dtype):
         raise ValueError(
@@ -193,6 +215,7 @@ def linear_cross_entropy(
         >>> torch.allclose(linear_cross_entropy(h, w, y, chunk_size=4), naive.view(2, 3), atol=1e-6)
         True
     """
+    hidden, weight, bias = _autocast(hidden, weight, bias)
     _check(hidden, weight, bias, target, token_weight, chunk_size, validate_args, ignore_index)
     _check_options(label_smoothing, z_loss, softcap)
     if reduction not in REDUCTIONS:
@@ -251,6 +274,7 @@ def linear_log_probs(
         >>> torch.allclose(linear_log_probs(h, w, y), ref, atol=1e-6)
         True
     """
+    hidden, weight, bias = _autocast(hidden, weight, bias)
     _check(hidden, weight, bias, target, None, chunk_size, validate_args, ignore_index)
     _check_options(0.0, 0.0, softcap)
     nll, ent = _chunked(
@@ -285,6 +309,7 @@ def linear_entropy(
         >>> linear_entropy(torch.zeros(2, 4), torch.randn(8, 4))  # uniform over 8: log 8
         tensor([2.0794, 2.0794])
     """
+    hidden, weight, bias = _autocast(hidden, weight, bias)
     _check(hidden, weight, bias, None, None, chunk_size, False, -100)
     _check_options(0.0, 0.0, softcap)
     _, ent = _chunked(

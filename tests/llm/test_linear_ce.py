@@ -373,3 +373,20 @@ def test_input_validation():
             call()
     with pytest.raises(TypeError, match=r"`weight` must be a torch.Tensor, got list"):
         f(h, [1.0], y)
+
+
+def test_autocast_casts_like_linear():
+    """Under autocast (Lightning's bf16-mixed) a float32 head and bfloat16 hidden states work; softmax in float32."""
+    h, w, b, y = _data(n=2, t=6, hdim=16, v=40, dtype=torch.float32, seed=9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = LCE.linear_cross_entropy(h.to(torch.bfloat16), w, y, b, chunk_size=5)
+        ent = LCE.linear_entropy(h, w, b)
+    assert out.dtype == ent.dtype == torch.float32
+    hb, wb, bb = (t.detach().to(torch.bfloat16).float() for t in (h, w, b))
+    torch.testing.assert_close(out, _naive_ce(hb, wb, y, bb), atol=0.05, rtol=0.02)
+    gw, gb = torch.autograd.grad(out.sum() + ent.sum(), (w, b))
+    assert gw.dtype == torch.float32 and torch.isfinite(gw).all() and torch.isfinite(gb).all()
+    ref_gw = torch.autograd.grad(_naive_ce(h, w, y, b).sum() + _naive_entropy(h, w, b).sum(), (w,))[0]
+    torch.testing.assert_close(gw, ref_gw, atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError, match=r"\(cast one, or run under torch.autocast\)"):
+        LCE.linear_cross_entropy(h.to(torch.bfloat16), w, y)
