@@ -5,7 +5,9 @@ logits :math:`z = \mathrm{cap}(x W^\top + b)` (softcap :math:`s\tanh(\cdot/s)` w
 chunk of ``C`` tokens at a time. The forward keeps the per-token log-sum-exp :math:`\ell = \log\sum_v e^{z_v}` (and
 the entropy when asked); the backward recomputes each chunk's logits and accumulates ``grad_x``, ``grad_W`` and
 ``grad_b`` from the per-token upstream gradients, so any upstream gradient ``[M]`` (per-token weights, per-sequence
-normalisation, reweighting) gets the exact gradient.
+normalisation, reweighting) gets the exact gradient. When only ``x`` needs a gradient (a frozen head, as in LoRA),
+``grad_x_t = g_t (\partial L_t/\partial z_t) W`` is separable per token: the forward computes the unscaled rows
+``[M, H]`` and the backward only scales them (two matmuls in all, as the materialised path).
 
 Per token (valid targets only; 0 elsewhere), with label smoothing :math:`\epsilon` and z-loss coefficient :math:`c`:
 
@@ -71,6 +73,13 @@ class _Buffers:
             return z, d
         return z, None
 
+    def project(self, d: torch.Tensor, deriv: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor:
+        """``(d * deriv) @ w`` for a chunk's gradient w.r.t. the logits (matmul in the input dtype)."""
+        if deriv is not None:
+            d.mul_(deriv)
+        dm = d if self.half is None else self.half[: d.shape[0]].copy_(d)
+        return dm @ w
+
 
 class ChunkedLinearCE(torch.autograd.Function):
     """``(loss [M], entropy [M] or [0]) = ChunkedLinearCE.apply(x, w, b, y, valid, eps, z_coef, softcap, chunk,
@@ -83,11 +92,18 @@ class ChunkedLinearCE(torch.autograd.Function):
         lse = torch.empty(m, dtype=cdtype, device=x.device)
         loss = torch.zeros(m if want_loss else 0, dtype=cdtype, device=x.device)
         ent = torch.empty(m if want_entropy else 0, dtype=cdtype, device=x.device)
+        # frozen head (only hidden needs a gradient): grad_x_t = g_t * (dL_t/dz_t) @ W is separable per token, so the
+        # unscaled rows are computed here and the backward only scales them (no recompute, matmul count as naive)
+        eager = (
+            ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and not (b is not None and ctx.needs_input_grad[2])
+        )
+        gx_l = torch.empty(x.shape if eager and want_loss else 0, dtype=cdtype, device=x.device)
+        gx_h = torch.empty(x.shape if eager and want_entropy else 0, dtype=cdtype, device=x.device)
         with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             bufs = _Buffers(x, w, chunk, 2 if want_entropy else 1, softcap) if m else None
             for s in range(0, m, chunk):
                 e = min(s + chunk, m)
-                z, _ = bufs.logits(x, w, b, softcap, s, e)
+                z, deriv = bufs.logits(x, w, b, softcap, s, e)
                 if want_loss:
                     tok = z.gather(1, y[s:e, None]).squeeze(1).mul_(-(1.0 - eps))
                     if eps:
@@ -98,19 +114,30 @@ class ChunkedLinearCE(torch.autograd.Function):
                     total = ex.sum(-1)
                     pz = torch.bmm(ex.unsqueeze(1), z.unsqueeze(2)).view(-1).div_(total)
                 else:
-                    total = z.sub_(zmax[:, None]).exp_().sum(-1)
-                lse_c = total.log_().add_(zmax)
+                    ex = z.sub_(zmax[:, None]).exp_()
+                    total = ex.sum(-1)
+                lse_c = torch.log(total).add_(zmax)
                 lse[s:e] = lse_c
                 if want_entropy:
-                    ent[s:e] = lse_c - pz
+                    ent[s:e] = ent_c = lse_c - pz
                 if want_loss:
                     tok.add_(lse_c)
                     if z_coef:
                         tok.add_(lse_c.square(), alpha=z_coef)
                     loss[s:e] = tok.masked_fill_(~valid[s:e], 0.0)
+                if eager and want_entropy:  # dH/dz = -p (log p + H), p = ex / total, log p = z - lse
+                    d_h = z.sub_(lse_c[:, None]).add_(ent_c[:, None]).mul_(ex).div_(-total[:, None])
+                    gx_h[s:e] = bufs.project(d_h, deriv, w)
+                if eager and want_loss:  # dL/dz = p (1 + 2c lse) - (1 - eps) onehot(y) - eps / V
+                    scale = (1.0 + 2.0 * z_coef * lse_c) / total if z_coef else total.reciprocal()
+                    d_l = ex.mul_(scale[:, None])
+                    d_l[torch.arange(e - s, device=x.device), y[s:e]] -= 1.0 - eps
+                    if eps:
+                        d_l.sub_(eps / vocab)
+                    gx_l[s:e] = bufs.project(d_l, deriv, w)
             del bufs
-        ctx.save_for_backward(x, w, b, y, valid, lse, ent)
-        ctx.opts = (eps, z_coef, softcap, chunk, want_loss, want_entropy)
+        ctx.save_for_backward(x, w, b, y, valid, lse, ent, gx_l, gx_h)
+        ctx.opts = (eps, z_coef, softcap, chunk, want_loss, want_entropy, eager)
         ctx.device_type = x.device.type
         ctx.set_materialize_grads(False)
         if not want_loss:
@@ -127,8 +154,8 @@ class ChunkedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_loss, grad_ent):
-        x, w, b, y, valid, lse, ent = ctx.saved_tensors
-        eps, z_coef, softcap, chunk, want_loss, want_entropy = ctx.opts
+        x, w, b, y, valid, lse, ent, gx_l, gx_h = ctx.saved_tensors
+        eps, z_coef, softcap, chunk, want_loss, want_entropy, eager = ctx.opts
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = b is not None and ctx.needs_input_grad[2]
         grad_loss = grad_loss if want_loss else None
@@ -137,6 +164,13 @@ class ChunkedLinearCE(torch.autograd.Function):
             return (None,) * 11
         m, vocab = x.shape[0], w.shape[0]
         cdtype = lse.dtype
+        if eager:
+            gx = torch.zeros(x.shape, dtype=cdtype, device=x.device)
+            if grad_loss is not None:
+                gx.addcmul_(grad_loss.to(cdtype).masked_fill(~valid, 0.0)[:, None], gx_l)
+            if grad_ent is not None:
+                gx.addcmul_(grad_ent.to(cdtype)[:, None], gx_h)
+            return (gx.to(x.dtype),) + (None,) * 10
         grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device) if need_x else None
         grad_w = torch.zeros(w.shape, dtype=cdtype, device=w.device) if need_w else None
         grad_b = torch.zeros(vocab, dtype=cdtype, device=w.device) if need_b else None

@@ -7,7 +7,8 @@ chunk's logits in the backward (the idea of *Cut Your Losses in Large-Vocabulary
 ICLR 2025, done chunk-wise in PyTorch as Liger-Kernel's fused linear cross entropy does). Extra memory is one
 chunk-sized buffer (``chunk_size × V`` floats, about 128 MiB by default; two with entropy, one more with a softcap or
 half inputs) plus ``grad_weight``, instead of several ``[N·T, V]`` tensors; the price is one more
-``[N·T, H] × [H, V]`` matmul in the backward (4 instead of 3).
+``[N·T, H] × [H, V]`` matmul in the backward (4 instead of 3). With a frozen head (``weight`` and ``bias`` need no
+gradient) the forward computes the per-token gradient rows of ``hidden`` instead, and nothing is recomputed.
 
 The per-token results are exact (to float tolerance) against the materialised path for any upstream gradient, so
 per-token weights, ``reduction="none"`` and per-sequence normalisation

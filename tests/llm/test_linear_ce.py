@@ -93,6 +93,39 @@ def test_no_bias_and_frozen_weight():
     torch.testing.assert_close(gh, gh_ref)
 
 
+@pytest.mark.parametrize("opts", [{}, {"label_smoothing": 0.1, "z_loss": 0.02, "softcap": 2.0}], ids=["plain", "all"])
+def test_frozen_head_fast_path(opts):
+    """Only ``hidden`` needs a gradient: grad rows are computed in the forward and scaled in the backward."""
+    h, w, b, y = _data(n=3, t=5, v=13, seed=11)
+    w, b = w.detach(), b.detach()
+    g = torch.Generator().manual_seed(12)
+    up1, up2 = torch.randn(y.shape, generator=g, dtype=torch.float64), torch.randn(y.shape, generator=g).double()
+    kw = {"eps": opts.get("label_smoothing", 0.0), "z_coef": opts.get("z_loss", 0.0), "softcap": opts.get("softcap")}
+    out = LCE.linear_cross_entropy(h, w, y, b, chunk_size=4, **opts)
+    with _CountMatmuls() as count:
+        (gh,) = torch.autograd.grad((out * up1).sum(), (h,))
+    assert count.calls == 0  # the fast path ran: nothing recomputed
+    trainable = w.clone().requires_grad_(True)
+    out_t = LCE.linear_cross_entropy(h, trainable, y, b, chunk_size=4, **opts)
+    with _CountMatmuls() as count:
+        torch.autograd.grad(out_t.sum(), (h,))
+    assert count.calls > 0  # (the counter sees the backward's recompute)
+    (ref,) = torch.autograd.grad((_naive_ce(h, w, y, b, **kw) * up1).sum(), (h,))
+    torch.testing.assert_close(gh, ref)
+    cap = opts.get("softcap")
+    lp, ent = LCE.linear_log_probs(h, w, y, b, softcap=cap, return_entropy=True, chunk_size=4)
+    (gh,) = torch.autograd.grad((lp * up1).sum() + (ent * up2).sum(), (h,))
+    ref_f = -_naive_ce(h, w, y, b, softcap=cap) * up1 + _naive_entropy(h, w, b, cap) * up2
+    torch.testing.assert_close(gh, torch.autograd.grad(ref_f.sum(), (h,))[0])
+    fn = lambda h: LCE.linear_log_probs(h, w, y, b, softcap=cap, return_entropy=True, chunk_size=4)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h,))
+    hh = h.detach().to(torch.bfloat16).requires_grad_(True)
+    (gh,) = torch.autograd.grad(
+        LCE.linear_cross_entropy(hh, w.to(torch.bfloat16), y, b.to(torch.bfloat16)).sum(), (hh,)
+    )
+    assert gh.dtype == torch.bfloat16 and torch.isfinite(gh).all()
+
+
 def test_token_weights_reduction_none_random_upstream():
     """The failure mode of fused kernels elsewhere: per-token weights and non-uniform upstream gradients."""
     h, w, b, y = _data(n=4, t=6, v=13, seed=3)
@@ -203,6 +236,16 @@ class _LargestOutput(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
         return out
+
+
+class _CountMatmuls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_)
+        return func(*args, **(kwargs or {}))
 
 
 def test_never_materialises_all_logits():
