@@ -223,7 +223,8 @@ def linear_cross_entropy(
         raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")
     if impl not in IMPLS:
         raise ValueError(f"`impl` must be one of {IMPLS}, got {impl!r}")
-    blocker = _cce_blocker(hidden, bias, label_smoothing, z_loss, False) if impl != "chunked" else "forced"
+    use_chunked = impl == "chunked" or (impl == "auto" and not hidden.is_cuda)  # no package lookup on CPU
+    blocker = "chunked" if use_chunked else _cce_blocker(hidden, bias, label_smoothing, z_loss, False)
     if impl == "cce" and blocker is not None:
         raise RuntimeError(f"`impl='cce'` cannot run: {blocker}; use impl='chunked' or 'auto'")
     if blocker is None:
