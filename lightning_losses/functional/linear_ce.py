@@ -21,15 +21,21 @@ Triton kernel, CUDA only, exact mode ``filter_eps=None``; plain NLL with optiona
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
-
 import torch
 
+from lightning_losses.functional import _cce_backend as CCE
+from lightning_losses.functional._cce_backend import cce_available
 from lightning_losses.functional._linear_ce_kernel import ChunkedLinearCE, default_chunk_size
 
-__all__ = ["IMPLS", "REDUCTIONS", "default_chunk_size", "linear_cross_entropy", "linear_entropy", "linear_log_probs"]
+__all__ = [
+    "IMPLS",
+    "REDUCTIONS",
+    "cce_available",
+    "default_chunk_size",
+    "linear_cross_entropy",
+    "linear_entropy",
+    "linear_log_probs",
+]
 
 IMPLS = ("auto", "chunked", "cce")
 REDUCTIONS = ("none", "sum", "mean")
@@ -121,36 +127,6 @@ def _check_options(label_smoothing: float, z_loss: float, softcap: float | None)
         raise ValueError(f"`softcap` must be > 0 or None, got {softcap!r}")
 
 
-def cce_available() -> bool:
-    """Whether the optional ``cut_cross_entropy`` package can be imported."""
-    return importlib.util.find_spec("cut_cross_entropy") is not None
-
-
-def _cce_blocker(hidden, bias, label_smoothing, z_loss, want_entropy) -> str | None:
-    """Why the ``cce`` backend cannot run these inputs (``None`` when it can)."""
-    if not cce_available():
-        return "the `cut_cross_entropy` package is not installed (pip install cut-cross-entropy)"
-    if not hidden.is_cuda:
-        return f"it needs CUDA inputs, got `hidden` on {hidden.device}"
-    if label_smoothing or z_loss or want_entropy:
-        return "it computes plain NLL only (no label smoothing, z-loss or entropy)"
-    if bias is not None:
-        fn = importlib.import_module("cut_cross_entropy").linear_cross_entropy
-        if "bias" not in inspect.signature(fn).parameters:
-            return "the installed `cut_cross_entropy` takes no `bias`"
-    return None
-
-
-def _cce_nll(hidden, weight, bias, target, ignore_index, softcap) -> torch.Tensor:
-    fn = importlib.import_module("cut_cross_entropy").linear_cross_entropy
-    kwargs = {"bias": bias} if bias is not None else {}
-    out = fn(
-        hidden, weight, target, ignore_index=ignore_index, softcap=softcap, reduction="none", filter_eps=None, **kwargs
-    )
-    out = out.reshape(target.shape).float()
-    return torch.where(target != ignore_index, out, torch.zeros_like(out))
-
-
 def _chunked(hidden, weight, bias, target, *, ignore_index, eps, z_coef, softcap, chunk_size, want_entropy):
     lead = hidden.shape[:-1]
     x = hidden.reshape(-1, hidden.shape[-1]).contiguous()
@@ -224,11 +200,11 @@ def linear_cross_entropy(
     if impl not in IMPLS:
         raise ValueError(f"`impl` must be one of {IMPLS}, got {impl!r}")
     use_chunked = impl == "chunked" or (impl == "auto" and not hidden.is_cuda)  # no package lookup on CPU
-    blocker = "chunked" if use_chunked else _cce_blocker(hidden, bias, label_smoothing, z_loss, False)
+    blocker = "chunked" if use_chunked else CCE.blocker(hidden, bias, label_smoothing, z_loss, False)
     if impl == "cce" and blocker is not None:
         raise RuntimeError(f"`impl='cce'` cannot run: {blocker}; use impl='chunked' or 'auto'")
     if blocker is None:
-        token = _cce_nll(hidden, weight, bias, target, ignore_index, softcap)
+        token = CCE.nll(hidden, weight, bias, target, ignore_index, softcap)
     else:
         token, _ = _chunked(
             hidden,

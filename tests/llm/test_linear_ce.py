@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lightning_losses as ll
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.functional import _cce_backend as CCE
 from lightning_losses.functional import linear_ce as LCE
 from lightning_losses.objective import Objective
 
@@ -266,18 +267,18 @@ def test_never_materialises_all_logits():
 
 def test_auto_uses_chunked_on_cpu(monkeypatch):
     h, w, b, y = _data()
-    monkeypatch.setattr(LCE, "cce_available", lambda: True)  # even when the package is importable
+    monkeypatch.setattr(CCE, "cce_available", lambda: True)  # even when the package is importable
 
     def no_cce(*args, **kwargs):
         raise AssertionError("cce backend must not run on CPU inputs")
 
-    monkeypatch.setattr(LCE, "_cce_nll", no_cce)
+    monkeypatch.setattr(CCE, "nll", no_cce)
     torch.testing.assert_close(LCE.linear_cross_entropy(h, w, y, b, impl="auto"), _naive_ce(h, w, y, b))
     with pytest.raises(RuntimeError, match=r"`impl='cce'` cannot run: it needs CUDA inputs, got `hidden` on cpu"):
         LCE.linear_cross_entropy(h, w, y, b, impl="cce")
 
 
-@pytest.mark.skipif(LCE.cce_available(), reason="cut_cross_entropy is installed")
+@pytest.mark.skipif(CCE.cce_available(), reason="cut_cross_entropy is installed")
 def test_cce_missing_package_error():
     h, w, b, y = _data()
     with pytest.raises(
