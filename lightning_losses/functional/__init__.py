@@ -12,6 +12,7 @@ from lightning_losses.functional.entropy import (
     sequence_entropy,
     tsallis_entropy,
 )
+from lightning_losses.functional.linear_ce import linear_cross_entropy, linear_entropy, linear_log_probs
 from lightning_losses.functional.links import ldr_kl, log_stablemax, spherical_z_loss, stablemax_cross_entropy
 from lightning_losses.functional.logit_scale import clip_logits, spectral_decoupling, z_loss
 from lightning_losses.functional.metric_learning import circle, info_nce, multi_similarity, supcon, triplet
@@ -84,6 +85,9 @@ __all__ = [
     "kto",
     "kto_reference_kl",
     "ldr_kl",
+    "linear_cross_entropy",
+    "linear_entropy",
+    "linear_log_probs",
     "log_cosh",
     "log_stablemax",
     "mae",

@@ -6,6 +6,7 @@ from lightning_losses.losses.binary import BCE
 from lightning_losses.losses.classification import CrossEntropy, Focal
 from lightning_losses.losses.distillation import KD, PLD
 from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimization
+from lightning_losses.losses.linear_ce import LinearCrossEntropy
 from lightning_losses.losses.links import LDRKL, SphericalZLoss, StableMaxCrossEntropy
 from lightning_losses.losses.logit_scale import LogitClip, SpectralDecoupling, ZLoss
 from lightning_losses.losses.metric_learning import Circle, InfoNCE, MultiSimilarity, SupCon, Triplet
@@ -52,6 +53,7 @@ __all__ = [
     "KD",
     "KTO",
     "LDRKL",
+    "LinearCrossEntropy",
     "list_losses",
     "LogCosh",
     "LogitClip",
