@@ -26,7 +26,7 @@ def _data(n=6, c=4, seed=0):
         ("ldr_kl", {"normalize": "yes"}, r"`normalize` must be a bool, got 'yes'"),
         ("spherical_z_loss", {"b": 1.0}, r"loss `spherical_z_loss` is missing required argument\(s\): `a`"),
         ("spherical_z_loss", {"a": 0.0, "b": 1.0}, r"`a` must be > 0.0, got 0.0"),
-        ("spherical_z_loss", {"a": 1.0, "b": float("inf")}, r"`b` must be a finite number finite, got inf"),
+        ("spherical_z_loss", {"a": 1.0, "b": float("inf")}, r"`b` must be a finite number, got inf"),
         ("stablemax_cross_entropy", {"temperature": 1.0}, r"unexpected argument `temperature`"),
     ],
 )

@@ -23,7 +23,7 @@ def _data(n=6, c=4, seed=0, scale=3.0):
         ("z_loss", {"coef": -1e-4}, r"`coef` must be >= 0.0, got -0.0001"),
         ("spectral_decoupling", {}, r"loss `spectral_decoupling` is missing required argument\(s\): `lam`"),
         ("spectral_decoupling", {"lam": -0.1}, r"`lam` must be >= 0.0, got -0.1"),
-        ("spectral_decoupling", {"lam": 0.1, "gamma": "x"}, r"`gamma` must be a finite number finite, got 'x'"),
+        ("spectral_decoupling", {"lam": 0.1, "gamma": "x"}, r"`gamma` must be a finite number, got 'x'"),
         ("logit_clip", {"tau": 0.0}, r"`tau` must be > 0.0, got 0.0"),
         ("logit_clip", {"p": 0.5}, r"`p` must be a norm order >= 1 or 'inf', got 0.5"),
         ("logit_clip", {"p": "two"}, r"`p` must be a norm order >= 1 or 'inf', got 'two'"),

@@ -382,7 +382,7 @@ def test_triplet_and_circle_mask_anchors_without_negatives():
         ("triplet", {"mining": "hard"}, r"`mining` must be one of `batch_all`, `batch_hard`, got 'hard'"),
         ("multi_similarity", {"alpha": 0}, r"`alpha` must be > 0.0, got 0.0"),
         ("multi_similarity", {"beta": float("inf")}, r"`beta` must be a finite number > 0.0, got inf"),
-        ("multi_similarity", {"base": None}, r"`base` must be a finite number finite, got None"),
+        ("multi_similarity", {"base": None}, r"`base` must be a finite number, got None"),
         ("circle", {"m": 1.5}, r"`m` must be in \[0.0, 1.0\], got 1.5"),
         ("circle", {"gamma": 0}, r"`gamma` must be > 0.0, got 0.0"),
         ("circle", {"normalize": 1}, r"`normalize` must be a bool \(True or False\), got 1"),
