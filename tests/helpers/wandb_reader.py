@@ -65,3 +65,28 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
             row[key] = json.loads(item.value_json)
         rows.append(row)
     return rows
+
+
+def finished_run_files(root: str | Path, *, timeout: float = 60.0) -> list[Path]:
+    """The ``run-*.wandb`` files under ``root`` once each holds its ``exit`` record.
+
+    ``wandb.finish()`` can return before W&B's service process has written the last records of an offline run (seen
+    on a loaded machine: the file missing, or two history rows short), so poll until every run file is complete.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted(Path(root).rglob("run-*.wandb"))
+        done = []
+        for path in files:
+            try:
+                if any(r.WhichOneof("record_type") == "exit" for r in read_records(path)):
+                    done.append(path)
+            except Exception:  # noqa: BLE001 - a file being written may end in a partial record
+                pass
+        if files and len(done) == len(files):
+            return files
+        if time.monotonic() > deadline:
+            return files
+        time.sleep(0.2)
