@@ -10,13 +10,16 @@ Usage::
     lightning-losses compare configs/a.yaml configs/b.yaml --seeds 3 --out runs/compare
 
 Overrides follow LightningCLI's conventions: ``--section.key value`` or ``--section.key=value`` (``key=value``
-without dashes works too). Bad input exits with status 2 and a one-line ``error:`` message, no traceback.
+without dashes works too). Bad input exits with status 2 and a one-line ``error:`` message, no traceback; an error
+raised while training exits with status 1, also in one line (set ``LIGHTNING_LOSSES_TRACEBACK=1`` to see the
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -119,16 +122,27 @@ def _list(what: str) -> list[str]:
     return tables[what]()
 
 
+class _UsageError(Exception):
+    """An argument the parser rejects (reported in one line, exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """``argparse`` that reports a bad argument in one line (no usage block) and lets :func:`main` exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lightning-losses",
         description="Train the offline digits demo with a lightning_losses recipe and print a results table.",
         epilog="Overrides: --section.key value (e.g. --trainer.devices 2 --trainer.strategy ddp).",
     )
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
     fit = sub.add_parser("fit", help="train, test and print results (the default command)")
     fit.add_argument("--config", "-c", help="recipe YAML (merged onto the embedded default)")
-    fit.add_argument("--logger", choices=["csv", "wandb", "none"], help="shortcut for --logger.name")
+    fit.add_argument("--logger", help="csv | wandb | none, or a mapping such as '{name: wandb, project: p}'")
     fit.add_argument("--print_config", action="store_true", help="print the resolved recipe and exit")
     cmp = sub.add_parser("compare", help="train several recipes over several seeds; table of mean and std + plot")
     cmp.add_argument("recipes", nargs="+", help="recipe paths (label them with name=path)")
@@ -146,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in ("fit", "list", "compare", "-h", "--help"):
         argv = ["fit", *argv]
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    try:
+        args, rest = parser.parse_known_args(argv)
+    except _UsageError as err:
+        print(f"lightning-losses: error: {err}", file=sys.stderr)
+        return 2
     try:
         if args.command == "list":
             if rest:
@@ -173,6 +191,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as err:
         print(f"lightning-losses: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - raised while training: one line unless the traceback is asked for
+        if os.environ.get("LIGHTNING_LOSSES_TRACEBACK", "") not in ("", "0"):
+            raise
+        message = " ".join(str(err).split())
+        print(
+            f"lightning-losses: error: {type(err).__name__}: {message} "
+            "(set LIGHTNING_LOSSES_TRACEBACK=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -19,6 +19,8 @@ the value, raised before anything trains.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_losses._validation import qualify, suggest
+from lightning_losses._validation import check_annotated, qualify, suggest
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import check_kwargs
 
@@ -161,15 +163,25 @@ def build_logger(spec: Any, save_dir: str) -> Any:
         check_kwargs(CSVLogger.__init__, kwargs, what="`logger` (csv)")
         return CSVLogger(**kwargs)
     try:
-        import wandb  # noqa: F401
+        import wandb
     except ImportError:
         raise ConfigurationError(
             "`logger: wandb` needs the `wandb` package: pip install 'lightning-losses[wandb]'"
         ) from None
     from lightning.pytorch.loggers import WandbLogger
 
+    taken = ("self", "kwargs", "name")  # `name` selects the logger here
+    valid = [n for n in inspect.signature(WandbLogger.__init__).parameters if n not in taken]
+    valid += [n for n in inspect.signature(wandb.init).parameters if n not in valid and n not in taken]
+    for key in kwargs:  # WandbLogger forwards unknown keys to wandb.init, which would fail at the first log
+        if key not in valid:
+            raise ConfigurationError(
+                f"`logger` (wandb) got an unexpected argument `{key}`{suggest(key, valid)} "
+                f"Valid arguments: {', '.join(f'`{v}`' for v in valid)}"
+            )
     kwargs.setdefault("project", "lightning_losses")
-    kwargs.setdefault("save_dir", save_dir)
+    # absolute: W&B's service process outlives a run and resolves relative paths against its own working directory
+    kwargs["save_dir"] = os.path.abspath(kwargs.get("save_dir", save_dir))
     kwargs.setdefault("offline", os.environ.get("WANDB_MODE", "offline") != "online")
     return WandbLogger(**kwargs)
 
@@ -183,6 +195,30 @@ class Run:
     model: Any
     trainer: Any
     callbacks: list[Any]
+
+
+def _probe_objective(model: Any, datamodule: Any) -> None:
+    """Evaluate a copy of each objective term on two training samples, as the demo model will feed it.
+
+    A loss the demo cannot feed (``mse`` wants ``pred``; ``bce`` wants ``target`` shaped like ``logits``) then fails
+    here, in one line, instead of in the first training step. Copies: a stateful loss is left untouched.
+    """
+    import torch
+
+    from lightning_losses.objective import Objective
+
+    datamodule.setup("fit")
+    batch = {k: v[:2] for k, v in datamodule.datasets["train"].tensors.items()}
+    tensors = model.objective_tensors(torch.zeros(2, model.num_classes), batch)
+    given = ", ".join(f"`{k}` {list(v.shape)}" for k, v in tensors.items())
+    for term in model.objective.terms:
+        try:
+            with torch.no_grad():
+                Objective([copy.deepcopy(term)])(tensors)
+        except (ValueError, TypeError, RuntimeError, IndexError) as err:
+            raise ConfigurationError(
+                f"`objective.{term.name}` cannot run on the demo model's outputs ({given}): {err}"
+            ) from None
 
 
 def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
@@ -221,11 +257,13 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
         )
     except ConfigurationError as err:
         raise qualify("model", err) from None
+    _probe_objective(model, datamodule)
     try:
         callbacks = build_callbacks(_section(cfg, "callbacks")) + list(extra_callbacks)
     except (ConfigurationError, TypeError, ValueError) as err:
         raise qualify("callbacks", err) from None
     check_kwargs(L.Trainer.__init__, trainer_kwargs, what="recipe section `trainer`", skip=("callbacks", "logger"))
+    check_annotated(L.Trainer.__init__, trainer_kwargs, prefix="trainer")
     save_dir = str(trainer_kwargs.get("default_root_dir", "runs"))
     logger = build_logger(cfg.get("logger", "csv"), save_dir)
     try:

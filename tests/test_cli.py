@@ -52,6 +52,45 @@ def test_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
     assert "`list` takes one of `losses`" in capsys.readouterr().err
 
 
+def test_argument_errors_are_one_line_too(capsys):
+    assert main(["fit", "--logger"]) == 2  # argparse: no usage block, one line
+    assert capsys.readouterr().err == (
+        "lightning-losses: error: argument --logger: expected one argument (see `lightning-losses fit --help`)\n"
+    )
+    assert main(["compare", "a.yaml", "--seeds", "three"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --seeds: invalid int value: 'three'" in err
+    assert main(["fit", "--logger", "tensorbord"]) == 2  # any logger spec reaches the recipe's validation
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`logger` must be one of `csv`, `wandb`, `none`" in err and "'tensorbord'" in err
+    assert main(["fit", "--objective", "{mse: {}}"]) == 2  # a loss the demo cannot feed: before training
+    assert "`objective.mse` cannot run on the demo model's outputs" in capsys.readouterr().err
+
+
+def test_error_while_training_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIGHTNING_LOSSES_TRACEBACK", raising=False)
+    argv = ["fit", "--callbacks", "{early_stopping: {monitor: val/los}}", "--trainer.max_steps", "2", *QUIET]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lightning-losses: error: RuntimeError: Early stopping conditioned on metric `val/los`")
+    assert last.endswith("(set LIGHTNING_LOSSES_TRACEBACK=1 for the traceback)")
+    monkeypatch.setenv("LIGHTNING_LOSSES_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="Early stopping conditioned on metric `val/los`"):
+        main(argv)
+
+
+def test_console_process_exits_2_without_traceback(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "lightning_losses.cli", "fit", "--trainer.max_epochs", "abc"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "lightning-losses: error: `trainer.max_epochs` must be int or None, got 'abc'\n"
+    assert proc.stdout == ""
+
+
 def test_list_and_print_config(capsys):
     assert main(["list", "losses"]) == 0
     assert {"cross_entropy", "focal"} <= set(capsys.readouterr().out.split())

@@ -6,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import lightning_losses as ll
+from lightning_losses._validation import check_annotated
 from lightning_losses.config import build_logger, build_run, default_recipe, load_recipe
 
 # configs/ subfolders whose recipes drive their own example (not the digits builder); each has its own test
@@ -84,6 +85,32 @@ def test_merge_replace_interpolation_and_overrides():
             r"recipe section `trainer` got an unexpected argument `max_epoch`; did you mean `max_epochs`\?",
         ),
         ({"trainer": {"accelerator": "tpuu"}}, [], r"`trainer`: .*tpuu"),
+        # values of the wrong type are caught from Trainer's annotations, before they fail mid-training
+        ({"trainer": {"max_epochs": "abc"}}, [], r"^`trainer.max_epochs` must be int or None, got 'abc'$"),
+        (None, ["trainer.limit_train_batches=x"], r"`trainer.limit_train_batches` must be float or int or None"),
+        (
+            {"trainer": {"precision": 17}},
+            [],
+            r"`trainer.precision` must be one of 64, 32, 16, .*'bf16' or None, got 17",
+        ),
+        ({"trainer": {"enable_progress_bar": "yes"}}, [], r"`trainer.enable_progress_bar` must be bool or None"),
+        # an objective the demo model cannot feed fails here, not in the first training step
+        (
+            {"objective": {"mse": {}}},
+            [],
+            r"^`objective.mse` cannot run on the demo model's outputs \(`logits` \[2, 10\], `target` \[2\], "
+            r"`index` \[2\]\): term `mse` needs input `pred`",
+        ),
+        (
+            {"objective": {"cross_entropy": {}, "bce": {}}},
+            [],
+            r"`objective.bce` cannot run .*: `target` must have the shape of `logits` \[2, 10\], got \[2\]",
+        ),
+        (
+            {"model": {"cosine_schedule": "maybe"}},
+            [],
+            r"`model.cosine_schedule` must be a bool \(True or False\), got 'maybe'",
+        ),
         ({"logger": "tensorbord"}, [], r"`logger` must be one of `csv`, `wandb`, `none` .*got 'tensorbord'"),
         ({"seed": "x"}, [], r"`seed` must be an integer, got 'x'"),
         ({"objective": {"focal": {"gamma": "${vars.missing}"}}}, [], r"cannot resolve the recipe's interpolations"),
@@ -112,3 +139,31 @@ def test_build_logger_forms(tmp_path):
     assert type(csv).__name__ == "CSVLogger"
     with pytest.raises(ll.ConfigurationError, match=r"`logger` \(csv\) got an unexpected argument `projct`"):
         build_logger({"name": "csv", "projct": "x"}, str(tmp_path))
+
+
+def test_check_annotated_simple_types_unions_literals():
+    from datetime import timedelta
+    from typing import Literal
+
+    def f(
+        n: int = 1,
+        x: float = 1.0,
+        flag: bool = True,
+        mode: Literal["a", "b"] | None = None,
+        when: str | timedelta | None = None,
+        anything=None,
+        obj: timedelta | None = None,
+    ): ...
+
+    check_annotated(f, {"n": 3, "x": 2, "flag": False, "mode": "b", "when": "1h", "anything": object()}, prefix="f")
+    for kwargs, match in [
+        ({"n": True}, r"`f.n` must be int, got True"),  # a bool is not an int here
+        ({"n": 2.5}, r"`f.n` must be int, got 2.5"),
+        ({"x": "1"}, r"`f.x` must be float, got '1'"),
+        ({"flag": 0}, r"`f.flag` must be bool, got 0"),
+        ({"mode": "c"}, r"`f.mode` must be one of 'a', 'b' or None, got 'c'"),
+        ({"when": 3}, r"`f.when` must be str or timedelta or None, got 3"),
+        ({"obj": "x"}, r"`f.obj` must be timedelta or None, got 'x'"),
+    ]:
+        with pytest.raises(ll.ConfigurationError, match=match):
+            check_annotated(f, kwargs, prefix="f")

@@ -133,6 +133,44 @@ def test_compute_loss_without_trainer_and_bad_inputs():
         model.compute_loss(logits=torch.zeros(4, 3))
 
 
+@pytest.mark.parametrize(
+    ("logits", "target", "exc", "match"),
+    [
+        (
+            torch.zeros(4, 3, dtype=torch.long),
+            torch.zeros(4, dtype=torch.long),
+            ValueError,
+            r"`logits` must be a floating tensor of shape \[N, C\], got torch.int64 \[4, 3\]",
+        ),
+        (torch.zeros(4), torch.zeros(4, dtype=torch.long), ValueError, r"`logits` must be a floating tensor of shape"),
+        (
+            torch.zeros(4, 3),
+            torch.zeros(4),  # labels as floats: the most common mistake
+            ValueError,
+            r"`target` of shape \[N\] must hold integer class labels \(int64\), got torch.float32; soft targets are "
+            r"probabilities shaped like `logits` \[4, 3\]",
+        ),
+        (
+            torch.zeros(4, 3),
+            torch.zeros(4, dtype=torch.bool),
+            ValueError,
+            r"`target` must hold integer class labels \(int64\), got torch.bool",
+        ),
+        (torch.zeros(4, 3), [0, 1, 2, 0], TypeError, r"`target` must be a torch.Tensor, got list"),
+        (
+            torch.zeros(4, 3),
+            torch.tensor([0, 1, 3, 0]),
+            ValueError,
+            r"`target` labels must be in \[0, 2\] \(or `ignore_index`\), got \[3\]",
+        ),
+    ],
+)
+def test_compute_loss_wrong_dtype_or_shape(logits, target, exc, match):
+    model = UserModel()  # two terms: the first one to see the tensors reports
+    with pytest.raises(exc, match=match):
+        model.compute_loss(logits=logits, target=target)
+
+
 def test_require_mixin_message():
     from lightning_losses.callbacks import require_mixin
 

@@ -7,8 +7,10 @@ import pytest
 
 pytest.importorskip("wandb")
 
-from lightning_losses.cli import run_fit  # noqa: E402
-from tests.helpers.wandb_reader import read_history, read_records, wait_for_exit  # noqa: E402
+import lightning_losses as ll  # noqa: E402
+from lightning_losses.cli import main, run_fit  # noqa: E402
+from lightning_losses.config import build_logger  # noqa: E402
+from tests.helpers.wandb_reader import finished_run_files, read_history, read_records  # noqa: E402
 
 
 def test_wandb_offline_run_holds_logged_metrics(tmp_path, monkeypatch):
@@ -26,10 +28,9 @@ def test_wandb_offline_run_holds_logged_metrics(tmp_path, monkeypatch):
         ],
         print_results=False,
     )
-    files = list(tmp_path.rglob("run-*.wandb"))
+    files = finished_run_files(tmp_path)
     assert len(files) == 1, files
     assert "offline-run" in str(files[0])
-    wait_for_exit(files[0])
     rows = read_history(files[0])
     train = [r for r in rows if "train/loss" in r]
     assert len(train) == 40 // 5  # 2 epochs x 20 steps, every 5 steps
@@ -51,3 +52,31 @@ def test_history_reader_rejects_other_files(tmp_path):
     with pytest.raises(ValueError, match="is not a W&B run file"):
         read_records(bad)
     assert json.loads("1") == 1 and Path(bad).exists()
+
+
+def test_logger_wandb_flag_is_offline_unless_configured(tmp_path, monkeypatch, capsys):
+    """`lightning-losses fit --logger wandb` with no W&B setting at all writes an offline run, read back here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    argv = ["fit", "--logger", "wandb", "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1"]
+    assert main([*argv, "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "1"]) == 0
+    assert "test/acc" in capsys.readouterr().out
+    (run_file,) = finished_run_files(tmp_path)
+    assert "offline-run" in str(run_file)
+    train = [r for r in read_history(run_file) if "train/loss" in r]
+    assert [r["trainer/global_step"] for r in train] == [0, 1, 2, 3]
+
+
+def test_build_logger_wandb_offline_rules(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert build_logger("wandb", str(tmp_path))._offline is True  # default: offline
+    assert build_logger({"name": "wandb", "offline": False}, str(tmp_path))._offline is False  # the recipe says so
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert build_logger("wandb", str(tmp_path))._offline is False  # the user configured W&B
+    assert build_logger({"name": "wandb", "offline": True}, str(tmp_path))._offline is True
+    with pytest.raises(
+        ll.ConfigurationError, match=r"`logger` \(wandb\) got an unexpected argument `projct`; did you mean `project`\?"
+    ):
+        build_logger({"name": "wandb", "projct": "x"}, str(tmp_path))

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lightning_losses._validation import check_choice, check_int, check_number
+from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.sampler import BalancedSampler
 
@@ -177,9 +177,7 @@ class DigitsDataModule(L.LightningDataModule):
         self.test_fraction = check_number("test_fraction", test_fraction, low=0.0, high=0.5, low_open=True)
         self.seed = check_int("seed", seed)
         self.num_workers = check_int("num_workers", num_workers, low=0)
-        if not isinstance(shuffle, bool):
-            raise ConfigurationError(f"`shuffle` must be a boolean, got {shuffle!r}")
-        self.shuffle = shuffle
+        self.shuffle = check_bool("shuffle", shuffle)
         self.sampler = check_choice("sampler", sampler, SAMPLERS)
         self.sampler_mode = check_choice("sampler_mode", sampler_mode, SAMPLER_MODES)
         if self.sampler == "balanced_groups" and self.spurious == 0:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from lightning_losses._validation import check_choice, check_int, check_number
+from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.mixin import LossesMixin
 
 __all__ = ["DigitsClassifier"]
@@ -58,7 +58,8 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         self.optimizer_name = check_choice("optimizer", optimizer, _OPTIMIZERS)
         self.lr = check_number("lr", lr, low=0.0, low_open=True)
         self.weight_decay = check_number("weight_decay", weight_decay, low=0.0)
-        self.cosine_schedule = bool(cosine_schedule)
+        self.cosine_schedule = check_bool("cosine_schedule", cosine_schedule)
+        check_bool("batch_norm", batch_norm)
         self.save_hyperparameters()
         layers: list[nn.Module] = []
         width = num_features
@@ -101,10 +102,13 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
                 self.group_accuracy[f"{stage}{g}"].update(logits.detach()[mask], batch["target"][mask])
         return loss
 
+    def objective_tensors(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the objective is given: ``logits`` plus the batch's ``target``, ``index`` and ``group``."""
+        return {"logits": logits, **{k: v for k, v in batch.items() if k in ("target", "index", "group")}}
+
     def loss_from_batch(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The objective on this batch: ``logits`` plus the batch's ``target``, ``index`` and ``group``."""
-        tensors = {k: v for k, v in batch.items() if k in ("target", "index", "group")}
-        return self.compute_loss(logits=logits, **tensors)
+        """The objective on this batch (:meth:`objective_tensors`)."""
+        return self.compute_loss(**self.objective_tensors(logits, batch))
 
     def _log_worst_group(self, stage: str) -> None:
         metrics = [self.group_accuracy[f"{stage}{g}"] for g in (0, 1)]

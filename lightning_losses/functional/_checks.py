@@ -34,6 +34,11 @@ def check_multiclass(
     if logits.ndim != 2 or not logits.is_floating_point():
         raise ValueError(f"`logits` must be a floating tensor of shape [N, C], got {logits.dtype} {_shape(logits)}")
     if target.is_floating_point():
+        if target.shape == logits.shape[:1]:
+            raise ValueError(
+                f"`target` of shape [N] must hold integer class labels (int64), got {target.dtype}; soft targets are "
+                f"probabilities shaped like `logits` {_shape(logits)}"
+            )
         if target.shape != logits.shape:
             raise ValueError(f"soft `target` must have the shape of `logits` {_shape(logits)}, got {_shape(target)}")
         return True

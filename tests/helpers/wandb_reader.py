@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -68,18 +67,26 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def wait_for_exit(path: str | Path, timeout: float = 60.0) -> list[Any]:
-    """Return the run's records once its ``exit`` record is on disk.
+def finished_run_files(root: str | Path, *, timeout: float = 60.0) -> list[Path]:
+    """The ``run-*.wandb`` files under ``root`` once each holds its ``exit`` record.
 
-    ``wandb.finish()`` can return before the background service has flushed the whole run file (seen on a loaded
-    machine: some or all ``history`` records missing); the ``exit`` record is written last. Raises ``TimeoutError``
-    if it does not appear within ``timeout`` seconds.
+    ``wandb.finish()`` can return before W&B's service process has written the last records of an offline run (seen
+    on a loaded machine: the file missing, or two history rows short), so poll until every run file is complete.
     """
+    import time
+
     deadline = time.monotonic() + timeout
     while True:
-        records = read_records(path)
-        if any(r.WhichOneof("record_type") == "exit" for r in records):
-            return records
+        files = sorted(Path(root).rglob("run-*.wandb"))
+        done = []
+        for path in files:
+            try:
+                if any(r.WhichOneof("record_type") == "exit" for r in read_records(path)):
+                    done.append(path)
+            except Exception:  # noqa: BLE001 - a file being written may end in a partial record
+                pass
+        if files and len(done) == len(files):
+            return files
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} holds no `exit` record after {timeout} s ({len(records)} records)")
+            return files
         time.sleep(0.2)

@@ -1,0 +1,151 @@
+"""The demo data: each corruption (symmetric label noise, long-tail imbalance, spurious groups) against what it
+promises, measured on the produced tensors; batches are dicts with `index` = dataset position and `group`."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_losses.demo import DigitsClassifier, DigitsDataModule, make_digits_splits
+from lightning_losses.errors import ConfigurationError
+
+CLEAN = make_digits_splits()
+
+
+def test_clean_splits_are_stratified_disjoint_and_deterministic():
+    sizes = {k: len(v["target"]) for k, v in CLEAN.items()}
+    assert sum(sizes.values()) == 1797  # every bundled digit, once
+    assert sizes["val"] == pytest.approx(0.1 * 1797, abs=10) and sizes["test"] == pytest.approx(0.2 * 1797, abs=10)
+    for split in ("train", "val", "test"):  # stratified: every class ~ 1/10 of each split
+        freq = torch.bincount(CLEAN[split]["target"], minlength=10).double() / sizes[split]
+        assert float((freq - 0.1).abs().max()) < 0.01
+    # the three splits partition the bundled set: the same multiset of (image, label) rows as sklearn's digits
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    ours = torch.cat([torch.cat([CLEAN[s]["x"], CLEAN[s]["target"][:, None].float()], 1) for s in CLEAN])
+    ref = torch.cat([torch.tensor(digits.data / 16.0, dtype=torch.float32), torch.tensor(digits.target)[:, None]], 1)
+    for a, b in zip(
+        torch.unique(ours, dim=0, return_counts=True), torch.unique(ref.float(), dim=0, return_counts=True)
+    ):
+        assert torch.equal(a, b)
+    again = make_digits_splits()
+    assert all(torch.equal(again[s][k], CLEAN[s][k]) for s in CLEAN for k in CLEAN[s])
+    other = make_digits_splits(seed=1)
+    assert not torch.equal(other["train"]["x"], CLEAN["train"]["x"])
+    assert CLEAN["train"]["x"].dtype == torch.float32 and CLEAN["train"]["target"].dtype == torch.int64
+    assert 0.0 <= float(CLEAN["train"]["x"].min()) and float(CLEAN["train"]["x"].max()) <= 1.0
+
+
+@pytest.mark.parametrize("eta", [0.2, 0.4])
+def test_symmetric_label_noise(eta):
+    noisy = make_digits_splits(label_noise=eta)
+    clean_y, noisy_y = CLEAN["train"]["target"], noisy["train"]["target"]
+    assert torch.equal(noisy["train"]["x"], CLEAN["train"]["x"])  # same samples, only labels change
+    flipped = noisy_y != clean_y
+    assert torch.equal(flipped, noisy["train"]["noisy"])  # a corrupted label is never the true class
+    n = len(clean_y)
+    assert abs(flipped.double().mean().item() - eta) < 4 * math.sqrt(eta * (1 - eta) / n)
+    # symmetric: the wrong class is uniform over the other 9 (shift (noisy - clean) mod 10 in 1..9, equally often)
+    shift = (noisy_y[flipped] - clean_y[flipped]) % 10
+    counts = torch.bincount(shift, minlength=10)
+    assert counts[0] == 0
+    expected = flipped.sum().item() / 9
+    chi2 = float(((counts[1:].double() - expected) ** 2 / expected).sum())
+    assert chi2 < 26.1  # chi-square, 8 degrees of freedom, p = 0.001
+    for split in ("val", "test"):  # evaluation labels stay clean
+        assert torch.equal(noisy[split]["target"], CLEAN[split]["target"])
+
+
+def test_long_tail_imbalance_profile():
+    rho = 10.0
+    imb = make_digits_splits(imbalance=rho)
+    counts = torch.bincount(imb["train"]["target"], minlength=10)
+    n_max = int(torch.bincount(CLEAN["train"]["target"], minlength=10).min())
+    expected = [max(1, round(n_max * rho ** (-c / 9))) for c in range(10)]  # n_c = n_max * rho^(-c/(C-1))
+    assert counts.tolist() == expected
+    assert counts[0] / counts[9] == pytest.approx(rho, rel=0.05)
+    clean_rows = {tuple(r.tolist()) for r in CLEAN["train"]["x"]}
+    assert all(tuple(r.tolist()) in clean_rows for r in imb["train"]["x"])  # a subset of the training split
+    for split in ("val", "test"):  # balanced evaluation
+        assert torch.equal(imb[split]["target"], CLEAN[split]["target"])
+
+
+def test_spurious_attribute_and_groups():
+    p = 0.9
+    sp = make_digits_splits(spurious=p)
+    for split in ("train", "val", "test"):
+        x, y, group = sp[split]["x"], sp[split]["target"], sp[split]["group"]
+        assert x.shape[1] == 74
+        assert torch.equal(x[:, :64], CLEAN[split]["x"])  # the image features are untouched
+        code = x[:, 64:]
+        assert torch.equal(code.sum(1), torch.ones(len(y)))  # one-hot attribute
+        s = code.argmax(1)
+        assert torch.equal(group, (s != y).long())  # group 1 = attribute conflicts with the label
+        agree = (s == y).double().mean().item()
+        # train: s = y with prob. p, else uniform (which hits y with prob. 1/10); val/test: uniform
+        target_rate = p + (1 - p) / 10 if split == "train" else 0.1
+        assert abs(agree - target_rate) < 4 * math.sqrt(target_rate * (1 - target_rate) / len(y))
+    assert "group" not in CLEAN["train"]
+
+
+def test_batches_are_dicts_with_dataset_positions():
+    dm = DigitsDataModule(batch_size=50, spurious=0.5, label_noise=0.2)
+    dm.setup("fit")
+    assert dm.num_features == 74
+    train = dm.datasets["train"].tensors
+    seen = []
+    for batch in dm.train_dataloader():  # shuffled
+        assert set(batch) == {"x", "target", "index", "group", "noisy"}
+        assert batch["index"].dtype == torch.int64
+        for key in ("x", "target", "group"):
+            assert torch.equal(batch[key], train[key][batch["index"]])
+        seen.append(batch["index"])
+    seen = torch.cat(seen)
+    assert torch.equal(seen.sort().values, torch.arange(len(train["target"])))  # every position once per epoch
+    assert not torch.equal(seen, torch.arange(len(seen)))  # and shuffled
+    val = next(iter(DigitsDataModule(batch_size=8).val_dataloader()))
+    assert set(val) == {"x", "target", "index"}  # no `group` without spurious features
+    assert val["index"].tolist() == list(range(8))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"label_noise": 1.0}, r"`label_noise` must be in \[0.0, 1.0\), got 1.0"),
+        ({"imbalance": 0.5}, r"`imbalance` must be >= 1.0, got 0.5"),
+        ({"spurious": 1.5}, r"`spurious` must be in \[0.0, 1.0\], got 1.5"),
+        ({"batch_size": 0}, r"`batch_size` must be an integer >= 1, got 0"),
+        ({"shuffle": "no"}, r"`shuffle` must be a bool \(True or False\), got 'no'"),
+    ],
+)
+def test_datamodule_argument_errors(kwargs, match):
+    with pytest.raises(ConfigurationError, match=match):
+        DigitsDataModule(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cosine_schedule": "maybe"}, r"`cosine_schedule` must be a bool \(True or False\), got 'maybe'"),
+        ({"batch_norm": 1}, r"`batch_norm` must be a bool \(True or False\), got 1"),
+        ({"dropout": 1.0}, r"`dropout` must be in \[0.0, 1.0\), got 1.0"),
+        ({"optimizer": "adam"}, r"`optimizer` must be one of `adamw`, `sgd`, got 'adam'; did you mean `adamw`\?"),
+    ],
+)
+def test_model_argument_errors(kwargs, match):
+    with pytest.raises(ConfigurationError, match=match):
+        DigitsClassifier(**kwargs)
+
+
+def test_model_uses_the_mixin_and_feeds_its_objective():
+    model = DigitsClassifier(num_features=64, objective={"cross_entropy": {}, "focal": {"coefficient": 0.5}})
+    batch = {k: v[:5] for k, v in CLEAN["train"].items()}
+    logits = model(batch["x"])
+    assert logits.shape == (5, 10)
+    tensors = model.objective_tensors(logits, batch)
+    assert set(tensors) == {"logits", "target"}  # `noisy` is not an objective input; no `index` in the raw split
+    loss = model.loss_from_batch(logits, batch)
+    ce = torch.nn.functional.cross_entropy(logits, batch["target"], reduction="none")
+    p_t = torch.softmax(logits, -1).gather(1, batch["target"][:, None]).squeeze(1)
+    torch.testing.assert_close(loss, (ce + 0.5 * (1 - p_t) ** 2 * ce).mean())
