@@ -238,6 +238,10 @@ def test_state_dict_round_trip():
 def test_registry_and_errors():
     assert ll.list_perturbations() == ["adversarial_model_perturbation", "asam", "asam_p2", "awp", "sam"]
     assert "amp" not in ll.list_perturbations()
+    with pytest.raises(ConfigurationError, match="perturbation `amp` is ambiguous: Adversarial Model Perturbation is"):
+        ll.build_perturbation("amp")
+    with pytest.raises(ConfigurationError, match="perturbation `amp` is ambiguous"):
+        ll.WeightPerturbation("AMP")
     with pytest.raises(ConfigurationError, match="unknown perturbation `sma`; did you mean `sam`"):
         ll.build_perturbation("sma")
     with pytest.raises(ConfigurationError, match="perturbation `sam` got an unexpected argument `rhoo`"):
