@@ -68,6 +68,40 @@ def suppressed_logging(module: Any):
                 module.__dict__.pop(key, None)
 
 
+def unperturbed_checkpoint(checkpoint: dict[str, Any], module: Any, engine: Perturbation) -> None:
+    """Replace the perturbed weights in ``checkpoint["state_dict"]`` by the engine's saved originals (mid-step)."""
+    originals = engine.original_weights()
+    if originals and "state_dict" in checkpoint:
+        for name, p in module.named_parameters():
+            if id(p) in originals and name in checkpoint["state_dict"]:
+                checkpoint["state_dict"][name] = originals[id(p)].detach().clone()
+
+
+@contextlib.contextmanager
+def guarded_checkpoints(module: Any, engine: Perturbation):
+    """Inside: a checkpoint the module's ``on_save_checkpoint`` hook sees gets the unperturbed weights (the manual
+    path's equivalent of :meth:`WeightPerturbation.on_save_checkpoint`)."""
+    original = getattr(module, "on_save_checkpoint", None)
+    if original is None:
+        yield
+        return
+    shadowed = module.__dict__.get("on_save_checkpoint")
+
+    def hook(checkpoint: dict[str, Any]) -> Any:
+        out = original(checkpoint)
+        unperturbed_checkpoint(checkpoint, module, engine)
+        return out
+
+    module.__dict__["on_save_checkpoint"] = hook
+    try:
+        yield
+    finally:
+        if shadowed is not None:
+            module.__dict__["on_save_checkpoint"] = shadowed
+        else:
+            module.__dict__.pop("on_save_checkpoint", None)
+
+
 @contextlib.contextmanager
 def frozen_metrics(module: Any):
     """Inside: ``torchmetrics`` metrics of ``module`` may be updated (``metric(preds, target)`` still returns the
@@ -206,11 +240,7 @@ class WeightPerturbation(Callback):
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """A checkpoint written while the weights are perturbed (from a hook inside the step) gets the originals."""
-        originals = self.engine.original_weights()
-        if originals and "state_dict" in checkpoint:
-            for name, p in pl_module.named_parameters():
-                if id(p) in originals and name in checkpoint["state_dict"]:
-                    checkpoint["state_dict"][name] = originals[id(p)].detach().clone()
+        unperturbed_checkpoint(checkpoint, pl_module, self.engine)
 
     # ------------------------------------------------------------------ the step
     def _parameters(self, module: Any, optimizer: Any) -> list[tuple[str, torch.Tensor]]:

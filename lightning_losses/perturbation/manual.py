@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_losses.perturbation.callback import frozen_metrics, suppressed_logging
+from lightning_losses.perturbation.callback import frozen_metrics, guarded_checkpoints, suppressed_logging
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 
 __all__ = ["perturbed_backward"]
@@ -57,7 +57,8 @@ def perturbed_backward(
     step: int | None = None,
 ) -> torch.Tensor | None:
     """Run the perturbed forward-backward passes; afterwards ``.grad`` holds the descent gradient and the weights
-    are exactly as before. Call ``optimizer.step()`` (or ``scaler.step(optimizer)``) next.
+    are exactly as before. Call ``optimizer.step()`` (or ``scaler.step(optimizer)``) next. Inside, a checkpoint
+    written through the module's ``on_save_checkpoint`` hook (a ``LightningModule``) holds the original weights.
 
     Args:
         perturbation: a :class:`Perturbation` (e.g. ``build_perturbation("sam")``).
@@ -100,12 +101,13 @@ def perturbed_backward(
     grad_scale = None
     if grad_scaler is not None and grad_scaler.is_enabled():
         grad_scale = grad_scaler.scale(torch.ones((), device=all_params[0].device))
-    return perturbation.step(
-        forward_backward,
-        named,
-        step=step,
-        zero_grad=zero_grad,
-        no_sync=no_sync,
-        grad_scale=grad_scale,
-        bn_modules=batchnorm_modules(module),
-    )
+    with guarded_checkpoints(module, perturbation):  # a checkpoint written mid-step holds the original weights
+        return perturbation.step(
+            forward_backward,
+            named,
+            step=step,
+            zero_grad=zero_grad,
+            no_sync=no_sync,
+            grad_scale=grad_scale,
+            bn_modules=batchnorm_modules(module),
+        )

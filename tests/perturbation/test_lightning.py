@@ -384,3 +384,14 @@ def test_manual_optimization_helper_in_a_lightning_module():
     _assert_weights(model, expected, atol=1e-6)
     assert t.global_step == 2 and model.engine.perturbed_steps == 2
     assert model.logged.count("train/loss") == 2  # the perturbed pass does not log
+
+
+def test_manual_helper_checkpoint_written_mid_step_has_original_weights(tmp_path):
+    saver = _SaveMidStep(tmp_path / "mid.ckpt")
+    model = _ManualSAM()
+    model.engine = ll.build_perturbation("sam", rho=0.5)
+    trainer([saver], max_steps=1).fit(model, loader(8))
+    saved = torch.load(saver.path, weights_only=False)["state_dict"]
+    for k, v in saver.before.items():
+        assert torch.equal(saved[k], v), k
+    assert "on_save_checkpoint" not in model.__dict__  # the guard is removed after the step
