@@ -395,3 +395,14 @@ def test_manual_helper_checkpoint_written_mid_step_has_original_weights(tmp_path
     for k, v in saver.before.items():
         assert torch.equal(saved[k], v), k
     assert "on_save_checkpoint" not in model.__dict__  # the guard is removed after the step
+
+
+def test_batchnorm_statistics_see_one_forward_per_step_in_a_trainer():
+    model = Tiny(bn=True)
+    trainer([ll.SAM(rho=0.5)], max_steps=1).fit(model, loader(8))
+    ref = tiny_model(dtype=torch.float32, bn=True)
+    ref(_batches(8)[0][0].float())  # one ordinary training forward at the unperturbed weights
+    bn, ref_bn = model.net[1], ref[1]
+    assert model.training_step_calls == 2 and int(bn.num_batches_tracked) == 1
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, rtol=0, atol=1e-7)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var, rtol=0, atol=1e-7)
