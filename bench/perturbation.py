@@ -1,9 +1,14 @@
 """Step-time cost of the weight-perturbation engine, measured interleaved in one run (ratios vs a plain step).
 
 Part A (plain PyTorch): a plain step, the engine's presets through ``perturbed_backward``, every-k-th-step SAM,
-LookSAM, and a hand-written two-pass SAM (the usual ``first_step`` / ``second_step`` loop).
-Part B (Lightning, automatic optimization): a plain ``Trainer`` step, the ``SAM`` callback (wrapped closure), and a
-hand-written two-pass SAM in manual optimization.
+LookSAM, randomised SAM, SAF (a plain step plus the trajectory term) and a hand-written two-pass SAM (the usual
+``first_step`` / ``second_step`` loop).
+Part B (Lightning, automatic optimization): a plain ``Trainer`` step, the ``SAM`` callback (wrapped closure),
+every-2nd-step SAM, the ``SAF`` callback, and a hand-written two-pass SAM in manual optimization.
+
+Expected: SAM / Adversarial Model Perturbation (1 inner step) <= 2.05x a plain step, every-k-th-step SAM ~ 1 + 1/k,
+SAF ~ 1x, the callback no slower than the hand-written manual loop. Tiny smoke run:
+``python bench/perturbation.py --rounds 1 --steps 2 --batch 16 --width 32``.
 
 Usage::
 
@@ -22,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_losses as ll
-from lightning_losses.perturbation import build_perturbation, perturbed_backward
+from lightning_losses.perturbation import SAF, build_perturbation, perturbed_backward
 
 
 def make_model(width: int, device: str) -> nn.Module:
@@ -78,6 +83,18 @@ def part_a(args) -> dict[str, float]:
         loss_fn().backward()
         opt.step()
 
+    saf = SAF(epochs_ago=1, start_epoch=0, num_samples=args.batch)
+    index = torch.arange(args.batch, device=args.device)
+    epoch_one = type("Epoch", (), {"current_epoch": 1, "objective_logging_suppressed": False})()
+    saf.record(index, model(x).detach(), epoch=0)
+
+    def saf_step():
+        opt.zero_grad()
+        logits = model(x)
+        term = saf.extra_terms(epoch_one, {"logits": logits, "index": index}, step=0)["saf"]
+        (nn.functional.cross_entropy(logits, y) + term.mean()).backward()
+        opt.step()
+
     def engine_step(engine):
         def run():
             opt.zero_grad()
@@ -90,7 +107,12 @@ def part_a(args) -> dict[str, float]:
         opt.zero_grad()
         hand_written_sam(model, opt, loss_fn)
 
-    configs = {"plain": plain, **{k: engine_step(e) for k, e in engines.items()}, "hand_written_sam": hand}
+    configs = {
+        "plain": plain,
+        **{k: engine_step(e) for k, e in engines.items()},
+        "saf": saf_step,
+        "hand_written_sam": hand,
+    }
     times: dict[str, list[float]] = {k: [] for k in configs}
     for fn in configs.values():  # warm-up
         for _ in range(3):
@@ -116,9 +138,9 @@ class Net(ll.LossesMixin, L.LightningModule):
         self.automatic_optimization = not manual_sam
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, index = batch
         if not self.manual_sam:
-            return self.compute_loss(logits=self.net(x), target=y)
+            return self.compute_loss(logits=self.net(x), target=y, index=index)
         opt = self.optimizers()
         opt.zero_grad()
 
@@ -161,11 +183,12 @@ class StepTimer(L.Callback):
 
 def part_b(args) -> dict[str, float]:
     n = args.batch * (args.steps + 3)
-    data = TensorDataset(torch.randn(n, 256), torch.randint(0, 10, (n,)))
+    data = TensorDataset(torch.randn(n, 256), torch.randint(0, 10, (n,)), torch.arange(n))
     configs = {
         "lightning_plain": (False, []),
         "lightning_sam_callback": (False, [ll.SAM(rho=0.05)]),
         "lightning_sam_every_2": (False, [ll.SAM(rho=0.05, every_n_steps=2)]),
+        "lightning_saf_callback": (False, [ll.SAF(epochs_ago=1, start_epoch=0)]),
         "lightning_manual_hand_written_sam": (True, []),
     }
     times: dict[str, list[float]] = {k: [] for k in configs}

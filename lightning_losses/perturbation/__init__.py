@@ -1,4 +1,5 @@
-"""Weight perturbation: one engine (:class:`Perturbation`), presets by name, pure functions, Lightning callbacks.
+"""Weight perturbation: one engine (:class:`Perturbation`), presets by name, pure functions, Lightning callbacks,
+and :class:`SAF` (a sharpness-aware trajectory loss at the cost of a plain step).
 
 Example:
     >>> import lightning_losses as ll
@@ -27,11 +28,13 @@ from lightning_losses.perturbation.presets import (
     list_perturbations,
     sam,
 )
+from lightning_losses.perturbation.trajectory import SAF
 
 __all__ = [
     "ASAM",
     "AWP",
     "PERTURBATIONS",
+    "SAF",
     "SAM",
     "AdversarialModelPerturbation",
     "Perturbation",

@@ -10,8 +10,9 @@ What each pass does:
 
 * first pass: Lightning's closure at :math:`w` (logging and metric updates happen here, once);
 * perturbed passes: ``training_step`` again at :math:`w + \delta` with ``module.objective_logging_suppressed = True``
-  and ``module.log`` / ``log_dict`` turned into no-ops (a user metric updated outside ``self.log`` should check
-  ``self.objective_logging_suppressed``), BatchNorm running statistics frozen.
+  and ``module.log`` / ``log_dict`` turned into no-ops, the state of every ``torchmetrics`` metric of the module put
+  back afterwards (a metric updated in ``training_step`` counts each batch once), BatchNorm running statistics
+  frozen. Other user state updated in ``training_step`` should check ``self.objective_logging_suppressed``.
 
 Gradient accumulation (``accumulate_grad_batches = k``): the ascent uses the gradient accumulated over all k
 micro-batches of the step, and every micro-batch is re-evaluated at :math:`w + \delta` (the callback keeps references
@@ -33,7 +34,15 @@ from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.presets import build_perturbation
 
-__all__ = ["ASAM", "AWP", "SAM", "AdversarialModelPerturbation", "WeightPerturbation", "suppressed_logging"]
+__all__ = [
+    "ASAM",
+    "AWP",
+    "SAM",
+    "AdversarialModelPerturbation",
+    "WeightPerturbation",
+    "frozen_metrics",
+    "suppressed_logging",
+]
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
@@ -57,6 +66,66 @@ def suppressed_logging(module: Any):
                 module.__dict__[key] = shadowed[key]
             else:
                 module.__dict__.pop(key, None)
+
+
+def unperturbed_checkpoint(checkpoint: dict[str, Any], module: Any, engine: Perturbation) -> None:
+    """Replace the perturbed weights in ``checkpoint["state_dict"]`` by the engine's saved originals (mid-step)."""
+    originals = engine.original_weights()
+    if originals and "state_dict" in checkpoint:
+        for name, p in module.named_parameters():
+            if id(p) in originals and name in checkpoint["state_dict"]:
+                checkpoint["state_dict"][name] = originals[id(p)].detach().clone()
+
+
+@contextlib.contextmanager
+def guarded_checkpoints(module: Any, engine: Perturbation):
+    """Inside: a checkpoint the module's ``on_save_checkpoint`` hook sees gets the unperturbed weights (the manual
+    path's equivalent of :meth:`WeightPerturbation.on_save_checkpoint`)."""
+    original = getattr(module, "on_save_checkpoint", None)
+    if original is None:
+        yield
+        return
+    shadowed = module.__dict__.get("on_save_checkpoint")
+
+    def hook(checkpoint: dict[str, Any]) -> Any:
+        out = original(checkpoint)
+        unperturbed_checkpoint(checkpoint, module, engine)
+        return out
+
+    module.__dict__["on_save_checkpoint"] = hook
+    try:
+        yield
+    finally:
+        if shadowed is not None:
+            module.__dict__["on_save_checkpoint"] = shadowed
+        else:
+            module.__dict__.pop("on_save_checkpoint", None)
+
+
+@contextlib.contextmanager
+def frozen_metrics(module: Any):
+    """Inside: ``torchmetrics`` metrics of ``module`` may be updated (``metric(preds, target)`` still returns the
+    batch value), but their accumulated state is put back afterwards, so a perturbed pass never counts twice."""
+    try:
+        from torchmetrics import Metric
+    except ImportError:  # pragma: no cover - torchmetrics is a dependency of Lightning
+        yield
+        return
+    metrics = [m for m in module.modules() if isinstance(m, Metric)]
+    saved = []
+    for m in metrics:
+        state = {}
+        for name in m._defaults:
+            value = getattr(m, name)
+            state[name] = value.clone() if isinstance(value, torch.Tensor) else list(value)
+        extra = {k: getattr(m, k) for k in ("_update_count", "_computed", "_forward_cache") if hasattr(m, k)}
+        saved.append((m, state, extra))
+    try:
+        yield
+    finally:
+        for m, state, extra in saved:
+            for name, value in {**state, **extra}.items():
+                setattr(m, name, value)
 
 
 @contextlib.contextmanager
@@ -171,11 +240,7 @@ class WeightPerturbation(Callback):
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """A checkpoint written while the weights are perturbed (from a hook inside the step) gets the originals."""
-        originals = self.engine.original_weights()
-        if originals and "state_dict" in checkpoint:
-            for name, p in pl_module.named_parameters():
-                if id(p) in originals and name in checkpoint["state_dict"]:
-                    checkpoint["state_dict"][name] = originals[id(p)].detach().clone()
+        unperturbed_checkpoint(checkpoint, pl_module, self.engine)
 
     # ------------------------------------------------------------------ the step
     def _parameters(self, module: Any, optimizer: Any) -> list[tuple[str, torch.Tensor]]:
@@ -213,7 +278,7 @@ class WeightPerturbation(Callback):
                     loss = closure()
                 self._first_result = getattr(closure, "_result", None)
                 return loss
-            with suppressed_logging(module), terms:
+            with suppressed_logging(module), frozen_metrics(module), terms:
                 if len(self._batches) > 1:
                     self._replay(trainer, module, optimizer)
                 return closure()

@@ -1,7 +1,18 @@
 """A helper for manual optimization (plain PyTorch loops, or ``automatic_optimization = False``).
 
-Example (a plain loop; in a ``LightningModule`` pass ``backward=self.manual_backward`` and, under DDP,
-``no_sync=self.trainer.strategy.block_backward_sync``):
+In a ``LightningModule`` with ``automatic_optimization = False``::
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = perturbed_backward(
+            self.sam, self, lambda: self.compute_loss(logits=self(batch["x"]), target=batch["target"]),
+            backward=self.manual_backward,  # precision plugins (GradScaler) included
+            no_sync=getattr(self.trainer.strategy, "block_backward_sync", None),  # DDP: per-replica ascent
+        )
+        opt.step()
+
+(under a GradScaler also pass ``grad_scaler=self.trainer.precision_plugin.scaler``). A plain loop:
 
     >>> import torch
     >>> from lightning_losses.perturbation import build_perturbation, perturbed_backward
@@ -28,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_losses.perturbation.callback import suppressed_logging
+from lightning_losses.perturbation.callback import frozen_metrics, guarded_checkpoints, suppressed_logging
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 
 __all__ = ["perturbed_backward"]
@@ -46,7 +57,8 @@ def perturbed_backward(
     step: int | None = None,
 ) -> torch.Tensor | None:
     """Run the perturbed forward-backward passes; afterwards ``.grad`` holds the descent gradient and the weights
-    are exactly as before. Call ``optimizer.step()`` (or ``scaler.step(optimizer)``) next.
+    are exactly as before. Call ``optimizer.step()`` (or ``scaler.step(optimizer)``) next. Inside, a checkpoint
+    written through the module's ``on_save_checkpoint`` hook (a ``LightningModule``) holds the original weights.
 
     Args:
         perturbation: a :class:`Perturbation` (e.g. ``build_perturbation("sam")``).
@@ -77,8 +89,11 @@ def perturbed_backward(
     run_backward = backward or (lambda loss: loss.backward())
 
     def forward_backward(phase: str) -> torch.Tensor:
-        quiet = phase in ("ascent", "descent") and hasattr(module, "objective_logging_suppressed")
-        with suppressed_logging(module) if quiet else contextlib.nullcontext():
+        with contextlib.ExitStack() as quiet:
+            if phase in ("ascent", "descent"):  # perturbed passes: no logging, metric states put back
+                if hasattr(module, "objective_logging_suppressed"):
+                    quiet.enter_context(suppressed_logging(module))
+                quiet.enter_context(frozen_metrics(module))
             loss = loss_fn()
             run_backward(loss)
         return loss.detach()
@@ -86,12 +101,13 @@ def perturbed_backward(
     grad_scale = None
     if grad_scaler is not None and grad_scaler.is_enabled():
         grad_scale = grad_scaler.scale(torch.ones((), device=all_params[0].device))
-    return perturbation.step(
-        forward_backward,
-        named,
-        step=step,
-        zero_grad=zero_grad,
-        no_sync=no_sync,
-        grad_scale=grad_scale,
-        bn_modules=batchnorm_modules(module),
-    )
+    with guarded_checkpoints(module, perturbation):  # a checkpoint written mid-step holds the original weights
+        return perturbation.step(
+            forward_backward,
+            named,
+            step=step,
+            zero_grad=zero_grad,
+            no_sync=no_sync,
+            grad_scale=grad_scale,
+            bn_modules=batchnorm_modules(module),
+        )

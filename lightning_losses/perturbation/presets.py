@@ -125,6 +125,12 @@ def build_perturbation(spec: Any, /, **kwargs: Any) -> Perturbation:
     an instance through.
 
     Raises:
-        ConfigurationError: unknown name (with the nearest valid one) or argument.
+        ConfigurationError: unknown name (with the nearest valid one) or argument; ``"amp"`` is ambiguous and refused.
     """
+    name = spec.get("name") if isinstance(spec, dict) else spec
+    if isinstance(name, str) and name.strip().lower() == "amp":
+        raise ConfigurationError(
+            "perturbation `amp` is ambiguous: Adversarial Model Perturbation is `adversarial_model_perturbation`; "
+            "mixed precision is the Trainer's `precision=` (e.g. `16-mixed`)"
+        )
     return PERTURBATIONS.build(spec, **kwargs)

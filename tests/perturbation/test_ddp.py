@@ -88,3 +88,67 @@ def test_per_replica_ascent_then_averaged_descent(ddp):
 def test_looksam_under_ddp_keeps_replicas_identical(ddp):
     results = ddp.run(_ddp_steps, "sam", {"rho": 0.5, "every_n_steps": 2, "reuse_alpha": 0.7}, 3)
     _same(results[0], results[1], atol=0)
+
+
+# ---------------------------------------------------------------- the one real 2-process Trainer run
+
+
+def _lightning_ddp_run():
+    import os
+
+    import lightning as L
+
+    import lightning_losses as ll
+
+    from ._lightning import Tiny, loader, trainer
+
+    class Recorder(L.Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append((batch[0].double().clone(), batch[1].clone()))
+
+    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29556")  # unused: the group already exists
+    try:
+        model, rec = Tiny(), Recorder()
+        t = trainer([ll.SAM(rho=0.5), rec], max_steps=2, strategy="ddp", devices=2)
+        t.fit(model, loader(4, n=16))  # Lightning's DistributedSampler: disjoint shuffled shards
+        return {k: v.detach().double().clone() for k, v in model.net.named_parameters()}, rec.seen
+    finally:
+        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+            os.environ.pop(key, None)
+
+
+def test_lightning_ddp_callback_ascent_is_per_replica(ddp):
+    """The callback under Lightning's DDP strategy: the whole first pass (forward included) runs in
+    ``block_backward_sync``, so each replica perturbs with its own gradient; the descent gradient is averaged."""
+    (w0, seen0), (w1, seen1) = ddp.run(_lightning_ddp_run)
+    _same(w0, w1, atol=0)
+    assert len(seen0) == len(seen1) == 2 and not torch.equal(seen0[0][0], seen1[0][0])
+    model = tiny_model()
+    params = dict(model.named_parameters())
+    opt = torch.optim.SGD(params.values(), lr=LR, momentum=0.9)
+    synced = tiny_model()
+    synced_params = dict(synced.named_parameters())
+    synced_opt = torch.optim.SGD(synced_params.values(), lr=LR, momentum=0.9)
+    for s in range(2):
+        shards = [seen0[s], seen1[s]]
+        w = {k: v.detach().clone() for k, v in params.items()}
+        grads = []
+        for x, y in shards:
+            grads.append(descent_grad(model, w, sam_eps(grad_at(model, w, x, y), 0.5), x, y))
+        for k, p in params.items():
+            p.grad = (grads[0][k] + grads[1][k]) / 2
+        opt.step()
+        # a synchronised ascent (what a backward-only no_sync gives) for contrast
+        ws = {k: v.detach().clone() for k, v in synced_params.items()}
+        x, y = torch.cat([shards[0][0], shards[1][0]]), torch.cat([shards[0][1], shards[1][1]])
+        g2 = descent_grad(synced, ws, sam_eps(grad_at(synced, ws, x, y), 0.5), x, y)
+        for k, p in synced_params.items():
+            p.grad = g2[k]
+        synced_opt.step()
+    for k, v in params.items():
+        torch.testing.assert_close(w0[k], v.detach(), atol=1e-6, rtol=0, msg=k)
+    assert not torch.allclose(w0["0.weight"], synced_params["0.weight"].detach(), atol=1e-5)

@@ -238,6 +238,10 @@ def test_state_dict_round_trip():
 def test_registry_and_errors():
     assert ll.list_perturbations() == ["adversarial_model_perturbation", "asam", "asam_p2", "awp", "sam"]
     assert "amp" not in ll.list_perturbations()
+    with pytest.raises(ConfigurationError, match="perturbation `amp` is ambiguous: Adversarial Model Perturbation is"):
+        ll.build_perturbation("amp")
+    with pytest.raises(ConfigurationError, match="perturbation `amp` is ambiguous"):
+        ll.WeightPerturbation("AMP")
     with pytest.raises(ConfigurationError, match="unknown perturbation `sma`; did you mean `sam`"):
         ll.build_perturbation("sma")
     with pytest.raises(ConfigurationError, match="perturbation `sam` got an unexpected argument `rhoo`"):
@@ -258,3 +262,34 @@ def test_registry_and_errors():
         ll.build_perturbation("sam", sync_ascent="yes")
     with pytest.raises(ConfigurationError, match="`rule` must be one of `normalise`, `clip`, got 'norm'"):
         Perturbation(rule="norm")
+
+
+def test_logged_statistics_equal_their_definitions():
+    model = tiny_model()
+    x, y = tiny_batch()
+    w = {k: v.detach().clone() for k, v in model.named_parameters()}
+    g = grad_at(model, w, x, y)
+    eps = sam_eps(g, 0.5)
+    engine = build_perturbation("sam", rho=0.5)
+    perturbed_backward(engine, model, lambda: nn.functional.cross_entropy(model(x), y))
+    stats = engine.last_stats
+    from ._reference import loss_at, norm
+
+    sharpness = float(loss_at(model, {k: w[k] + eps[k] for k in w}, x, y) - loss_at(model, w, x, y))
+    assert sharpness > 0
+    assert abs(float(stats["sharpness"]) - sharpness) < 1e-6  # logged in float32
+    assert abs(float(stats["norm"]) - 0.5) < 1e-9
+    assert abs(float(stats["grad_norm"]) - norm(g.values())) < 1e-9
+    assert abs(float(stats["grad_norm_perturbed"]) - norm(descent_grad(model, w, eps, x, y).values())) < 1e-9
+
+
+def test_restore_is_exact_in_bfloat16():
+    # w + e - e != w in bfloat16: a subtraction-based restore would move the weights
+    model = tiny_model(dtype=torch.bfloat16)
+    x, y = tiny_batch(dtype=torch.bfloat16)
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        drift = [(p + 0.37 * p.abs().max()) - 0.37 * p.abs().max() for p in model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(drift, before))
+    perturbed_backward(build_perturbation("sam", rho=0.37), model, lambda: nn.functional.cross_entropy(model(x), y))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))

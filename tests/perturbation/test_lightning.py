@@ -22,11 +22,14 @@ def _batches(batch_size, n=16):
     ]
 
 
-def reference(eps_fn, batches, optimizer="sgd", clip=None, lr=0.1):
+def reference(eps_fn, batches, optimizer="sgd", clip=None, lr=0.1, make_optimizer=None):
     """Hand-written perturbed steps in float64: eps from the gradient at w, descent gradient at w + eps."""
     model = tiny_model(dtype=torch.float64)
     params = dict(model.named_parameters())
-    if optimizer == "adamw":
+    sched = None
+    if make_optimizer is not None:
+        opt, sched = make_optimizer(model)
+    elif optimizer == "adamw":
         opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01)
     else:
         opt = torch.optim.SGD(params.values(), lr=lr, momentum=0.9)
@@ -41,6 +44,8 @@ def reference(eps_fn, batches, optimizer="sgd", clip=None, lr=0.1):
         for k, p in params.items():
             p.grad = g2[k].clone()
         opt.step()
+        if sched is not None:
+            sched.step()
     return {f"net.{k}": v.detach() for k, v in params.items()}, opt
 
 
@@ -261,3 +266,143 @@ def test_recipes_and_errors():
 
     with pytest.raises(ConfigurationError, match="needs a LightningModule that uses `lightning_losses.LossesMixin`"):
         ll.SAM().setup(None, Plain(), "fit")
+
+
+def _groups_and_scheduler(model):
+    """Two parameter groups (weights lr 0.1 with weight decay, biases lr 0.05 without) and a per-step StepLR."""
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    opt = torch.optim.SGD(
+        [{"params": weights, "weight_decay": 0.01}, {"params": biases, "lr": 0.05}], lr=0.1, momentum=0.9
+    )
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+
+
+class _Grouped(Tiny):
+    def configure_optimizers(self):
+        opt, sched = _groups_and_scheduler(self.net)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_param_groups_lr_scheduler_and_checkpoint_cadence_once_per_step(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    model = _Grouped()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    t = trainer([ll.SAM(rho=0.2), ckpt], max_steps=3, enable_checkpointing=True)
+    t.fit(model, loader(8, n=24))
+    expected, _ = reference(_sam(0.2), _batches(8, n=24), make_optimizer=_groups_and_scheduler)
+    _assert_weights(model, expected, atol=1e-6)
+    assert t.global_step == 3 and model.training_step_calls == 6
+    sched = t.lr_scheduler_configs[0].scheduler
+    assert sched.last_epoch == 3  # stepped once per optimizer step
+    assert [g["lr"] for g in t.optimizers[0].param_groups] == [0.1 / 8, 0.05 / 8]
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step=1.ckpt", "step=2.ckpt", "step=3.ckpt"]
+
+
+class _Metered(Tiny):
+    def __init__(self):
+        super().__init__()
+        import torchmetrics
+
+        self.seen = torchmetrics.SumMetric()
+        self.acc = torchmetrics.classification.MulticlassAccuracy(num_classes=3, average="micro")
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        self.seen.update(torch.tensor(float(len(y))))  # no check of objective_logging_suppressed
+        batch_acc = self.acc(logits.detach(), y)  # forward: updates the state and returns the batch value
+        assert batch_acc.ndim == 0
+        return self.compute_loss(logits=logits, target=y)
+
+
+def test_torchmetrics_are_updated_once_per_step():
+    model = _Metered()
+    trainer([ll.SAM(rho=0.05)], max_steps=2).fit(model, loader(8))
+    assert float(model.seen.compute()) == 16.0  # 2 steps x 8 samples, not 32
+    assert model.acc._update_count == 2
+
+
+class _InfOnce(Tiny):
+    """The first pass of the first step produces an infinite loss (a non-finite ascent gradient)."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.global_step == 0 and not self.objective_logging_suppressed:
+            return loss * float("inf")
+        return loss
+
+
+def test_non_finite_ascent_under_16_mixed_is_skipped_and_counted():
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    model = _InfOnce()
+    cb = ll.AdversarialModelPerturbation(epsilon=5.0, inner_lr=1.0)
+    plugin = MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))
+    t = trainer([cb], max_steps=2, plugins=[plugin])
+    t.fit(model, loader(8))
+    assert t.global_step == 2 and cb.engine.skipped == 1 and cb.engine.perturbed_steps == 1
+    assert float(t.callback_metrics["perturbation/skipped"]) == 1.0
+    calls = []
+
+    def eps_fn(model_, w, g, x, y):  # step 0: no perturbation (a plain step at w); step 1: the clipped ascent
+        calls.append(1)
+        return {k: torch.zeros_like(v) for k, v in w.items()} if len(calls) == 1 else _amp(5.0, 1.0)(model_, w, g, x, y)
+
+    expected, _ = reference(eps_fn, _batches(8))
+    _assert_weights(model, expected, atol=2e-3)
+
+
+class _ManualSAM(Tiny):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+        self.engine = ll.build_perturbation("sam", rho=0.05)
+
+    def training_step(self, batch, batch_idx):
+        self.training_step_calls += 1
+        x, y = batch
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = ll.perturbed_backward(
+            self.engine,
+            self,
+            lambda: self.compute_loss(logits=self.net(x), target=y),
+            backward=self.manual_backward,
+            no_sync=getattr(self.trainer.strategy, "block_backward_sync", None),  # DDP only
+        )
+        opt.step()
+        return loss
+
+
+def test_manual_optimization_helper_in_a_lightning_module():
+    model = _ManualSAM()
+    t = trainer([], max_steps=2)
+    t.fit(model, loader(8))
+    expected, _ = reference(_sam(0.05), _batches(8))
+    _assert_weights(model, expected, atol=1e-6)
+    assert t.global_step == 2 and model.engine.perturbed_steps == 2
+    assert model.logged.count("train/loss") == 2  # the perturbed pass does not log
+
+
+def test_manual_helper_checkpoint_written_mid_step_has_original_weights(tmp_path):
+    saver = _SaveMidStep(tmp_path / "mid.ckpt")
+    model = _ManualSAM()
+    model.engine = ll.build_perturbation("sam", rho=0.5)
+    trainer([saver], max_steps=1).fit(model, loader(8))
+    saved = torch.load(saver.path, weights_only=False)["state_dict"]
+    for k, v in saver.before.items():
+        assert torch.equal(saved[k], v), k
+    assert "on_save_checkpoint" not in model.__dict__  # the guard is removed after the step
+
+
+def test_batchnorm_statistics_see_one_forward_per_step_in_a_trainer():
+    model = Tiny(bn=True)
+    trainer([ll.SAM(rho=0.5)], max_steps=1).fit(model, loader(8))
+    ref = tiny_model(dtype=torch.float32, bn=True)
+    ref(_batches(8)[0][0].float())  # one ordinary training forward at the unperturbed weights
+    bn, ref_bn = model.net[1], ref[1]
+    assert model.training_step_calls == 2 and int(bn.num_batches_tracked) == 1
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, rtol=0, atol=1e-7)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var, rtol=0, atol=1e-7)
