@@ -1,6 +1,7 @@
 """Token cross entropy, sequence log-probs, DCO, MixCE and EMO against explicit per-token loops (plain floats)."""
 
 import math
+from types import SimpleNamespace
 
 import mpmath
 import pytest
@@ -314,3 +315,79 @@ def test_errors():
         LF.emo(logits, target, torch.zeros(4))
     with pytest.raises(TypeError, match=r"`target` must be a torch.Tensor, got list"):
         LF.sequence_logps(logits, [[0, 0, 0]])
+
+
+# ------------------------------------------------------------------------------------------- DDP: token entropy control
+
+
+def _entropy_batches(steps=3, n=5, t=4, v=6):
+    batches = []
+    for k in range(steps):
+        logits, target = _batch(n=n, t=t, v=v, seed=20 + k)
+        target[4, 1:] = IGNORE  # uneven valid-token counts across the two ranks
+        batches.append((logits.detach(), target))
+    return batches
+
+
+def _entropy_control_run(batches, sizes=None):
+    """Token CE + EntropyControl(target, normalization="token") over the steps: beta, global entropy, loss, grads."""
+    from lightning_losses.distributed import rank
+
+    cb = ll.EntropyControl(target=1.2, lr=0.5, normalization="token")
+    obj = Objective({"token_cross_entropy": {}})
+    module = SimpleNamespace(objective_logging_suppressed=False)
+    out = []
+    for step, (logits, target) in enumerate(batches):
+        if sizes is not None:
+            lo = sum(sizes[: rank()])
+            logits, target = logits[lo : lo + sizes[rank()]], target[lo : lo + sizes[rank()]]
+        logits = logits.clone().requires_grad_(True)
+        tensors = {"logits": logits, "target": target}
+        res = obj(tensors, step=step, extra_terms=cb.extra_terms(module, tensors, step))
+        res.loss.backward()
+        cb.on_train_batch_end(SimpleNamespace(global_step=step + 1, loggers=[]), module)
+        out.append((float(cb.controller.beta), float(cb.last_entropy), float(res.value), logits.grad))
+    return out
+
+
+def test_ddp_token_entropy_control_equals_one_process(ddp):
+    batches = _entropy_batches()
+    sizes = (2, 3)
+    ranks = ddp.run(_entropy_control_run, batches, sizes)
+    single = _entropy_control_run(batches)
+    beta = 0.0
+    for step, (logits, target) in enumerate(batches):
+        # explicit global token-mean entropy and the dual-ascent recursion on it
+        p = torch.softmax(logits, -1)
+        h = -(p * torch.log_softmax(logits, -1)).sum(-1)
+        valid = target != IGNORE
+        mean_h = float(h[valid].sum() / valid.sum())
+        beta = min(max(beta + 0.5 * (1.2 - mean_h), -1.0), 1.0)
+        (b0, h0, v0, g0), (b1, h1, v1, g1) = ranks[0][step], ranks[1][step]
+        b, hs, v, g = single[step]
+        assert b0 == b1 and h0 == h1 and v0 == v1  # identical on both ranks
+        assert math.isclose(b0, b, rel_tol=1e-6) and math.isclose(b, beta, rel_tol=1e-6)
+        assert math.isclose(h0, hs, rel_tol=1e-6) and math.isclose(hs, mean_h, rel_tol=1e-6)
+        assert math.isclose(v0, v, rel_tol=1e-6)  # beta is float32
+        # DDP averages gradients over the 2 ranks: each rank's share times 1/2 is the one-process gradient
+        torch.testing.assert_close(torch.cat([g0, g1]) / 2, g)
+        if step == 0:  # beta = 0 at step 0: the loss is the global token-mean cross entropy
+            ce = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+            assert math.isclose(v, float(ce), rel_tol=1e-9)
+
+
+def test_entropy_control_token_normalization_is_the_global_token_mean():
+    logits, target = _batch(seed=7)
+    valid = target != IGNORE
+    h = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    module = SimpleNamespace(objective_logging_suppressed=False)
+    for norm, expected in (("token", h[valid].sum() / valid.sum()), ("sequence", None)):
+        cb = ll.EntropyControl(beta=0.3, normalization=norm)
+        tensors = {"logits": logits, "target": target}
+        out = Objective({"token_cross_entropy": {}})(tensors, extra_terms=cb.extra_terms(module, tensors, 0))
+        if expected is None:  # per-sequence token mean, then a mean over the counted sequences
+            per_seq = (h * valid).sum(-1) / valid.sum(-1).clamp_min(1)
+            expected = per_seq[valid.any(-1)].mean()
+        torch.testing.assert_close(out.terms["entropy_bonus"], (-0.3 * expected).detach())
+    with pytest.raises(ConfigurationError, match=r"`normalization` must be one of `sequence`, `token`, got 'sum'"):
+        ll.EntropyControl(target=1.0, normalization="sum")
