@@ -116,6 +116,7 @@ def mixce(
     ignore_index: int = -100,
     normalization: str = "token",
     reduction: str = "sample",
+    validate_args: bool = True,
 ) -> torch.Tensor:
     r"""MixCE (Zhang, Wu, Irsoy, Lu, Bansal, Dredze, Rosenberg, *MixCE: Training Autoregressive Language Models by
     Mixing Forward and Reverse Cross-Entropies*, ACL 2023): the practical token-level form of
@@ -137,7 +138,7 @@ def mixce(
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"`eta` must be in [0, 1], got {eta!r}")
-    z, y = check_tokens(logits, target, ignore_index=ignore_index)
+    z, y = check_tokens(logits, target, ignore_index=ignore_index, validate_args=validate_args)
     valid = y != ignore_index
     nll = torch.logsumexp(z, dim=-1) - _gather(z, y, valid)
     loss = nll * (eta + (1.0 - eta) * torch.exp(-nll.detach())) if eta < 1.0 else nll
@@ -153,6 +154,7 @@ def emo(
     max_weight: float | None = None,
     normalization: str = "token",
     reduction: str = "sample",
+    validate_args: bool = True,
 ) -> torch.Tensor:
     r"""EMO, Earth Mover Distance Optimization (Ren, Wu, Zhu, Wang, *EMO: Earth Mover Distance Optimization for
     Auto-Regressive Language Modeling*, ICLR 2024), per token:
@@ -178,13 +180,14 @@ def emo(
         logits: ``[N, T, V]``; target: ``[N, T]`` (``ignore_index`` tokens left out).
         cost_embedding: ``[V, D]`` token embeddings defining the transport cost (no gradient flows into it).
         max_weight: optional cap on the dynamic weight. Default ``None``.
+        validate_args: check the token ids (one host sync). Default True.
 
     Example:
         >>> logits, target = torch.zeros(1, 1, 3), torch.tensor([[0]])
         >>> emo(logits, target, torch.eye(3)).round(decimals=4)  # the value is MLE: log 3
         tensor([1.0986])
     """
-    z, y = check_tokens(logits, target, ignore_index=ignore_index)
+    z, y = check_tokens(logits, target, ignore_index=ignore_index, validate_args=validate_args)
     if not isinstance(cost_embedding, torch.Tensor) or cost_embedding.ndim != 2:
         got = list(cost_embedding.shape) if isinstance(cost_embedding, torch.Tensor) else type(cost_embedding).__name__
         raise ValueError(f"`cost_embedding` must be a tensor [V, D], got {got}")

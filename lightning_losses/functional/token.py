@@ -76,7 +76,12 @@ def _gather(logp: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> to
 
 
 def token_logps(
-    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100, shift: bool = False
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    shift: bool = False,
+    validate_args: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Log-probability of each label token, :math:`\log\mathrm{softmax}(z_t)_{y_t}`, and the valid-token mask.
 
@@ -88,7 +93,7 @@ def token_logps(
         >>> lp.round(decimals=4), mask
         (tensor([[-1.3863, -1.3863,  0.0000]]), tensor([[ True,  True, False]]))
     """
-    z, y = check_tokens(logits, labels, ignore_index=ignore_index, shift=shift)
+    z, y = check_tokens(logits, labels, ignore_index=ignore_index, shift=shift, validate_args=validate_args)
     valid = y != ignore_index
     logp = _gather(z, y, valid) - torch.logsumexp(z, dim=-1)
     return torch.where(valid, logp, torch.zeros_like(logp)), valid
@@ -101,13 +106,14 @@ def sequence_logps(
     ignore_index: int = -100,
     shift: bool = False,
     average: bool = False,
+    validate_args: bool = True,
 ) -> torch.Tensor:
     r"""Per-sequence log-probability :math:`\log\pi(y) = \sum_t m_t \log\pi(y_t\mid y_{<t})` of the labelled tokens.
 
     The input of the preference losses (``chosen_logps``, ...) and of :func:`~lightning_losses.functional.dco`.
     ``average=True`` divides by the valid-token count (clamped to 1): the length-normalised log-prob of SimPO / IPO
     in TRL. ``shift=True`` drops the last logit and the first label (causal LM: logits at ``t`` predict ``t + 1``).
-    A sequence without valid tokens gets 0.
+    A sequence without valid tokens gets 0. ``validate_args`` checks the token ids (one host sync).
 
     Example:
         >>> logits = torch.log(torch.tensor([[[0.5, 0.5], [0.9, 0.1]]]))
@@ -116,7 +122,7 @@ def sequence_logps(
         >>> sequence_logps(logits, torch.tensor([[-100, 1]]), shift=True).exp()  # label 1 from position 0: 0.5
         tensor([0.5000])
     """
-    logp, valid = token_logps(logits, labels, ignore_index=ignore_index, shift=shift)
+    logp, valid = token_logps(logits, labels, ignore_index=ignore_index, shift=shift, validate_args=validate_args)
     total = logp.sum(-1)
     if average:
         return total / valid.sum(-1).clamp_min(1).to(total.dtype)

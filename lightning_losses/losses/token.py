@@ -108,7 +108,8 @@ class DCO(_TokenLoss):
         self.n = check_number("n", n, low=1.0)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return LM.dco(TK.sequence_logps(logits, target, ignore_index=self.ignore_index), n=self.n)
+        logps = TK.sequence_logps(logits, target, ignore_index=self.ignore_index, validate_args=self.validate_args)
+        return LM.dco(logps, n=self.n)
 
 
 @LOSSES.register("mixce", aliases=("mix_ce",))
@@ -135,7 +136,14 @@ class MixCE(_TokenLoss):
         self.eta = check_number("eta", eta, low=0.0, high=1.0)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return LM.mixce(logits, target, eta=self.eta, ignore_index=self.ignore_index, normalization=self.normalization)
+        return LM.mixce(
+            logits,
+            target,
+            eta=self.eta,
+            ignore_index=self.ignore_index,
+            normalization=self.normalization,
+            validate_args=self.validate_args,
+        )
 
 
 @LOSSES.register("emo", aliases=("earth_mover_distance_optimization",))
@@ -176,4 +184,5 @@ class EMO(_TokenLoss):
             ignore_index=self.ignore_index,
             max_weight=self.max_weight,
             normalization=self.normalization,
+            validate_args=self.validate_args,
         )

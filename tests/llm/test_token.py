@@ -299,6 +299,12 @@ def test_errors():
         ValueError, match=r"`target` token ids must be in \[0, 3\] \(or `ignore_index`\), got \[4, -1\]"
     ):
         LF.token_cross_entropy(logits, torch.tensor([[0, 4, 0], [-1, 0, IGNORE]]))
+    bad = torch.tensor([[0, 9, 0], [0, 0, 0]])
+    for name, extra in (("mixce", {}), ("emo", {"cost_embedding": torch.eye(4)}), ("dco", {})):  # modules check ids
+        with pytest.raises(
+            ValueError, match=r"`target` token ids must be in \[0, 3\] \(or `ignore_index`\), got \[9\]"
+        ):
+            ll.build_loss(name)(logits=logits, target=bad, **extra)
     with pytest.raises(ValueError, match=r"`reduction` must be one of \('sample', 'none'\), got 'mean'"):
         LF.token_cross_entropy(logits, target, reduction="mean")
     with pytest.raises(ValueError, match=r"`logps` must be a floating tensor \[N\] of sequence log-probs"):
