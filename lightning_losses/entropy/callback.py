@@ -24,12 +24,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_losses._validation import check_bool, check_int, check_number
+from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.distributed import global_sum
 from lightning_losses.entropy.controller import EntropyController
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional.entropy import entropy as entropy_fn
+from lightning_losses.functional.policy import aggregate_tokens
 from lightning_losses.schedules import build_schedule
 
 __all__ = ["EntropyControl"]
@@ -52,6 +53,11 @@ class EntropyControl(L.Callback):
         input: name of the logits tensor passed to ``compute_loss``. Default ``"logits"``. ``[N, C]`` logits, or
             ``[N, T, V]`` token logits (tokens whose ``target`` is ``ignore_index`` are left out).
         ignore_index: token label that does not count. Default -100.
+        normalization: how token logits' entropies make the per-sequence bonus (see
+            :func:`~lightning_losses.functional.policy.aggregate_tokens`): ``"sequence"`` (default: mean over the
+            sequence's valid tokens) or ``"token"`` (the objective's mean of the bonus is then exactly
+            :math:`-\beta` times the **global** token-mean entropy the controller measures, as the token losses'
+            ``"token"`` normalisation; one all-reduce per call). The controller always measures the global token mean.
         per_class: also log the mean entropy per class. Default False.
         log_every_n_steps: logging period in optimizer steps. Default 50.
         name: metric prefix and term name (``{name}_bonus``); give each instance its own. Default ``"entropy"``.
@@ -76,6 +82,7 @@ class EntropyControl(L.Callback):
         warmup_steps: int = 0,
         input: str = "logits",
         ignore_index: int = -100,
+        normalization: str = "sequence",
         per_class: bool = False,
         log_every_n_steps: int = 50,
         name: str = "entropy",
@@ -87,6 +94,7 @@ class EntropyControl(L.Callback):
         self.name = name
         self.input = input
         self.ignore_index = check_int("ignore_index", ignore_index)
+        self.normalization = check_choice("normalization", normalization, ("sequence", "token"))
         self.per_class = check_bool("per_class", per_class)
         self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, low=1)
         self.controller: EntropyController | None = None
@@ -154,9 +162,8 @@ class EntropyControl(L.Callback):
         mask = None
         if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == tokens.shape:
             mask = target != self.ignore_index
-        m = torch.ones_like(tokens) if mask is None else mask.to(tokens.dtype)
-        per_sample = (tokens * m).sum(-1) / m.sum(-1).clamp_min(1.0)
-        return per_sample, tokens, mask
+        m = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
+        return aggregate_tokens(tokens, m, self.normalization), tokens, mask
 
     def _accumulate_window(self, h: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor, target: Any):
         h = h.detach()

@@ -1,6 +1,6 @@
 """Pure, per-sample functional forms of every loss. Each returns ``[N]`` (or declares itself batch-level)."""
 
-from lightning_losses.functional import policy, preference, reweighting
+from lightning_losses.functional import lm, policy, preference, reweighting, token
 from lightning_losses.functional.binary import bce
 from lightning_losses.functional.classification import cross_entropy, focal, focal_term
 from lightning_losses.functional.distillation import kd, pld
@@ -14,6 +14,7 @@ from lightning_losses.functional.entropy import (
 )
 from lightning_losses.functional.linear_ce import linear_cross_entropy, linear_entropy, linear_log_probs
 from lightning_losses.functional.links import ldr_kl, log_stablemax, spherical_z_loss, stablemax_cross_entropy
+from lightning_losses.functional.lm import dco, emo, mixce
 from lightning_losses.functional.logit_scale import clip_logits, spectral_decoupling, z_loss
 from lightning_losses.functional.metric_learning import circle, info_nce, multi_similarity, supcon, triplet
 from lightning_losses.functional.multilabel import anyloss, asymmetric, dice, sigmoid_focal, tversky
@@ -50,6 +51,7 @@ from lightning_losses.functional.regression_robust import (
 )
 from lightning_losses.functional.robust import apl, gce, mae, nce, nfl, rce, sce
 from lightning_losses.functional.surrogates import comp_sum, ovr, poly1, poly_focal, squentropy, taylor_ce
+from lightning_losses.functional.token import sequence_logps, token_cross_entropy, token_logps
 
 __all__ = [
     "aggregate_tokens",
@@ -64,8 +66,10 @@ __all__ = [
     "comp_sum",
     "confidence_penalty",
     "cross_entropy",
+    "dco",
     "dice",
     "dpo",
+    "emo",
     "entropy",
     "entropy_minimization",
     "focal",
@@ -88,10 +92,12 @@ __all__ = [
     "linear_cross_entropy",
     "linear_entropy",
     "linear_log_probs",
+    "lm",
     "log_cosh",
     "log_stablemax",
     "mae",
     "mae_regression",
+    "mixce",
     "mse",
     "multi_similarity",
     "nce",
@@ -114,6 +120,7 @@ __all__ = [
     "rpo",
     "sce",
     "sequence_entropy",
+    "sequence_logps",
     "sigmoid_focal",
     "simpo",
     "spectral_decoupling",
@@ -122,7 +129,10 @@ __all__ = [
     "stablemax_cross_entropy",
     "supcon",
     "taylor_ce",
+    "token",
     "token_covariance",
+    "token_cross_entropy",
+    "token_logps",
     "triplet",
     "tsallis_entropy",
     "tversky",

@@ -26,6 +26,7 @@ from lightning_losses.losses.regression_robust import (
 )
 from lightning_losses.losses.robust import APL, GCE, MAE, SCE
 from lightning_losses.losses.surrogates import OVR, CompSum, Poly1, PolyFocal, Squentropy, TaylorCE
+from lightning_losses.losses.token import DCO, EMO, MixCE, TokenCrossEntropy
 
 __all__ = [
     "AnyLoss",
@@ -38,8 +39,10 @@ __all__ = [
     "CompSum",
     "ConfidencePenalty",
     "CrossEntropy",
+    "DCO",
     "Dice",
     "DPO",
+    "EMO",
     "EntropyMinimization",
     "Focal",
     "GaussianNLL",
@@ -61,6 +64,7 @@ __all__ = [
     "LOSSES",
     "MAE",
     "MAERegression",
+    "MixCE",
     "MSE",
     "MultiSimilarity",
     "NPO",
@@ -83,6 +87,7 @@ __all__ = [
     "StableMaxCrossEntropy",
     "SupCon",
     "TaylorCE",
+    "TokenCrossEntropy",
     "Triplet",
     "Tversky",
     "ZLoss",

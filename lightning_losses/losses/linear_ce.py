@@ -39,14 +39,15 @@ class LinearCrossEntropy(Loss):
         z_loss: PaLM z-loss coefficient :math:`c \ge 0` on :math:`(\log Z)^2` per token. Default 0.
         softcap: logit softcap :math:`s > 0` (:math:`s\tanh(z/s)`, Gemma 2), or ``None``. Default ``None``.
         normalization: ``"sequence"`` (token mean within each sequence), ``"token"`` (global token mean), ``"sum"``
-            or ``"constant"`` (see :mod:`lightning_losses.functional.policy`). Default ``"sequence"``.
+            or ``"constant"`` (see :mod:`lightning_losses.functional.policy`). Default ``"token"``, as
+            ``token_cross_entropy``: the mean over every scored token of the global batch.
         chunk_size: tokens per chunk, or ``None`` (about 128 MiB of float32 logits per chunk). Default ``None``.
         impl: ``"auto"``, ``"chunked"`` or ``"cce"`` (``cut_cross_entropy`` on CUDA; see the functional module).
             Default ``"auto"``.
 
     Example:
         >>> import lightning_losses as ll
-        >>> loss = ll.build_loss("linear_cross_entropy")
+        >>> loss = ll.build_loss("linear_cross_entropy", normalization="sequence")
         >>> h, w = torch.zeros(2, 3, 4), torch.randn(8, 4)
         >>> loss(hidden=h, weight=w, target=torch.tensor([[1, 2, -100], [3, -100, -100]]))  # uniform: log 8
         tensor([2.0794, 2.0794])
@@ -60,7 +61,7 @@ class LinearCrossEntropy(Loss):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         softcap: float | None = None,
-        normalization: str = "sequence",
+        normalization: str = "token",
         chunk_size: int | None = None,
         impl: str = "auto",
         validate_args: bool = True,

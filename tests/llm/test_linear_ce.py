@@ -351,7 +351,7 @@ def test_through_objective_and_mixin(tmp_path):
     target = tokens[:, 1:].clone()
     target[0, -2:] = IGNORE
     tok = _naive_ce(hidden.double(), model.head.weight.double(), target, model.head.bias.double(), z_coef=1e-4)
-    ref = _per_sequence(tok, target, "sequence").mean()
+    ref = (tok * (target != IGNORE)).sum() / (target != IGNORE).sum()  # default "token": the global token mean
     torch.testing.assert_close(loss.double(), ref, atol=1e-6, rtol=1e-6)
     (gw,) = torch.autograd.grad(ref, (model.head.weight,))
     torch.testing.assert_close(model.head.weight.grad, gw.float(), atol=1e-6, rtol=1e-5)
@@ -434,3 +434,20 @@ def test_autocast_casts_like_linear():
     torch.testing.assert_close(gw, ref_gw, atol=0.05, rtol=0.05)
     with pytest.raises(ValueError, match=r"\(cast one, or run under torch.autocast\)"):
         LCE.linear_cross_entropy(h.to(torch.bfloat16), w, y)
+
+
+@pytest.mark.parametrize("normalization", [None, "token", "sequence", "sum", "constant"])
+def test_module_equals_token_cross_entropy_on_materialised_logits(normalization):
+    """The two token losses agree (same defaults too): hidden/weight through the chunked path == logits [N, T, V]."""
+    torch.manual_seed(3)
+    hidden, weight = torch.randn(3, 5, 8, dtype=torch.float64), torch.randn(11, 8, dtype=torch.float64)
+    target = torch.randint(0, 11, (3, 5))
+    target[0, 3:] = -100
+    target[2, :] = -100
+    kw = {} if normalization is None else {"normalization": normalization}
+    fused = ll.build_loss("linear_cross_entropy", chunk_size=4, label_smoothing=0.1, **kw)
+    naive = ll.build_loss("token_cross_entropy", label_smoothing=0.1, **kw)
+    got = fused(hidden=hidden, weight=weight, target=target)
+    want = naive(logits=hidden @ weight.T, target=target)
+    torch.testing.assert_close(got, want)
+    assert torch.equal(fused.sample_mask(target=target), naive.sample_mask(target=target))

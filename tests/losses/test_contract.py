@@ -74,7 +74,11 @@ def _inputs(family: str, required: tuple[str, ...], name: str = "") -> dict[str,
         | {k: -torch.rand(N, generator=g) for k in ("ref_chosen_logps", "ref_rejected_logps")}
         | {k: -torch.rand(N, generator=g) for k in ("logps", "ref_logps")}
         | {"target": labels % 2, "chosen_lengths": labels + 1, "rejected_lengths": labels + 2},
-        "token": {"logits": torch.randn(N, T, C, generator=g), "target": torch.randint(0, C, (N, T), generator=g)},
+        "token": {
+            "logits": torch.randn(N, T, C, generator=g),
+            "target": torch.randint(0, C, (N, T), generator=g),
+            "cost_embedding": torch.randn(C, D, generator=g),  # emo's frozen transport-cost embedding
+        },
         "policy": {
             "logps": -torch.rand(N, T, generator=g),
             "old_logps": -torch.rand(N, T, generator=g),
