@@ -24,6 +24,7 @@ import torch
 
 from lightning_losses._validation import check_choice, check_int, check_number
 from lightning_losses.distributed import global_sum
+from lightning_losses.entropy.controller import dual_ascent_step, entropy_error
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional import policy as PF
 from lightning_losses.losses.base import LOSSES, Loss
@@ -51,7 +52,9 @@ class _PolicyLoss(Loss):
         entropy_coef: entropy bonus coefficient ``≥ 0`` (initial value when ``entropy_band`` is set). Default 0.
         entropy_band: AEnt's ``[low, high]`` band for the global token-mean entropy, or ``None`` (fixed coefficient).
             Each training call moves the coefficient by ``-entropy_coef_lr · (min(0, H - low) + max(0, H - high))``
-            and clips it to ``entropy_coef_bounds`` (the authors' README rule; after ``warmup_steps`` calls).
+            and clips it to ``entropy_coef_bounds`` (the authors' README rule; after ``warmup_steps`` calls): once
+            per training forward, so once per micro-batch under gradient accumulation (for one update per optimizer
+            step from all micro-batches use ``ll.EntropyControl(band=...)`` instead).
         entropy_coef_lr: step size of that update. Default 1e-3 (authors' README).
         entropy_coef_bounds: ``[min, max]`` of the coefficient. Default ``[1e-5, 3e-3]`` (authors' README).
         warmup_steps: calls before the coefficient starts moving. Default 0.
@@ -156,10 +159,11 @@ class _PolicyLoss(Loss):
         m = mask.to(torch.float64)
         sums = global_sum(torch.stack([(entropy.detach().to(torch.float64) * m).sum(), m.sum()]))
         h = sums[0] / sums[1].clamp_min(1.0)
-        low, high = self.entropy_band
-        step = torch.clamp(h - low, max=0.0) + torch.clamp(h - high, min=0.0)
-        lo, hi = self.entropy_coef_bounds
-        self.entropy_coef.copy_((self.entropy_coef - self.entropy_coef_lr * step).clamp(lo, hi))
+        lo, hi = self.entropy_coef_bounds  # AEnt: raise the coefficient below the band, lower it above
+        error = entropy_error(h, band=self.entropy_band)
+        self.entropy_coef.copy_(
+            dual_ascent_step(self.entropy_coef, error, lr=self.entropy_coef_lr, beta_min=lo, beta_max=hi)
+        )
 
 
 @LOSSES.register("ppo_clip", aliases=("ppo",))
