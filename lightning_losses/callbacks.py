@@ -15,7 +15,7 @@ from lightning_losses._validation import qualify
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import Registry
 
-__all__ = ["CALLBACKS", "build_callbacks", "list_callbacks", "require_mixin"]
+__all__ = ["CALLBACKS", "build_callbacks", "list_callbacks", "require_mixin", "step_logs_due"]
 
 CALLBACKS: Registry[Any] = Registry("callback")
 CALLBACKS.register("early_stopping")(EarlyStopping)
@@ -58,3 +58,16 @@ def require_mixin(callback: Any, pl_module: Any) -> None:
             f"{type(callback).__name__} needs a LightningModule that uses `lightning_losses.LossesMixin` and calls "
             f"`compute_loss`; `{type(pl_module).__name__}` does not (add `ll.LossesMixin` first in its bases)"
         )
+
+
+def step_logs_due(trainer: Any) -> bool:
+    """Whether the Trainer writes its step logs after this training batch (``Trainer(log_every_n_steps=...)``).
+
+    Valid in ``on_train_batch_start`` and ``on_train_batch_end``. A value given to ``LightningModule.log(on_step=True)`` on another step reaches
+    no logger (the next logging step overwrites it), while each ``log`` call costs a fraction of a millisecond: the
+    library's callbacks log their step statistics only when this is ``True``.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is not None:
+        return bool(connector.should_update_logs)
+    return trainer.global_step % max(int(trainer.log_every_n_steps), 1) == 0

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_losses.callbacks import CALLBACKS, require_mixin
+from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.presets import build_perturbation
@@ -227,13 +227,14 @@ class WeightPerturbation(Callback):
         self.engine.load_state_dict(state_dict)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.engine.collect_stats = step_logs_due(trainer)  # valid before the step too (as LearningRateMonitor uses it)
         if trainer.accumulate_grad_batches > 1:
             if batch_idx % trainer.accumulate_grad_batches == 0:
                 self._batches.clear()
             self._batches.append((batch, batch_idx))
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._new_stats and self.engine.last_stats:
+        if self._new_stats and self.engine.last_stats and step_logs_due(trainer):
             stats = {f"perturbation/{k}": v for k, v in self.engine.last_stats.items()}
             pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=1)
         self._new_stats = False

@@ -179,6 +179,9 @@ class Perturbation:
         self.perturbed_steps = 0  #: perturbed steps taken
         self.orthogonal: list[Tensor] | None = None  #: LookSAM's stored g_v
         self.last_stats: dict[str, Tensor] = {}
+        #: compute the diagnostic statistics (``norm``, ``grad_norm_perturbed``, ...) of a step; callbacks turn it off
+        #: on steps whose logs no logger receives. ``grad_norm`` (needed for the step itself) is always there.
+        self.collect_stats = True
         self._saved: list[Tensor] | None = None
         self._active_params: list[Tensor] = []
         self._buffers: list[Tensor] | None = None  # saved weights, reused between steps
@@ -323,7 +326,8 @@ class Perturbation:
                     if any(d.dtype != p.dtype for d, p in zip(delta, params)):
                         delta = [d.to(p.dtype) for d, p in zip(delta, params)]
                     torch._foreach_add_(params, delta)
-                    stats["norm"] = F.global_norm(delta)
+                    if self.collect_stats:
+                        stats["norm"] = F.global_norm(delta)
                 perturbed = True
                 grads = None  # release the old gradients before the next backward (cache-friendly reuse)
                 zero_grad()
@@ -348,13 +352,14 @@ class Perturbation:
             if inv_scale is not None:
                 final = torch._foreach_mul(final, inv_scale.to(final[0].device))
             self.orthogonal = self._mean_over_ranks(F.looksam_orthogonal(first_grads, final))
-        if loss0 is not None and loss1 is not None:
-            stats["sharpness"] = (loss1.detach() - loss0.detach()).float()
-        if params and all(p.grad is not None for p in params):
-            g1 = F.global_norm([p.grad for p in params])
-            stats["grad_norm_perturbed"] = g1 if inv_scale is None else g1 * inv_scale.to(g1.device)
-        stats["radius"] = torch.tensor(radius)
-        stats["skipped"] = torch.tensor(float(self.skipped))
+        if self.collect_stats:
+            if loss0 is not None and loss1 is not None:
+                stats["sharpness"] = (loss1.detach() - loss0.detach()).float()
+            if params and all(p.grad is not None for p in params):
+                g1 = F.global_norm([p.grad for p in params])
+                stats["grad_norm_perturbed"] = g1 if inv_scale is None else g1 * inv_scale.to(g1.device)
+            stats["radius"] = torch.tensor(radius)
+            stats["skipped"] = torch.tensor(float(self.skipped))
         self.last_stats = stats
         return loss0
 

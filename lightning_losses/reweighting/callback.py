@@ -29,7 +29,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from lightning_losses._validation import check_int
-from lightning_losses.callbacks import CALLBACKS, require_mixin
+from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
 from lightning_losses.reweighting.metrics import GroupAccuracy, global_weight_stats
 from lightning_losses.reweighting.sync import sync_statistics
@@ -147,8 +147,7 @@ class SampleReweighting(Callback):
             metric.update(logits, target, group, last.get("losses"), mask=last.get("sample_mask"))
         step = trainer.global_step
         if self.log_every_n_steps is None:
-            connector = getattr(trainer, "_logger_connector", None)
-            due = connector.should_update_logs if connector is not None else step % trainer.log_every_n_steps == 0
+            due = step_logs_due(trainer)
         else:
             due = step % self.log_every_n_steps == 0
         if not due or step == self._last_logged_step:

@@ -56,6 +56,7 @@ def trainer(callbacks, **kwargs) -> L.Trainer:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        log_every_n_steps=1,  # the callbacks log their statistics on the Trainer's logging steps only
     )
     defaults.update(kwargs)
     return L.Trainer(callbacks=callbacks, **defaults)

@@ -227,6 +227,22 @@ def test_radius_schedule_and_parameter_selection():
     assert [n for n, _ in engine.select(model.named_parameters())] == ["2.weight", "2.bias"]
 
 
+def test_collect_stats_off_keeps_the_step_and_skips_the_diagnostics():
+    x, y = tiny_batch()
+    grads = {}
+    for collect in (True, False):
+        model = tiny_model()
+        engine = build_perturbation("sam", rho=0.05)
+        engine.collect_stats = collect
+        perturbed_backward(engine, model, lambda m=model: nn.functional.cross_entropy(m(x), y))
+        grads[collect] = [p.grad.clone() for p in model.parameters()]
+        keys = set(engine.last_stats)
+        assert keys == ({"grad_norm", "norm", "sharpness", "grad_norm_perturbed", "radius", "skipped"} if collect
+                        else {"grad_norm"})  # fmt: skip
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.equal(a, b)
+
+
 def test_state_dict_round_trip():
     engine = build_perturbation("sam", every_n_steps=2, reuse_alpha=0.5)
     engine.skipped, engine.perturbed_steps, engine.orthogonal = 3, 7, [torch.ones(2)]

@@ -62,6 +62,16 @@ def _assert_weights(module, expected, atol):
         torch.testing.assert_close(v.detach().double(), expected[k], atol=atol, rtol=0)
 
 
+def test_statistics_logged_on_the_trainers_logging_steps_only():
+    """Like Lightning's LearningRateMonitor: a step value logged between logging steps reaches no logger."""
+    model = Tiny()
+    t = trainer([ll.SAM(rho=0.05)], max_steps=4, log_every_n_steps=2)
+    t.fit(model, loader(16))
+    assert t.global_step == 4 and model.logged.count("train/loss") == 4
+    assert model.logged.count("perturbation/norm") == 2
+    assert abs(float(t.callback_metrics["perturbation/norm"]) - 0.05) < 1e-6
+
+
 def test_sam_step_precision_32_logs_once_and_counts_one_step():
     model = Tiny()
     t = trainer([ll.SAM(rho=0.05)], max_steps=2)
