@@ -11,8 +11,7 @@ objective of a recipe in ``configs/preference/``; the script prints, on held-out
 
     python examples/preference_toy.py configs/preference/dpo.yaml [more recipes] --seeds 0 1 2
 
-Per-sequence log-probs come from a small private helper (``_sequence_logps``) so that this demo does not depend on
-the token-loss module.
+Per-sequence log-probs (summed over the answer tokens) come from ``ll.functional.sequence_logps``.
 """
 
 from __future__ import annotations
@@ -77,11 +76,6 @@ class TinyPolicy(nn.Module):
         return answer
 
 
-def _sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed token log-probs ``[N]`` (private demo helper; every answer token counts)."""
-    return torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1).sum(-1)
-
-
 class PreferencePolicy(ll.LossesMixin, L.LightningModule):
     def __init__(self, objective: Any, vocab: int, length: int, hidden_dim: int = 64, lr: float = 3e-3) -> None:
         super().__init__()
@@ -93,12 +87,12 @@ class PreferencePolicy(ll.LossesMixin, L.LightningModule):
     def _tensors(self, prompt, chosen, rejected) -> dict[str, torch.Tensor]:
         logits_c, logits_r = self.policy(prompt, chosen), self.policy(prompt, rejected)
         with torch.no_grad():
-            ref_c = _sequence_logps(self.reference(prompt, chosen), chosen)
-            ref_r = _sequence_logps(self.reference(prompt, rejected), rejected)
+            ref_c = ll.functional.sequence_logps(self.reference(prompt, chosen), chosen)
+            ref_r = ll.functional.sequence_logps(self.reference(prompt, rejected), rejected)
         lengths = torch.full((prompt.shape[0],), chosen.shape[1])
         return {
-            "chosen_logps": _sequence_logps(logits_c, chosen),
-            "rejected_logps": _sequence_logps(logits_r, rejected),
+            "chosen_logps": ll.functional.sequence_logps(logits_c, chosen),
+            "rejected_logps": ll.functional.sequence_logps(logits_r, rejected),
             "ref_chosen_logps": ref_c,
             "ref_rejected_logps": ref_r,
             "chosen_lengths": lengths,
