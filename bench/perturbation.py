@@ -3,8 +3,9 @@
 Part A (plain PyTorch): a plain step, the engine's presets through ``perturbed_backward``, every-k-th-step SAM,
 LookSAM, randomised SAM, SAF (a plain step plus the trajectory term) and a hand-written two-pass SAM (the usual
 ``first_step`` / ``second_step`` loop).
-Part B (Lightning, automatic optimization): a plain ``Trainer`` step, the ``SAM`` callback (wrapped closure),
-every-2nd-step SAM, the ``SAF`` callback, and a hand-written two-pass SAM in manual optimization.
+Part B (Lightning, automatic optimization): a plain ``Trainer`` step, the ``SAM`` and ``AdversarialModelPerturbation``
+callbacks (wrapped closure), every-2nd-step SAM, the ``SAF`` callback, and a hand-written two-pass SAM in manual
+optimization.
 
 Expected: SAM / Adversarial Model Perturbation (1 inner step) <= 2.05x a plain step, every-k-th-step SAM ~ 1 + 1/k,
 SAF ~ 1x, the callback no slower than the hand-written manual loop. Tiny smoke run:
@@ -187,6 +188,7 @@ def part_b(args) -> dict[str, float]:
     configs = {
         "lightning_plain": (False, []),
         "lightning_sam_callback": (False, [ll.SAM(rho=0.05)]),
+        "lightning_amp_callback": (False, [ll.AdversarialModelPerturbation(epsilon=0.5)]),
         "lightning_sam_every_2": (False, [ll.SAM(rho=0.05, every_n_steps=2)]),
         "lightning_saf_callback": (False, [ll.SAF(epochs_ago=1, start_epoch=0)]),
         "lightning_manual_hand_written_sam": (True, []),
