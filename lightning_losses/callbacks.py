@@ -63,9 +63,10 @@ def require_mixin(callback: Any, pl_module: Any) -> None:
 def step_logs_due(trainer: Any) -> bool:
     """Whether the Trainer writes its step logs after this training batch (``Trainer(log_every_n_steps=...)``).
 
-    Valid in ``on_train_batch_start`` and ``on_train_batch_end``. A value given to ``LightningModule.log(on_step=True)`` on another step reaches
-    no logger (the next logging step overwrites it), while each ``log`` call costs a fraction of a millisecond: the
-    library's callbacks log their step statistics only when this is ``True``.
+    Valid in ``on_train_batch_start`` and ``on_train_batch_end``. A value given to
+    ``LightningModule.log(on_step=True)`` on another step reaches no logger (the next logging step overwrites it),
+    while each ``log`` call costs a fraction of a millisecond: the library's callbacks log their step statistics only
+    when this is ``True`` (as Lightning's ``LearningRateMonitor`` does).
     """
     connector = getattr(trainer, "_logger_connector", None)
     if connector is not None:
