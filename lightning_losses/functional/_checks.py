@@ -15,6 +15,11 @@ def _shape(t: torch.Tensor) -> str:
     return f"[{', '.join(str(s) for s in t.shape)}]"
 
 
+def upcast_half(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is float16 / bfloat16 (losses compute in float32 for half inputs), else ``t``."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _is_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 
 from lightning_losses.functional._checks import check_multiclass
-from lightning_losses.functional.classification import _upcast
+from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["LabelLogProbs", "label_log_probs", "masked"]
 

@@ -12,12 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from lightning_losses.functional._checks import check_multiclass, check_per_class
+from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["cross_entropy", "focal", "focal_term"]
-
-
-def _upcast(logits: torch.Tensor) -> torch.Tensor:
-    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
 def cross_entropy(

@@ -9,13 +9,10 @@ from __future__ import annotations
 import torch
 
 from lightning_losses.functional._checks import _is_tensor, _shape, check_multiclass
+from lightning_losses.functional._checks import upcast_half as _upcast
 from lightning_losses.functional.classification import cross_entropy
 
 __all__ = ["kd", "pld"]
-
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _check_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

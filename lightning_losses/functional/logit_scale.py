@@ -14,7 +14,7 @@ import torch
 from lightning_losses._validation import check_number
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional._checks import _is_tensor, _shape
-from lightning_losses.functional.classification import _upcast
+from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["check_norm_order", "clip_logits", "spectral_decoupling", "z_loss"]
 

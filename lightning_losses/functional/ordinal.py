@@ -11,12 +11,9 @@ import math
 import torch
 
 from lightning_losses.functional._checks import _is_tensor, _shape, check_multiclass
+from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["hl_gauss", "hl_gauss_predict", "hl_gauss_target", "ordinal_wasserstein"]
-
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _support(min_value: float, max_value: float, num_bins: int, like: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from lightning_losses.distributed import all_gather_with_grad, global_sum, rank
+from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = [
     "NORMALIZATIONS",
@@ -39,10 +40,6 @@ __all__ = [
 
 NORMALIZATIONS = ("token", "sequence", "sum", "constant")
 COV_CONTROLS = ("none", "clip_cov", "kl_cov")
-
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _check_tokens(

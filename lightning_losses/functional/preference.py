@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_losses.distributed import global_sum
+from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = [
     "check_sequence_logps",
@@ -36,10 +37,6 @@ __all__ = [
     "simpo",
     "wpo_log_weights",
 ]
-
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def check_sequence_logps(**tensors: torch.Tensor | None) -> list[torch.Tensor]:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from lightning_losses._validation import check_int, check_number
 from lightning_losses.functional._checks import check_multiclass
+from lightning_losses.functional._checks import upcast_half as _upcast
 from lightning_losses.functional._labels import label_log_probs, masked
-from lightning_losses.functional.classification import _upcast, cross_entropy, focal_term
+from lightning_losses.functional.classification import cross_entropy, focal_term
 
 __all__ = ["comp_sum", "ovr", "poly1", "poly_focal", "squentropy", "taylor_ce"]
 

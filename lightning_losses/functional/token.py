@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import torch
 
+from lightning_losses.functional._checks import upcast_half as _upcast
 from lightning_losses.functional.policy import NORMALIZATIONS, aggregate_tokens
 
 __all__ = ["REDUCTIONS", "check_tokens", "reduce_tokens", "sequence_logps", "token_cross_entropy", "token_logps"]
 
 REDUCTIONS = ("sample", "none")
-
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def check_tokens(
