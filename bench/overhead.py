@@ -1,10 +1,18 @@
 """Step-time overhead of the mixin vs plain Lightning with a hand-written cross entropy (same model, same data).
 
-The two variants run interleaved (A B A B ...) in one process so that machine drift hits both alike; each run trains
-``--epochs`` epochs and the training-step wall times (forward, loss, backward, optimizer step) are recorded by a
-callback. Prints the median step time of each variant and their ratio (target: mixin / plain <= 1.03).
+Two measurements, both interleaved in one process (target: mixin / plain <= 1.03):
 
-    python bench/overhead.py --rounds 5 --epochs 3
+* ``steps`` (the headline): one ``Trainer.fit`` whose module computes its loss by hand on some steps and with the
+  mixin on the others, in ``A B B A`` blocks of four steps (the optimizer step of the plain steps is Lightning's own,
+  not the mixin's override). Each block gives the ratio of its two mixin steps to its two plain steps, so drift
+  slower than a few milliseconds cancels; the median over blocks discards bursts. Also prints the median time of the
+  loss forward (the objective and its logging) and of the backward pass of each variant.
+* ``runs``: separate short fits of a plain module and of the demo module, alternating (``A B`` then ``B A``), the
+  median step of each run compared. Simpler, but on a shared machine the speed drifts between runs by more than the
+  overhead being measured.
+
+    python bench/overhead.py                     # both, defaults below
+    python bench/overhead.py --mode steps --epochs 40
 """
 
 from __future__ import annotations
@@ -21,31 +29,68 @@ import torch.nn.functional as F
 from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 
 
+def plain_loss(module: L.LightningModule, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss as a user writes it without the library (same logging key and options as the mixin's)."""
+    loss = F.cross_entropy(logits, batch["target"])
+    training = module.trainer.training
+    module.log("train/loss" if training else "val/loss", loss.detach(), on_step=training, on_epoch=not training)
+    return loss
+
+
 class PlainClassifier(DigitsClassifier):
-    """The demo model with the loss written by hand, as a user would without the library (same metrics)."""
+    """The demo model with the loss written by hand and Lightning's own ``optimizer_step`` (same metrics)."""
 
     def loss_from_batch(self, logits, batch):
-        loss = F.cross_entropy(logits, batch["target"])
-        training = self.trainer.training
-        self.log("train/loss" if training else "val/loss", loss.detach(), on_step=training, on_epoch=not training)
+        return plain_loss(self, logits, batch)
+
+    def optimizer_step(self, *args, **kwargs):
+        return L.LightningModule.optimizer_step(self, *args, **kwargs)
+
+
+class Alternating(DigitsClassifier):
+    """Plain loss on some steps, the mixin's on the others (``plain`` is set per step by :class:`Schedule`)."""
+
+    plain = False
+
+    def __init__(self, record, **kwargs):
+        super().__init__(**kwargs)
+        self._record = record
+
+    def loss_from_batch(self, logits, batch):
+        start = time.perf_counter()
+        loss = plain_loss(self, logits, batch) if self.plain else super().loss_from_batch(logits, batch)
+        self._record("loss", self.plain, time.perf_counter() - start)
         return loss
 
+    def on_before_backward(self, loss):
+        self._backward_start = time.perf_counter()
 
-class StepTimer(L.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
+    def on_after_backward(self):
+        self._record("backward", self.plain, time.perf_counter() - self._backward_start)
+
+    def optimizer_step(self, *args, **kwargs):
+        if self.plain:
+            return L.LightningModule.optimizer_step(self, *args, **kwargs)
+        return super().optimizer_step(*args, **kwargs)
+
+
+class Schedule(L.Callback):
+    """Sets ``A B B A`` per block of four steps and times each training step (batch start to batch end)."""
+
+    def __init__(self, record) -> None:
+        self.record, self.count = record, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._t = time.perf_counter()
+        pl_module.plain = self.count % 4 in (0, 3)
+        self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.times.append(time.perf_counter() - self._t)
+        self.record("step", pl_module.plain, time.perf_counter() - self._start)
+        self.count += 1
 
 
-def run(cls: type, epochs: int, seed: int) -> list[float]:
-    L.seed_everything(seed, verbose=False)
-    timer = StepTimer()
-    trainer = L.Trainer(
+def trainer(epochs: int, callbacks: list) -> L.Trainer:
+    return L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
@@ -54,34 +99,80 @@ def run(cls: type, epochs: int, seed: int) -> list[float]:
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[timer],
+        callbacks=callbacks,
     )
-    trainer.fit(cls(dropout=0.0), datamodule=DigitsDataModule())
-    return timer.times[5:]  # drop warm-up steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=3)
-    args = parser.parse_args()
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    torch.set_num_threads(1)
+def measure_steps(epochs: int, warmup: int = 20) -> None:
+    times: dict[tuple[str, bool], list[float]] = {}
+
+    def record(what: str, plain: bool, seconds: float) -> None:
+        times.setdefault((what, plain), []).append(seconds)
+
+    L.seed_everything(0, verbose=False)
+    trainer(epochs, [Schedule(record)]).fit(Alternating(record, dropout=0.0), datamodule=DigitsDataModule())
+    plain, mixin = times[("step", True)], times[("step", False)]
+    blocks = min(len(plain), len(mixin)) // 2
+    ratios = [(mixin[2 * b] + mixin[2 * b + 1]) / (plain[2 * b] + plain[2 * b + 1]) for b in range(blocks)]
+    ratios = ratios[warmup // 4 :]
+    quartiles = statistics.quantiles(ratios, n=4)
+    print(f"[steps] {len(ratios)} blocks of A B B A ({4 * len(ratios)} steps after {warmup} warm-up steps)")
+    for what in ("step", "loss", "backward"):
+        p = statistics.median(times[(what, True)][warmup // 2 :])
+        m = statistics.median(times[(what, False)][warmup // 2 :])
+        print(f"  {what:8s} median  plain {p * 1e6:8.1f} us  mixin {m * 1e6:8.1f} us  diff {(m - p) * 1e6:6.1f} us")
+    print(
+        f"  ratio mixin / plain per block: median {statistics.median(ratios):.3f} "
+        f"(quartiles {quartiles[0]:.3f} .. {quartiles[2]:.3f}; target 1.03)"
+    )
+
+
+def run(cls: type, epochs: int, seed: int) -> list[float]:
+    times: list[float] = []
+
+    class Timer(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            times.append(time.perf_counter() - self._start)
+
+    L.seed_everything(seed, verbose=False)
+    trainer(epochs, [Timer()]).fit(cls(dropout=0.0), datamodule=DigitsDataModule())
+    return times[5:]  # drop warm-up steps
+
+
+def measure_runs(rounds: int, epochs: int) -> None:
     times: dict[str, list[float]] = {"plain": [], "mixin": []}
     ratios = []
-    for r in range(args.rounds):
+    for r in range(rounds):
         order = (("plain", PlainClassifier), ("mixin", DigitsClassifier))
         medians = {}
         for name, cls in order if r % 2 == 0 else order[::-1]:  # alternate who goes first
-            steps = run(cls, args.epochs, seed=r)
+            steps = run(cls, epochs, seed=r)
             times[name] += steps
             medians[name] = statistics.median(steps)
         ratios.append(medians["mixin"] / medians["plain"])
     plain, mixin = statistics.median(times["plain"]), statistics.median(times["mixin"])
-    print(f"steps per variant: {len(times['plain'])}")
-    print(f"median step time  plain: {plain * 1e3:.3f} ms   mixin: {mixin * 1e3:.3f} ms")
-    print(f"per-round ratios: {', '.join(f'{x:.3f}' for x in ratios)}")
-    print(f"ratio mixin / plain: {mixin / plain:.3f} (median of rounds {statistics.median(ratios):.3f}; target 1.03)")
+    print(f"[runs] {rounds} rounds x {epochs} epochs, {len(times['plain'])} steps per variant")
+    print(f"  median step  plain {plain * 1e3:.3f} ms   mixin {mixin * 1e3:.3f} ms")
+    print(f"  per-round ratios: {', '.join(f'{x:.3f}' for x in ratios)}")
+    print(f"  ratio mixin / plain: median of rounds {statistics.median(ratios):.3f} (pooled {mixin / plain:.3f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("steps", "runs", "both"), default="both")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of the step-interleaved fit (20 steps each)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of the run-interleaved measurement")
+    parser.add_argument("--run-epochs", type=int, default=2, help="epochs of each run-interleaved fit")
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    if args.mode in ("steps", "both"):
+        measure_steps(args.epochs)
+    if args.mode in ("runs", "both"):
+        measure_runs(args.rounds, args.run_epochs)
 
 
 if __name__ == "__main__":

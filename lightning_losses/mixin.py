@@ -33,6 +33,7 @@ __all__ = ["LossesMixin"]
 
 _SLOTS = ("reweighter", "terms", "step")
 _STAGES = {"train": "train", "validate": "val", "sanity_check": "val", "test": "test", "predict": "predict"}
+_LOSS_KEYS = {stage: f"{stage}/loss" for stage in _STAGES.values()}
 
 
 class LossesMixin:
@@ -106,28 +107,34 @@ class LossesMixin:
             ConfigurationError: :meth:`configure_objective` was never called.
             ValueError / TypeError: a missing input or a tensor of the wrong shape or dtype.
         """
-        if not isinstance(getattr(self, "objective", None), Objective):
+        modules = self.__dict__.get("_modules") or {}
+        objective = modules.get("objective") or getattr(self, "objective", None)  # a dict lookup on the hot path
+        if not isinstance(objective, Objective):
             raise ConfigurationError(
                 f"{type(self).__name__}.compute_loss called before configure_objective(...); call it in __init__"
             )
-        stage = self._objective_stage()
+        attached = self.__dict__.get("_trainer") is not None
+        stage = self._objective_stage() if attached else "train"
         training = stage == "train"
         plugins = self._ll_plugins()
-        step = int(self.global_step) if getattr(self, "_trainer", None) is not None else 0
+        extra_plugins = plugins["terms"] if training else ()
+        # the step (a chain of Lightning properties) only when a schedule or a plug-in reads it
+        step = int(self.global_step) if attached and (extra_plugins or objective.uses_step) else 0
         extra: dict[str, torch.Tensor] = {}
-        if training:
-            for plugin in plugins["terms"]:
-                extra.update(plugin.extra_terms(self, tensors, step))
-        out = self.objective(
+        for plugin in extra_plugins:
+            extra.update(plugin.extra_terms(self, tensors, step))
+        # `forward` directly: an Objective has no hooks to run, and `nn.Module.__call__` costs two frames per step
+        out = objective.forward(
             tensors, step=step, reweighter=plugins["reweighter"] if training else None, extra_terms=extra
         )
         self.__dict__["objective_output"] = out  # plain attribute: skip nn.Module.__setattr__ on the hot path
-        if not self.objective_logging_suppressed and getattr(self, "_trainer", None) is not None:
-            batch_size = int(out.per_sample.shape[0]) or 1
-            metrics = {f"{stage}/loss": out.value, **{f"{stage}/{k}": v for k, v in out.terms.items()}}
-            if len(metrics) == 2 and len(out.terms) == 1:  # a single term equals the loss: do not log it twice
-                metrics = {f"{stage}/loss": out.value}
-            self.log_dict(metrics, on_step=training, on_epoch=not training, batch_size=batch_size, sync_dist=False)
+        if attached and not self.objective_logging_suppressed:
+            options = {"on_step": training, "on_epoch": not training, "batch_size": int(out.per_sample.shape[0]) or 1}
+            if len(out.terms) == 1:  # a single term equals the loss: do not log it twice
+                self.log(_LOSS_KEYS[stage], out.value, sync_dist=False, **options)
+            else:
+                metrics = {_LOSS_KEYS[stage]: out.value, **{f"{stage}/{k}": v for k, v in out.terms.items()}}
+                self.log_dict(metrics, sync_dist=False, **options)
         return out.loss
 
     # ------------------------------------------------------------------ optimizer step

@@ -51,7 +51,6 @@ class Term:
         return self.inputs.get(arg, arg)
 
 
-@dataclass
 class ObjectiveOutput:
     """What :meth:`Objective.forward` returns.
 
@@ -59,17 +58,37 @@ class ObjectiveOutput:
         loss: scalar to backpropagate (this rank's share; DDP's gradient average makes it the global mean).
         value: global weighted mean loss (detached, identical on every rank): what to log.
         per_sample: ``[N]`` coefficient-weighted total per sample (with gradient).
-        weights: ``[N]`` weights used (detached; 0 for masked samples).
+        weights: ``[N]`` weights used (detached; 0 for masked samples). Built on first access when every sample
+            counted with weight 1 (``weights=None`` at construction): the hot path allocates nothing for it.
         terms: global mean of each term over the counted samples (detached scalars), for logging.
         coefficients: each term's coefficient at this step.
     """
 
-    loss: torch.Tensor
-    value: torch.Tensor
-    per_sample: torch.Tensor
-    weights: torch.Tensor
-    terms: dict[str, torch.Tensor]
-    coefficients: dict[str, float]
+    __slots__ = ("_weights", "coefficients", "loss", "per_sample", "terms", "value")
+
+    def __init__(
+        self,
+        loss: torch.Tensor,
+        value: torch.Tensor,
+        per_sample: torch.Tensor,
+        weights: torch.Tensor | None,
+        terms: dict[str, torch.Tensor],
+        coefficients: dict[str, float],
+    ) -> None:
+        self.loss, self.value, self.per_sample, self._weights = loss, value, per_sample, weights
+        self.terms, self.coefficients = terms, coefficients
+
+    @property
+    def weights(self) -> torch.Tensor:
+        if self._weights is None:
+            self._weights = torch.ones_like(self.per_sample)
+        return self._weights
+
+    def __repr__(self) -> str:
+        return (
+            f"ObjectiveOutput(value={float(self.value):.6g}, samples={self.per_sample.shape[0]}, "
+            f"terms={sorted(self.terms)})"
+        )
 
 
 def _to_container(spec: Any) -> Any:
@@ -146,18 +165,31 @@ class Objective(nn.Module):
         self.terms = terms
         self.losses = nn.ModuleDict({t.name: t.loss for t in terms})
 
-    def _inputs(self, term: Term, tensors: Mapping[str, Any]) -> dict[str, Any]:
-        required, optional = term.loss.input_names()
-        args = {}
-        for arg in required + optional:
-            src = term.source(arg)
-            if src in tensors:
-                args[arg] = tensors[src]
-            elif arg in required:
-                via = f" (mapped from `{src}`)" if src != arg else ""
-                given = ", ".join(f"`{k}`" for k in tensors) or "none"
-                raise ValueError(f"term `{term.name}` needs input `{arg}`{via}; compute_loss got: {given}")
-        return args
+    def _uniform(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """``full_like(per_sample, 1 / N)``, cached for the last shape, dtype and device (never handed out)."""
+        cached = self.__dict__.get("_uniform_cache")
+        n = per_sample.shape[0]
+        stale = cached is None or cached.shape[0] != n or cached.dtype != per_sample.dtype
+        if stale or cached.device != per_sample.device:
+            cached = self.__dict__["_uniform_cache"] = torch.full_like(per_sample, 1.0 / n)
+        return cached
+
+    @property
+    def uses_step(self) -> bool:
+        """Whether a coefficient schedule depends on the step (``False``: every coefficient is constant)."""
+        return any(not getattr(t.coefficient, "constant", False) for t, _ in self._plan())
+
+    def _plan(self) -> list[tuple[Term, tuple[tuple[str, str, bool], ...]]]:
+        """Each term with its ``(argument, tensor name, required)`` routes, built once (terms are fixed after
+        construction; assigning a new ``terms`` list rebuilds it)."""
+        cached = self.__dict__.get("_plan_cache")
+        if cached is None or cached[0] is not self.terms:
+            plan = []
+            for term in self.terms:
+                required, optional = term.loss.input_names()
+                plan.append((term, tuple((arg, term.source(arg), arg in required) for arg in required + optional)))
+            cached = self.__dict__["_plan_cache"] = (self.terms, plan)
+        return cached[1]
 
     def forward(
         self,
@@ -181,9 +213,22 @@ class Objective(nn.Module):
         mask: torch.Tensor | None = None
         values: dict[str, torch.Tensor] = {}
         coefficients: dict[str, float] = {}
-        for term in self.terms:
-            args = self._inputs(term, tensors)
-            value = term.loss(**args)
+        unit = True  # every per-sample term has coefficient 1
+        # one process without a reweighter: a loss may report "every sample counts" (mask None) from its own checks.
+        # Otherwise masks come from `sample_mask`, whose None-ness depends on the loss only, never on this rank's data:
+        # a reweighter's collectives must look the same on every rank
+        fast = reweighter is None and not is_distributed()
+        for term, routes in self._plan():
+            args = {}
+            for arg, src, required in routes:
+                if src in tensors:
+                    args[arg] = tensors[src]
+                elif required:
+                    _missing(term, arg, src, tensors)
+            if fast:
+                value, term_mask = term.loss.forward_with_mask(**args)
+            else:
+                value, term_mask = term.loss(**args), term.loss.sample_mask(**args)
             coef = term.coefficient(step)
             coefficients[term.name] = coef
             values[term.name] = value
@@ -192,34 +237,36 @@ class Objective(nn.Module):
                 continue
             if value.ndim != 1:
                 raise ValueError(f"loss of term `{term.name}` must be per-sample [N], got shape {list(value.shape)}")
-            scaled = value if coef == 1.0 else coef * value
-            per_sample = scaled if per_sample is None else per_sample + scaled
-            term_mask = term.loss.sample_mask(**args)
+            if coef != 1.0:
+                value, unit = coef * value, False
+            per_sample = value if per_sample is None else per_sample + value
             if term_mask is not None:
                 mask = term_mask if mask is None else mask & term_mask
-        for name, value in (extra_terms or {}).items():
-            values[name] = value
-            per_sample = value if per_sample is None else per_sample + value
+        if extra_terms:
+            for name, value in extra_terms.items():
+                values[name] = value
+                per_sample = value if per_sample is None else per_sample + value
         if per_sample is None:  # only batch-level terms
-            ref = next(iter(values.values()))
-            per_sample = ref.new_zeros(0)
-        if per_sample.dtype in (torch.float16, torch.bfloat16):
+            per_sample = next(iter(values.values())).new_zeros(0)
+        elif per_sample.dtype in (torch.float16, torch.bfloat16):
             per_sample = per_sample.float()
-        names = [n for n in values if values[n].ndim == 1]
-        if reweighter is None and per_sample.numel() and not is_distributed():
-            # fast path (one process, no reweighter): the same quantities without packing a reduction
+        names = [n for n, v in values.items() if v.ndim == 1]
+        if fast and per_sample.numel():
+            # fast path (one process, no reweighter): the same quantities without packing a reduction. The loss is
+            # one dot product with the normalised weights: a single autograd node whose backward hands the loss a
+            # contiguous gradient (`mean()` backward passes an expanded one, which per-sample kernels handle slowly)
             if mask is None:
-                loss = per_sample.mean()
-                weights = torch.ones_like(per_sample)
+                weights = None  # all ones: ObjectiveOutput builds them if asked
+                normalised = self._uniform(per_sample)
             else:
                 weights = mask.to(per_sample.dtype)
-                loss = (per_sample * weights).sum() / weights.sum().clamp_min(1.0)
+                normalised = weights / weights.sum().clamp_min(1.0)
+            loss = torch.dot(per_sample, normalised)
             value = loss.detach()
-            if len(names) == 1 and len(values) == 1 and coefficients.get(names[0], 1.0) == 1.0:
+            if unit and len(names) == 1 and len(values) == 1:
                 terms = {names[0]: value}  # the only term, with coefficient 1: its mean is the loss
             else:
-                count = weights.sum().clamp_min(1.0)
-                terms = {n: (values[n].detach().to(per_sample.dtype) * weights).sum() / count for n in names}
+                terms = {n: torch.dot(values[n].detach().to(per_sample.dtype), normalised) for n in names}
         else:
             counted = torch.ones_like(per_sample) if mask is None else mask.to(per_sample.dtype)
             weights = counted
@@ -230,10 +277,17 @@ class Objective(nn.Module):
             loss, value, reduced = weighted_mean(per_sample, weights, torch.stack(stats))
             count = reduced[0].clamp_min(1.0)
             terms = {n: reduced[1 + i] / count for i, n in enumerate(names)}
-        for name, v in values.items():
-            if v.ndim == 0:
-                terms[name] = v.detach()
+        if len(names) != len(values):
+            for name, v in values.items():
+                if v.ndim == 0:
+                    terms[name] = v.detach()
         if batch_level is not None:
             loss = loss + batch_level
             value = value + batch_level.detach()
         return ObjectiveOutput(loss, value, per_sample, weights, terms, coefficients)
+
+
+def _missing(term: Term, arg: str, src: str, tensors: Mapping[str, Any]) -> None:
+    via = f" (mapped from `{src}`)" if src != arg else ""
+    given = ", ".join(f"`{k}`" for k in tensors) or "none"
+    raise ValueError(f"term `{term.name}` needs input `{arg}`{via}; compute_loss got: {given}")

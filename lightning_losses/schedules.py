@@ -66,7 +66,13 @@ def warmup(step: int, value: float, steps: int, start: float = 0.0) -> float:
 
 
 class Schedule:
-    """Base class: ``schedule(step) -> float``. Stateless: the step comes from the trainer."""
+    """Base class: ``schedule(step) -> float``. Stateless: the step comes from the trainer.
+
+    Attributes:
+        constant: ``True`` when the value never depends on ``step`` (the mixin then does not read the step).
+    """
+
+    constant: bool = False
 
     def __call__(self, step: int) -> float:
         raise NotImplementedError
@@ -79,6 +85,8 @@ class Schedule:
 @SCHEDULES.register("constant")
 class Constant(Schedule):
     """A fixed value. Args: value: the coefficient."""
+
+    constant = True
 
     def __init__(self, value: float = 1.0) -> None:
         self.value = check_number("value", value)

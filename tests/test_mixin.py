@@ -183,3 +183,20 @@ def test_require_mixin_message():
     ):
         require_mixin(object(), Plain())
     require_mixin(object(), UserModel())
+
+
+def test_coefficient_schedules_follow_the_trainer_step(tmp_path):
+    """The step is read only when a schedule uses it; with a linear ramp each step sees its own coefficient."""
+    ramp = {"name": "linear", "start": 0.0, "end": 1.0, "steps": 4}
+    seen = []
+
+    class Recorder(UserModel):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            seen.append(self.objective_output.coefficients["focal"])
+            return loss
+
+    model = Recorder({"cross_entropy": {}, "focal": {"coefficient": ramp}})
+    assert model.objective.uses_step
+    _trainer(tmp_path, max_steps=4).fit(model, _loader())
+    assert seen == [0.0, 0.25, 0.5, 0.75]

@@ -82,10 +82,16 @@ def test_reweighter_and_extra_terms():
     w = torch.arange(1.0, 9.0, dtype=torch.float64)
     total = LF.cross_entropy(logits, target) - 0.1
     torch.testing.assert_close(out.value, (w * total).sum() / w.sum())
-    mask = seen.pop("sample_mask")  # the counted samples (target != ignore_index) reach the reweighter
-    assert torch.equal(mask, target != -100)
+    # the counted samples (target != ignore_index) reach the reweighter, a tensor even when all count: its None-ness
+    # never depends on the data (under DDP the reweighter's collectives must match on every rank)
+    assert torch.equal(seen.pop("sample_mask"), target != -100)
     assert seen == {"requires_grad": False, "keys": ["index", "logits", "sample_mask", "target"]}
     torch.testing.assert_close(out.terms["bonus"], torch.tensor(-0.1, dtype=torch.float64))
+    target[[2, 5]] = -100  # now the counted samples (target != ignore_index) reach the reweighter
+    out = ll.Objective({"cross_entropy": {}})({"logits": logits, "target": target}, reweighter=reweighter)
+    assert torch.equal(seen["sample_mask"], target != -100)
+    keep = target != -100
+    torch.testing.assert_close(out.value, (w[keep] * LF.cross_entropy(logits, target)[keep]).sum() / w[keep].sum())
 
 
 class _Scalar(Loss):
@@ -179,11 +185,25 @@ def test_objective_ddp_equals_concatenated_batch(ddp):
     torch.testing.assert_close(torch.cat([results[0][2], results[1][2]]) / 2, ref_logits.grad)
 
 
-def test_fast_path_equals_general_path():
+_FAST_CASES = {
+    "masked, two terms": ({"ce": {"loss": "cross_entropy", "label_smoothing": 0.2}, "focal": {"coefficient": 0.3}}, 3),
+    "all counted, two terms": ({"ce": {"loss": "cross_entropy"}, "focal": {"coefficient": 0.3}}, None),
+    "all counted, one term": ({"cross_entropy": {}}, None),
+    "all counted, scaled term": ({"cross_entropy": {"coefficient": 0.5}}, None),
+    "masked, one term": ({"cross_entropy": {}}, 3),
+    "ignore_index inside the classes": ({"cross_entropy": {"ignore_index": 2}}, None),
+    "no validation": ({"cross_entropy": {"validate_args": False}}, 3),
+}
+
+
+@pytest.mark.parametrize("case", list(_FAST_CASES))
+def test_fast_path_equals_general_path(case):
     """One process with uniform weights skips the packed reduction: same loss, value, terms and gradients."""
+    spec, masked = _FAST_CASES[case]
     logits, target = _batch(n=7, seed=5)
-    target[3] = -100  # a masked sample
-    obj = ll.Objective({"ce": {"loss": "cross_entropy", "label_smoothing": 0.2}, "focal": {"coefficient": 0.3}})
+    if masked is not None:
+        target[masked] = -100  # a masked sample
+    obj = ll.Objective(spec)
     fast = obj({"logits": logits, "target": target})
     (g_fast,) = torch.autograd.grad(fast.loss, logits)
     general = obj({"logits": logits, "target": target}, reweighter=lambda losses, **_: torch.ones_like(losses))
@@ -195,3 +215,48 @@ def test_fast_path_equals_general_path():
     for k in fast.terms:
         torch.testing.assert_close(fast.terms[k], general.terms[k])
     torch.testing.assert_close(fast.weights, general.weights)
+
+
+def test_label_losses_report_a_mask_only_when_a_sample_is_ignored():
+    """`forward_with_mask`: one label check gives the loss, and mask None when every label is a class."""
+    logits, target = _batch(n=6, seed=2)
+    for name in ("cross_entropy", "focal", "poly1"):
+        loss = ll.build_loss(name)
+        value, mask = loss.forward_with_mask(logits=logits, target=target)
+        torch.testing.assert_close(value, loss(logits=logits, target=target))
+        assert mask is None
+        ignored = target.clone()
+        ignored[1] = -100
+        value, mask = loss.forward_with_mask(logits=logits, target=ignored)
+        assert torch.equal(mask, ignored != -100) and value[1] == 0
+        with pytest.raises(ValueError, match=r"`target` labels must be in \[0, 4\] \(or `ignore_index`\), got \[7\]"):
+            loss.forward_with_mask(logits=logits, target=torch.tensor([0, 1, 7, 0, 1, 2]))
+        assert loss.validate_args is True  # restored after the failed call
+    inside = ll.build_loss("cross_entropy", ignore_index=1)  # a class id: every label in range, yet some ignored
+    value, mask = inside.forward_with_mask(logits=logits, target=target)
+    assert torch.equal(mask, target != 1)
+    soft = torch.softmax(torch.randn(6, 5, dtype=torch.float64), dim=1)
+    assert ll.build_loss("cross_entropy").forward_with_mask(logits=logits, target=soft)[1] is None
+
+
+def test_forward_with_mask_restores_validation_when_the_loss_raises():
+    class Failing(ll.losses.CrossEntropy):
+        def forward(self, logits, target):
+            raise RuntimeError("boom")
+
+    loss = Failing()
+    logits, target = _batch(n=4)
+    with pytest.raises(RuntimeError, match="boom"):
+        loss.forward_with_mask(logits=logits, target=target)
+    assert loss.validate_args is True
+
+
+def test_weights_are_built_on_access_and_uses_step():
+    logits, target = _batch(n=5)
+    out = ll.Objective({"cross_entropy": {}})({"logits": logits, "target": target})
+    assert out._weights is None  # nothing allocated on the hot path
+    assert torch.equal(out.weights, torch.ones(5, dtype=torch.float64)) and out.weights is out.weights
+    assert "ObjectiveOutput(value=" in repr(out)
+    assert ll.Objective({"cross_entropy": {}, "focal": {"coefficient": 0.5}}).uses_step is False
+    warm = {"name": "warmup", "value": 1.0, "steps": 10}
+    assert ll.Objective({"cross_entropy": {}, "focal": {"coefficient": warm}}).uses_step is True

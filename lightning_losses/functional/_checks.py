@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_binary", "check_multiclass", "check_per_class", "check_regression"]
+__all__ = [
+    "check_binary",
+    "check_label_range",
+    "check_multiclass",
+    "check_per_class",
+    "check_regression",
+]
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -34,8 +40,9 @@ def check_multiclass(
     Returns:
         ``True`` for soft (probability) targets, ``False`` for integer labels.
     """
-    _is_tensor("logits", logits)
-    _is_tensor("target", target)
+    if not (isinstance(logits, torch.Tensor) and isinstance(target, torch.Tensor)):  # one test on the hot path
+        _is_tensor("logits", logits)
+        _is_tensor("target", target)
     if logits.ndim != 2 or not logits.is_floating_point():
         raise ValueError(f"`logits` must be a floating tensor of shape [N, C], got {logits.dtype} {_shape(logits)}")
     if target.is_floating_point():
@@ -55,16 +62,32 @@ def check_multiclass(
             f"got {_shape(target)}"
         )
     if validate_args and target.numel():
-        num_classes = logits.shape[1]
-        low, high = torch.aminmax(target)
-        if bool((low >= 0) & (high < num_classes)):  # fast path: one reduction, one sync
-            return False
-        valid = (target >= 0) & (target < num_classes)
-        if ignore_index is not None:
-            valid |= target == ignore_index
-        if not bool(valid.all()):
-            bad = target[~valid][:5].tolist()
-            raise ValueError(f"`target` labels must be in [0, {num_classes - 1}] (or `ignore_index`), got {bad}")
+        check_label_range(target, logits.shape[1], ignore_index)
+    return False
+
+
+def check_label_range(target: torch.Tensor, num_classes: int, ignore_index: int | None = None) -> bool:
+    """Raise unless every label of the integer ``target`` is in ``[0, num_classes)`` or equals ``ignore_index``.
+
+    Returns:
+        ``True`` when every label is in ``[0, num_classes)`` (known from one reduction and one sync), ``False`` when
+        some label lies outside and is ``ignore_index`` (a second reduction checked it).
+    """
+    if not target.numel():
+        return True
+    low, high = torch.aminmax(target)  # one reduction, one sync
+    if target.device.type == "cpu":  # two scalar reads are cheaper than packing on the host
+        low, high = low.item(), high.item()
+    else:
+        low, high = torch.stack((low, high)).tolist()  # one device-to-host copy
+    if low >= 0 and high < num_classes:
+        return True
+    valid = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        valid |= target == ignore_index
+    if not bool(valid.all()):
+        bad = target[~valid][:5].tolist()
+        raise ValueError(f"`target` labels must be in [0, {num_classes - 1}] (or `ignore_index`), got {bad}")
     return False
 
 

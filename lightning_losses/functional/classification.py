@@ -16,6 +16,8 @@ from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["cross_entropy", "focal", "focal_term"]
 
+_HALF = (torch.float16, torch.bfloat16)
+
 
 def cross_entropy(
     logits: torch.Tensor,
@@ -58,13 +60,14 @@ def cross_entropy(
         tensor([0.1269, 2.1269])
     """
     check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args)
-    num_classes = logits.shape[-1]
+    if logits.dtype in _HALF:
+        logits = logits.float()
     if weight is not None:
-        check_per_class("weight", weight, num_classes)
-        weight = weight.to(device=logits.device, dtype=_upcast(logits).dtype)
+        check_per_class("weight", weight, logits.shape[-1])
+        weight = weight.to(device=logits.device, dtype=logits.dtype)
     # torch's fused kernel implements exactly this formula (tests check it against an explicit loop)
     return F.cross_entropy(
-        _upcast(logits),
+        logits,
         target,
         weight=weight,
         ignore_index=ignore_index if not target.is_floating_point() else -100,  # unused for soft targets

@@ -54,6 +54,15 @@ class Loss(nn.Module):
         """Boolean ``[N]`` of samples that count (e.g. not ``ignore_index``), or ``None`` when all do."""
         return None
 
+    def forward_with_mask(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(self(**inputs), self.sample_mask(**inputs))``: what the objective calls.
+
+        Subclasses override it to share work between the two; losses on integer labels, for instance, learn from their
+        one label-range check whether any sample is ignored and then return ``None`` (every sample counts), which
+        spares the objective a masked reduction.
+        """
+        return self(**inputs), self.sample_mask(**inputs)
+
     def extra_repr(self) -> str:
         hidden = {"training", "validate_args"}
         items = [f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in hidden]

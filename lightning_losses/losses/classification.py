@@ -9,6 +9,7 @@ import torch
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_int, check_number, check_probability_vector
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.functional._checks import check_label_range
 from lightning_losses.losses.base import LOSSES, Loss
 
 __all__ = ["CrossEntropy", "Focal"]
@@ -23,6 +24,39 @@ class _LabelLoss(Loss):
         if target.is_floating_point():
             return None
         return target != self.ignore_index
+
+    def forward_with_mask(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss and its sample mask from one label-range check (one host sync, as ``forward`` alone).
+
+        The check runs here, the loss is then evaluated without repeating it, and the mask is ``None`` when the check
+        showed that every label is a class (no ``ignore_index``): the objective then takes a plain mean.
+        """
+        logits, target = inputs.get("logits"), inputs.get("target")
+        state = self.__dict__  # plain attributes: skip nn.Module.__getattr__ / __setattr__ on the hot path
+        plain_labels = (  # logits [N, C] with non-empty integer labels [N]; anything else takes the checked default
+            state["validate_args"]
+            and isinstance(logits, torch.Tensor)
+            and isinstance(target, torch.Tensor)
+            and logits.ndim == 2
+            and target.shape == logits.shape[:1]
+            and logits.is_floating_point()
+            and target.dtype in _INTEGER
+            and target.numel() > 0
+        )
+        if not plain_labels:
+            return self(**inputs), self.sample_mask(**inputs)
+        num_classes = logits.shape[1]
+        all_classes = check_label_range(target, num_classes, self.ignore_index)
+        state["validate_args"] = False  # checked once above, for the loss and the mask
+        try:
+            value = self(**inputs)
+        finally:
+            state["validate_args"] = True
+        counted = all_classes and not 0 <= self.ignore_index < num_classes
+        return value, None if counted else target != self.ignore_index
+
+
+_INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 @LOSSES.register("cross_entropy", aliases=("ce", "xent"))
