@@ -89,13 +89,6 @@ class LossesMixin:
             plugins[slot] = None
 
     # ------------------------------------------------------------------ loss
-    def _objective_stage(self) -> str:
-        trainer = getattr(self, "_trainer", None)
-        if trainer is None:
-            return "train"
-        stage = trainer.state.stage
-        return _STAGES.get(stage.value if stage is not None else "train", "train")
-
     def compute_loss(self, **tensors: Any) -> torch.Tensor:
         """Evaluate the objective on named tensors and return the scalar loss to backpropagate.
 
@@ -107,16 +100,22 @@ class LossesMixin:
             ConfigurationError: :meth:`configure_objective` was never called.
             ValueError / TypeError: a missing input or a tensor of the wrong shape or dtype.
         """
-        modules = self.__dict__.get("_modules") or {}
+        state = self.__dict__
+        modules = state.get("_modules") or {}
         objective = modules.get("objective") or getattr(self, "objective", None)  # a dict lookup on the hot path
         if not isinstance(objective, Objective):
             raise ConfigurationError(
                 f"{type(self).__name__}.compute_loss called before configure_objective(...); call it in __init__"
             )
-        attached = self.__dict__.get("_trainer") is not None
-        stage = self._objective_stage() if attached else "train"
+        trainer = state.get("_trainer")
+        attached = trainer is not None
+        if attached:
+            value = trainer.state.stage
+            stage = _STAGES.get(value.value if value is not None else "train", "train")
+        else:
+            stage = "train"
         training = stage == "train"
-        plugins = self._ll_plugins()
+        plugins = state.get("_ll_plugin_slots") or self._ll_plugins()
         extra_plugins = plugins["terms"] if training else ()
         # the step (a chain of Lightning properties) only when a schedule or a plug-in reads it
         step = int(self.global_step) if attached and (extra_plugins or objective.uses_step) else 0
@@ -140,7 +139,8 @@ class LossesMixin:
     # ------------------------------------------------------------------ optimizer step
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Lightning's ``optimizer_step``, with the closure wrapped by an attached ``"step"`` plug-in (if any)."""
-        wrapper = self._ll_plugins()["step"]
+        plugins = self.__dict__.get("_ll_plugin_slots")
+        wrapper = plugins["step"] if plugins is not None else None
         if wrapper is not None and optimizer_closure is not None:
             optimizer_closure = wrapper.wrap_closure(self, optimizer, optimizer_closure)
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
