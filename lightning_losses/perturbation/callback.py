@@ -143,6 +143,24 @@ def ascent_terms_only(module: Any, names: tuple[str, ...] | None):
             h.remove()
 
 
+def _rerun(closure: Any) -> torch.Tensor | None:
+    """Run Lightning's closure again at the perturbed weights, without its ``zero_grad`` part.
+
+    The engine has just cleared the gradients itself, so the ``optimizer_zero_grad`` / ``on_before_zero_grad`` hooks
+    run once per optimizer step, as without perturbation; ``training_step`` and the backward (with the precision
+    plugin's scaling and the backward hooks) run as in the first pass. A closure of another shape is simply called.
+    """
+    step_fn, backward_fn = getattr(closure, "_step_fn", None), getattr(closure, "_backward_fn", None)
+    if step_fn is None or backward_fn is None or not hasattr(closure, "_zero_grad_fn"):
+        return closure()
+    with torch.enable_grad():
+        result = step_fn()
+        loss = getattr(result, "closure_loss", None)
+        if loss is not None:
+            backward_fn(loss)
+    return getattr(result, "loss", None)
+
+
 def _training_step_loss(output: Any) -> torch.Tensor | None:
     if isinstance(output, Mapping):
         return output.get("loss")
@@ -282,7 +300,7 @@ class WeightPerturbation(Callback):
             with suppressed_logging(module), frozen_metrics(module), terms:
                 if len(self._batches) > 1:
                     self._replay(trainer, module, optimizer)
-                return closure()
+                return _rerun(closure)
 
         def wrapped() -> torch.Tensor | None:
             scaler = getattr(trainer.precision_plugin, "scaler", None)

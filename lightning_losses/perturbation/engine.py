@@ -295,10 +295,13 @@ class Perturbation:
             first_grads = None
             perturbed = False
             for i in range(self.inner_steps):
+                # the ascent gradients are discarded after this iteration: unscaled and turned into the step in
+                # their own storage (no per-step allocation of a parameter-sized list)
                 grads = [p.grad.detach() for p in params]
                 if inv_scale is not None:
-                    grads = torch._foreach_mul(grads, inv_scale.to(grads[0].device))
-                gnorm = F.global_norm(grads) if grads else torch.zeros(())
+                    torch._foreach_mul_(grads, inv_scale.to(grads[0].device))
+                norms = F.tensor_norms(grads)
+                gnorm = torch.linalg.vector_norm(norms) if grads else torch.zeros(())
                 if i == 0:
                     stats["grad_norm"] = gnorm
                     if self.reuse_alpha is not None:
@@ -320,6 +323,8 @@ class Perturbation:
                         scale_mask=mask,
                         step_size=self.inner_lr if self.rule == "clip" else 1.0 / self.inner_steps,
                         eps=self.eps,
+                        grad_norms=norms,
+                        inplace=True,
                     )
                     if i > 0:  # the first step starts from w itself
                         torch._foreach_copy_(params, self._saved)

@@ -14,12 +14,14 @@ then :math:`\delta` is projected back onto the ball :math:`\|T^{-1}\delta\| \le 
 ``scale_mask`` selects and 1 elsewhere (``scaling="adaptive"``, Kwon et al. 2021), :math:`T = |w|` everywhere
 (``"adaptive_p2"``, the davda54/sam ``adaptive=True`` variant) or :math:`T = 1` (``None``).
 
-All functions are pure (inputs are not modified) and use ``torch._foreach_*`` kernels; none synchronises with the host.
+All functions are pure (inputs are not modified; :func:`ascent_step` can be asked to work in place) and use
+``torch._foreach_*`` kernels; none synchronises with the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -92,24 +94,34 @@ def _radii(radius: float | Tensor, mode: str, params: Sequence[Tensor]) -> Tenso
     return torch.as_tensor(radius, dtype=torch.float64 if params and params[0].dtype == torch.float64 else None)
 
 
-def _scale_by(tensors: list[Tensor], factors: Tensor, mode: str) -> list[Tensor]:
-    """Multiply by a scalar (``global``) or one factor per tensor."""
+def _mul(tensors: list[Tensor], other: Any, inplace: bool) -> list[Tensor]:
+    """``tensors * other`` (a list of tensors or a scalar), written into ``tensors`` when ``inplace``."""
+    if inplace:
+        torch._foreach_mul_(tensors, other)
+        return tensors
+    return list(torch._foreach_mul(tensors, other))
+
+
+def _scale_by(tensors: list[Tensor], factors: Tensor, mode: str, inplace: bool = False) -> list[Tensor]:
+    """Multiply by a scalar (``global``) or one factor per tensor (into ``tensors`` themselves if ``inplace``)."""
     if mode == "global":
-        return list(torch._foreach_mul(tensors, factors.to(tensors[0].dtype)))
-    return list(torch._foreach_mul(tensors, [f.to(t.dtype) for f, t in zip(factors.unbind(0), tensors)]))
+        return _mul(tensors, factors.to(tensors[0].dtype), inplace)
+    return _mul(tensors, [f.to(t.dtype) for f, t in zip(factors.unbind(0), tensors)], inplace)
 
 
 def _norms(tensors: list[Tensor], mode: str) -> Tensor:
     return global_norm(tensors) if mode == "global" else tensor_norms(tensors)
 
 
-def _project(delta: list[Tensor], radii: Tensor, mode: str, scale: list[Tensor] | None, eps: float) -> list[Tensor]:
+def _project(
+    delta: list[Tensor], radii: Tensor, mode: str, scale: list[Tensor] | None, eps: float, inplace: bool = False
+) -> list[Tensor]:
     r"""Scale ``delta`` by :math:`\min(1, R / (\|T^{-1}\delta\| + \epsilon))` (globally or per tensor)."""
     measured = delta
     if scale is not None:
         measured = [torch.nan_to_num(d / t, nan=0.0, posinf=0.0, neginf=0.0) for d, t in zip(delta, scale)]
     factors = torch.clamp(radii / (_norms(measured, mode) + eps), max=1.0)
-    return _scale_by(delta, factors, mode)
+    return _scale_by(delta, factors, mode, inplace)
 
 
 def ascent_step(
@@ -125,6 +137,8 @@ def ascent_step(
     scale_mask: Sequence[bool] | None = None,
     step_size: float = 1.0,
     eps: float = 1e-12,
+    grad_norms: Tensor | None = None,
+    inplace: bool = False,
 ) -> list[Tensor]:
     r"""One ascent step on the perturbation, then projection onto its ball (see the module docstring).
 
@@ -138,6 +152,10 @@ def ascent_step(
         scaling / eta / scale_mask: the element-wise :math:`T` (:func:`scaling_factors`).
         step_size: :math:`s` for ``"normalise"`` (``1 / inner_steps`` in the engine), :math:`\zeta` for ``"clip"``.
         eps: added to every norm in a denominator.
+        grad_norms: the L2 norm of each tensor of ``grads`` (:func:`tensor_norms`) when the caller already has them;
+            without a scaling the step's norms follow from them, and are not computed again.
+        inplace: compute in the storage of ``grads`` (overwritten, and returned as the step) and of ``delta``
+            (updated) instead of allocating: for callers that discard the gradients afterwards, as the engine does.
 
     Example:
         >>> g = [torch.tensor([3.0, 4.0])]
@@ -147,20 +165,36 @@ def ascent_step(
     grads = list(grads)
     if not grads:
         return []
+    if rule not in RULES:
+        raise ValueError(f"`rule` must be one of {RULES}, got {rule!r}")
     scale = scaling_factors(params, scaling, eta, scale_mask)
     radii = _radii(radius, radius_mode, params)
-    direction = grads if scale is None else torch._foreach_mul(grads, scale)  # T g
+    direction = grads if scale is None else _mul(grads, scale, inplace)  # T g
+    known = None if grad_norms is None or scale is not None else grad_norms  # the norms of `direction`
     if rule == "normalise":
-        factors = radii * step_size / (_norms(direction, radius_mode) + eps)
-        step = _scale_by(direction if scale is None else torch._foreach_mul(direction, scale), factors, radius_mode)
-    elif rule == "clip":
-        step = torch._foreach_mul(direction if scale is None else torch._foreach_mul(direction, scale), step_size)
+        if known is not None:
+            norms = torch.linalg.vector_norm(known) if radius_mode == "global" else known
+        else:
+            norms = _norms(direction, radius_mode)
+        factors = radii * step_size / (norms + eps)
+        step = _scale_by(direction if scale is None else _mul(direction, scale, inplace), factors, radius_mode, inplace)
+    else:  # "clip"
+        step = _mul(direction if scale is None else _mul(direction, scale, inplace), step_size, inplace)
+    if delta is None:
+        new = step
+    elif inplace:
+        new = list(delta)
+        torch._foreach_add_(new, step)
     else:
-        raise ValueError(f"`rule` must be one of {RULES}, got {rule!r}")
-    new = list(step) if delta is None else list(torch._foreach_add(list(delta), step))
+        new = list(torch._foreach_add(list(delta), step))
     if rule == "normalise" and delta is None:
         return new  # a single normalised step already lies on the sphere of radius R
-    return _project(new, radii, radius_mode, scale, eps)
+    if rule == "clip" and delta is None and known is not None and radius_mode != "layer_relative":
+        # the step is step_size * g: its norms are known, so the projection needs no second pass over it
+        measured = step_size * (torch.linalg.vector_norm(known) if radius_mode == "global" else known)
+        factors = torch.clamp(radii / (measured + eps), max=1.0)
+        return _scale_by(new, factors, radius_mode, inplace)
+    return _project(new, radii, radius_mode, scale, eps, inplace)
 
 
 def sam_epsilon(grads: Sequence[Tensor], rho: float, eps: float = 1e-12) -> list[Tensor]:

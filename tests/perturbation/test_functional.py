@@ -99,3 +99,32 @@ def test_bad_rule_and_scaling():
 def test_empty_inputs():
     assert F.ascent_step(None, [], []) == []
     assert float(F.global_norm([])) == 0.0
+
+
+_CONFIGS = {
+    "sam": {"radius": 0.05},
+    "asam": {"radius": 0.5, "scaling": "adaptive", "eta": 0.01, "scale_mask": [True, False, True]},
+    "asam_p2": {"radius": 2.0, "scaling": "adaptive_p2"},
+    "adversarial_model_perturbation": {"rule": "clip", "radius_mode": "per_tensor", "radius": 0.3, "step_size": 0.7},
+    "amp_global_clip": {"rule": "clip", "radius": 0.2, "step_size": 1.0},
+    "awp": {"radius_mode": "layer_relative", "radius": 5e-3},
+    "sam_3_inner": {"radius": 0.1, "step_size": 1 / 3},
+}
+
+
+@pytest.mark.parametrize("name", list(_CONFIGS))
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_inplace_and_known_norms_equal_the_pure_step(name, with_delta):
+    """`inplace=True` writes the step into the gradients (and `delta`), `grad_norms` skips a pass: same result."""
+    kwargs = _CONFIGS[name]
+    grads, params = list(_tensors(0).values()), list(_tensors(1).values())
+    delta = list(_tensors(2).values()) if with_delta else None
+    expected = F.ascent_step(delta, grads, params, **kwargs)
+    grads_before = [g.clone() for g in grads]
+    _close(grads, grads_before)  # the pure call left its inputs alone
+    work = [g.clone() for g in grads]
+    work_delta = None if delta is None else [d.clone() for d in delta]
+    out = F.ascent_step(work_delta, work, params, grad_norms=F.tensor_norms(grads), inplace=True, **kwargs)
+    _close(out, expected, rtol=1e-12)
+    owner = work if delta is None else work_delta  # the result lives in the caller's storage
+    assert all(o.data_ptr() == w.data_ptr() for o, w in zip(out, owner))
