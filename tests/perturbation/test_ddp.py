@@ -93,7 +93,7 @@ def test_looksam_under_ddp_keeps_replicas_identical(ddp):
 # ---------------------------------------------------------------- the one real 2-process Trainer run
 
 
-def _lightning_ddp_run():
+def _lightning_ddp_run(sync_ascent=False):
     import os
 
     import lightning as L
@@ -113,7 +113,7 @@ def _lightning_ddp_run():
     os.environ.setdefault("MASTER_PORT", "29556")  # unused: the group already exists
     try:
         model, rec = Tiny(), Recorder()
-        t = trainer([ll.SAM(rho=0.5), rec], max_steps=2, strategy="ddp", devices=2)
+        t = trainer([ll.SAM(rho=0.5, sync_ascent=sync_ascent), rec], max_steps=2, strategy="ddp", devices=2)
         t.fit(model, loader(4, n=16))  # Lightning's DistributedSampler: disjoint shuffled shards
         return {k: v.detach().double().clone() for k, v in model.net.named_parameters()}, rec.seen
     finally:
@@ -121,12 +121,9 @@ def _lightning_ddp_run():
             os.environ.pop(key, None)
 
 
-def test_lightning_ddp_callback_ascent_is_per_replica(ddp):
-    """The callback under Lightning's DDP strategy: the whole first pass (forward included) runs in
-    ``block_backward_sync``, so each replica perturbs with its own gradient; the descent gradient is averaged."""
-    (w0, seen0), (w1, seen1) = ddp.run(_lightning_ddp_run)
-    _same(w0, w1, atol=0)
-    assert len(seen0) == len(seen1) == 2 and not torch.equal(seen0[0][0], seen1[0][0])
+def _lightning_references(seen0, seen1):
+    """Weights after the two steps: each replica's own ascent with averaged descent, and one ascent on the
+    concatenated batch (what ``sync_ascent=True`` and a single process give)."""
     model = tiny_model()
     params = dict(model.named_parameters())
     opt = torch.optim.SGD(params.values(), lr=LR, momentum=0.9)
@@ -142,13 +139,34 @@ def test_lightning_ddp_callback_ascent_is_per_replica(ddp):
         for k, p in params.items():
             p.grad = (grads[0][k] + grads[1][k]) / 2
         opt.step()
-        # a synchronised ascent (what a backward-only no_sync gives) for contrast
         ws = {k: v.detach().clone() for k, v in synced_params.items()}
         x, y = torch.cat([shards[0][0], shards[1][0]]), torch.cat([shards[0][1], shards[1][1]])
         g2 = descent_grad(synced, ws, sam_eps(grad_at(synced, ws, x, y), 0.5), x, y)
         for k, p in synced_params.items():
             p.grad = g2[k]
         synced_opt.step()
-    for k, v in params.items():
-        torch.testing.assert_close(w0[k], v.detach(), atol=1e-6, rtol=0, msg=k)
-    assert not torch.allclose(w0["0.weight"], synced_params["0.weight"].detach(), atol=1e-5)
+    return {k: v.detach() for k, v in params.items()}, {k: v.detach() for k, v in synced_params.items()}
+
+
+def test_lightning_ddp_callback_ascent_is_per_replica(ddp):
+    """The callback under Lightning's DDP strategy: the whole first pass (forward included) runs in
+    ``block_backward_sync``, so each replica perturbs with its own gradient; the descent gradient is averaged."""
+    (w0, seen0), (w1, seen1) = ddp.run(_lightning_ddp_run)
+    _same(w0, w1, atol=0)
+    assert len(seen0) == len(seen1) == 2 and not torch.equal(seen0[0][0], seen1[0][0])
+    per_replica, synced = _lightning_references(seen0, seen1)
+    for k, v in per_replica.items():
+        torch.testing.assert_close(w0[k], v, atol=1e-6, rtol=0, msg=k)
+    # a synchronised ascent (what a backward-only no_sync gives) is a different method
+    assert not torch.allclose(w0["0.weight"], synced["0.weight"], atol=1e-5)
+
+
+def test_lightning_ddp_sync_ascent_equals_one_process_on_concatenated_batch(ddp):
+    """``sync_ascent=True`` in a real 2-process Lightning DDP run: one ascent from the all-reduced gradient, i.e.
+    the step of one process on the concatenated batch."""
+    (w0, seen0), (w1, seen1) = ddp.run(_lightning_ddp_run, True)
+    _same(w0, w1, atol=0)
+    per_replica, synced = _lightning_references(seen0, seen1)
+    for k, v in synced.items():
+        torch.testing.assert_close(w0[k], v, atol=1e-6, rtol=0, msg=k)
+    assert not torch.allclose(w0["0.weight"], per_replica["0.weight"], atol=1e-5)

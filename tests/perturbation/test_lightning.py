@@ -416,3 +416,29 @@ def test_batchnorm_statistics_see_one_forward_per_step_in_a_trainer():
     assert model.training_step_calls == 2 and int(bn.num_batches_tracked) == 1
     torch.testing.assert_close(bn.running_mean, ref_bn.running_mean, rtol=0, atol=1e-7)
     torch.testing.assert_close(bn.running_var, ref_bn.running_var, rtol=0, atol=1e-7)
+
+
+def test_zero_grad_hooks_once_and_backward_hooks_per_pass():
+    """The perturbed pass re-runs `training_step` and the backward (hooks included), not the closure's zero_grad."""
+    calls = {"optimizer_zero_grad": 0, "on_before_zero_grad": 0, "on_before_backward": 0, "on_after_backward": 0}
+
+    class Counted(Tiny):
+        def optimizer_zero_grad(self, epoch, batch_idx, optimizer):
+            calls["optimizer_zero_grad"] += 1
+            return super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+        def on_before_backward(self, loss):
+            calls["on_before_backward"] += 1
+
+        def on_after_backward(self):
+            calls["on_after_backward"] += 1
+
+    class ZeroGradCounter(Callback):
+        def on_before_zero_grad(self, trainer, pl_module, optimizer):
+            calls["on_before_zero_grad"] += 1
+
+    model = Counted()
+    trainer([ll.SAM(rho=0.05), ZeroGradCounter()], max_steps=3).fit(model, loader())
+    assert calls["optimizer_zero_grad"] == calls["on_before_zero_grad"] == 3  # once per optimizer step
+    assert calls["on_before_backward"] == calls["on_after_backward"] == 6  # once per backward pass
+    assert model.training_step_calls == 6
