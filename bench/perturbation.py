@@ -3,24 +3,31 @@
 Part A (plain PyTorch): a plain step, the engine's presets through ``perturbed_backward``, every-k-th-step SAM,
 LookSAM, randomised SAM, SAF (a plain step plus the trajectory term) and a hand-written two-pass SAM (the usual
 ``first_step`` / ``second_step`` loop).
-Part B (Lightning, automatic optimization): a plain ``Trainer`` step, the ``SAM`` and ``AdversarialModelPerturbation``
-callbacks (wrapped closure), every-2nd-step SAM, the ``SAF`` callback, and a hand-written two-pass SAM in manual
-optimization.
+Part B (Lightning): ONE ``Trainer.fit`` whose steps switch between a plain automatic-optimization step, the ``SAM``
+and ``AdversarialModelPerturbation`` callbacks (wrapped closure), every-2nd-step SAM, the ``SAF`` callback, and a
+plain / hand-written two-pass SAM step in manual optimization (``automatic_optimization`` toggled per step).
+
+Both parts run each configuration for a block of ``--block`` consecutive steps (the first of each block is dropped:
+it pays the switch; the 8 others hold whole periods of every-2nd / every-4th-step schedules), cycle through the
+configurations in alternating order, and report the median over blocks of the mean step time, so that a machine whose
+speed drifts by more than the differences measured (shared CPUs) hits every configuration alike.
 
 Expected: SAM / Adversarial Model Perturbation (1 inner step) <= 2.05x a plain step, every-k-th-step SAM ~ 1 + 1/k,
 SAF ~ 1x, the callback no slower than the hand-written manual loop. Tiny smoke run:
-``python bench/perturbation.py --rounds 1 --steps 2 --batch 16 --width 32``.
+``python bench/perturbation.py --rounds 1 --block 2 --batch 16 --width 32``.
 
 Usage::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=$PWD python bench/perturbation.py [--rounds 5] [--steps 20] [--device cpu]
+    OMP_NUM_THREADS=1 python bench/perturbation.py [--rounds 8] [--block 9] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
+from typing import Any
 
 import lightning as L
 import torch
@@ -118,14 +125,18 @@ def part_a(args) -> dict[str, float]:
     for fn in configs.values():  # warm-up
         for _ in range(3):
             fn()
-    for _ in range(args.rounds):
-        for name, fn in configs.items():
-            sync(args.device)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                fn()
-            sync(args.device)
-            times[name].append((time.perf_counter() - start) / args.steps)
+    names = list(configs)
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            block = []
+            for j in range(args.block):
+                sync(args.device)
+                start = time.perf_counter()
+                configs[name]()
+                sync(args.device)
+                if j:  # the first step of a block pays the switch
+                    block.append(time.perf_counter() - start)
+            times[name].append(statistics.fmean(block))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -169,47 +180,95 @@ class Net(ll.LossesMixin, L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
-class StepTimer(L.Callback):
-    def __init__(self, device: str):
-        self.device, self.times, self._t = device, [], 0.0
+class Interleaved(Net):
+    """:class:`Net` whose step is chosen per batch (``mode``): the library callbacks attach here but only the current
+    mode's plug-in is applied; ``plain`` uses Lightning's own ``optimizer_step``; the manual modes switch
+    ``automatic_optimization`` off for their step."""
 
-    def on_train_batch_start(self, *args):
-        sync(self.device)
-        self._t = time.perf_counter()
+    mode = "plain"
 
-    def on_train_batch_end(self, *args):
+    def __init__(self, width: int):
+        super().__init__(width)
+        self.plugins: dict[Any, Any] = {}
+
+    def attach(self, slot: str, plugin: Any) -> None:
+        self.plugins[plugin] = slot  # installed per step by Schedule
+
+    def training_step(self, batch, batch_idx):
+        self.manual_sam = self.mode == "manual_hand_written_sam"
+        if self.mode == "manual_plain":
+            x, y, index = batch
+            opt = self.optimizers()
+            opt.zero_grad()
+            self.manual_backward(self.compute_loss(logits=self.net(x), target=y, index=index))
+            opt.step()
+            return None
+        return super().training_step(batch, batch_idx)
+
+    def optimizer_step(self, *args, **kwargs):
+        if self.mode == "plain":
+            return L.LightningModule.optimizer_step(self, *args, **kwargs)
+        return super().optimizer_step(*args, **kwargs)
+
+
+class Schedule(L.Callback):
+    """Blocks of ``block`` steps per mode, modes cycled in alternating order; times each step."""
+
+    def __init__(self, modes: dict[str, Any], block: int, device: str):
+        self.modes, self.block, self.device = modes, block, device
+        self.times: dict[str, list[list[float]]] = {m: [] for m in modes}  # per block, per step
+        self.count, self._start = 0, 0.0
+
+    def _mode(self) -> str:
+        names = list(self.modes)
+        cycle, position = divmod(self.count // self.block, len(names))
+        return (names if cycle % 2 == 0 else names[::-1])[position]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        mode = pl_module.mode = self._mode()
+        pl_module.automatic_optimization = not mode.startswith("manual")
+        plugin = self.modes[mode]
+        slots = {"reweighter": None, "terms": [], "step": None}
+        if plugin is not None:
+            slots[pl_module.plugins[plugin]] = [plugin] if pl_module.plugins[plugin] == "terms" else plugin
+        pl_module.__dict__["_ll_plugin_slots"] = slots
         sync(self.device)
-        self.times.append(time.perf_counter() - self._t)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        sync(self.device)
+        position = self.count % self.block
+        if position == 1:
+            self.times[pl_module.mode].append([])
+        if position:  # the first step of a block pays the switch
+            self.times[pl_module.mode][-1].append(time.perf_counter() - self._start)
+        self.count += 1
 
 
 def part_b(args) -> dict[str, float]:
-    n = args.batch * (args.steps + 3)
-    data = TensorDataset(torch.randn(n, 256), torch.randint(0, 10, (n,)), torch.arange(n))
-    configs = {
-        "lightning_plain": (False, []),
-        "lightning_sam_callback": (False, [ll.SAM(rho=0.05)]),
-        "lightning_amp_callback": (False, [ll.AdversarialModelPerturbation(epsilon=0.5)]),
-        "lightning_sam_every_2": (False, [ll.SAM(rho=0.05, every_n_steps=2)]),
-        "lightning_saf_callback": (False, [ll.SAF(epochs_ago=1, start_epoch=0)]),
-        "lightning_manual_hand_written_sam": (True, []),
+    callbacks = {
+        "sam_callback": ll.SAM(rho=0.05),
+        "adversarial_model_perturbation_callback": ll.AdversarialModelPerturbation(epsilon=0.5),
+        "sam_every_2_callback": ll.SAM(rho=0.05, every_n_steps=2),
+        "saf_callback": ll.SAF(epochs_ago=1, start_epoch=0),
     }
-    times: dict[str, list[float]] = {k: [] for k in configs}
-    for _ in range(args.rounds):
-        for name, (manual, callbacks) in configs.items():
-            timer = StepTimer(args.device)
-            trainer = L.Trainer(
-                accelerator="gpu" if args.device == "cuda" else "cpu",
-                devices=1,
-                max_epochs=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                callbacks=[timer, *callbacks],
-            )
-            trainer.fit(Net(args.width, manual), DataLoader(data, batch_size=args.batch))
-            times[name].append(statistics.median(timer.times[3:]))
-    return {k: statistics.median(v) for k, v in times.items()}
+    modes = {"plain": None, **callbacks, "manual_plain": None, "manual_hand_written_sam": None}
+    steps = args.rounds * len(modes) * args.block + 3
+    n = args.batch * steps
+    data = TensorDataset(torch.randn(n, 256), torch.randint(0, 10, (n,)), torch.arange(n))
+    schedule = Schedule(modes, args.block, args.device)
+    trainer = L.Trainer(
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[schedule, *callbacks.values()],
+    )
+    trainer.fit(Interleaved(args.width), DataLoader(data, batch_size=args.batch))
+    return {f"lightning_{k}": statistics.median(statistics.fmean(b) for b in v) for k, v in schedule.times.items()}
 
 
 def report(title: str, results: dict[str, float], base: str) -> None:
@@ -221,15 +280,16 @@ def report(title: str, results: dict[str, float], base: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=8, help="cycles through the configurations")
+    parser.add_argument("--block", type=int, default=9, help="consecutive steps per configuration and cycle")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, "
-        f"MLP width {args.width}, {args.rounds} interleaved rounds x {args.steps} steps, medians"
+        f"MLP width {args.width}, {args.rounds} rounds of blocks of {args.block} steps, block-mean medians"
     )
     report("Part A: plain PyTorch (ratio vs a plain step)", part_a(args), "plain")
     report("Part B: Lightning (ratio vs a plain automatic-optimization step)", part_b(args), "lightning_plain")
