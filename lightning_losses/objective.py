@@ -166,22 +166,26 @@ class Objective(nn.Module):
         self.losses = nn.ModuleDict({t.name: t.loss for t in terms})
 
     def _uniform(self, per_sample: torch.Tensor) -> torch.Tensor:
-        """``full_like(per_sample, 1 / N)``, kept for the next call with the same shape, dtype and device."""
-        cached = self.__dict__["_uniform_cache"] = torch.full_like(per_sample, 1.0 / per_sample.shape[0])
+        """``full_like(per_sample, 1 / N)``, kept for the next call with the same shape, dtype and device (never
+        handed out)."""
+        cached = self.__dict__.get("_uniform_cache")
+        if (
+            cached is None
+            or cached.shape != per_sample.shape
+            or cached.dtype != per_sample.dtype
+            or cached.device != per_sample.device
+        ):
+            cached = self.__dict__["_uniform_cache"] = torch.full_like(per_sample, 1.0 / per_sample.shape[0])
         return cached
 
     @property
     def uses_step(self) -> bool:
         """Whether a coefficient schedule depends on the step (``False``: every coefficient is constant)."""
-        cached = self.__dict__.get("_plan_cache")
-        if cached is None or cached[0] is not self.terms:
-            self._plan()
-            cached = self.__dict__["_plan_cache"]
-        return cached[2]
+        return self._plan()[1]
 
-    def _plan(self) -> list[tuple[Term, tuple[tuple[str, str, bool], ...]]]:
-        """Each term with its ``(argument, tensor name, required)`` routes, built once (terms are fixed after
-        construction; assigning a new ``terms`` list rebuilds it)."""
+    def _plan(self) -> tuple[list[tuple[Term, tuple[tuple[str, str, bool], ...]]], bool]:
+        """Each term with its ``(argument, tensor name, required)`` routes, and whether any coefficient reads the
+        step; built once (terms are fixed after construction; assigning a new ``terms`` list rebuilds it)."""
         cached = self.__dict__.get("_plan_cache")
         if cached is None or cached[0] is not self.terms:
             plan = []
@@ -190,7 +194,7 @@ class Objective(nn.Module):
                 plan.append((term, tuple((arg, term.source(arg), arg in required) for arg in required + optional)))
             uses_step = any(not getattr(t.coefficient, "constant", False) for t in self.terms)
             cached = self.__dict__["_plan_cache"] = (self.terms, plan, uses_step)
-        return cached[1]
+        return cached[1], cached[2]
 
     def forward(
         self,
@@ -219,9 +223,7 @@ class Objective(nn.Module):
         # Otherwise masks come from `sample_mask`, whose None-ness depends on the loss only, never on this rank's data:
         # a reweighter's collectives must look the same on every rank
         fast = reweighter is None and not is_distributed()
-        cached = self.__dict__.get("_plan_cache")  # (terms, plan): `_plan()` inlined on the hot path
-        plan = cached[1] if cached is not None and cached[0] is self.terms else self._plan()
-        for term, routes in plan:
+        for term, routes in self._plan()[0]:
             args = {}
             for arg, src, required in routes:
                 if src in tensors:
@@ -260,11 +262,7 @@ class Objective(nn.Module):
             # contiguous gradient (`mean()` backward passes an expanded one, which per-sample kernels handle slowly)
             if mask is None:
                 weights = None  # all ones: ObjectiveOutput builds them if asked
-                normalised = self.__dict__.get("_uniform_cache")  # full_like(per_sample, 1 / N), never handed out
-                if normalised is None or normalised.shape != per_sample.shape or normalised.dtype != per_sample.dtype:
-                    normalised = self._uniform(per_sample)
-                elif normalised.device != per_sample.device:
-                    normalised = self._uniform(per_sample)
+                normalised = self._uniform(per_sample)
             else:
                 weights = mask.to(per_sample.dtype)
                 normalised = weights / weights.sum().clamp_min(1.0)

@@ -16,8 +16,6 @@ from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["cross_entropy", "focal", "focal_term"]
 
-_HALF = (torch.float16, torch.bfloat16)
-
 
 def cross_entropy(
     logits: torch.Tensor,
@@ -60,8 +58,7 @@ def cross_entropy(
         tensor([0.1269, 2.1269])
     """
     check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args)
-    if logits.dtype in _HALF:
-        logits = logits.float()
+    logits = _upcast(logits)
     if weight is not None:
         check_per_class("weight", weight, logits.shape[-1])
         weight = weight.to(device=logits.device, dtype=logits.dtype)

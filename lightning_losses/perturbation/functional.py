@@ -114,13 +114,22 @@ def _norms(tensors: list[Tensor], mode: str) -> Tensor:
 
 
 def _project(
-    delta: list[Tensor], radii: Tensor, mode: str, scale: list[Tensor] | None, eps: float, inplace: bool = False
+    delta: list[Tensor],
+    radii: Tensor,
+    mode: str,
+    scale: list[Tensor] | None,
+    eps: float,
+    inplace: bool = False,
+    norms: Tensor | None = None,
 ) -> list[Tensor]:
-    r"""Scale ``delta`` by :math:`\min(1, R / (\|T^{-1}\delta\| + \epsilon))` (globally or per tensor)."""
-    measured = delta
-    if scale is not None:
-        measured = [torch.nan_to_num(d / t, nan=0.0, posinf=0.0, neginf=0.0) for d, t in zip(delta, scale)]
-    factors = torch.clamp(radii / (_norms(measured, mode) + eps), max=1.0)
+    r"""Scale ``delta`` by :math:`\min(1, R / (\|T^{-1}\delta\| + \epsilon))` (globally or per tensor); ``norms``
+    are those of :math:`T^{-1}\delta` when the caller knows them."""
+    if norms is None:
+        measured = delta
+        if scale is not None:
+            measured = [torch.nan_to_num(d / t, nan=0.0, posinf=0.0, neginf=0.0) for d, t in zip(delta, scale)]
+        norms = _norms(measured, mode)
+    factors = torch.clamp(radii / (norms + eps), max=1.0)
     return _scale_by(delta, factors, mode, inplace)
 
 
@@ -170,13 +179,11 @@ def ascent_step(
     scale = scaling_factors(params, scaling, eta, scale_mask)
     radii = _radii(radius, radius_mode, params)
     direction = grads if scale is None else _mul(grads, scale, inplace)  # T g
-    known = None if grad_norms is None or scale is not None else grad_norms  # the norms of `direction`
+    known = None  # the norms of `direction` (= g without a scaling), as `_norms` would compute them
+    if grad_norms is not None and scale is None:
+        known = torch.linalg.vector_norm(grad_norms) if radius_mode == "global" else grad_norms
     if rule == "normalise":
-        if known is not None:
-            norms = torch.linalg.vector_norm(known) if radius_mode == "global" else known
-        else:
-            norms = _norms(direction, radius_mode)
-        factors = radii * step_size / (norms + eps)
+        factors = radii * step_size / ((known if known is not None else _norms(direction, radius_mode)) + eps)
         step = _scale_by(direction if scale is None else _mul(direction, scale, inplace), factors, radius_mode, inplace)
     else:  # "clip"
         step = _mul(direction if scale is None else _mul(direction, scale, inplace), step_size, inplace)
@@ -189,12 +196,9 @@ def ascent_step(
         new = list(torch._foreach_add(list(delta), step))
     if rule == "normalise" and delta is None:
         return new  # a single normalised step already lies on the sphere of radius R
-    if rule == "clip" and delta is None and known is not None and radius_mode != "layer_relative":
-        # the step is step_size * g: its norms are known, so the projection needs no second pass over it
-        measured = step_size * (torch.linalg.vector_norm(known) if radius_mode == "global" else known)
-        factors = torch.clamp(radii / (measured + eps), max=1.0)
-        return _scale_by(new, factors, radius_mode, inplace)
-    return _project(new, radii, radius_mode, scale, eps, inplace)
+    # a first clipped step is step_size * g: its norms are known, so the projection needs no pass over it
+    norms = step_size * known if rule == "clip" and delta is None and known is not None else None
+    return _project(new, radii, radius_mode, scale, eps, inplace, norms)
 
 
 def sam_epsilon(grads: Sequence[Tensor], rho: float, eps: float = 1e-12) -> list[Tensor]:
