@@ -19,6 +19,7 @@ extra collective and host sync per log step).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import lightning as L
@@ -130,8 +131,8 @@ class EntropyControl(L.Callback):
         self._last_step = 0
         self._window: torch.Tensor | None = None  # [sum, count, class sums..., class counts...] (local)
 
-    @property
-    def state_key(self) -> str:
+    @functools.cached_property
+    def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
         return self._generate_state_key(name=self.name)
 
     # ------------------------------------------------------------------ plug-in

@@ -23,7 +23,8 @@ a perturbed step on the concatenated batch; it costs 2k forward-backward passes 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -52,15 +53,19 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 @contextlib.contextmanager
 def suppressed_logging(module: Any):
     """Inside: ``module.objective_logging_suppressed = True`` and ``module.log`` / ``module.log_dict`` are no-ops."""
-    previous = getattr(module, "objective_logging_suppressed", False)
-    shadowed = {k: module.__dict__[k] for k in ("log", "log_dict") if k in module.__dict__}
-    module.objective_logging_suppressed = True
+    attrs = module.__dict__
+    had, previous = "objective_logging_suppressed" in attrs, attrs.get("objective_logging_suppressed")
+    shadowed = {k: attrs[k] for k in ("log", "log_dict") if k in attrs}
+    attrs["objective_logging_suppressed"] = True  # a plain attribute: no `nn.Module.__setattr__` round trip
     module.__dict__["log"] = _noop
     module.__dict__["log_dict"] = _noop
     try:
         yield
     finally:
-        module.objective_logging_suppressed = previous
+        if had:
+            attrs["objective_logging_suppressed"] = previous
+        else:
+            attrs.pop("objective_logging_suppressed", None)
         for key in ("log", "log_dict"):
             if key in shadowed:
                 module.__dict__[key] = shadowed[key]
@@ -102,16 +107,27 @@ def guarded_checkpoints(module: Any, engine: Perturbation):
             module.__dict__.pop("on_save_checkpoint", None)
 
 
-@contextlib.contextmanager
-def frozen_metrics(module: Any):
-    """Inside: ``torchmetrics`` metrics of ``module`` may be updated (``metric(preds, target)`` still returns the
-    batch value), but their accumulated state is put back afterwards, so a perturbed pass never counts twice."""
+def metric_modules(module: Any) -> list[Any]:
+    """The ``torchmetrics`` metrics among the submodules of ``module``."""
     try:
         from torchmetrics import Metric
     except ImportError:  # pragma: no cover - torchmetrics is a dependency of Lightning
-        yield
-        return
-    metrics = [m for m in module.modules() if isinstance(m, Metric)]
+        return []
+    return [m for m in module.modules() if isinstance(m, Metric)]
+
+
+def frozen_metrics(module: Any, metrics: Sequence[Any] | None = None) -> contextlib.AbstractContextManager:
+    """Inside: ``torchmetrics`` metrics of ``module`` may be updated (``metric(preds, target)`` still returns the
+    batch value), but their accumulated state is put back afterwards, so a perturbed pass never counts twice.
+
+    ``metrics`` is the list to guard when the caller has it already (default: found in ``module``); with no metric
+    this is a no-op context."""
+    metrics = metric_modules(module) if metrics is None else metrics
+    return _restored_metrics(metrics) if metrics else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _restored_metrics(metrics: Sequence[Any]):
     saved = []
     for m in metrics:
         state = {}
@@ -128,14 +144,20 @@ def frozen_metrics(module: Any):
                 setattr(m, name, value)
 
 
+def ascent_terms_only(module: Any, names: tuple[str, ...] | None) -> contextlib.AbstractContextManager:
+    """Detach the objective terms not in ``names`` (their value still counts; their gradient does not).
+
+    ``names=None`` keeps every term (a no-op context)."""
+    return contextlib.nullcontext() if names is None else _detached_terms(module, names)
+
+
 @contextlib.contextmanager
-def ascent_terms_only(module: Any, names: tuple[str, ...] | None):
-    """Detach the objective terms not in ``names`` (their value still counts; their gradient does not)."""
-    handles = []
-    if names is not None:
-        for term in module.objective.terms:
-            if term.name not in names:
-                handles.append(term.loss.register_forward_hook(lambda _m, _i, out: out.detach()))
+def _detached_terms(module: Any, names: tuple[str, ...]):
+    handles = [
+        term.loss.register_forward_hook(lambda _m, _i, out: out.detach())
+        for term in module.objective.terms
+        if term.name not in names
+    ]
     try:
         yield
     finally:
@@ -205,12 +227,13 @@ class WeightPerturbation(Callback):
         self._named: list[tuple[str, torch.Tensor]] | None = None
         self._optimizer_id: int | None = None
         self._batches: list[tuple[Any, int]] = []
-        self._bn: list[torch.nn.Module] = []
+        self._bn: list[torch.nn.Module] | None = None
+        self._metrics: list[Any] | None = None
         self._new_stats = False
         self._first_result: Any = None
 
-    @property
-    def state_key(self) -> str:
+    @functools.cached_property
+    def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls (~20 per step)
         return self._generate_state_key(method=self.method, **{k: repr(v) for k, v in sorted(self.options.items())})
 
     # ------------------------------------------------------------------ lifecycle
@@ -231,12 +254,17 @@ class WeightPerturbation(Callback):
                     f"`ascent_terms` names unknown objective term(s) {unknown}; the objective has {valid}"
                 )
         pl_module.attach("step", self)
-        self._bn = batchnorm_modules(pl_module)
         self._named = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # after `LightningModule.setup` / `configure_model`, which may create layers and metrics
+        self._bn = batchnorm_modules(pl_module)
+        self._metrics = metric_modules(pl_module)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if hasattr(pl_module, "detach"):
             pl_module.detach("step", self)
+        self._bn = self._metrics = None
 
     def state_dict(self) -> dict[str, Any]:
         return self.engine.state_dict()
@@ -297,7 +325,7 @@ class WeightPerturbation(Callback):
                     loss = closure()
                 self._first_result = getattr(closure, "_result", None)
                 return loss
-            with suppressed_logging(module), frozen_metrics(module), terms:
+            with suppressed_logging(module), frozen_metrics(module, self._metrics), terms:
                 if len(self._batches) > 1:
                     self._replay(trainer, module, optimizer)
                 return _rerun(closure)
@@ -317,7 +345,7 @@ class WeightPerturbation(Callback):
                     zero_grad=lambda: torch_opt.zero_grad(set_to_none=True),
                     no_sync=getattr(trainer.strategy, "block_backward_sync", None),
                     grad_scale=grad_scale,
-                    bn_modules=self._bn,
+                    bn_modules=batchnorm_modules(module) if self._bn is None else self._bn,
                 )
             finally:
                 self._batches.clear()

@@ -73,10 +73,15 @@ def select_parameters(
     return out
 
 
-@contextlib.contextmanager
-def frozen_batchnorm(modules: Sequence[nn.Module]):
+def frozen_batchnorm(modules: Sequence[nn.Module]) -> contextlib.AbstractContextManager:
     """Run the body in train mode but leave BatchNorm running statistics (and ``num_batches_tracked``) exactly as
-    they were: the buffers are snapshotted and copied back (works for ``momentum=None`` too)."""
+    they were: the buffers are snapshotted and copied back (works for ``momentum=None`` too). No modules: a no-op
+    context."""
+    return _restored_buffers(modules) if modules else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _restored_buffers(modules: Sequence[nn.Module]):
     buffers = [b for m in modules for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     saved = [b.clone() for b in buffers]
     try:

@@ -23,6 +23,7 @@ sample's past outputs (the reference's per-rank table misses the samples another
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -90,8 +91,8 @@ class SAF(Callback):
         self.logits: torch.Tensor | None = None  #: ``[num_samples, epochs_ago + 1, C]`` recorded outputs
         self.stamp: torch.Tensor | None = None  #: ``[num_samples, epochs_ago + 1]`` epoch of each row (-1: empty)
 
-    @property
-    def state_key(self) -> str:
+    @functools.cached_property
+    def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
         return self._generate_state_key(name=self.name)
 
     # ------------------------------------------------------------------ lifecycle

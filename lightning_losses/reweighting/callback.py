@@ -22,6 +22,7 @@ Semantics:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -95,8 +96,8 @@ class SampleReweighting(Callback):
         self._group_metric: GroupAccuracy | None = None
         self._last_logged_step = -1
 
-    @property
-    def state_key(self) -> str:
+    @functools.cached_property
+    def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
         return self._generate_state_key(strategy=self.reweighter.strategy)
 
     # ------------------------------------------------------------------ wiring

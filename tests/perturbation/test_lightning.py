@@ -418,6 +418,58 @@ def test_batchnorm_statistics_see_one_forward_per_step_in_a_trainer():
     torch.testing.assert_close(bn.running_var, ref_bn.running_var, rtol=0, atol=1e-7)
 
 
+class _LateLayers(Tiny):
+    """BatchNorm and a metric created after the callbacks' `setup` (in `configure_model` / `setup`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = None
+
+    def configure_model(self):
+        if self.net is None:
+            self.net = tiny_model(dtype=torch.float32, bn=True)
+
+    def setup(self, stage):
+        import torchmetrics
+
+        self.acc = torchmetrics.Accuracy(task="multiclass", num_classes=3)
+
+    def training_step(self, batch, batch_idx):
+        self.training_step_calls += 1
+        x, y = batch
+        logits = self.net(x)
+        self.acc(logits.detach(), y)
+        return self.compute_loss(logits=logits, target=y)
+
+
+def test_layers_and_metrics_created_after_callback_setup_are_guarded():
+    model = _LateLayers()
+    trainer([ll.SAM(rho=0.5)], max_steps=2).fit(model, loader(8))
+    assert model.training_step_calls == 4
+    assert int(model.net[1].num_batches_tracked) == 2  # one forward per step counted, not two
+    assert model.acc._update_count == 2
+
+
+def test_state_key_is_cached_and_unique():
+    a, b = ll.SAM(rho=0.05), ll.SAM(rho=0.1)
+    assert a.state_key is a.state_key and a.state_key != b.state_key
+    assert a.state_key == ll.SAM(rho=0.05).state_key  # resume matches the callback by its key
+    assert a.state_key == a._generate_state_key(method="sam", rho=repr(0.05))
+
+
+def test_no_op_guards_are_null_contexts():
+    import contextlib
+
+    from lightning_losses.perturbation import frozen_batchnorm
+    from lightning_losses.perturbation.callback import ascent_terms_only, frozen_metrics
+
+    model = Tiny()
+    assert isinstance(frozen_batchnorm([]), contextlib.nullcontext)
+    assert isinstance(frozen_metrics(model), contextlib.nullcontext)  # Tiny has no metric
+    assert isinstance(ascent_terms_only(model, None), contextlib.nullcontext)
+    assert not isinstance(ascent_terms_only(model, ("cross_entropy",)), contextlib.nullcontext)
+
+
 def test_zero_grad_hooks_once_and_backward_hooks_per_pass():
     """The perturbed pass re-runs `training_step` and the backward (hooks included), not the closure's zero_grad."""
     calls = {"optimizer_zero_grad": 0, "on_before_zero_grad": 0, "on_before_backward": 0, "on_after_backward": 0}
