@@ -22,7 +22,10 @@ __all__ = [
 
 def is_distributed() -> bool:
     """True when a default process group with more than one process is initialised."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _AVAILABLE and dist.is_initialized() and dist.get_world_size() > 1
+
+
+_AVAILABLE = dist.is_available()  # fixed for the build of torch
 
 
 def world_size() -> int:

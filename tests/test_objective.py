@@ -251,6 +251,43 @@ def test_forward_with_mask_restores_validation_when_the_loss_raises():
     assert loss.validate_args is True
 
 
+def test_checked_kernel_equals_forward_and_honours_hooks():
+    """The label losses' direct kernel (no hooks; only `logits`, `target`) equals `forward`; hooks take `__call__`."""
+    from lightning_losses.losses.base import has_hooks
+
+    logits, target = _batch(n=6, seed=3)
+    loss = ll.build_loss("cross_entropy", label_smoothing=0.1, weight=[1.0, 2.0, 0.5, 1.0, 3.0])
+    reference = torch.nn.functional.cross_entropy(
+        logits, target, weight=loss.weight.double(), label_smoothing=0.1, reduction="none"
+    )
+    torch.testing.assert_close(loss.forward_with_mask(logits=logits, target=target)[0], reference)
+    assert not has_hooks(loss)
+    handle = loss.register_forward_hook(lambda _m, _i, out: 2 * out)
+    assert has_hooks(loss)
+    torch.testing.assert_close(loss.forward_with_mask(logits=logits, target=target)[0], 2 * reference)
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda _m, _i, out: 3 * out)
+    try:
+        assert has_hooks(loss)
+        torch.testing.assert_close(loss.forward_with_mask(logits=logits, target=target)[0], 3 * reference)
+    finally:
+        handle.remove()
+    assert not has_hooks(loss)
+    short = ll.build_loss("cross_entropy", weight=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"`weight` must have shape \[C\] = \[5\], got \[2\]"):
+        short.forward_with_mask(logits=logits, target=target)
+
+
+def test_a_subclass_overriding_forward_is_not_bypassed():
+    class Doubled(ll.losses.CrossEntropy):
+        def forward(self, logits, target):
+            return 2 * super().forward(logits, target)
+
+    logits, target = _batch(n=4)
+    value, _ = Doubled().forward_with_mask(logits=logits, target=target)
+    torch.testing.assert_close(value, 2 * ll.build_loss("cross_entropy")(logits=logits, target=target))
+
+
 def test_weights_are_built_on_access_and_uses_step():
     logits, target = _batch(n=5)
     out = ll.Objective({"cross_entropy": {}})({"logits": logits, "target": target})

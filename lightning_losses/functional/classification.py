@@ -58,9 +58,17 @@ def cross_entropy(
         tensor([0.1269, 2.1269])
     """
     check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args)
-    logits = _upcast(logits)
     if weight is not None:
         check_per_class("weight", weight, logits.shape[-1])
+    return _cross_entropy(logits, target, label_smoothing, weight, ignore_index)
+
+
+def _cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float, weight: torch.Tensor | None, ignore_index: int
+) -> torch.Tensor:
+    """:func:`cross_entropy` on inputs already checked (the loss module's route after its one label check)."""
+    logits = _upcast(logits)
+    if weight is not None and (weight.dtype != logits.dtype or weight.device != logits.device):
         weight = weight.to(device=logits.device, dtype=logits.dtype)
     # torch's fused kernel implements exactly this formula (tests check it against an explicit loop)
     return F.cross_entropy(

@@ -12,14 +12,41 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _nn_module
 
 from lightning_losses._validation import check_bool
 from lightning_losses.registry import Registry
 
-__all__ = ["LOSSES", "Loss", "build_loss", "list_losses"]
+__all__ = ["LOSSES", "Loss", "build_loss", "has_hooks", "list_losses"]
 
 LOSSES: Registry[type[Loss]] = Registry("loss")
 _INPUT_NAMES: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks around ``forward`` (its own or global ones), as
+    ``nn.Module.__call__`` decides; without any, ``module(...)`` and ``module.forward(...)`` are the same."""
+    state = module.__dict__
+    if (
+        state.get("_forward_hooks")
+        or state.get("_forward_pre_hooks")
+        or state.get("_backward_hooks")
+        or state.get("_backward_pre_hooks")
+    ):
+        return True
+    return any(_GLOBAL_HOOKS)
+
+
+# torch's registries of global module hooks (dicts filled in place by `register_module_forward_hook` etc.)
+_GLOBAL_HOOKS = tuple(
+    getattr(_nn_module, name, {})
+    for name in (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+)
 
 
 class Loss(nn.Module):

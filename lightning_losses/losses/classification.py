@@ -9,8 +9,9 @@ import torch
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_int, check_number, check_probability_vector
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.functional._checks import check_label_range
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.functional._checks import check_label_range, check_per_class
+from lightning_losses.functional.classification import _cross_entropy
+from lightning_losses.losses.base import LOSSES, Loss, has_hooks
 
 __all__ = ["CrossEntropy", "Focal"]
 
@@ -47,16 +48,41 @@ class _LabelLoss(Loss):
             return self(**inputs), self.sample_mask(**inputs)
         num_classes = logits.shape[1]
         all_classes = check_label_range(target, num_classes, self.ignore_index)
-        state["validate_args"] = False  # checked once above, for the loss and the mask
-        try:
-            value = self(**inputs)
-        finally:
-            state["validate_args"] = True
+        if len(inputs) == 2 and not has_hooks(self) and _own_kernel(type(self)):
+            value = self._checked_forward(logits, target)  # nothing runs around `forward`: the checked kernel directly
+        else:
+            state["validate_args"] = False  # checked once above, for the loss and the mask
+            try:
+                value = self(**inputs)
+            finally:
+                state["validate_args"] = True
         counted = all_classes and not 0 <= self.ignore_index < num_classes
         return value, None if counted else target != self.ignore_index
 
+    def _checked_forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``forward`` on ``logits [N, C]`` and integer labels ``[N]`` already checked (shapes and label range).
+
+        Losses override it with their kernel minus the checks; the default is ``forward`` without the label check."""
+        state = self.__dict__
+        state["validate_args"] = False
+        try:
+            return self.forward(logits=logits, target=target)
+        finally:
+            state["validate_args"] = True
+
 
 _INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+_OWN_KERNEL: dict[type, bool] = {}
+
+
+def _own_kernel(cls: type) -> bool:
+    """Whether ``cls._checked_forward`` computes ``cls.forward``: it is the generic one (which calls ``forward``) or
+    is defined by the class that defines ``forward`` (a subclass overriding only ``forward`` takes ``forward``)."""
+    known = _OWN_KERNEL.get(cls)
+    if known is None:
+        owner = {name: next(k for k in cls.__mro__ if name in vars(k)) for name in ("forward", "_checked_forward")}
+        known = _OWN_KERNEL[cls] = owner["_checked_forward"] in (_LabelLoss, owner["forward"])
+    return known
 
 
 @LOSSES.register("cross_entropy", aliases=("ce", "xent"))
@@ -102,6 +128,12 @@ class CrossEntropy(_LabelLoss):
             ignore_index=self.ignore_index,
             validate_args=self.validate_args,
         )
+
+    def _checked_forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = self._buffers["weight"]  # a buffer read without `nn.Module.__getattr__`
+        if weight is not None:
+            check_per_class("weight", weight, logits.shape[1])
+        return _cross_entropy(logits, target, self.label_smoothing, weight, self.ignore_index)
 
 
 @LOSSES.register("focal", aliases=("focal_loss",))
