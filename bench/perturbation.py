@@ -1,16 +1,19 @@
 """Step-time cost of the weight-perturbation engine, measured interleaved in one run (ratios vs a plain step).
 
-Part A (plain PyTorch): a plain step, the engine's presets through ``perturbed_backward``, every-k-th-step SAM,
-LookSAM, randomised SAM, SAF (a plain step plus the trajectory term) and a hand-written two-pass SAM (the usual
-``first_step`` / ``second_step`` loop).
+Part A (plain PyTorch): a plain step, two forward-backward passes and one optimizer step (``two_passes``: the floor
+of any two-pass method), the engine's presets through ``perturbed_backward``, every-k-th-step SAM, LookSAM,
+randomised SAM, SAF (a plain step plus the trajectory term) and a hand-written two-pass SAM (the usual
+``first_step`` / ``second_step`` loop). Each round runs 20 steps of every configuration interleaved step by step (the
+order rotating; 20 holds whole periods of the every-2nd / 4th / 5th-step schedules).
 Part B (Lightning): ONE ``Trainer.fit`` whose steps switch between a plain automatic-optimization step, the ``SAM``
 and ``AdversarialModelPerturbation`` callbacks (wrapped closure), every-2nd-step SAM, the ``SAF`` callback, and a
-plain / hand-written two-pass SAM step in manual optimization (``automatic_optimization`` toggled per step).
+plain / hand-written two-pass SAM step in manual optimization (``automatic_optimization`` toggled per step). Each
+round runs a block of ``--block`` consecutive steps per configuration (the first of a block is dropped: it pays the
+switch), cycling through the configurations in alternating order.
 
-Both parts run each configuration for a block of ``--block`` consecutive steps (the first of each block is dropped:
-it pays the switch; the 8 others hold whole periods of every-2nd / every-4th-step schedules), cycle through the
-configurations in alternating order, and report the median over blocks of the mean step time, so that a machine whose
-speed drifts by more than the differences measured (shared CPUs) hits every configuration alike.
+Reported: the median step time, and the median over rounds of the ratio to the plain step of the same round (Part A
+also to ``two_passes``), so that a machine whose speed drifts by more than the differences measured (shared CPUs)
+hits every configuration alike.
 
 Expected: SAM / Adversarial Model Perturbation (1 inner step) <= 2.05x a plain step, every-k-th-step SAM ~ 1 + 1/k,
 SAF ~ 1x, the callback no slower than the hand-written manual loop. Tiny smoke run:
@@ -67,7 +70,7 @@ def hand_written_sam(model, opt, loss_fn, rho=0.05):
     opt.step()
 
 
-def part_a(args) -> dict[str, float]:
+def part_a(args) -> dict[str, list[float]]:
     model = make_model(args.width, args.device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(args.batch, 256, device=args.device)
@@ -78,6 +81,7 @@ def part_a(args) -> dict[str, float]:
 
     engines = {
         "sam": build_perturbation("sam"),
+        "sam_no_statistics": build_perturbation("sam"),
         "adversarial_model_perturbation": build_perturbation("adversarial_model_perturbation"),
         "asam": build_perturbation("asam"),
         "sam_every_2": build_perturbation("sam", every_n_steps=2),
@@ -85,6 +89,8 @@ def part_a(args) -> dict[str, float]:
         "looksam_k5": build_perturbation("sam", every_n_steps=5, reuse_alpha=0.7),
         "random_sam_p0.2": build_perturbation("sam", probability=0.2),
     }
+
+    engines["sam_no_statistics"].collect_stats = False  # as the callbacks on steps whose logs no logger receives
 
     def plain():
         opt.zero_grad()
@@ -95,6 +101,13 @@ def part_a(args) -> dict[str, float]:
     index = torch.arange(args.batch, device=args.device)
     epoch_one = type("Epoch", (), {"current_epoch": 1, "objective_logging_suppressed": False})()
     saf.record(index, model(x).detach(), epoch=0)
+
+    def two_passes():  # the floor of a two-pass method: two forward-backward passes and one optimizer step
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
 
     def saf_step():
         opt.zero_grad()
@@ -117,27 +130,29 @@ def part_a(args) -> dict[str, float]:
 
     configs = {
         "plain": plain,
+        "two_passes": two_passes,
         **{k: engine_step(e) for k, e in engines.items()},
         "saf": saf_step,
         "hand_written_sam": hand,
     }
-    times: dict[str, list[float]] = {k: [] for k in configs}
     for fn in configs.values():  # warm-up
         for _ in range(3):
             fn()
     names = list(configs)
-    for r in range(args.rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            block = []
-            for j in range(args.block):
+    period = 20  # whole periods of the every-2nd / every-4th / every-5th-step schedules
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(args.rounds):
+        block = {k: 0.0 for k in configs}
+        for j in range(period):  # one step of each configuration in turn, the order rotating
+            for name in names[j % len(names) :] + names[: j % len(names)]:
                 sync(args.device)
                 start = time.perf_counter()
                 configs[name]()
                 sync(args.device)
-                if j:  # the first step of a block pays the switch
-                    block.append(time.perf_counter() - start)
-            times[name].append(statistics.fmean(block))
-    return {k: statistics.median(v) for k, v in times.items()}
+                block[name] += time.perf_counter() - start
+        for k, v in block.items():
+            times[k].append(v / period)
+    return times
 
 
 # ---------------------------------------------------------------- part B: Lightning
@@ -245,7 +260,7 @@ class Schedule(L.Callback):
         self.count += 1
 
 
-def part_b(args) -> dict[str, float]:
+def part_b(args) -> dict[str, list[float]]:
     callbacks = {
         "sam_callback": ll.SAM(rho=0.05),
         "adversarial_model_perturbation_callback": ll.AdversarialModelPerturbation(epsilon=0.5),
@@ -268,14 +283,21 @@ def part_b(args) -> dict[str, float]:
         callbacks=[schedule, *callbacks.values()],
     )
     trainer.fit(Interleaved(args.width), DataLoader(data, batch_size=args.batch))
-    return {f"lightning_{k}": statistics.median(statistics.fmean(b) for b in v) for k, v in schedule.times.items()}
+    return {f"lightning_{k}": [statistics.fmean(b) for b in v] for k, v in schedule.times.items()}
 
 
-def report(title: str, results: dict[str, float], base: str) -> None:
+def report(title: str, rounds: dict[str, list[float]], base: str, floor: str | None = None) -> None:
+    """Median step time per configuration, and the median over rounds of its ratio to ``base`` (and ``floor``) in
+    the same round: a pairing that cancels drift slower than a round."""
+
+    def ratio(name: str, ref: str) -> float:
+        return statistics.median(a / b for a, b in zip(rounds[name], rounds[ref]))
+
     print(f"\n{title}")
-    print(f"{'config':40s} {'ms/step':>9s} {'ratio':>7s}")
-    for name, t in results.items():
-        print(f"{name:40s} {1000 * t:9.2f} {t / results[base]:7.3f}")
+    print(f"{'config':48s} {'ms/step':>8s} {'ratio':>7s}" + (f" {'vs ' + floor:>14s}" if floor else ""))
+    for name, values in rounds.items():
+        line = f"{name:48s} {1000 * statistics.median(values):8.2f} {ratio(name, base):7.3f}"
+        print(line + (f" {ratio(name, floor):14.3f}" if floor else ""))
 
 
 def main() -> None:
@@ -289,9 +311,9 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, "
-        f"MLP width {args.width}, {args.rounds} rounds of blocks of {args.block} steps, block-mean medians"
+        f"MLP width {args.width}, {args.rounds} rounds (Part A: 20 interleaved steps; Part B: blocks of {args.block})"
     )
-    report("Part A: plain PyTorch (ratio vs a plain step)", part_a(args), "plain")
+    report("Part A: plain PyTorch (ratio vs a plain step)", part_a(args), "plain", floor="two_passes")
     report("Part B: Lightning (ratio vs a plain automatic-optimization step)", part_b(args), "lightning_plain")
 
 
