@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -51,11 +53,8 @@ class _LabelLoss(Loss):
         if len(inputs) == 2 and not has_hooks(self) and _own_kernel(type(self)):
             value = self._checked_forward(logits, target)  # nothing runs around `forward`: the checked kernel directly
         else:
-            state["validate_args"] = False  # checked once above, for the loss and the mask
-            try:
+            with self._labels_checked():  # checked once above, for the loss and the mask
                 value = self(**inputs)
-            finally:
-                state["validate_args"] = True
         counted = all_classes and not 0 <= self.ignore_index < num_classes
         return value, None if counted else target != self.ignore_index
 
@@ -63,26 +62,29 @@ class _LabelLoss(Loss):
         """``forward`` on ``logits [N, C]`` and integer labels ``[N]`` already checked (shapes and label range).
 
         Losses override it with their kernel minus the checks; the default is ``forward`` without the label check."""
-        state = self.__dict__
+        with self._labels_checked():
+            return self.forward(logits=logits, target=target)
+
+    @contextlib.contextmanager
+    def _labels_checked(self):
+        """Inside: ``validate_args`` is off (the labels were just checked); restored even if the loss raises."""
+        state = self.__dict__  # a plain attribute: skip `nn.Module.__setattr__` on the hot path
         state["validate_args"] = False
         try:
-            return self.forward(logits=logits, target=target)
+            yield
         finally:
             state["validate_args"] = True
 
 
 _INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-_OWN_KERNEL: dict[type, bool] = {}
 
 
+@functools.cache
 def _own_kernel(cls: type) -> bool:
     """Whether ``cls._checked_forward`` computes ``cls.forward``: it is the generic one (which calls ``forward``) or
     is defined by the class that defines ``forward`` (a subclass overriding only ``forward`` takes ``forward``)."""
-    known = _OWN_KERNEL.get(cls)
-    if known is None:
-        owner = {name: next(k for k in cls.__mro__ if name in vars(k)) for name in ("forward", "_checked_forward")}
-        known = _OWN_KERNEL[cls] = owner["_checked_forward"] in (_LabelLoss, owner["forward"])
-    return known
+    owner = {name: next(k for k in cls.__mro__ if name in vars(k)) for name in ("forward", "_checked_forward")}
+    return owner["_checked_forward"] in (_LabelLoss, owner["forward"])
 
 
 @LOSSES.register("cross_entropy", aliases=("ce", "xent"))

@@ -53,24 +53,18 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 @contextlib.contextmanager
 def suppressed_logging(module: Any):
     """Inside: ``module.objective_logging_suppressed = True`` and ``module.log`` / ``module.log_dict`` are no-ops."""
-    attrs = module.__dict__
-    had, previous = "objective_logging_suppressed" in attrs, attrs.get("objective_logging_suppressed")
-    shadowed = {k: attrs[k] for k in ("log", "log_dict") if k in attrs}
-    attrs["objective_logging_suppressed"] = True  # a plain attribute: no `nn.Module.__setattr__` round trip
-    module.__dict__["log"] = _noop
-    module.__dict__["log_dict"] = _noop
+    attrs = module.__dict__  # plain instance attributes: no `nn.Module.__setattr__` round trip
+    keys = ("objective_logging_suppressed", "log", "log_dict")
+    shadowed = {k: attrs[k] for k in keys if k in attrs}
+    attrs.update(objective_logging_suppressed=True, log=_noop, log_dict=_noop)
     try:
         yield
     finally:
-        if had:
-            attrs["objective_logging_suppressed"] = previous
-        else:
-            attrs.pop("objective_logging_suppressed", None)
-        for key in ("log", "log_dict"):
+        for key in keys:
             if key in shadowed:
-                module.__dict__[key] = shadowed[key]
+                attrs[key] = shadowed[key]
             else:
-                module.__dict__.pop(key, None)
+                attrs.pop(key, None)
 
 
 def unperturbed_checkpoint(checkpoint: dict[str, Any], module: Any, engine: Perturbation) -> None:

@@ -39,7 +39,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_losses.perturbation.callback import frozen_metrics, guarded_checkpoints, suppressed_logging
+from lightning_losses.perturbation.callback import (
+    frozen_metrics,
+    guarded_checkpoints,
+    metric_modules,
+    suppressed_logging,
+)
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 
 __all__ = ["perturbed_backward"]
@@ -87,13 +92,14 @@ def perturbed_backward(
                 p.grad = None
 
     run_backward = backward or (lambda loss: loss.backward())
+    metrics = metric_modules(module)  # found once for all the passes of this step
 
     def forward_backward(phase: str) -> torch.Tensor:
         with contextlib.ExitStack() as quiet:
             if phase in ("ascent", "descent"):  # perturbed passes: no logging, metric states put back
                 if hasattr(module, "objective_logging_suppressed"):
                     quiet.enter_context(suppressed_logging(module))
-                quiet.enter_context(frozen_metrics(module))
+                quiet.enter_context(frozen_metrics(module, metrics))
             loss = loss_fn()
             run_backward(loss)
         return loss.detach()
