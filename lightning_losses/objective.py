@@ -183,9 +183,10 @@ class Objective(nn.Module):
         """Whether a coefficient schedule depends on the step (``False``: every coefficient is constant)."""
         return self._plan()[1]
 
-    def _plan(self) -> tuple[list[tuple[Term, tuple[tuple[str, str, bool], ...]]], bool]:
-        """Each term with its ``(argument, tensor name, required)`` routes, and whether any coefficient reads the
-        step; built once (terms are fixed after construction; assigning a new ``terms`` list rebuilds it)."""
+    def _plan(self) -> tuple[list[tuple[Term, tuple[tuple[str, str, bool], ...]]], bool, bool]:
+        """Each term with its ``(argument, tensor name, required)`` routes, whether any coefficient reads the step,
+        and whether the objective is one per-sample term with the constant coefficient 1 (its mean is the loss);
+        built once (terms are fixed after construction; assigning a new ``terms`` list rebuilds it)."""
         cached = self.__dict__.get("_plan_cache")
         if cached is None or cached[0] is not self.terms:
             plan = []
@@ -193,8 +194,15 @@ class Objective(nn.Module):
                 required, optional = term.loss.input_names()
                 plan.append((term, tuple((arg, term.source(arg), arg in required) for arg in required + optional)))
             uses_step = any(not getattr(t.coefficient, "constant", False) for t in self.terms)
-            cached = self.__dict__["_plan_cache"] = (self.terms, plan, uses_step)
-        return cached[1], cached[2]
+            only = self.terms[0] if len(self.terms) == 1 else None
+            single = (
+                only is not None
+                and not only.loss.batch_level
+                and getattr(only.coefficient, "constant", False)
+                and only.coefficient(0) == 1.0
+            )
+            cached = self.__dict__["_plan_cache"] = (self.terms, plan, uses_step, single)
+        return cached[1], cached[2], cached[3]
 
     def forward(
         self,
@@ -223,7 +231,10 @@ class Objective(nn.Module):
         # Otherwise masks come from `sample_mask`, whose None-ness depends on the loss only, never on this rank's data:
         # a reweighter's collectives must look the same on every rank
         fast = reweighter is None and not is_distributed()
-        for term, routes in self._plan()[0]:
+        plan, _, single = self._plan()
+        if fast and single and not extra_terms:
+            return self._single_term(plan[0], tensors)
+        for term, routes in plan:
             args = {}
             for arg, src, required in routes:
                 if src in tensors:
@@ -290,6 +301,29 @@ class Objective(nn.Module):
             loss = loss + batch_level
             value = value + batch_level.detach()
         return ObjectiveOutput(loss, value, per_sample, weights, terms, coefficients)
+
+    def _single_term(self, planned: tuple[Term, tuple[tuple[str, str, bool], ...]], tensors: Mapping[str, Any]):
+        """:meth:`forward`'s fast path for one per-sample term with coefficient 1, one process, no reweighter and no
+        extra terms (the default recipe): the same output as the general path without assembling its sums."""
+        term, routes = planned
+        args = {}
+        for arg, src, required in routes:
+            if src in tensors:
+                args[arg] = tensors[src]
+            elif required:
+                _missing(term, arg, src, tensors)
+        value, mask = term.loss.forward_with_mask(**args)
+        if value.ndim != 1:
+            raise ValueError(f"loss of term `{term.name}` must be per-sample [N], got shape {list(value.shape)}")
+        per_sample = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+        if mask is None and per_sample.numel():
+            weights = None  # all ones: ObjectiveOutput builds them if asked
+            loss = torch.dot(per_sample, self._uniform(per_sample))
+        else:  # some samples masked, or an empty batch (loss 0, with a graph)
+            weights = torch.ones_like(per_sample) if mask is None else mask.to(per_sample.dtype)
+            loss = torch.dot(per_sample, weights / weights.sum().clamp_min(1.0))
+        value = loss.detach()
+        return ObjectiveOutput(loss, value, per_sample, weights, {term.name: value}, {term.name: 1.0})
 
 
 def _missing(term: Term, arg: str, src: str, tensors: Mapping[str, Any]) -> None:

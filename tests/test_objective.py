@@ -217,6 +217,46 @@ def test_fast_path_equals_general_path(case):
     torch.testing.assert_close(fast.weights, general.weights)
 
 
+def test_single_term_path_is_taken_only_for_one_unit_per_sample_term():
+    """`_plan` marks the single-term path: one per-sample term with the constant coefficient 1, nothing else."""
+    single = {
+        "one term": ({"cross_entropy": {}}, True),
+        "coefficient 1 spelled out": ({"ce": {"loss": "cross_entropy", "coefficient": 1.0}}, True),
+        "scaled": ({"cross_entropy": {"coefficient": 0.5}}, False),
+        "scheduled": ({"cross_entropy": {"coefficient": {"name": "warmup", "value": 1.0, "steps": 10}}}, False),
+        "two terms": ({"cross_entropy": {}, "focal": {}}, False),
+        "batch-level": ({"dice": {}}, False),
+    }
+    for case, (spec, expected) in single.items():
+        assert ll.Objective(spec)._plan()[2] is expected, case
+
+
+@pytest.mark.parametrize("case", ["empty batch", "every sample ignored", "half logits", "int32 labels"])
+def test_single_term_path_edge_cases_equal_general_path(case):
+    logits, target = _batch(n=6, seed=7)
+    if case == "empty batch":
+        logits, target = logits[:0].detach().requires_grad_(True), target[:0]
+    elif case == "every sample ignored":
+        target = torch.full_like(target, -100)
+    elif case == "half logits":
+        logits = logits.detach().to(torch.bfloat16).requires_grad_(True)
+    else:
+        target = target.int()
+    obj = ll.Objective({"cross_entropy": {"label_smoothing": 0.1}})
+    fast = obj({"logits": logits, "target": target})
+    (g_fast,) = torch.autograd.grad(fast.loss, logits)
+    general = obj({"logits": logits, "target": target}, reweighter=lambda losses, **_: torch.ones_like(losses))
+    (g_general,) = torch.autograd.grad(general.loss, logits)
+    assert fast.per_sample.dtype == (torch.float32 if case == "half logits" else torch.float64)
+    for a, b in ((fast.loss, general.loss), (fast.value, general.value), (g_fast, g_general)):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(fast.terms["cross_entropy"], general.terms["cross_entropy"])
+    torch.testing.assert_close(fast.weights, general.weights)
+    assert fast.coefficients == {"cross_entropy": 1.0}
+    if case in ("empty batch", "every sample ignored"):
+        assert float(fast.value) == 0.0 and fast.loss.requires_grad
+
+
 def test_label_losses_report_a_mask_only_when_a_sample_is_ignored():
     """`forward_with_mask`: one label check gives the loss, and mask None when every label is a class."""
     logits, target = _batch(n=6, seed=2)
@@ -237,6 +277,58 @@ def test_label_losses_report_a_mask_only_when_a_sample_is_ignored():
     assert torch.equal(mask, target != 1)
     soft = torch.softmax(torch.randn(6, 5, dtype=torch.float64), dim=1)
     assert ll.build_loss("cross_entropy").forward_with_mask(logits=logits, target=soft)[1] is None
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 7, 2])
+def test_cpu_kernel_checks_labels_and_one_read_finds_ignored_samples(ignore_index):
+    """On CPU, cross entropy's kernel rejects bad labels (re-raised with our message) and one scalar read on
+    `ignore_index`'s side decides the mask; the result equals the fully checked route (`__call__`)."""
+    from lightning_losses.losses.classification import _kernel_checks_labels
+
+    logits, target = _batch(n=6, c=5, seed=4)
+    loss = ll.build_loss("cross_entropy", ignore_index=ignore_index)
+    for labels in ([0, 1, 2, 3, 4, 0], [0, ignore_index, 2, 3, 4, ignore_index]):
+        labels = torch.tensor(labels)
+        value, mask = loss.forward_with_mask(logits=logits, target=labels)
+        torch.testing.assert_close(value, loss(logits=logits, target=labels))
+        ignored = bool((labels == ignore_index).any())
+        if ignored or 0 <= ignore_index < 5:
+            assert torch.equal(mask, labels != ignore_index)
+        else:
+            assert mask is None
+    for bad in (-1, 5, 9):
+        if bad == ignore_index:
+            continue
+        with pytest.raises(
+            ValueError, match=rf"`target` labels must be in \[0, 4\] \(or `ignore_index`\), got \[{bad}\]"
+        ):
+            loss.forward_with_mask(logits=logits, target=torch.tensor([0, 1, bad, 3, 4, 0]))
+    assert _kernel_checks_labels(ll.losses.CrossEntropy)
+
+    class OwnKernel(ll.losses.CrossEntropy):  # a kernel that checks nothing: the label range is checked first
+        def forward(self, logits, target):
+            return logits.sum(-1)
+
+        def _checked_forward(self, logits, target):
+            return logits.sum(-1)
+
+    assert not _kernel_checks_labels(OwnKernel)
+    with pytest.raises(ValueError, match=r"`target` labels must be in \[0, 4\] \(or `ignore_index`\), got \[9\]"):
+        OwnKernel().forward_with_mask(logits=logits, target=torch.tensor([0, 1, 9, 3, 4, 0]))
+
+
+def test_an_error_of_the_kernel_that_is_not_about_labels_propagates():
+    class Broken(ll.losses.CrossEntropy):
+        _kernel_checks_labels = True
+
+        def _checked_forward(self, logits, target):
+            raise RuntimeError("kernel failed")
+
+        forward = _checked_forward
+
+    logits, target = _batch(n=4)
+    with pytest.raises(RuntimeError, match="kernel failed"):
+        Broken().forward_with_mask(logits=logits, target=target)
 
 
 def test_forward_with_mask_restores_validation_when_the_loss_raises():

@@ -26,6 +26,12 @@ def upcast_half(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def as_index(target: torch.Tensor) -> torch.Tensor:
+    """Integer labels as int64 (torch's ``gather``, ``one_hot`` and ``nll_loss`` index with int64; labels may
+    arrive as int32, int16, int8 or uint8)."""
+    return target if target.dtype == torch.int64 else target.long()
+
+
 def _is_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional._checks import check_multiclass, check_per_class
+from lightning_losses.functional._checks import as_index, check_multiclass, check_per_class
 from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["cross_entropy", "focal", "focal_term"]
@@ -73,7 +73,7 @@ def _cross_entropy(
     # torch's fused kernel implements exactly this formula (tests check it against an explicit loop)
     return F.cross_entropy(
         logits,
-        target,
+        target if target.dtype == torch.int64 or target.is_floating_point() else target.long(),
         weight=weight,
         ignore_index=ignore_index if not target.is_floating_point() else -100,  # unused for soft targets
         reduction="none",
@@ -142,7 +142,7 @@ def focal(
         raise ValueError("`focal` takes integer labels `target [N]`; soft targets are not supported")
     logp = torch.log_softmax(_upcast(logits), dim=-1)
     valid = target != ignore_index
-    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    safe_target = as_index(torch.where(valid, target, torch.zeros_like(target)))
     ce = -logp.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1)
     loss = focal_term(ce, gamma)
     if alpha is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses.functional._checks import _is_tensor, _shape, check_multiclass
+from lightning_losses.functional._checks import _is_tensor, _shape, as_index, check_multiclass
 from lightning_losses.functional._checks import upcast_half as _upcast
 from lightning_losses.functional.classification import cross_entropy
 
@@ -98,6 +98,7 @@ def pld(
     if target.is_floating_point():
         raise ValueError("`pld` takes integer labels `target [N]`; soft targets are not supported")
     teacher = _check_teacher(logits, teacher_logits)
+    target = as_index(target)
     z = _upcast(logits)
     # ranking: true label first (pushed to +inf), then the rest by decreasing teacher logit
     key = teacher.scatter(-1, target.unsqueeze(-1), float("inf"))

@@ -25,6 +25,7 @@ import torch
 
 from lightning_losses.functional import _cce_backend as CCE
 from lightning_losses.functional._cce_backend import cce_available
+from lightning_losses.functional._checks import as_index
 from lightning_losses.functional._linear_ce_kernel import ChunkedLinearCE, default_chunk_size
 
 __all__ = [
@@ -194,6 +195,7 @@ def linear_cross_entropy(
     """
     hidden, weight, bias = _autocast(hidden, weight, bias)
     _check(hidden, weight, bias, target, token_weight, chunk_size, validate_args, ignore_index)
+    target = as_index(target)
     _check_options(label_smoothing, z_loss, softcap)
     if reduction not in REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_losses.functional._checks import as_index
 from lightning_losses.functional._checks import upcast_half as _upcast
 from lightning_losses.functional.policy import NORMALIZATIONS, aggregate_tokens
 
@@ -65,7 +66,7 @@ def check_tokens(
             raise ValueError(
                 f"`target` token ids must be in [0, {logits.shape[-1] - 1}] (or `ignore_index`), got {bad}"
             )
-    return _upcast(logits), target
+    return _upcast(logits), as_index(target)
 
 
 def _gather(logp: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -48,15 +48,26 @@ class _LabelLoss(Loss):
         )
         if not plain_labels:
             return self(**inputs), self.sample_mask(**inputs)
-        num_classes = logits.shape[1]
-        all_classes = check_label_range(target, num_classes, self.ignore_index)
-        if len(inputs) == 2 and not has_hooks(self) and _own_kernel(type(self)):
-            value = self._checked_forward(logits, target)  # nothing runs around `forward`: the checked kernel directly
+        num_classes, ignore_index = logits.shape[1], self.ignore_index
+        direct = len(inputs) == 2 and not has_hooks(self) and _own_kernel(type(self))
+        if direct and target.is_cpu and _kernel_checks_labels(type(self)):
+            # the CPU kernel rejects every label outside [0, C) but `ignore_index` itself: one scalar read tells
+            # whether `ignore_index` occurs, and a rejected label gets the message of `check_label_range`
+            counted = _none_ignored(target, num_classes, ignore_index)
+            try:
+                value = self._checked_forward(logits, target)
+            except (IndexError, RuntimeError):
+                check_label_range(target, num_classes, ignore_index)
+                raise
         else:
-            with self._labels_checked():  # checked once above, for the loss and the mask
-                value = self(**inputs)
-        counted = all_classes and not 0 <= self.ignore_index < num_classes
-        return value, None if counted else target != self.ignore_index
+            all_classes = check_label_range(target, num_classes, ignore_index)
+            if direct:
+                value = self._checked_forward(logits, target)  # nothing runs around `forward`: the kernel directly
+            else:
+                with self._labels_checked():  # checked once above, for the loss and the mask
+                    value = self(**inputs)
+            counted = all_classes and not 0 <= ignore_index < num_classes
+        return value, None if counted else target != ignore_index
 
     def _checked_forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``forward`` on ``logits [N, C]`` and integer labels ``[N]`` already checked (shapes and label range).
@@ -87,6 +98,25 @@ def _own_kernel(cls: type) -> bool:
     return owner["_checked_forward"] in (_LabelLoss, owner["forward"])
 
 
+@functools.cache
+def _kernel_checks_labels(cls: type) -> bool:
+    """Whether the class that defines ``cls._checked_forward`` declares (``_kernel_checks_labels = True`` in its own
+    body) that its kernel raises on CPU for every label outside ``[0, C)`` other than ``ignore_index``."""
+    owner = next(k for k in cls.__mro__ if "_checked_forward" in vars(k))
+    return vars(owner).get("_kernel_checks_labels", False) is True
+
+
+def _none_ignored(target: torch.Tensor, num_classes: int, ignore_index: int) -> bool:
+    """Whether no label equals ``ignore_index``, for labels a checking kernel accepts (``[0, C)`` and
+    ``ignore_index``): the bound on ``ignore_index``'s side decides it, and an ``ignore_index`` that is a class id
+    may occur among valid labels (``False``, nothing read)."""
+    if ignore_index < 0:
+        return target.min().item() >= 0
+    if ignore_index >= num_classes:
+        return target.max().item() < num_classes
+    return False
+
+
 @LOSSES.register("cross_entropy", aliases=("ce", "xent"))
 class CrossEntropy(_LabelLoss):
     r"""Per-sample cross entropy: :math:`\ell_i = -\sum_c w_c q_{ic}\log\mathrm{softmax}(z_i)_c`.
@@ -108,6 +138,7 @@ class CrossEntropy(_LabelLoss):
     """
 
     family = "multiclass"
+    _kernel_checks_labels = True  # torch's `nll_loss` on CPU raises for a label outside [0, C) but `ignore_index`
 
     def __init__(
         self,

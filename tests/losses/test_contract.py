@@ -137,3 +137,36 @@ def test_family_is_required_where_inputs_are_ambiguous():
         _family(Ambiguous)
     assert _family(Regression) == "regression"
     assert _family(LOSSES.get("focal")) == "multiclass" and _family(LOSSES.get("bce")) == "binary"
+
+
+def _integer_label_inputs(name: str) -> dict[str, torch.Tensor] | None:
+    """The contract inputs of loss ``name`` when they hold integer labels ``target``, else ``None``."""
+    cls = LOSSES.get(name)
+    loss = ll.build_loss(name, **REQUIRED_ARGS.get(name, {}))
+    required, optional = loss.input_names()
+    inputs = _inputs(_family(cls), required + tuple(k for k in optional if k == "target"), name)
+    target = inputs.get("target")
+    return inputs if target is not None and not target.is_floating_point() else None
+
+
+INTEGER_LABEL_LOSSES = [name for name in ll.list_losses() if _integer_label_inputs(name) is not None]
+
+
+def test_integer_label_losses_are_found():
+    assert {"cross_entropy", "focal", "token_cross_entropy", "pld", "linear_cross_entropy"} <= set(INTEGER_LABEL_LOSSES)
+
+
+@pytest.mark.parametrize("name", INTEGER_LABEL_LOSSES)
+def test_integer_labels_of_any_width_equal_int64(name):
+    """Integer labels arrive as int32 (numpy), int16, int8 or uint8 too: each gives the int64 result."""
+    loss = ll.build_loss(name, **REQUIRED_ARGS.get(name, {}))
+    inputs = _integer_label_inputs(name)
+    target = inputs["target"]
+    expected = loss(**inputs)
+    for dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        if dtype == torch.uint8 and (target < 0).any():
+            continue
+        narrow = {**inputs, "target": target.to(dtype)}
+        torch.testing.assert_close(loss(**narrow), expected, msg=f"`{name}` with {dtype} labels")
+        value, _ = loss.forward_with_mask(**narrow)
+        torch.testing.assert_close(value, expected, msg=f"`{name}` forward_with_mask with {dtype} labels")
