@@ -109,16 +109,13 @@ class LossesMixin:
             )
         trainer = state.get("_trainer")
         attached = trainer is not None
-        if attached:
-            value = trainer.state.stage
-            stage = _STAGES.get(value.value if value is not None else "train", "train")
-        else:
-            stage = "train"
+        # Lightning's stages are str enums, equal to (and hashed as) their values: looked up as they are
+        stage = _STAGES.get(trainer.state.stage, "train") if attached else "train"
         training = stage == "train"
         plugins = state.get("_ll_plugin_slots") or self._ll_plugins()
         extra_plugins = plugins["terms"] if training else ()
         # the step (a chain of Lightning properties) only when a schedule or a plug-in reads it
-        step = int(self.global_step) if attached and (extra_plugins or objective.uses_step) else 0
+        step = int(self.global_step) if attached and (extra_plugins or objective._plan()[1]) else 0
         extra: dict[str, torch.Tensor] = {}
         for plugin in extra_plugins:
             extra.update(plugin.extra_terms(self, tensors, step))
@@ -128,7 +125,7 @@ class LossesMixin:
         )
         self.__dict__["objective_output"] = out  # plain attribute: skip nn.Module.__setattr__ on the hot path
         if attached and not self.objective_logging_suppressed:
-            options = {"on_step": training, "on_epoch": not training, "batch_size": int(out.per_sample.shape[0]) or 1}
+            options = {"on_step": training, "on_epoch": not training, "batch_size": out.size or 1}
             if len(out.terms) == 1:  # a single term equals the loss: do not log it twice
                 self.log(_LOSS_KEYS[stage], out.value, sync_dist=False, **options)
             else:

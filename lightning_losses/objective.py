@@ -27,7 +27,7 @@ from torch import nn
 
 from lightning_losses.distributed import is_distributed
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.base import LOSSES, Deferred, Loss
 from lightning_losses.reduction import weighted_mean
 from lightning_losses.schedules import Schedule, build_schedule
 
@@ -57,38 +57,50 @@ class ObjectiveOutput:
     Attributes:
         loss: scalar to backpropagate (this rank's share; DDP's gradient average makes it the global mean).
         value: global weighted mean loss (detached, identical on every rank): what to log.
-        per_sample: ``[N]`` coefficient-weighted total per sample (with gradient).
+        per_sample: ``[N]`` coefficient-weighted total per sample (with gradient). On the single-term path, where the
+            loss's kernel computed the mean itself, evaluated on first access (from the batch's inputs, kept until
+            the next call; with gradient when read while the graph is alive, e.g. in ``training_step``).
         weights: ``[N]`` weights used (detached; 0 for masked samples). Built on first access when every sample
             counted with weight 1 (``weights=None`` at construction): the hot path allocates nothing for it.
+        size: ``N``, the number of samples.
         terms: global mean of each term over the counted samples (detached scalars), for logging.
         coefficients: each term's coefficient at this step.
     """
 
-    __slots__ = ("_weights", "coefficients", "loss", "per_sample", "terms", "value")
+    __slots__ = ("_deferred", "_per_sample", "_weights", "coefficients", "loss", "size", "terms", "value")
 
     def __init__(
         self,
         loss: torch.Tensor,
         value: torch.Tensor,
-        per_sample: torch.Tensor,
+        per_sample: torch.Tensor | Deferred,
         weights: torch.Tensor | None,
         terms: dict[str, torch.Tensor],
         coefficients: dict[str, float],
     ) -> None:
-        self.loss, self.value, self.per_sample, self._weights = loss, value, per_sample, weights
+        self.loss, self.value, self._weights = loss, value, weights
         self.terms, self.coefficients = terms, coefficients
+        if isinstance(per_sample, Deferred):
+            self._per_sample, self._deferred, self.size = None, per_sample, per_sample.size
+        else:
+            self._per_sample, self._deferred, self.size = per_sample, None, per_sample.shape[0]
+
+    @property
+    def per_sample(self) -> torch.Tensor:
+        if self._per_sample is None:
+            values = self._deferred.fn()
+            self._per_sample = values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+            self._deferred = None  # the inputs it kept are released
+        return self._per_sample
 
     @property
     def weights(self) -> torch.Tensor:
         if self._weights is None:
-            self._weights = torch.ones_like(self.per_sample)
+            self._weights = self.value.new_ones(self.size)
         return self._weights
 
     def __repr__(self) -> str:
-        return (
-            f"ObjectiveOutput(value={float(self.value):.6g}, samples={self.per_sample.shape[0]}, "
-            f"terms={sorted(self.terms)})"
-        )
+        return f"ObjectiveOutput(value={float(self.value):.6g}, samples={self.size}, terms={sorted(self.terms)})"
 
 
 def _to_container(spec: Any) -> Any:
@@ -312,7 +324,13 @@ class Objective(nn.Module):
                 args[arg] = tensors[src]
             elif required:
                 _missing(term, arg, src, tensors)
-        value, mask = term.loss.forward_with_mask(**args)
+        value, mask, deferred = term.loss.mean_with_mask(**args)
+        if deferred is not None:  # the loss's kernel took the mean over every sample itself
+            if value.ndim != 0:
+                raise ValueError(f"mean of term `{term.name}` must be a scalar, got shape {list(value.shape)}")
+            loss = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+            value = loss.detach()
+            return ObjectiveOutput(loss, value, deferred, None, {term.name: value}, {term.name: 1.0})
         if value.ndim != 1:
             raise ValueError(f"loss of term `{term.name}` must be per-sample [N], got shape {list(value.shape)}")
         per_sample = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value

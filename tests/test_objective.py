@@ -279,11 +279,56 @@ def test_label_losses_report_a_mask_only_when_a_sample_is_ignored():
     assert ll.build_loss("cross_entropy").forward_with_mask(logits=logits, target=soft)[1] is None
 
 
+def test_single_term_takes_the_kernels_mean_and_defers_the_per_sample_values(monkeypatch):
+    """Cross entropy without class weights, every sample counted: the loss is torch's fused mean and `per_sample` is
+    evaluated on first access (with gradient while the graph lives); otherwise the per-sample route."""
+    from lightning_losses.losses import classification
+
+    logits, target = _batch(n=6, seed=8)
+    obj = ll.Objective({"cross_entropy": {"label_smoothing": 0.1}})
+    out = obj({"logits": logits, "target": target})
+    assert out._per_sample is None and out.size == 6 and "samples=6" in repr(out)  # nothing evaluated yet
+    reference = LF.cross_entropy(logits, target, label_smoothing=0.1)
+    torch.testing.assert_close(out.loss, reference.mean())
+    assert torch.equal(out.weights, torch.ones(6, dtype=torch.float64)) and out._per_sample is None
+    torch.testing.assert_close(out.per_sample, reference)
+    assert out.per_sample is out.per_sample and out._deferred is None  # built once; the kept inputs released
+    (g_per_sample,) = torch.autograd.grad(out.per_sample.sum() / 6, logits, retain_graph=True)
+    (g_loss,) = torch.autograd.grad(out.loss, logits)
+    torch.testing.assert_close(g_per_sample, g_loss)
+
+    def per_sample_route(spec, target=target, logits=logits):
+        out = ll.Objective(spec)({"logits": logits, "target": target})
+        return out._per_sample is not None
+
+    assert per_sample_route({"cross_entropy": {"weight": [1.0, 2.0, 1.0, 1.0, 1.0]}})  # torch divides by Σ w_y
+    ignored = target.clone()
+    ignored[0] = -100
+    assert per_sample_route({"cross_entropy": {}}, target=ignored)
+    assert per_sample_route({"cross_entropy": {"coefficient": 0.5}})
+    assert per_sample_route({"focal": {}})  # no fused mean
+
+    class OwnKernel(ll.losses.CrossEntropy):  # the parent's mean is not the mean of this kernel
+        def forward(self, logits, target):
+            return 2 * super().forward(logits, target)
+
+        def _checked_forward(self, logits, target):
+            return 2 * super()._checked_forward(logits, target)
+
+    out = ll.Objective([ll.objective.Term("own", OwnKernel(), ll.schedules.Constant(1.0))])(
+        {"logits": logits, "target": target}
+    )
+    assert out._per_sample is not None
+    torch.testing.assert_close(out.loss, 2 * LF.cross_entropy(logits, target).mean())
+    monkeypatch.setattr(classification, "DEFER_MAX_ELEMENTS", 29)  # logits of 30 elements: not kept alive
+    assert per_sample_route({"cross_entropy": {}})
+
+
 @pytest.mark.parametrize("ignore_index", [-100, 7, 2])
 def test_cpu_kernel_checks_labels_and_one_read_finds_ignored_samples(ignore_index):
     """On CPU, cross entropy's kernel rejects bad labels (re-raised with our message) and one scalar read on
     `ignore_index`'s side decides the mask; the result equals the fully checked route (`__call__`)."""
-    from lightning_losses.losses.classification import _kernel_checks_labels
+    from lightning_losses.losses.classification import _kernels
 
     logits, target = _batch(n=6, c=5, seed=4)
     loss = ll.build_loss("cross_entropy", ignore_index=ignore_index)
@@ -303,7 +348,7 @@ def test_cpu_kernel_checks_labels_and_one_read_finds_ignored_samples(ignore_inde
             ValueError, match=rf"`target` labels must be in \[0, 4\] \(or `ignore_index`\), got \[{bad}\]"
         ):
             loss.forward_with_mask(logits=logits, target=torch.tensor([0, 1, bad, 3, 4, 0]))
-    assert _kernel_checks_labels(ll.losses.CrossEntropy)
+    assert _kernels(ll.losses.CrossEntropy) == (True, True, True)
 
     class OwnKernel(ll.losses.CrossEntropy):  # a kernel that checks nothing: the label range is checked first
         def forward(self, logits, target):
@@ -312,7 +357,7 @@ def test_cpu_kernel_checks_labels_and_one_read_finds_ignored_samples(ignore_inde
         def _checked_forward(self, logits, target):
             return logits.sum(-1)
 
-    assert not _kernel_checks_labels(OwnKernel)
+    assert _kernels(OwnKernel) == (True, False, False)  # its own kernel; the parent's mean is not its mean
     with pytest.raises(ValueError, match=r"`target` labels must be in \[0, 4\] \(or `ignore_index`\), got \[9\]"):
         OwnKernel().forward_with_mask(logits=logits, target=torch.tensor([0, 1, 9, 3, 4, 0]))
 

@@ -64,9 +64,15 @@ def cross_entropy(
 
 
 def _cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float, weight: torch.Tensor | None, ignore_index: int
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    label_smoothing: float,
+    weight: torch.Tensor | None,
+    ignore_index: int,
+    reduction: str = "none",
 ) -> torch.Tensor:
-    """:func:`cross_entropy` on inputs already checked (the loss module's route after its one label check)."""
+    """:func:`cross_entropy` on inputs already checked (the loss module's route after its one label check);
+    ``reduction="mean"`` is torch's mean (over the samples not ignored, weighted by the labels' weights)."""
     logits = _upcast(logits)
     if weight is not None and (weight.dtype != logits.dtype or weight.device != logits.device):
         weight = weight.to(device=logits.device, dtype=logits.dtype)
@@ -76,7 +82,7 @@ def _cross_entropy(
         target if target.dtype == torch.int64 or target.is_floating_point() else target.long(),
         weight=weight,
         ignore_index=ignore_index if not target.is_floating_point() else -100,  # unused for soft targets
-        reduction="none",
+        reduction=reduction,
         label_smoothing=label_smoothing,
     )
 

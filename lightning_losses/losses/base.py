@@ -8,7 +8,8 @@ stores validated hyperparameters; the computation is the pure function in :mod:`
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -47,6 +48,18 @@ _GLOBAL_HOOKS = tuple(
         "_global_backward_pre_hooks",
     )
 )
+
+
+#: the largest inputs (elements of ``logits``) a deferred per-sample evaluation keeps alive until the next step;
+#: above it the objective takes the per-sample route (whose fixed cost per step is negligible at that size)
+DEFER_MAX_ELEMENTS = 1 << 20
+
+
+class Deferred(NamedTuple):
+    """Per-sample values not computed yet: ``fn()`` evaluates the ``[N]`` values (``size`` = N) when asked for."""
+
+    size: int
+    fn: Callable[[], torch.Tensor]
 
 
 class Loss(nn.Module):
@@ -89,6 +102,19 @@ class Loss(nn.Module):
         spares the objective a masked reduction.
         """
         return self(**inputs), self.sample_mask(**inputs)
+
+    def mean_with_mask(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, Deferred | None]:
+        """:meth:`forward_with_mask`, or the mean over the batch when every sample counts and the loss's kernel can
+        reduce by itself (the objective's single-term path asks for it: torch's fused mean saves a reduction node in
+        the forward and backward pass).
+
+        Returns:
+            ``(per_sample [N], mask, None)``, or ``(mean, None, deferred)``: the scalar mean over the ``N`` samples
+            (with gradient) and a :class:`Deferred` that evaluates the per-sample values when they are asked for.
+            The default is :meth:`forward_with_mask`'s result.
+        """
+        value, mask = self.forward_with_mask(**inputs)
+        return value, mask, None
 
     def extra_repr(self) -> str:
         hidden = {"training", "validate_args"}

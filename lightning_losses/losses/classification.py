@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -13,7 +14,7 @@ from lightning_losses._validation import check_int, check_number, check_probabil
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional._checks import check_label_range, check_per_class
 from lightning_losses.functional.classification import _cross_entropy
-from lightning_losses.losses.base import LOSSES, Loss, has_hooks
+from lightning_losses.losses.base import DEFER_MAX_ELEMENTS, LOSSES, Deferred, Loss, has_hooks
 
 __all__ = ["CrossEntropy", "Focal"]
 
@@ -34,6 +35,17 @@ class _LabelLoss(Loss):
         The check runs here, the loss is then evaluated without repeating it, and the mask is ``None`` when the check
         showed that every label is a class (no ``ignore_index``): the objective then takes a plain mean.
         """
+        value, mask, _ = self._evaluate(inputs, reduce=False)
+        return value, mask
+
+    def mean_with_mask(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, Deferred | None]:
+        """:meth:`forward_with_mask`, or, when every sample counts and the kernel reduces by itself
+        (:meth:`_checked_mean`), the batch mean and the per-sample values deferred until asked for."""
+        return self._evaluate(inputs, reduce=True)
+
+    def _evaluate(
+        self, inputs: dict[str, torch.Tensor], reduce: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Deferred | None]:
         logits, target = inputs.get("logits"), inputs.get("target")
         state = self.__dict__  # plain attributes: skip nn.Module.__getattr__ / __setattr__ on the hot path
         plain_labels = (  # logits [N, C] with non-empty integer labels [N]; anything else takes the checked default
@@ -47,27 +59,33 @@ class _LabelLoss(Loss):
             and target.numel() > 0
         )
         if not plain_labels:
-            return self(**inputs), self.sample_mask(**inputs)
+            return self(**inputs), self.sample_mask(**inputs), None
         num_classes, ignore_index = logits.shape[1], self.ignore_index
-        direct = len(inputs) == 2 and not has_hooks(self) and _own_kernel(type(self))
-        if direct and target.is_cpu and _kernel_checks_labels(type(self)):
+        kernels = _kernels(type(self))
+        direct = len(inputs) == 2 and kernels.direct and not has_hooks(self)
+        checked = not (direct and kernels.checks_labels and target.is_cpu)
+        if checked:
+            counted = check_label_range(target, num_classes, ignore_index) and not 0 <= ignore_index < num_classes
+        else:
             # the CPU kernel rejects every label outside [0, C) but `ignore_index` itself: one scalar read tells
             # whether `ignore_index` occurs, and a rejected label gets the message of `check_label_range`
             counted = _none_ignored(target, num_classes, ignore_index)
-            try:
+        try:
+            if direct:  # nothing runs around `forward`: the kernel directly
+                if reduce and counted and kernels.mean and logits.numel() <= DEFER_MAX_ELEMENTS:
+                    mean = self._checked_mean(logits, target)
+                    if mean is not None:
+                        per_sample = functools.partial(self._checked_forward, logits, target)
+                        return mean, None, Deferred(target.shape[0], per_sample)
                 value = self._checked_forward(logits, target)
-            except (IndexError, RuntimeError):
-                check_label_range(target, num_classes, ignore_index)
-                raise
-        else:
-            all_classes = check_label_range(target, num_classes, ignore_index)
-            if direct:
-                value = self._checked_forward(logits, target)  # nothing runs around `forward`: the kernel directly
             else:
                 with self._labels_checked():  # checked once above, for the loss and the mask
                     value = self(**inputs)
-            counted = all_classes and not 0 <= ignore_index < num_classes
-        return value, None if counted else target != ignore_index
+        except (IndexError, RuntimeError):
+            if not checked:
+                check_label_range(target, num_classes, ignore_index)
+            raise
+        return value, None if counted else target != ignore_index, None
 
     def _checked_forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``forward`` on ``logits [N, C]`` and integer labels ``[N]`` already checked (shapes and label range).
@@ -75,6 +93,11 @@ class _LabelLoss(Loss):
         Losses override it with their kernel minus the checks; the default is ``forward`` without the label check."""
         with self._labels_checked():
             return self.forward(logits=logits, target=target)
+
+    def _checked_mean(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """The mean of :meth:`_checked_forward` over the batch, from a kernel that reduces by itself, or ``None``
+        (no such kernel). Called only when every sample counts, by the class that defines ``_checked_forward``."""
+        return None
 
     @contextlib.contextmanager
     def _labels_checked(self):
@@ -90,20 +113,30 @@ class _LabelLoss(Loss):
 _INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-@functools.cache
-def _own_kernel(cls: type) -> bool:
-    """Whether ``cls._checked_forward`` computes ``cls.forward``: it is the generic one (which calls ``forward``) or
-    is defined by the class that defines ``forward`` (a subclass overriding only ``forward`` takes ``forward``)."""
-    owner = {name: next(k for k in cls.__mro__ if name in vars(k)) for name in ("forward", "_checked_forward")}
-    return owner["_checked_forward"] in (_LabelLoss, owner["forward"])
+class _Kernels(NamedTuple):
+    """What a label-loss class's kernels may be trusted with (:func:`_kernels`)."""
+
+    direct: bool  #: ``_checked_forward`` computes ``forward``
+    checks_labels: bool  #: on CPU, the kernel raises for every label outside [0, C) but ``ignore_index``
+    mean: bool  #: ``_checked_mean`` is the mean of ``_checked_forward`` (or the generic ``None``)
 
 
 @functools.cache
-def _kernel_checks_labels(cls: type) -> bool:
-    """Whether the class that defines ``cls._checked_forward`` declares (``_kernel_checks_labels = True`` in its own
-    body) that its kernel raises on CPU for every label outside ``[0, C)`` other than ``ignore_index``."""
-    owner = next(k for k in cls.__mro__ if "_checked_forward" in vars(k))
-    return vars(owner).get("_kernel_checks_labels", False) is True
+def _kernels(cls: type) -> _Kernels:
+    """Decided once per class from where each method is defined: ``_checked_forward`` computes ``forward`` when it is
+    the generic one (which calls ``forward``) or is defined by the class that defines ``forward`` (a subclass
+    overriding only ``forward`` keeps its ``forward``); the label and mean promises hold for the class that defines
+    ``_checked_forward`` (``_kernel_checks_labels = True`` in its own body; ``_checked_mean`` defined beside it)."""
+    owner = {
+        name: next(k for k in cls.__mro__ if name in vars(k))
+        for name in ("forward", "_checked_forward", "_checked_mean")
+    }
+    kernel = owner["_checked_forward"]
+    return _Kernels(
+        direct=kernel in (_LabelLoss, owner["forward"]),
+        checks_labels=vars(kernel).get("_kernel_checks_labels", False) is True,
+        mean=owner["_checked_mean"] in (_LabelLoss, kernel),
+    )
 
 
 def _none_ignored(target: torch.Tensor, num_classes: int, ignore_index: int) -> bool:
@@ -167,6 +200,11 @@ class CrossEntropy(_LabelLoss):
         if weight is not None:
             check_per_class("weight", weight, logits.shape[1])
         return _cross_entropy(logits, target, self.label_smoothing, weight, self.ignore_index)
+
+    def _checked_mean(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        if self._buffers["weight"] is not None:
+            return None  # torch's weighted mean divides by the labels' weights, the objective by the sample count
+        return _cross_entropy(logits, target, self.label_smoothing, None, self.ignore_index, reduction="mean")
 
 
 @LOSSES.register("focal", aliases=("focal_loss",))
