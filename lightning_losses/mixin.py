@@ -109,8 +109,9 @@ class LossesMixin:
             )
         trainer = state.get("_trainer")
         attached = trainer is not None
-        # Lightning's stages are str enums, equal to (and hashed as) their values: looked up as they are
-        stage = _STAGES.get(trainer.state.stage, "train") if attached else "train"
+        running = trainer.state.stage if attached else None
+        # by the member's raw value: hashing Lightning's str enums runs Python code (`value.lower()`)
+        stage = "train" if running is None else _STAGES.get(running._value_, "train")
         training = stage == "train"
         plugins = state.get("_ll_plugin_slots") or self._ll_plugins()
         extra_plugins = plugins["terms"] if training else ()

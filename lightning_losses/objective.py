@@ -102,6 +102,18 @@ class ObjectiveOutput:
     def __repr__(self) -> str:
         return f"ObjectiveOutput(value={float(self.value):.6g}, samples={self.size}, terms={sorted(self.terms)})"
 
+    # transient: a copied or pickled module (EMA copies, ``torch.save(model)``) gets ``objective_output = None``
+    # instead of this step's graph, which cannot be deep-copied
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+    def __reduce__(self) -> tuple:
+        return (_none, ())
+
+
+def _none() -> None:
+    return None
+
 
 def _to_container(spec: Any) -> Any:
     if isinstance(spec, (str, Path)):
@@ -233,12 +245,6 @@ class Objective(nn.Module):
                 ``sample_mask`` is the boolean ``[N]`` of counted samples, or ``None`` when all count).
             extra_terms: additional coefficient-applied per-sample terms (entropy controls), by name.
         """
-        per_sample: torch.Tensor | None = None
-        batch_level: torch.Tensor | None = None
-        mask: torch.Tensor | None = None
-        values: dict[str, torch.Tensor] = {}
-        coefficients: dict[str, float] = {}
-        unit = True  # every per-sample term has coefficient 1
         # one process without a reweighter: a loss may report "every sample counts" (mask None) from its own checks.
         # Otherwise masks come from `sample_mask`, whose None-ness depends on the loss only, never on this rank's data:
         # a reweighter's collectives must look the same on every rank
@@ -246,6 +252,12 @@ class Objective(nn.Module):
         plan, _, single = self._plan()
         if fast and single and not extra_terms:
             return self._single_term(plan[0], tensors)
+        per_sample: torch.Tensor | None = None
+        batch_level: torch.Tensor | None = None
+        mask: torch.Tensor | None = None
+        values: dict[str, torch.Tensor] = {}
+        coefficients: dict[str, float] = {}
+        unit = True  # every per-sample term has coefficient 1
         for term, routes in plan:
             args = {}
             for arg, src, required in routes:

@@ -200,3 +200,22 @@ def test_coefficient_schedules_follow_the_trainer_step(tmp_path):
     assert model.objective.uses_step
     _trainer(tmp_path, max_steps=4).fit(model, _loader())
     assert seen == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_a_module_is_copied_and_pickled_without_its_last_objective_output():
+    """The last output holds this step's graph (not deep-copyable): copies and pickles carry None instead."""
+    import copy
+    import pickle
+
+    from lightning_losses.demo import DigitsClassifier
+
+    model = DigitsClassifier()
+    for spec in ({"cross_entropy": {}}, {"cross_entropy": {}, "focal": {"coefficient": 0.5}}):  # deferred and eager
+        model.configure_objective(spec)
+        model.compute_loss(logits=model(torch.randn(4, 64)), target=torch.tensor([0, 1, 2, 3]))
+        assert model.objective_output is not None
+        twin = copy.deepcopy(model)
+        assert twin.objective_output is None and model.objective_output is not None
+        model.train()
+        assert pickle.loads(pickle.dumps(model.objective_output)) is None
+        torch.testing.assert_close(twin.eval()(torch.ones(2, 64)), model.eval()(torch.ones(2, 64)))
