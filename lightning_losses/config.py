@@ -264,6 +264,7 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
         raise qualify("callbacks", err) from None
     check_kwargs(L.Trainer.__init__, trainer_kwargs, what="recipe section `trainer`", skip=("callbacks", "logger"))
     check_annotated(L.Trainer.__init__, trainer_kwargs, prefix="trainer")
+    _check_trainer_names(trainer_kwargs)
     save_dir = str(trainer_kwargs.get("default_root_dir", "runs"))
     logger = build_logger(cfg.get("logger", "csv"), save_dir)
     try:
@@ -271,3 +272,23 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
     except Exception as err:  # Lightning raises MisconfigurationException / ValueError for bad values
         raise qualify("trainer", err) from None
     return Run(cfg, datamodule, model, trainer, callbacks)
+
+
+def _check_trainer_names(trainer_kwargs: dict[str, Any]) -> None:
+    """A misspelt ``trainer.strategy`` / ``trainer.accelerator`` name fails with the nearest registered name
+    (Lightning's own message lists a few examples and no suggestion)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    registries = {
+        "strategy": ("auto", *StrategyRegistry.available_strategies()),
+        "accelerator": ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())),
+    }
+    for key, names in registries.items():
+        value = trainer_kwargs.get(key)
+        if isinstance(value, str) and (value.lower() if key == "strategy" else value) not in names:  # as Lightning
+            shown = ", ".join(f"`{n}`" for n in names[:6]) + (", ..." if len(names) > 6 else "")
+            raise ConfigurationError(
+                f"`trainer.{key}` must be one of the names Lightning registers ({shown}), got {value!r}"
+                f"{suggest(value, names)}"
+            )

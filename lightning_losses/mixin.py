@@ -126,9 +126,10 @@ class LossesMixin:
             tensors, step=step, reweighter=plugins["reweighter"] if training else None, extra_terms=extra
         )
         self.__dict__["objective_output"] = out  # plain attribute: skip nn.Module.__setattr__ on the hot path
-        if attached and not self.objective_logging_suppressed:
+        # Lightning allows no logging in predict
+        if attached and stage != "predict" and not self.objective_logging_suppressed:
             options = {"on_step": training, "on_epoch": not training, "batch_size": out.size or 1}
-            if len(out.terms) == 1:  # a single term equals the loss: do not log it twice
+            if len(out.terms) == 1 and next(iter(out.terms.values())) is out.value:  # the term is the loss: log it once
                 self.log(_LOSS_KEYS[stage], out.value, sync_dist=False, **options)
             else:
                 metrics = {_LOSS_KEYS[stage]: out.value, **{f"{stage}/{k}": v for k, v in out.terms.items()}}

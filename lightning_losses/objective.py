@@ -63,7 +63,8 @@ class ObjectiveOutput:
         weights: ``[N]`` weights used (detached; 0 for masked samples). Built on first access when every sample
             counted with weight 1 (``weights=None`` at construction): the hot path allocates nothing for it.
         size: ``N``, the number of samples.
-        terms: global mean of each term over the counted samples (detached scalars), for logging.
+        terms: global mean of each term over the counted samples (detached scalars), for logging; a single
+            unweighted term with coefficient 1 holds ``value`` itself (the mixin then logs it once, as the loss).
         coefficients: each term's coefficient at this step.
     """
 
@@ -106,6 +107,12 @@ class ObjectiveOutput:
     # instead of this step's graph, which cannot be deep-copied
     def __deepcopy__(self, memo: dict) -> None:
         return None
+
+    def __copy__(self) -> ObjectiveOutput:
+        twin = object.__new__(ObjectiveOutput)
+        for name in self.__slots__:
+            setattr(twin, name, getattr(self, name))
+        return twin
 
     def __reduce__(self) -> tuple:
         return (_none, ())
@@ -199,7 +206,10 @@ class Objective(nn.Module):
             or cached.dtype != per_sample.dtype
             or cached.device != per_sample.device
         ):
-            cached = self.__dict__["_uniform_cache"] = torch.full_like(per_sample, 1.0 / per_sample.shape[0])
+            # a first call under `trainer.validate` (inference mode) must not cache an inference tensor
+            with torch.inference_mode(False):
+                cached = torch.full_like(per_sample, 1.0 / per_sample.shape[0])
+            self.__dict__["_uniform_cache"] = cached
         return cached
 
     @property
@@ -315,8 +325,11 @@ class Objective(nn.Module):
                 weights = weights.detach().to(per_sample.dtype) * counted
             stats = [counted.sum()] + [(values[n].detach().to(per_sample.dtype) * counted).sum() for n in names]
             loss, value, reduced = weighted_mean(per_sample, weights, torch.stack(stats))
-            count = reduced[0].clamp_min(1.0)
-            terms = {n: reduced[1 + i] / count for i, n in enumerate(names)}
+            if reweighter is None and unit and len(names) == 1 and len(values) == 1:
+                terms = {names[0]: value}  # one term with coefficient 1, unweighted: its mean is the loss
+            else:
+                count = reduced[0].clamp_min(1.0)
+                terms = {n: reduced[1 + i] / count for i, n in enumerate(names)}
         if len(names) != len(values):
             for name, v in values.items():
                 if v.ndim == 0:

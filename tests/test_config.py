@@ -84,7 +84,19 @@ def test_merge_replace_interpolation_and_overrides():
             [],
             r"recipe section `trainer` got an unexpected argument `max_epoch`; did you mean `max_epochs`\?",
         ),
-        ({"trainer": {"accelerator": "tpuu"}}, [], r"`trainer`: .*tpuu"),
+        (
+            {"trainer": {"accelerator": "tpuu"}},
+            [],
+            r"^`trainer.accelerator` must be one of the names Lightning registers \(`auto`, `gpu`, `cpu`, .*\), "
+            r"got 'tpuu'; did you mean `tpu`\?$",
+        ),
+        (
+            None,
+            ["trainer.strategy=dpp"],
+            r"^`trainer.strategy` must be one of the names Lightning registers \(`auto`, `ddp`, `ddp_spawn`, .*, "
+            r"\.\.\.\), got 'dpp'; did you mean `ddp`\?$",
+        ),
+        ({"trainer": {"strategy": "not_a_strategy_at_all"}}, [], r"got 'not_a_strategy_at_all'\.$"),
         # values of the wrong type are caught from Trainer's annotations, before they fail mid-training
         ({"trainer": {"max_epochs": "abc"}}, [], r"^`trainer.max_epochs` must be int or None, got 'abc'$"),
         (None, ["trainer.limit_train_batches=x"], r"`trainer.limit_train_batches` must be float or int or None"),

@@ -219,3 +219,36 @@ def test_a_module_is_copied_and_pickled_without_its_last_objective_output():
         model.train()
         assert pickle.loads(pickle.dumps(model.objective_output)) is None
         torch.testing.assert_close(twin.eval()(torch.ones(2, 64)), model.eval()(torch.ones(2, 64)))
+
+
+@pytest.mark.parametrize(
+    ("objective", "reweight", "expected"),
+    [
+        ({"cross_entropy": {}}, False, {"train/loss"}),  # the term is the loss: logged once
+        ({"focal": {"coefficient": 0.5}}, False, {"train/loss", "train/focal"}),  # the loss is half the term
+        ({"cross_entropy": {}}, True, {"train/loss", "train/cross_entropy"}),  # weighted loss, unweighted term
+    ],
+)
+def test_a_single_term_is_logged_apart_unless_it_is_the_loss(tmp_path, objective, reweight, expected):
+    model = UserModel(objective)
+    if reweight:
+        model.attach("reweighter", lambda losses, **_: 1.0 + losses)
+    trainer = _trainer(tmp_path, limit_train_batches=2)
+    trainer.fit(model, _loader())
+    assert {k for k in trainer.callback_metrics if k.startswith("train/")} == expected
+
+
+def test_validate_then_fit_and_predict_with_compute_loss(tmp_path):
+    """`trainer.validate` first (inference mode) must not break `fit`; `compute_loss` in `predict_step` returns the
+    loss without logging (Lightning forbids `self.log` in predict)."""
+
+    class Predicting(UserModel):
+        def predict_step(self, batch, batch_idx):
+            return self.compute_loss(logits=self.net(batch["x"]), target=batch["target"])
+
+    model = Predicting({"focal": {}})
+    trainer = _trainer(tmp_path, limit_val_batches=1, limit_train_batches=2)
+    trainer.validate(model, _loader())
+    trainer.fit(model, _loader())
+    losses = trainer.predict(model, _loader(n=16))
+    assert len(losses) == 2 and all(loss.ndim == 0 and torch.isfinite(loss) for loss in losses)

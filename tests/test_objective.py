@@ -165,7 +165,12 @@ def _ddp_objective(logits_all, target_all, splits):
     obj = ll.Objective({"ce": {"loss": "cross_entropy", "label_smoothing": 0.1}, "focal": {"coefficient": 0.5}})
     out = obj({"logits": logits, "target": target_masked}, reweighter=lambda losses, **_: 1.0 + losses)
     out.loss.backward()
-    return out.value, out.terms, logits.grad
+    # one unweighted term: the general (DDP) path, against the single-term path of one process in the test
+    single_logits = logits_all[lo:hi].clone().requires_grad_(True)
+    single = ll.Objective({"cross_entropy": {}})({"logits": single_logits, "target": target})
+    single.loss.backward()
+    single_result = (single.value, single.terms["cross_entropy"] is single.value, single_logits.grad)
+    return out.value, out.terms, logits.grad, single_result
 
 
 def test_objective_ddp_equals_concatenated_batch(ddp):
@@ -177,12 +182,21 @@ def test_objective_ddp_equals_concatenated_batch(ddp):
     ref_logits = logits.detach().clone().requires_grad_(True)
     ref = obj({"logits": ref_logits, "target": target}, reweighter=lambda losses, **_: 1.0 + losses)
     ref.loss.backward()
-    for value, terms, _ in results:
+    for value, terms, _, _ in results:
         torch.testing.assert_close(value, ref.value)
         for k in ("ce", "focal"):
             torch.testing.assert_close(terms[k], ref.terms[k])
     # DDP averages parameter gradients over the 2 ranks: per-sample logit gradients / 2 must equal one process
     torch.testing.assert_close(torch.cat([results[0][2], results[1][2]]) / 2, ref_logits.grad)
+    # one term: the single-term path (kernel's mean, masked sample) equals the DDP path; the term is the loss on both
+    one_logits = logits.detach().clone().requires_grad_(True)
+    one = ll.Objective({"cross_entropy": {}})({"logits": one_logits, "target": target})
+    one.loss.backward()
+    assert one.terms["cross_entropy"] is one.value
+    for value, term_is_value, _ in (r[3] for r in results):
+        torch.testing.assert_close(value, one.value)
+        assert term_is_value
+    torch.testing.assert_close(torch.cat([results[0][3][2], results[1][3][2]]) / 2, one_logits.grad)
 
 
 _FAST_CASES = {
@@ -322,6 +336,40 @@ def test_single_term_takes_the_kernels_mean_and_defers_the_per_sample_values(mon
     torch.testing.assert_close(out.loss, 2 * LF.cross_entropy(logits, target).mean())
     monkeypatch.setattr(classification, "DEFER_MAX_ELEMENTS", 29)  # logits of 30 elements: not kept alive
     assert per_sample_route({"cross_entropy": {}})
+
+
+def test_deferred_per_sample_values_refuse_inputs_modified_in_place():
+    logits, target = _batch(n=4, seed=9)
+    out = ll.Objective({"cross_entropy": {}})({"logits": logits, "target": target})
+    target[0] = (target[0] + 1) % 5
+    with pytest.raises(
+        RuntimeError, match=r"its `logits` or `target` have been modified in place since `compute_loss`"
+    ):
+        _ = out.per_sample
+    logits, target = _batch(n=4, seed=9)
+    out = ll.Objective({"cross_entropy": {}})({"logits": logits, "target": target})
+    expected = out.per_sample  # read first: then the inputs may change
+    target[0] = (target[0] + 1) % 5
+    assert out.per_sample is expected
+
+
+def test_output_copy_keeps_fields_and_first_call_in_inference_mode_caches_a_normal_tensor():
+    import copy
+
+    logits, target = _batch(n=4, seed=10)
+    for spec in ({"cross_entropy": {}}, {"focal": {}}):
+        obj = ll.Objective(spec)
+        with torch.inference_mode():  # `trainer.validate` before `fit`
+            first = obj({"logits": logits.detach(), "target": target})
+        assert not obj.__dict__.get("_uniform_cache", torch.zeros(1)).is_inference()
+        reference = LF.cross_entropy(logits.detach(), target) if "cross_entropy" in spec else None
+        if reference is not None:  # deferred from inference tensors (no version counter) and read later
+            torch.testing.assert_close(first.per_sample, reference)
+        out = obj({"logits": logits, "target": target})
+        out.loss.backward()  # raised "Inference tensors cannot be saved for backward" with a cached inference tensor
+        torch.testing.assert_close(out.value, first.value)
+        twin = copy.copy(out)
+        assert twin is not out and twin.loss is out.loss and twin.terms is out.terms and twin.size == out.size
 
 
 @pytest.mark.parametrize("ignore_index", [-100, 7, 2])

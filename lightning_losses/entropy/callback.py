@@ -30,6 +30,7 @@ from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.distributed import global_sum
 from lightning_losses.entropy.controller import EntropyController
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.functional._checks import not_ignored
 from lightning_losses.functional.entropy import entropy as entropy_fn
 from lightning_losses.functional.policy import aggregate_tokens
 from lightning_losses.schedules import build_schedule
@@ -162,7 +163,7 @@ class EntropyControl(L.Callback):
         tokens = entropy_fn(logits)
         mask = None
         if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == tokens.shape:
-            mask = target != self.ignore_index
+            mask = not_ignored(target, self.ignore_index)
         m = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
         return aggregate_tokens(tokens, m, self.normalization), tokens, mask
 

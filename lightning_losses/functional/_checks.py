@@ -32,6 +32,17 @@ def as_index(target: torch.Tensor) -> torch.Tensor:
     return target if target.dtype == torch.int64 else target.long()
 
 
+def not_ignored(target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """``target != ignore_index`` without the wrap-around of a narrow integer dtype (torch casts the Python int to
+    the tensor's dtype: a uint8 label compared with -100 is compared with 156); a value the dtype cannot hold is
+    never a label."""
+    if target.dtype != torch.int64 and not target.is_floating_point() and target.dtype != torch.bool:
+        info = torch.iinfo(target.dtype)
+        if not info.min <= ignore_index <= info.max:
+            return torch.ones_like(target, dtype=torch.bool)
+    return target != ignore_index
+
+
 def _is_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")
@@ -90,7 +101,7 @@ def check_label_range(target: torch.Tensor, num_classes: int, ignore_index: int 
         return True
     valid = (target >= 0) & (target < num_classes)
     if ignore_index is not None:
-        valid |= target == ignore_index
+        valid |= ~not_ignored(target, ignore_index)
     if not bool(valid.all()):
         bad = target[~valid][:5].tolist()
         raise ValueError(f"`target` labels must be in [0, {num_classes - 1}] (or `ignore_index`), got {bad}")

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from lightning_losses.functional._checks import as_index, check_multiclass
+from lightning_losses.functional._checks import as_index, check_multiclass, not_ignored
 from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["LabelLogProbs", "label_log_probs", "masked"]
@@ -51,7 +51,7 @@ def label_log_probs(
         raise ValueError(f"`{name}` needs at least {min_classes} classes, got `logits` with C = {logits.shape[1]}")
     z = _upcast(logits)
     logp = torch.log_softmax(z, dim=-1)
-    valid = target != ignore_index
+    valid = not_ignored(target, ignore_index)
     safe = as_index(torch.where(valid, target, torch.zeros_like(target)))
     logp_y = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
     return LabelLogProbs(z, logp, logp_y, valid, safe)

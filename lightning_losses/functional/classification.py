@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional._checks import as_index, check_multiclass, check_per_class
+from lightning_losses.functional._checks import as_index, check_multiclass, check_per_class, not_ignored
 from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["cross_entropy", "focal", "focal_term"]
@@ -147,7 +147,7 @@ def focal(
     if target.is_floating_point():
         raise ValueError("`focal` takes integer labels `target [N]`; soft targets are not supported")
     logp = torch.log_softmax(_upcast(logits), dim=-1)
-    valid = target != ignore_index
+    valid = not_ignored(target, ignore_index)
     safe_target = as_index(torch.where(valid, target, torch.zeros_like(target)))
     ce = -logp.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1)
     loss = focal_term(ce, gamma)

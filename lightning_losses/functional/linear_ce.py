@@ -25,7 +25,7 @@ import torch
 
 from lightning_losses.functional import _cce_backend as CCE
 from lightning_losses.functional._cce_backend import cce_available
-from lightning_losses.functional._checks import as_index
+from lightning_losses.functional._checks import as_index, not_ignored
 from lightning_losses.functional._linear_ce_kernel import ChunkedLinearCE, default_chunk_size
 
 __all__ = [
@@ -100,7 +100,7 @@ def _check(hidden, weight, bias, target, token_weight, chunk_size, validate_args
                 f"{_shape(hidden)}), got {_shape(target)}"
             )
         if validate_args and target.numel():
-            bad = (target != ignore_index) & ((target < 0) | (target >= weight.shape[0]))
+            bad = not_ignored(target, ignore_index) & ((target < 0) | (target >= weight.shape[0]))
             if bool(bad.any()):
                 raise ValueError(
                     f"`target` ids must be in [0, {weight.shape[0] - 1}] (or `ignore_index` = "
@@ -227,7 +227,7 @@ def linear_cross_entropy(
     total = token.sum()
     if reduction == "sum":
         return total
-    return total / (target != ignore_index).sum().clamp_min(1).to(total.dtype)
+    return total / not_ignored(target, ignore_index).sum().clamp_min(1).to(total.dtype)
 
 
 def linear_log_probs(

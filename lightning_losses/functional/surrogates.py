@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_losses._validation import check_int, check_number
-from lightning_losses.functional._checks import as_index, check_multiclass
+from lightning_losses.functional._checks import as_index, check_multiclass, not_ignored
 from lightning_losses.functional._checks import upcast_half as _upcast
 from lightning_losses.functional._labels import label_log_probs, masked
 from lightning_losses.functional.classification import cross_entropy, focal_term
@@ -53,7 +53,7 @@ def poly1(
         if label_smoothing > 0:
             q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
         return ce + epsilon * (q * -torch.expm1(logp)).sum(dim=-1)
-    valid = target != ignore_index
+    valid = not_ignored(target, ignore_index)
     safe = as_index(torch.where(valid, target, torch.zeros_like(target)))
     one_minus_py = -torch.expm1(logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1))
     one_minus_pt = (1.0 - label_smoothing) * one_minus_py + label_smoothing * (1.0 - 1.0 / num_classes)
@@ -172,7 +172,7 @@ def ovr(
     if check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args):
         raise ValueError("`ovr` takes integer labels `target [N]`; soft targets are not supported")
     z = _upcast(logits)
-    valid = target != ignore_index
+    valid = not_ignored(target, ignore_index)
     safe = as_index(torch.where(valid, target, torch.zeros_like(target)))
     one_hot = F.one_hot(safe, logits.shape[-1]).to(z.dtype)
     loss = F.binary_cross_entropy_with_logits(z, one_hot, reduction="none").sum(dim=-1)

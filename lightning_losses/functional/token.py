@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses.functional._checks import as_index
+from lightning_losses.functional._checks import as_index, not_ignored
 from lightning_losses.functional._checks import upcast_half as _upcast
 from lightning_losses.functional.policy import NORMALIZATIONS, aggregate_tokens
 
@@ -60,7 +60,7 @@ def check_tokens(
     if shift:
         logits, target = logits[:, :-1], target[:, 1:]
     if validate_args and target.numel():
-        bad_ids = ((target < 0) | (target >= logits.shape[-1])) & (target != ignore_index)
+        bad_ids = ((target < 0) | (target >= logits.shape[-1])) & not_ignored(target, ignore_index)
         if bool(bad_ids.any()):
             bad = target[bad_ids][:5].tolist()
             raise ValueError(

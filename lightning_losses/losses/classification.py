@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -12,7 +12,7 @@ import torch
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_int, check_number, check_probability_vector
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.functional._checks import check_label_range, check_per_class
+from lightning_losses.functional._checks import check_label_range, check_per_class, not_ignored
 from lightning_losses.functional.classification import _cross_entropy
 from lightning_losses.losses.base import DEFER_MAX_ELEMENTS, LOSSES, Deferred, Loss, has_hooks
 
@@ -27,7 +27,7 @@ class _LabelLoss(Loss):
     def sample_mask(self, *, target: torch.Tensor, **_: torch.Tensor) -> torch.Tensor | None:
         if target.is_floating_point():
             return None
-        return target != self.ignore_index
+        return not_ignored(target, self.ignore_index)
 
     def forward_with_mask(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The loss and its sample mask from one label-range check (one host sync, as ``forward`` alone).
@@ -75,8 +75,7 @@ class _LabelLoss(Loss):
                 if reduce and counted and kernels.mean and logits.numel() <= DEFER_MAX_ELEMENTS:
                     mean = self._checked_mean(logits, target)
                     if mean is not None:
-                        per_sample = functools.partial(self._checked_forward, logits, target)
-                        return mean, None, Deferred(target.shape[0], per_sample)
+                        return mean, None, Deferred(target.shape[0], _later(self._checked_forward, logits, target))
                 value = self._checked_forward(logits, target)
             else:
                 with self._labels_checked():  # checked once above, for the loss and the mask
@@ -85,7 +84,7 @@ class _LabelLoss(Loss):
             if not checked:
                 check_label_range(target, num_classes, ignore_index)
             raise
-        return value, None if counted else target != ignore_index, None
+        return value, None if counted else not_ignored(target, ignore_index), None
 
     def _checked_forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``forward`` on ``logits [N, C]`` and integer labels ``[N]`` already checked (shapes and label range).
@@ -111,6 +110,25 @@ class _LabelLoss(Loss):
 
 
 _INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _later(kernel: Callable, logits: torch.Tensor, target: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """``kernel(logits, target)`` evaluated when called, refused (as autograd refuses) if either input was modified in
+    place since: the values would no longer be those of the loss."""
+    try:
+        versions = (logits._version, target._version)
+    except RuntimeError:  # inference tensors (validation under inference mode) keep no version counter
+        versions = None
+
+    def evaluate() -> torch.Tensor:
+        if versions is not None and (logits._version, target._version) != versions:
+            raise RuntimeError(
+                "the per-sample values of this objective output were deferred, and its `logits` or `target` have been "
+                "modified in place since `compute_loss`; read `objective_output.per_sample` before modifying them"
+            )
+        return kernel(logits, target)
+
+    return evaluate
 
 
 class _Kernels(NamedTuple):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from lightning_losses._validation import check_int, check_number
+from lightning_losses.functional._checks import not_ignored
 from lightning_losses.functional.entropy import confidence_penalty, entropy_minimization
 from lightning_losses.losses.base import LOSSES, Loss
 
@@ -35,7 +36,7 @@ class _EntropyTerm(Loss):
     def _mask(self, logits: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor | None:
         if logits.ndim != 3 or target is None or target.is_floating_point():
             return None
-        return target != self.ignore_index
+        return not_ignored(target, self.ignore_index)
 
 
 @LOSSES.register("confidence_penalty", aliases=("entropy_bonus",), tags=("entropy",))

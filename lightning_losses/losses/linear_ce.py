@@ -19,6 +19,7 @@ import torch
 
 from lightning_losses._validation import check_choice, check_int, check_number
 from lightning_losses.functional import linear_ce as LCE
+from lightning_losses.functional._checks import not_ignored
 from lightning_losses.functional.policy import NORMALIZATIONS, aggregate_tokens
 from lightning_losses.losses.base import LOSSES, Loss
 
@@ -76,7 +77,7 @@ class LinearCrossEntropy(Loss):
         self.impl = check_choice("impl", impl, LCE.IMPLS)
 
     def sample_mask(self, *, target: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
-        return (target != self.ignore_index).any(-1)
+        return not_ignored(target, self.ignore_index).any(-1)
 
     def forward(
         self,
@@ -102,4 +103,4 @@ class LinearCrossEntropy(Loss):
             impl=self.impl,
             validate_args=self.validate_args,
         )
-        return aggregate_tokens(token, target != self.ignore_index, self.normalization)
+        return aggregate_tokens(token, not_ignored(target, self.ignore_index), self.normalization)

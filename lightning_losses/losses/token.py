@@ -23,6 +23,7 @@ import torch
 from lightning_losses._validation import check_choice, check_int, check_number
 from lightning_losses.functional import lm as LM
 from lightning_losses.functional import token as TK
+from lightning_losses.functional._checks import not_ignored
 from lightning_losses.functional.policy import NORMALIZATIONS
 from lightning_losses.losses.base import LOSSES, Loss
 
@@ -40,7 +41,7 @@ class _TokenLoss(Loss):
         self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
 
     def sample_mask(self, *, target: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
-        return (target != self.ignore_index).any(-1)
+        return not_ignored(target, self.ignore_index).any(-1)
 
 
 @LOSSES.register("token_cross_entropy", aliases=("token_ce", "lm_cross_entropy"))

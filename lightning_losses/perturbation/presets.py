@@ -59,7 +59,14 @@ def _engine(fixed: dict[str, Any], options: dict[str, Any], what: str) -> Pertur
                 f"Valid arguments: {valid}"
             )
     check_kwargs(Perturbation.__init__, options, what=f"perturbation `{what}`", skip=_FIXED)
-    return Perturbation(**fixed, **options)
+    try:
+        return Perturbation(**fixed, **options)
+    except ConfigurationError as err:  # the engine's `radius` is the preset's first argument (`rho`, `epsilon`, ...)
+        message = str(err)
+        if not message.startswith("`radius`"):
+            raise
+        radius = next(iter(inspect.signature(PERTURBATIONS.get(what)).parameters))
+        raise ConfigurationError(f"`{radius}`{message[len('`radius`') :]}") from None
 
 
 @PERTURBATIONS.register("sam")

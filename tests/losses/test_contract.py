@@ -170,3 +170,30 @@ def test_integer_labels_of_any_width_equal_int64(name):
         torch.testing.assert_close(loss(**narrow), expected, msg=f"`{name}` with {dtype} labels")
         value, _ = loss.forward_with_mask(**narrow)
         torch.testing.assert_close(value, expected, msg=f"`{name}` forward_with_mask with {dtype} labels")
+
+
+def test_not_ignored_does_not_wrap_an_ignore_index_the_dtype_cannot_hold():
+    from lightning_losses.functional._checks import not_ignored
+
+    labels = torch.tensor([156, 3, 255, 0])
+    assert not_ignored(labels.to(torch.uint8), -100).all()  # -100 as uint8 would be 156
+    assert torch.equal(not_ignored(labels.to(torch.uint8), 255), labels != 255)
+    assert not_ignored(torch.tensor([-100, 1], dtype=torch.int8), -1000).all()
+    assert torch.equal(not_ignored(torch.tensor([-100, 1]), -100), torch.tensor([False, True]))
+
+
+@pytest.mark.parametrize("name", [n for n in INTEGER_LABEL_LOSSES if _family(LOSSES.get(n)) == "multiclass"])
+def test_uint8_label_156_is_a_class_not_ignore_index(name):
+    """With ignore_index -100, a uint8 label 156 is a class (torch would compare it with -100 cast to uint8 = 156)."""
+    loss = ll.build_loss(name, **REQUIRED_ARGS.get(name, {}))
+    g = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(3, 200, generator=g, dtype=torch.float64), torch.tensor([156, 3, 7])
+    expected = loss(logits=logits, target=labels)
+    narrow = labels.to(torch.uint8)
+    torch.testing.assert_close(loss(logits=logits, target=narrow), expected)
+    mask = loss.sample_mask(logits=logits, target=narrow)
+    assert mask is None or bool(mask.all())
+    objective = ll.Objective([ll.objective.Term(name, loss, ll.schedules.Constant(1.0))])
+    for reweighter in (None, lambda losses, **_: torch.ones_like(losses)):  # single-term and general paths
+        value = objective({"logits": logits, "target": narrow}, reweighter=reweighter).value
+        torch.testing.assert_close(value, expected.mean())

@@ -264,8 +264,13 @@ def test_registry_and_errors():
         ll.build_perturbation("sam", rhoo=0.1)
     with pytest.raises(ConfigurationError, match="perturbation `sam` fixes `rule`"):
         ll.build_perturbation("sam", rule="clip")
-    with pytest.raises(ConfigurationError, match="`radius` must be >= 0.0, got -1.0"):
-        ll.build_perturbation("sam", rho=-1.0)
+    for preset, radius in (("sam", "rho"), ("asam", "rho"), ("adversarial_model_perturbation", "epsilon")):
+        with pytest.raises(ConfigurationError, match=f"^`{radius}` must be >= 0.0, got -1.0$"):  # the name given
+            ll.build_perturbation(preset, **{radius: -1.0})
+    with pytest.raises(ConfigurationError, match="^`gamma` must be >= 0.0, got -1.0$"):
+        ll.build_perturbation("awp", gamma=-1.0)
+    with pytest.raises(ConfigurationError, match="^`radius` must be >= 0.0, got -1.0$"):
+        Perturbation(radius=-1.0)
     with pytest.raises(ConfigurationError, match="`inner_steps` must be an integer >= 1, got 0"):
         ll.build_perturbation("adversarial_model_perturbation", inner_steps=0)
     with pytest.raises(ConfigurationError, match="`reuse_alpha` \\(LookSAM\\) needs `every_n_steps` > 1"):
