@@ -59,7 +59,8 @@ class ObjectiveOutput:
         value: global weighted mean loss (detached, identical on every rank): what to log.
         per_sample: ``[N]`` coefficient-weighted total per sample (with gradient). On the single-term path, where the
             loss's kernel computed the mean itself, evaluated on first access (from the batch's inputs, kept until
-            the next call; with gradient when read while the graph is alive, e.g. in ``training_step``).
+            the next call; with gradient when read while the graph is alive, e.g. in ``training_step``; refused with
+            a ``RuntimeError`` if ``logits`` or ``target`` were modified in place in between).
         weights: ``[N]`` weights used (detached; 0 for masked samples). Built on first access when every sample
             counted with weight 1 (``weights=None`` at construction): the hot path allocates nothing for it.
         size: ``N``, the number of samples.
