@@ -174,7 +174,7 @@ class EntropyControl(L.Callback):
         if self.per_class and logits.ndim == 2:
             num_classes = logits.shape[-1]
             use_target = isinstance(target, torch.Tensor) and not target.is_floating_point() and target.ndim == 1
-            labels = target if use_target else logits.detach().argmax(-1)
+            labels = target.long() if use_target else logits.detach().argmax(-1)
             valid = (labels >= 0) & (labels < num_classes)
             labels = torch.where(valid, labels, torch.zeros_like(labels))
             w = valid.to(h.dtype)

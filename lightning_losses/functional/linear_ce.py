@@ -256,6 +256,7 @@ def linear_log_probs(
     """
     hidden, weight, bias = _autocast(hidden, weight, bias)
     _check(hidden, weight, bias, target, None, chunk_size, validate_args, ignore_index)
+    target = as_index(target)
     _check_options(0.0, 0.0, softcap)
     nll, ent = _chunked(
         hidden,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_losses.distributed import global_sum
+from lightning_losses.functional._checks import as_index, not_ignored
 from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = [
@@ -384,8 +385,8 @@ def wpo_log_weights(
         raise ValueError(f"`alignment` must be one of 'sampled', 'greedy', 'none', got {alignment!r}")
     with torch.no_grad():
         logp = torch.log_softmax(_upcast(logits.detach()), dim=-1)
-        valid = labels != ignore_index
-        token = logp.gather(-1, torch.where(valid, labels, 0).unsqueeze(-1)).squeeze(-1)
+        valid = not_ignored(labels, ignore_index)
+        token = logp.gather(-1, as_index(torch.where(valid, labels, 0)).unsqueeze(-1)).squeeze(-1)
         if alignment == "sampled":
             token = token - torch.logsumexp(2.0 * logp, dim=-1)
         elif alignment == "greedy":

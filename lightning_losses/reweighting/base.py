@@ -43,6 +43,9 @@ REWEIGHTERS: Registry[type[Reweighter]] = Registry("reweighter")
 _MERGE = ("sum", "max", "min")
 
 
+_ID_KEYS = ("group", "index", "target")  # integer ids a reweighter may index with
+
+
 @dataclass
 class _State:
     default: torch.Tensor
@@ -182,7 +185,7 @@ class Reweighter:
                     f"pass e.g. compute_loss(..., {key}=batch['{key}']){hint}"
                 )
             value = inputs[key]
-            if key in ("group", "index", "target") and (
+            if key in _ID_KEYS and (
                 not isinstance(value, torch.Tensor) or value.shape != losses.shape or value.is_floating_point()
             ):
                 got = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
@@ -217,6 +220,10 @@ class Reweighter:
         losses = losses.detach()
         self._to(losses.device)
         inputs = {**inputs, "sample_mask": mask}
+        for key in _ID_KEYS:  # ids index tables: int64 (bool groups become 0 / 1; narrow ids would wrap or fail)
+            value = inputs.get(key)
+            if isinstance(value, torch.Tensor) and value.dtype != torch.int64 and not value.is_floating_point():
+                inputs[key] = value.long()
         local = self.local_statistics(losses, inputs)
         reductions: Mapping[str, str] = self.statistics
         if mask is not None and any(self.statistics.get(k) == "cat" for k in local):

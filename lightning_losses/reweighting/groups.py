@@ -27,6 +27,7 @@ __all__ = ["ClassBalanced", "EMAClassLoss", "GroupDRO"]
 
 
 def _global_num_ids(ids: torch.Tensor, mask: torch.Tensor | None = None) -> int:
+    ids = ids.long()  # -1 below must not wrap in a narrow dtype
     if mask is not None:
         ids = ids.masked_fill(~mask, -1)
     local = ids.max().reshape(1) if ids.numel() else ids.new_full((1,), -1)
@@ -226,6 +227,7 @@ class ClassBalanced(Reweighter):
             target, valid = synced["target"], synced.get("sample_mask")
             size = _num_classes(self.num_classes, self.class_count, inputs)
             if size is None:  # first step: from the global batch (one host sync, once)
+                target = target.long()  # -1 must not wrap in a narrow dtype
                 size = int((target if valid is None else target.masked_fill(~valid, -1)).max()) + 1
             if self.class_count.numel() == 0:
                 self.class_count = torch.zeros(size, dtype=torch.float64, device=losses.device)

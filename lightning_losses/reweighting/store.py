@@ -33,6 +33,7 @@ __all__ = ["PerSampleStore", "first_occurrence"]
 def _representative(index: torch.Tensor, preferred: torch.Tensor | None = None) -> torch.Tensor:
     """For every entry, the position of the first entry with the same index value, taking ``preferred`` entries
     before the others (one stable sort, no host sync)."""
+    index = index.long()  # `index * 2` must not overflow a narrow dtype
     key = index * 2 if preferred is None else index * 2 + (~preferred).long()
     sorted_key, order = torch.sort(key, stable=True)
     value = sorted_key >> 1

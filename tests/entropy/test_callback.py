@@ -298,3 +298,14 @@ def test_controller_options_without_target_are_rejected():
     with pytest.raises(ConfigurationError, match=r"`lr` configures the entropy controller"):
         EntropyControl(beta=0.1, lr=0.5)
     assert EntropyControl(beta=0.1).controller is None
+
+
+def test_per_class_window_takes_narrow_integer_labels():
+    z, y = _batch(seed=3)
+    windows = []
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        cb = ll.EntropyControl(beta=0.1, per_class=True)
+        cb.extra_terms(SimpleNamespace(objective_logging_suppressed=False), {"logits": z, "target": y.to(dtype)}, 0)
+        windows.append(cb._window)
+    for window in windows[1:]:
+        torch.testing.assert_close(window, windows[0])

@@ -451,3 +451,13 @@ def test_module_equals_token_cross_entropy_on_materialised_logits(normalization)
     want = naive(logits=hidden @ weight.T, target=target)
     torch.testing.assert_close(got, want)
     assert torch.equal(fused.sample_mask(target=target), naive.sample_mask(target=target))
+
+
+def test_linear_log_probs_take_narrow_integer_targets():
+    from lightning_losses.functional.linear_ce import linear_log_probs
+
+    g = torch.Generator().manual_seed(0)
+    h, w, y = torch.randn(2, 3, 4, generator=g), torch.randn(5, 4, generator=g), torch.tensor([[0, 1, 4], [4, 2, 3]])
+    expected = linear_log_probs(h, w, y)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(linear_log_probs(h, w, y.to(dtype)), expected)

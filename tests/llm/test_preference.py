@@ -363,3 +363,19 @@ def test_wpo_errors():
         ValueError, match=r"`chosen_logw` must be a floating tensor of shape \[2\], got torch.float32 \[3\]"
     ):
         ll.build_reweighter("wpo")(losses=torch.ones(2), chosen_logw=torch.zeros(3), rejected_logw=torch.zeros(2))
+
+
+def test_wpo_log_weights_take_narrow_integer_labels_without_wrapping_ignore_index():
+    from lightning_losses.functional.preference import wpo_log_weights
+
+    logits = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[0, 1, 4], [4, 2, 3]])
+    expected = wpo_log_weights(logits, labels)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(wpo_log_weights(logits, labels.to(dtype)), expected)
+    ignored = labels.clone()
+    ignored[0, 2] = 255
+    torch.testing.assert_close(
+        wpo_log_weights(logits, ignored.to(torch.uint8), ignore_index=255),
+        wpo_log_weights(logits, ignored, ignore_index=255),
+    )

@@ -262,3 +262,36 @@ def test_a_rank_with_an_empty_batch(ddp):
         for key, value in single.state_dict().items():
             assert torch.equal(s0[key], s1[key]), f"{name}: state `{key}` differs between ranks"
             torch.testing.assert_close(s1[key], value, msg=f"{name}: state `{key}`")
+
+
+@pytest.mark.parametrize("sized", [False, True])
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_narrow_and_bool_ids_give_the_int64_weights(name, sized):
+    """`group` / `index` / `target` as int32 (numpy), int16, int8, uint8 index tables like int64 (uint8 would be a
+    boolean mask, a masked -1 would wrap to 255); a bool `group` (e.g. ``spurious != label``) is groups 0 / 1."""
+    kwargs = {**STRATEGIES[name], **(SIZED.get(name, {}) if sized else {})}
+    steps = make_steps(4)
+    reference = _weights(ll.build_reweighter(name, **kwargs), steps)
+    for dtype in (torch.int32, torch.int16, torch.int8, torch.uint8):
+        narrow = [
+            (e, {k: v.to(dtype) if k in ("group", "index", "target") else v for k, v in s.items()}) for e, s in steps
+        ]
+        for got, expected in zip(_weights(ll.build_reweighter(name, **kwargs), narrow), reference):
+            torch.testing.assert_close(got, expected, msg=f"`{name}` with {dtype} ids")
+    if name == "group_dro":
+        binary = [(e, {**s, "group": s["group"] > 0}) for e, s in steps]
+        ints = [(e, {**s, "group": (s["group"] > 0).long()}) for e, s in steps]
+        for got, expected in zip(
+            _weights(ll.build_reweighter(name, step_size=0.5), binary),
+            _weights(ll.build_reweighter(name, step_size=0.5), ints),
+        ):
+            torch.testing.assert_close(got, expected)
+
+
+def _weights(reweighter, steps):
+    mask = torch.tensor([True, True, False, True, True, True, True, True])  # a masked sample (-1 must not wrap)
+    out = []
+    for epoch, inputs in steps:
+        reweighter.set_epoch(epoch)
+        out.append(reweighter(**inputs, sample_mask=mask))
+    return out
