@@ -29,6 +29,21 @@ __all__ = [
 ]
 
 
+def check_state_keys(owner: str, state: Mapping[str, Any], expected: Iterable[str]) -> None:
+    """Raise ``KeyError`` naming the missing and unexpected keys unless ``state`` holds exactly ``expected`` (a
+    checkpoint of another version or another object must not load half-way, silently).
+
+    Example:
+        >>> check_state_keys("SAM", {"calls": 1}, ["calls"])
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{owner} state_dict must be a mapping, got {type(state).__name__}")
+    expected = set(expected)
+    missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unknown:
+        raise KeyError(f"{owner} state_dict mismatch: missing {missing}, unexpected {unknown}")
+
+
 def nearest(name: str, options: Iterable[str]) -> str | None:
     """Return the option closest to ``name`` (difflib ratio >= 0.6), or ``None``."""
     matches = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.6)

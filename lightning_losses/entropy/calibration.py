@@ -24,7 +24,7 @@ import torch
 from torchmetrics.classification import MulticlassCalibrationError
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from lightning_losses._validation import check_int
+from lightning_losses._validation import check_int, check_state_keys
 from lightning_losses.callbacks import CALLBACKS
 from lightning_losses.distributed import all_gather_with_grad
 from lightning_losses.entropy._batch import ForwardFn, batch_logits, batch_target, check_forward_args, check_target_key
@@ -183,7 +183,8 @@ class TemperatureScaling(L.Callback):
         return {"temperature": self.temperature}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        t = state_dict.get("temperature")
+        check_state_keys("TemperatureScaling", state_dict, ("temperature",))
+        t = state_dict["temperature"]
         if t is not None and not (isinstance(t, float) and math.isfinite(t) and t > 0):
             raise ConfigurationError(f"checkpointed `temperature` must be a positive float, got {t!r}")
         self.temperature = t

@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from lightning_losses._validation import check_bool, check_choice, check_int, check_number
+from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.distributed import global_sum
 from lightning_losses.entropy.controller import EntropyController
@@ -248,6 +248,7 @@ class EntropyControl(L.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_state_keys(f"EntropyControl `{self.name}`", state_dict, ("controller", "last_step", "window"))
         if (state_dict.get("controller") is None) != (self.controller is None):
             raise ConfigurationError(
                 f"checkpointed EntropyControl `{self.name}` "
@@ -257,7 +258,7 @@ class EntropyControl(L.Callback):
         if self.controller is not None:
             self.controller.load_state_dict(state_dict["controller"])
         self._last_step = int(state_dict["last_step"])
-        window = state_dict.get("window")
+        window = state_dict["window"]
         self._window = None if window is None else window.clone()
 
     def __repr__(self) -> str:

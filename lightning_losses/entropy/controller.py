@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from lightning_losses._validation import check_int, check_number
+from lightning_losses._validation import check_int, check_number, check_state_keys
 from lightning_losses.distributed import global_sum
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.schedules import Schedule, build_schedule
@@ -199,6 +199,7 @@ class EntropyController:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (tensors move to the device of the next observation)."""
+        check_state_keys("EntropyController", state, ("beta", "dual", "sum", "count"))
         self.beta = torch.as_tensor(state["beta"], dtype=torch.float32).clone()
         self.dual = torch.as_tensor(state["dual"], dtype=torch.float32).clone()
         self._sum = torch.as_tensor(state["sum"], dtype=torch.float32).clone()

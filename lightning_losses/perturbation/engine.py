@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_losses import distributed
-from lightning_losses._validation import check_choice, check_int, check_number
+from lightning_losses._validation import check_choice, check_int, check_number, check_state_keys
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import functional as F
 from lightning_losses.schedules import Schedule, build_schedule
@@ -222,10 +222,11 @@ class Perturbation:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.skipped = int(state.get("skipped", 0))
-        self.perturbed_steps = int(state.get("perturbed_steps", 0))
-        self.calls = int(state.get("calls", 0))
-        self.orthogonal = state.get("orthogonal")
+        check_state_keys(type(self).__name__, state, ("skipped", "perturbed_steps", "calls", "orthogonal"))
+        self.skipped = int(state["skipped"])
+        self.perturbed_steps = int(state["perturbed_steps"])
+        self.calls = int(state["calls"])
+        self.orthogonal = state["orthogonal"]
 
     @property
     def perturbed(self) -> bool:

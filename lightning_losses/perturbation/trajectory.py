@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_losses import distributed
-from lightning_losses._validation import check_int, check_number
+from lightning_losses._validation import check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional.distillation import kd
@@ -119,13 +119,22 @@ class SAF(Callback):
         return {"logits": self.logits, "stamp": self.stamp}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.logits, self.stamp = state_dict.get("logits"), state_dict.get("stamp")
+        check_state_keys(f"SAF `{self.name}`", state_dict, ("logits", "stamp"))
+        self.logits, self.stamp = state_dict["logits"], state_dict["stamp"]
+        self._restored = self.logits is not None  # a table of another shape must not be replaced silently
 
     # ------------------------------------------------------------------ the term
     def _tables(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.num_samples is None:
             raise ConfigurationError("SAF needs `num_samples` (the training-set size) outside a Trainer")
         shape = (self.num_samples, self.epochs_ago + 1, logits.shape[-1])
+        if self.logits is not None and self.logits.shape != shape and self.__dict__.get("_restored"):
+            raise ConfigurationError(
+                f"SAF `{self.name}`: the checkpointed trajectory table has shape {list(self.logits.shape)} but this "
+                f"run needs {list(shape)} (samples, `epochs_ago` + 1, classes); resume with the same data and "
+                "`epochs_ago`"
+            )
+        self._restored = False
         if self.logits is None or self.logits.shape != shape:
             self.logits = torch.zeros(shape, dtype=torch.float32, device=logits.device)
             self.stamp = torch.full(shape[:2], -1, dtype=torch.int32, device=logits.device)

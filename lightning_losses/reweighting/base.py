@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from lightning_losses._validation import check_state_keys
 from lightning_losses.registry import Registry
 from lightning_losses.reweighting.sync import sync_statistics
 
@@ -153,10 +154,7 @@ class Reweighter:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore from :meth:`state_dict` (unknown or missing keys raise ``KeyError`` naming them)."""
-        own = set(self.state_dict())
-        missing, unknown = sorted(own - set(state)), sorted(set(state) - own)
-        if missing or unknown:
-            raise KeyError(f"{type(self).__name__} state_dict mismatch: missing {missing}, unexpected {unknown}")
+        check_state_keys(type(self).__name__, state, self.state_dict())
         device = self.step.device
         for name in self._states:
             setattr(self, name, torch.as_tensor(state[name]).detach().clone().to(device))
