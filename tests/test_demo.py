@@ -149,3 +149,59 @@ def test_model_uses_the_mixin_and_feeds_its_objective():
     ce = torch.nn.functional.cross_entropy(logits, batch["target"], reduction="none")
     p_t = torch.softmax(logits, -1).gather(1, batch["target"][:, None]).squeeze(1)
     torch.testing.assert_close(loss, (ce + 0.5 * (1 - p_t) ** 2 * ce).mean())
+
+
+def test_training_order_is_a_function_of_seed_and_epoch():
+    """The shuffled order comes from (seed, epoch), not the global generator: a resumed run sees the same batches."""
+
+    def order(epoch, seed=0, noise=False):
+        dm = DigitsDataModule(batch_size=64, seed=seed)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)  # what Lightning calls at each epoch start
+        if noise:
+            torch.rand(100)  # the global generator moves: the order must not
+        return torch.cat([b["index"] for b in loader])
+
+    assert torch.equal(order(3), order(3, noise=True))
+    assert not torch.equal(order(3), order(4)) and not torch.equal(order(3), order(3, seed=1))
+    assert torch.equal(order(2).sort().values, torch.arange(len(order(2))))
+
+
+def test_demo_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tmp_path):
+    """Crash at the start of epoch 2, resume from the last checkpoint: the same weights as an uninterrupted fit."""
+    import lightning as L
+    import pytest
+
+    from lightning_losses.demo import DigitsClassifier
+
+    class Crash(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise RuntimeError("crash")
+
+    def fit(callbacks=(), ckpt_path=None):
+        L.seed_everything(0, verbose=False)
+        model = DigitsClassifier(dropout=0.0)
+        trainer = L.Trainer(
+            max_epochs=4,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_train_batches=3,
+            limit_val_batches=0,
+            deterministic=True,
+            default_root_dir=tmp_path,
+            callbacks=list(callbacks),
+            enable_checkpointing=bool(callbacks),
+        )
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
+        return model
+
+    straight = fit()
+    saving = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    with pytest.raises(RuntimeError, match="crash"):
+        fit([saving, Crash()])
+    resumed = fit(ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)

@@ -127,7 +127,8 @@ class DigitsDataModule(L.LightningDataModule):
         val_fraction / test_fraction: stratified split sizes. Defaults 0.1 / 0.2.
         seed: seed of splits, noise and attributes. Default 0.
         num_workers: ``DataLoader`` workers. Default 0.
-        shuffle: shuffle the training set each epoch. Default True. ``False`` keeps the dataset order under DDP too
+        shuffle: shuffle the training set each epoch, in an order set by ``seed`` and the epoch (a resumed run sees
+            the batches an uninterrupted one would). Default True. ``False`` keeps the dataset order under DDP too
             (rank ``r`` of ``k`` gets samples ``r, r+k, ...``), so ``k`` ranks at batch ``B`` see the same samples per
             step as one process at batch ``k*B``.
         sampler: how training batches are drawn: ``"none"`` (plain shuffling), ``"balanced_groups"`` (every
@@ -223,10 +224,14 @@ class DigitsDataModule(L.LightningDataModule):
         self.setup()
         sampler = self.balanced_sampler() if split == "train" else None
         trainer = self.trainer
-        if split == "train" and sampler is None and not shuffle and trainer is not None and trainer.world_size > 1:
-            # Lightning would install a *shuffling* DistributedSampler for training; keep the order when asked to
+        if split == "train" and sampler is None:
+            # the training order is a function of (seed, epoch) — Lightning calls `set_epoch` — so a run resumed from
+            # a checkpoint sees the batches an uninterrupted one would (a DataLoader's `shuffle=True` draws from the
+            # global generator, which checkpoints do not hold); under DDP each rank takes its share, in order when
+            # `shuffle=False` (Lightning would otherwise install a shuffling sampler)
+            replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
             sampler = DistributedSampler(
-                self.datasets[split], num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+                self.datasets[split], num_replicas=replicas, rank=rank, shuffle=shuffle, seed=self.seed
             )
         return DataLoader(
             self.datasets[split],
