@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
 from lightning_losses._validation import qualify
@@ -43,7 +44,7 @@ def build_callbacks(spec: Any) -> list[Any]:
         for name, item in items:
             try:
                 built.append(CALLBACKS.build(item))
-            except (ConfigurationError, TypeError, ValueError) as err:
+            except (ConfigurationError, TypeError, ValueError, MisconfigurationException) as err:
                 raise qualify(f"callbacks.{name}", err) from None
         return built
     raise ConfigurationError(f"`callbacks` must be a mapping of callback names to arguments, got {spec!r}")

@@ -113,13 +113,28 @@ def compare(
         if name in named:
             raise ConfigurationError(f"two recipes are labelled `{name}`; label them with `name=path`")
         named[name] = path
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigurationError(f"`out` must be a folder, got the file `{out}`")
+    from lightning_losses.config import build_run, load_recipe
+
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for name, path in named.items():  # every recipe is checked before the first one trains
+        try:
+            build_run(load_recipe(path, [*overrides, *QUIET]))
+        except ConfigurationError as err:
+            raise ConfigurationError(f"recipe `{name}` ({path}): {err}") from None
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in named}
     for seed in range(seeds):  # seeds outermost: interleaved, so machine drift hits every recipe alike
         for name, path in named.items():
             start = time.perf_counter()
             result = run_fit(path, [*overrides, *QUIET, f"seed={seed}", f"data.seed={seed}"], print_results=False)
             result["seconds"] = time.perf_counter() - start
+            unknown = [m for m in metrics if m not in result]
+            if unknown:
+                known = ", ".join(f"`{k}`" for k in sorted(result))
+                raise ConfigurationError(
+                    f"unknown metric(s) {', '.join(f'`{m}`' for m in unknown)}; a run gives {known}"
+                )
             runs[name].append(result)
             print(
                 f"[compare] {name} seed={seed}: "

@@ -32,7 +32,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_losses._validation import check_annotated, qualify, suggest
+from lightning_losses._validation import check_annotated, check_bool, check_int, check_number, qualify, suggest
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import check_kwargs
 
@@ -60,14 +60,25 @@ def _as_config(source: Any) -> DictConfig:
             raise ConfigurationError(f"recipe file `{source}` does not exist")
         try:
             cfg = OmegaConf.load(path)
+        except OSError as err:  # OmegaConf's "Invalid loaded object type" for a scalar document
+            raise ConfigurationError(f"recipe file `{source}` must hold a mapping ({_one_line(err)})") from None
         except (OmegaConfBaseException, ValueError, yaml.YAMLError) as err:
-            raise ConfigurationError(f"recipe file `{source}` is not valid YAML: {err}") from None
+            raise ConfigurationError(f"recipe file `{source}` is not valid YAML: {_one_line(err)}") from None
         if not isinstance(cfg, DictConfig):
             raise ConfigurationError(f"recipe file `{source}` must hold a mapping, got a list")
         return cfg
     if isinstance(source, Mapping):
         return OmegaConf.create(dict(source))
     raise ConfigurationError(f"a recipe must be a path, a mapping or a DictConfig, got {type(source).__name__}")
+
+
+def _one_line(err: Exception) -> str:
+    """An OmegaConf / YAML error on one line: its first line, and the key it names (``full_key``) if any."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    key = next((line.split(":", 1)[1].strip() for line in lines[1:] if line.startswith("full_key:")), "")
+    return lines[0] + (f" (at `{key}`)" if key else "")
 
 
 def _check_top_level(cfg: DictConfig, where: str) -> None:
@@ -97,7 +108,10 @@ def load_recipe(source: Any = None, overrides: Iterable[str] = ()) -> DictConfig
     for key in REPLACED_KEYS:
         if key in user:
             base[key] = user[key]
-    merged = OmegaConf.merge(base, {k: v for k, v in user.items() if k not in REPLACED_KEYS})
+    try:
+        merged = OmegaConf.merge(base, {k: v for k, v in user.items() if k not in REPLACED_KEYS})
+    except (OmegaConfBaseException, TypeError, ValueError) as err:  # `data: [1, 2]` where the default has a mapping
+        raise ConfigurationError(f"the recipe does not fit the default recipe's layout: {_one_line(err)}") from None
     for item in overrides:
         if "=" not in item:
             raise ConfigurationError(f"an override must look like `key=value`, got {item!r}")
@@ -109,17 +123,18 @@ def load_recipe(source: Any = None, overrides: Iterable[str] = ()) -> DictConfig
                 f"Valid keys: {', '.join(f'`{k}`' for k in RECIPE_KEYS)}"
             )
         try:
-            value = OmegaConf.from_dotlist([f"v={raw}"])["v"]
+            # unresolved: an interpolation in an override (`${vars.epochs}`) resolves against the whole recipe below
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]), resolve=False)["v"]
             if key in REPLACED_KEYS:
                 merged[key] = value
             else:
                 OmegaConf.update(merged, key, value, merge=True, force_add=True)
         except OmegaConfBaseException as err:
-            raise ConfigurationError(f"cannot apply override `{item}`: {err}") from None
+            raise ConfigurationError(f"cannot apply override `{item}`: {_one_line(err)}") from None
     try:
         resolved = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
-        raise ConfigurationError(f"cannot resolve the recipe's interpolations: {err}") from None
+        raise ConfigurationError(f"cannot resolve the recipe's interpolations: {_one_line(err)}") from None
     return OmegaConf.create(resolved)
 
 
@@ -145,7 +160,12 @@ def build_logger(spec: Any, save_dir: str) -> Any:
     kwargs: dict[str, Any] = {}
     if isinstance(spec, Mapping):
         kwargs = dict(spec)
-        name = kwargs.pop("name", None)
+        if "name" not in kwargs:
+            raise ConfigurationError(
+                f"a `logger` mapping needs a `name` (one of {', '.join(f'`{x}`' for x in LOGGERS)}), got keys "
+                f"{', '.join(f'`{k}`' for k in kwargs) or 'none'}"
+            )
+        name = kwargs.pop("name")
     else:
         name = spec
     if name not in LOGGERS:
@@ -154,6 +174,8 @@ def build_logger(spec: Any, save_dir: str) -> Any:
             f"got {name!r}{suggest(str(name), LOGGERS)}"
         )
     if name == "none":
+        if kwargs:
+            raise ConfigurationError(f"`logger` none takes no arguments, got {', '.join(f'`{k}`' for k in kwargs)}")
         return False
     if name == "csv":
         from lightning.pytorch.loggers import CSVLogger
@@ -183,6 +205,7 @@ def build_logger(spec: Any, save_dir: str) -> Any:
     # absolute: W&B's service process outlives a run and resolves relative paths against its own working directory
     kwargs["save_dir"] = os.path.abspath(kwargs.get("save_dir", save_dir))
     kwargs.setdefault("offline", os.environ.get("WANDB_MODE", "offline") != "online")
+    kwargs["offline"] = check_bool("logger.offline", kwargs["offline"])
     return WandbLogger(**kwargs)
 
 
@@ -231,8 +254,8 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
 
     _check_top_level(cfg, "the recipe")
     seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigurationError(f"`seed` must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigurationError(f"`seed` must be an integer in [0, 2^32 - 1] (numpy's range), got {seed!r}")
     data_kwargs, model_kwargs, trainer_kwargs = _section(cfg, "data"), _section(cfg, "model"), _section(cfg, "trainer")
     try:
         Objective(_section(cfg, "objective"))  # validate before seeding / building anything heavy
@@ -265,6 +288,11 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
     check_kwargs(L.Trainer.__init__, trainer_kwargs, what="recipe section `trainer`", skip=("callbacks", "logger"))
     check_annotated(L.Trainer.__init__, trainer_kwargs, prefix="trainer")
     _check_trainer_names(trainer_kwargs)
+    for key in ("check_val_every_n_epoch", "accumulate_grad_batches"):  # Lightning divides by them mid-training
+        if trainer_kwargs.get(key) is not None:
+            check_int(f"trainer.{key}", trainer_kwargs[key], low=1)
+    if trainer_kwargs.get("gradient_clip_val") is not None:
+        check_number("trainer.gradient_clip_val", trainer_kwargs["gradient_clip_val"], low=0.0)
     save_dir = str(trainer_kwargs.get("default_root_dir", "runs"))
     logger = build_logger(cfg.get("logger", "csv"), save_dir)
     try:

@@ -150,21 +150,31 @@ class Warmup(Schedule):
         return warmup(step, self.value, self.steps, self.start)
 
 
-def build_schedule(spec: Any) -> Schedule:
+def build_schedule(spec: Any, name: str = "coefficient") -> Schedule:
     """Build a schedule from a number, a ``{"name": ..., **kwargs}`` mapping, or a :class:`Schedule`.
 
+    Args:
+        spec: the number, mapping or schedule.
+        name: the argument it was given as, named in errors (``coefficient``, ``beta``, ``radius``, ...).
+
     Raises:
-        ConfigurationError: for anything else, naming what arrived.
+        ConfigurationError: for anything else, naming the argument and what arrived.
     """
     if isinstance(spec, Schedule):
         return spec
     if isinstance(spec, bool):
-        raise ConfigurationError(f"a coefficient must be a number or a schedule mapping, got {spec!r}")
+        raise ConfigurationError(f"`{name}` must be a number or a schedule mapping, got {spec!r}")
     if isinstance(spec, (int, float)):
-        return Constant(spec)
+        try:
+            return Constant(spec)
+        except ConfigurationError as err:  # `value` is the schedule's own name for it
+            raise ConfigurationError(str(err).replace("`value`", f"`{name}`", 1)) from None
     if isinstance(spec, Mapping):
-        return SCHEDULES.build(spec)
+        try:
+            return SCHEDULES.build(spec)
+        except ConfigurationError as err:
+            raise ConfigurationError(f"`{name}`: {err}") from None
     raise ConfigurationError(
-        f"a coefficient must be a number or a schedule mapping such as "
+        f"`{name}` must be a number or a schedule mapping such as "
         f"{{name: linear, start: 0.0, end: 1.0, steps: 100}}, got {spec!r}"
     )

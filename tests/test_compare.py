@@ -61,3 +61,30 @@ def test_compare_errors(tmp_path, capsys):
         compare([str(CONFIGS / "focal.yaml"), f"focal={CONFIGS / 'default.yaml'}"])
     with pytest.raises(ConfigurationError, match=r"`seeds` must be an integer >= 1, got 0"):
         compare([str(CONFIGS / "focal.yaml")], seeds=0)
+
+
+def test_compare_checks_every_recipe_and_the_output_before_training(tmp_path, monkeypatch):
+    from lightning_losses import cli
+    from lightning_losses.compare import compare
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before every recipe was checked")
+
+    monkeypatch.setattr(cli, "run_fit", no_training)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: {focall: {}}\n")
+    with pytest.raises(ConfigurationError, match=r"^recipe `bad` \(.*bad.yaml\): `objective`: .*did you mean `focal`"):
+        compare([str(CONFIGS / "focal.yaml"), f"bad={bad}"])
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ConfigurationError, match=r"^`out` must be a folder, got the file `.*afile`$"):
+        compare([str(CONFIGS / "focal.yaml")], out=str(afile))
+
+
+def test_compare_rejects_an_unknown_metric_after_the_first_run(tmp_path):
+    from lightning_losses.compare import compare
+
+    tiny = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    tiny += ["trainer.limit_test_batches=1", f"trainer.default_root_dir={tmp_path}"]
+    with pytest.raises(ConfigurationError, match=r"^unknown metric\(s\) `test/nope`; a run gives .*`test/acc`"):
+        compare([str(CONFIGS / "default.yaml")], seeds=1, metrics=["test/nope"], overrides=tiny, out=str(tmp_path))

@@ -124,8 +124,31 @@ def test_merge_replace_interpolation_and_overrides():
             r"`model.cosine_schedule` must be a bool \(True or False\), got 'maybe'",
         ),
         ({"logger": "tensorbord"}, [], r"`logger` must be one of `csv`, `wandb`, `none` .*got 'tensorbord'"),
-        ({"seed": "x"}, [], r"`seed` must be an integer, got 'x'"),
-        ({"objective": {"focal": {"gamma": "${vars.missing}"}}}, [], r"cannot resolve the recipe's interpolations"),
+        ({"seed": "x"}, [], r"`seed` must be an integer in \[0, 2\^32 - 1\] \(numpy's range\), got 'x'"),
+        (None, ["seed=-1"], r"^`seed` must be an integer in \[0, 2\^32 - 1\] \(numpy's range\), got -1$"),
+        # Lightning would divide by these mid-training
+        (None, ["trainer.check_val_every_n_epoch=0"], r"^`trainer.check_val_every_n_epoch` must be an integer >= 1"),
+        (None, ["trainer.accumulate_grad_batches=0"], r"^`trainer.accumulate_grad_batches` must be an integer >= 1"),
+        (None, ["trainer.gradient_clip_val=-1"], r"^`trainer.gradient_clip_val` must be >= 0.0, got -1.0$"),
+        (None, ["logger.project=x"], r"^a `logger` mapping needs a `name` \(one of `csv`, `wandb`, `none`\), got keys"),
+        ({"logger": {"name": "none", "project": "x"}}, [], r"^`logger` none takes no arguments, got `project`$"),
+        ({"logger": {"name": "wandb", "offline": "maybe"}}, [], r"^`logger.offline` must be a bool"),
+        (None, ["callbacks.lr_monitor.logging_interval=nope"], r"^`callbacks.lr_monitor`: logging_interval should be"),
+        (None, ["callbacks.sam.rho=x"], r"^`callbacks.sam.rho` must be a number or a schedule mapping"),
+        (None, ["callbacks.sam.rho.name=warmupp"], r"^`callbacks.sam.rho`: unknown schedule `warmupp`; did you mean"),
+        ({"data": [1, 2]}, [], r"^the recipe does not fit the default recipe's layout: Cannot merge incompatible"),
+        (
+            None,
+            ["data=[1,2]"],
+            r"^cannot apply override `data=\[1,2\]`: Cannot merge incompatible container types "
+            r"\(at `data`\)$",
+        ),
+        (
+            {"objective": {"focal": {"gamma": "${vars.missing}"}}},
+            [],
+            r"^cannot resolve the recipe's interpolations: Interpolation key 'vars.missing' not found \(at "
+            r"`objective.focal.gamma`\)$",  # one line, naming the key
+        ),
         ("nope.yaml", [], r"recipe file `nope.yaml` does not exist"),
     ],
 )
@@ -179,3 +202,13 @@ def test_check_annotated_simple_types_unions_literals():
     ]:
         with pytest.raises(ll.ConfigurationError, match=match):
             check_annotated(f, kwargs, prefix="f")
+
+
+def test_recipe_files_that_hold_no_mapping_and_interpolating_overrides(tmp_path):
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ll.ConfigurationError, match=r"^recipe file `.*scalar.yaml` must hold a mapping \(.*int\)$"):
+        load_recipe(scalar)
+    # an override may interpolate the recipe (resolved against the whole recipe, not the override alone)
+    cfg = load_recipe({"vars": {"epochs": 3}}, ["trainer.max_epochs=${vars.epochs}"])
+    assert cfg.trainer.max_epochs == 3

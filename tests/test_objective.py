@@ -134,7 +134,7 @@ def test_shape_contract_and_batch_level_terms():
             r"term `x`: loss `focal` got an unexpected argument `gama`; did you mean `gamma`\?",
         ),
         ({"focal": {"gamma": -2}}, r"term `focal`: `gamma` must be >= 0.0, got -2"),
-        ({"ce": {"coefficient": "big"}}, r"term `ce`: a coefficient must be a number or a schedule mapping"),
+        ({"ce": {"coefficient": "big"}}, r"term `ce`: `coefficient` must be a number or a schedule mapping"),
         ({"ce": {"inputs": ["a"]}}, r"term `ce`: `inputs` must map loss arguments to tensor names"),
         ("missing.yaml", r"objective recipe file `missing.yaml` does not exist"),
     ],

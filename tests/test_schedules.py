@@ -66,9 +66,12 @@ def test_build_schedule(spec, values):
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        (True, "a coefficient must be a number or a schedule mapping, got True"),
-        ("fast", "a coefficient must be a number or a schedule mapping such as"),
-        ({"name": "linar", "start": 0, "end": 1, "steps": 3}, r"unknown schedule `linar`; did you mean `linear`\?"),
+        (True, "^`coefficient` must be a number or a schedule mapping, got True$"),
+        ("fast", "^`coefficient` must be a number or a schedule mapping such as"),
+        (
+            {"name": "linar", "start": 0, "end": 1, "steps": 3},
+            r"^`coefficient`: unknown schedule `linar`; did you mean `linear`\?",
+        ),
         ({"name": "linear", "start": 0, "end": 1, "steps": -1}, r"`steps` must be an integer >= 0, got -1"),
         ({"name": "linear", "start": 0, "end": float("nan"), "steps": 1}, r"`end` must be a finite number"),
         ({"name": "step", "value": 1, "milestones": [5, 2]}, r"`milestones` must be increasing, got \[5, 2\]"),

@@ -115,7 +115,7 @@ class EntropyControl(L.Callback):
                     f"{changed[0]}={controller_only[changed[0]][0]!r} with neither (for a fixed or scheduled "
                     f"coefficient use `beta` alone)"
                 )
-            self.schedule = build_schedule(beta)
+            self.schedule = build_schedule(beta, "beta")
         else:
             self.controller = EntropyController(
                 target=target,

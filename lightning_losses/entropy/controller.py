@@ -120,7 +120,7 @@ class EntropyController:
         if (target is None) == (band is None):
             raise ConfigurationError(f"give exactly one of `target` and `band`, got target={target!r}, band={band!r}")
         self.band = check_band(band)
-        self.target: Schedule | None = None if target is None else build_schedule(target)
+        self.target: Schedule | None = None if target is None else build_schedule(target, "target")
         if self.target is not None:
             check_number("target", self.target(0), low=0.0)
         self.lr = check_number("lr", lr, low=0.0, low_open=True)

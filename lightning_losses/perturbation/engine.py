@@ -153,7 +153,7 @@ class Perturbation:
     ) -> None:
         self.rule = check_choice("rule", rule, F.RULES)
         self.radius_mode = check_choice("radius_mode", radius_mode, F.RADIUS_MODES)
-        self.radius: Schedule = build_schedule(radius)
+        self.radius: Schedule = build_schedule(radius, "radius")
         check_number("radius", self.radius(0), low=0.0)
         if scaling is not None:
             check_choice("scaling", scaling, [s for s in F.SCALINGS if s])

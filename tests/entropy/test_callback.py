@@ -143,7 +143,7 @@ def test_errors():
         ll.EntropyControl(log_every_n_steps=0)
     with pytest.raises(ConfigurationError, match="`name` must be an identifier-like string"):
         ll.EntropyControl(name="my entropy")
-    with pytest.raises(ConfigurationError, match="a coefficient must be a number or a schedule mapping"):
+    with pytest.raises(ConfigurationError, match="`beta` must be a number or a schedule mapping"):
         ll.EntropyControl(beta="high")
     with pytest.raises(ConfigurationError, match="`beta` must be a finite number"):
         ll.EntropyControl(target=0.5, beta={"name": "linear"})
