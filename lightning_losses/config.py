@@ -295,6 +295,8 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
         check_number("trainer.gradient_clip_val", trainer_kwargs["gradient_clip_val"], low=0.0)
     save_dir = str(trainer_kwargs.get("default_root_dir", "runs"))
     logger = build_logger(cfg.get("logger", "csv"), save_dir)
+    if logger is False and any(type(cb).__name__ == "LearningRateMonitor" for cb in callbacks):
+        raise ConfigurationError("`callbacks.lr_monitor` logs to a logger, but the recipe has `logger: none`")
     try:
         trainer = L.Trainer(**trainer_kwargs, callbacks=callbacks, logger=logger)
     except Exception as err:  # Lightning raises MisconfigurationException / ValueError for bad values

@@ -134,6 +134,7 @@ def test_merge_replace_interpolation_and_overrides():
         ({"logger": {"name": "none", "project": "x"}}, [], r"^`logger` none takes no arguments, got `project`$"),
         ({"logger": {"name": "wandb", "offline": "maybe"}}, [], r"^`logger.offline` must be a bool"),
         (None, ["callbacks.lr_monitor.logging_interval=nope"], r"^`callbacks.lr_monitor`: logging_interval should be"),
+        (None, ["callbacks.lr_monitor={}", "logger=none"], r"^`callbacks.lr_monitor` logs to a logger, but the recipe"),
         (None, ["callbacks.sam.rho=x"], r"^`callbacks.sam.rho` must be a number or a schedule mapping"),
         (None, ["callbacks.sam.rho.name=warmupp"], r"^`callbacks.sam.rho`: unknown schedule `warmupp`; did you mean"),
         ({"data": [1, 2]}, [], r"^the recipe does not fit the default recipe's layout: Cannot merge incompatible"),
