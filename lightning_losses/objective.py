@@ -27,6 +27,7 @@ from torch import nn
 
 from lightning_losses.distributed import is_distributed
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.functional._checks import upcast_half
 from lightning_losses.losses.base import LOSSES, Deferred, Loss
 from lightning_losses.reduction import weighted_mean
 from lightning_losses.schedules import Schedule, build_schedule
@@ -90,8 +91,7 @@ class ObjectiveOutput:
     @property
     def per_sample(self) -> torch.Tensor:
         if self._per_sample is None:
-            values = self._deferred.fn()
-            self._per_sample = values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+            self._per_sample = upcast_half(self._deferred.fn())
             self._deferred = None  # the inputs it kept are released
         return self._per_sample
 
@@ -213,6 +213,17 @@ class Objective(nn.Module):
             self.__dict__["_uniform_cache"] = cached
         return cached
 
+    def _mean_weights(
+        self, per_sample: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(weights, normalised)`` for the one-process mean: ``weights`` is ``None`` when every sample counts (all
+        ones, built on access) and ``normalised`` sums to 1 over the counted samples (all zeros for an empty or fully
+        masked batch: loss 0, with a graph)."""
+        if mask is None and per_sample.numel():
+            return None, self._uniform(per_sample)
+        weights = torch.ones_like(per_sample) if mask is None else mask.to(per_sample.dtype)
+        return weights, weights / weights.sum().clamp_min(1.0)
+
     @property
     def uses_step(self) -> bool:
         """Whether a coefficient schedule depends on the step (``False``: every coefficient is constant)."""
@@ -270,12 +281,7 @@ class Objective(nn.Module):
         coefficients: dict[str, float] = {}
         unit = True  # every per-sample term has coefficient 1
         for term, routes in plan:
-            args = {}
-            for arg, src, required in routes:
-                if src in tensors:
-                    args[arg] = tensors[src]
-                elif required:
-                    _missing(term, arg, src, tensors)
+            args = _route(term, routes, tensors)
             if fast:
                 value, term_mask = term.loss.forward_with_mask(**args)
             else:
@@ -306,12 +312,7 @@ class Objective(nn.Module):
             # fast path (one process, no reweighter): the same quantities without packing a reduction. The loss is
             # one dot product with the normalised weights: a single autograd node whose backward hands the loss a
             # contiguous gradient (`mean()` backward passes an expanded one, which per-sample kernels handle slowly)
-            if mask is None:
-                weights = None  # all ones: ObjectiveOutput builds them if asked
-                normalised = self._uniform(per_sample)
-            else:
-                weights = mask.to(per_sample.dtype)
-                normalised = weights / weights.sum().clamp_min(1.0)
+            weights, normalised = self._mean_weights(per_sample, mask)
             loss = torch.dot(per_sample, normalised)
             value = loss.detach()
             if unit and len(names) == 1 and len(values) == 1:
@@ -344,30 +345,31 @@ class Objective(nn.Module):
         """:meth:`forward`'s fast path for one per-sample term with coefficient 1, one process, no reweighter and no
         extra terms (the default recipe): the same output as the general path without assembling its sums."""
         term, routes = planned
-        args = {}
-        for arg, src, required in routes:
-            if src in tensors:
-                args[arg] = tensors[src]
-            elif required:
-                _missing(term, arg, src, tensors)
-        value, mask, deferred = term.loss.mean_with_mask(**args)
+        value, mask, deferred = term.loss.mean_with_mask(**_route(term, routes, tensors))
         if deferred is not None:  # the loss's kernel took the mean over every sample itself
             if value.ndim != 0:
                 raise ValueError(f"mean of term `{term.name}` must be a scalar, got shape {list(value.shape)}")
-            loss = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+            loss = upcast_half(value)
             value = loss.detach()
             return ObjectiveOutput(loss, value, deferred, None, {term.name: value}, {term.name: 1.0})
         if value.ndim != 1:
             raise ValueError(f"loss of term `{term.name}` must be per-sample [N], got shape {list(value.shape)}")
-        per_sample = value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
-        if mask is None and per_sample.numel():
-            weights = None  # all ones: ObjectiveOutput builds them if asked
-            loss = torch.dot(per_sample, self._uniform(per_sample))
-        else:  # some samples masked, or an empty batch (loss 0, with a graph)
-            weights = torch.ones_like(per_sample) if mask is None else mask.to(per_sample.dtype)
-            loss = torch.dot(per_sample, weights / weights.sum().clamp_min(1.0))
+        per_sample = upcast_half(value)
+        weights, normalised = self._mean_weights(per_sample, mask)
+        loss = torch.dot(per_sample, normalised)
         value = loss.detach()
         return ObjectiveOutput(loss, value, per_sample, weights, {term.name: value}, {term.name: 1.0})
+
+
+def _route(term: Term, routes: tuple[tuple[str, str, bool], ...], tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """The loss arguments of ``term`` from the named ``tensors`` (a missing required one raises)."""
+    args = {}
+    for arg, src, required in routes:
+        if src in tensors:
+            args[arg] = tensors[src]
+        elif required:
+            _missing(term, arg, src, tensors)
+    return args
 
 
 def _missing(term: Term, arg: str, src: str, tensors: Mapping[str, Any]) -> None:
