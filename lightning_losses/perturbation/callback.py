@@ -17,14 +17,30 @@ What each pass does:
 Gradient accumulation (``accumulate_grad_batches = k``): the ascent uses the gradient accumulated over all k
 micro-batches of the step, and every micro-batch is re-evaluated at :math:`w + \delta` (the callback keeps references
 to the step's k batches; plain closure-based SAM would re-run only the last one). The perturbed step therefore equals
-a perturbed step on the concatenated batch; it costs 2k forward-backward passes per optimizer step.
+a perturbed step on the concatenated batch; it costs 2k forward-backward passes per optimizer step. Per-call state
+of the objective is replayed, not recomputed: under :class:`~lightning_losses.SampleReweighting` each micro-batch is
+re-evaluated with the weights it got at :math:`w` (every perturbed pass, ``inner_steps > 1`` included).
+
+Skipped batches (``training_step`` returning ``None``, Lightning's way to skip one): a step whose micro-batches were
+all skipped has no gradient and is not perturbed (weights untouched, not counted in ``perturbed_steps``); a skipped
+micro-batch adds no gradient at :math:`w` nor at :math:`w + \delta` while the others are perturbed as usual; under a
+GradScaler, where Lightning skips the optimizer step when the closure returns ``None``, nothing is perturbed. Under
+DDP Lightning refuses ``None`` from ``training_step`` (``RuntimeError`` on that rank); a replayed micro-batch that
+returns ``None`` raises the same error instead of letting ranks issue different collectives.
+
+Checkpoints written inside the step (from a hook) hold the unperturbed state: every state-dict key of a perturbed
+parameter (tied weights included) and the BatchNorm statistics a perturbed pass is changing.
+
+The callback needs :meth:`LossesMixin.optimizer_step <lightning_losses.LossesMixin.optimizer_step>`: ``setup``
+raises a :class:`~lightning_losses.errors.ConfigurationError` when ``LightningModule.optimizer_step`` comes first in
+the module's bases, and the first optimizer step raises when an ``optimizer_step`` override did not call the mixin's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -124,7 +140,7 @@ class WeightPerturbation(Callback):
         self._metrics: list[Any] | None = None
         self._new_stats = False
         self._first_result: Any = None
-        self._hook_ran = False  # the wrapped closure ran in this optimizer step (the mixin's optimizer_step is in effect)
+        self._hook_ran = False  # the wrapped closure ran in this optimizer step (the mixin hook is in effect)
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls (~20 per step)

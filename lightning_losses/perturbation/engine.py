@@ -27,6 +27,7 @@ from lightning_losses import distributed
 from lightning_losses._validation import check_choice, check_int, check_number, check_state_keys
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import functional as F
+from lightning_losses.perturbation.guards import _restored_buffers, batchnorm_modules, frozen_batchnorm
 from lightning_losses.schedules import Schedule, build_schedule
 
 __all__ = ["PHASES", "Perturbation", "batchnorm_modules", "frozen_batchnorm", "select_parameters"]
@@ -71,35 +72,6 @@ def select_parameters(
             continue
         out.append((name, p))
     return out
-
-
-def frozen_batchnorm(modules: Sequence[nn.Module]) -> contextlib.AbstractContextManager:
-    """Run the body in train mode but leave BatchNorm running statistics (and ``num_batches_tracked``) exactly as
-    they were: the buffers are snapshotted and copied back (works for ``momentum=None`` too). No modules: a no-op
-    context."""
-    return _restored_buffers(modules) if modules else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _restored_buffers(modules: Sequence[nn.Module], originals: dict[int, Tensor] | None = None):
-    """``originals`` (optional) holds ``id(buffer) -> snapshot`` while inside (for checkpoints written meanwhile)."""
-    buffers = [b for m in modules for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-    saved = [b.clone() for b in buffers]
-    if originals is not None:
-        originals.update((id(b), s) for b, s in zip(buffers, saved))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, s in zip(buffers, saved):
-                b.copy_(s)
-        if originals is not None:
-            originals.clear()
-
-
-def batchnorm_modules(module: nn.Module) -> list[nn.Module]:
-    """The BatchNorm layers of ``module`` that track running statistics."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
 
 
 class Perturbation:

@@ -1,5 +1,5 @@
 """What keeps a perturbed pass invisible: logging suppressed, metric states put back, objective terms detached from
-the ascent, and checkpoints written mid-step holding the unperturbed state.
+the ascent, BatchNorm running statistics frozen, and checkpoints written mid-step holding the unperturbed state.
 
 Shared by the Lightning callback (:mod:`lightning_losses.perturbation.callback`) and the manual helper
 (:mod:`lightning_losses.perturbation.manual`).
@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor, nn
 
-from lightning_losses.perturbation.engine import Perturbation
+if TYPE_CHECKING:
+    from lightning_losses.perturbation.engine import Perturbation
 
 __all__ = [
     "ascent_terms_only",
+    "batchnorm_modules",
+    "frozen_batchnorm",
     "frozen_metrics",
     "guarded_checkpoints",
     "metric_modules",
@@ -48,6 +52,35 @@ def suppressed_logging(module: Any):
                 attrs[key] = shadowed[key]
             else:
                 attrs.pop(key, None)
+
+
+def frozen_batchnorm(modules: Sequence[nn.Module]) -> contextlib.AbstractContextManager:
+    """Run the body in train mode but leave BatchNorm running statistics (and ``num_batches_tracked``) exactly as
+    they were: the buffers are snapshotted and copied back (works for ``momentum=None`` too). No modules: a no-op
+    context."""
+    return _restored_buffers(modules) if modules else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _restored_buffers(modules: Sequence[nn.Module], originals: dict[int, Tensor] | None = None):
+    """``originals`` (optional) holds ``id(buffer) -> snapshot`` while inside (for checkpoints written meanwhile)."""
+    buffers = [b for m in modules for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    saved = [b.clone() for b in buffers]
+    if originals is not None:
+        originals.update((id(b), s) for b, s in zip(buffers, saved))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(buffers, saved):
+                b.copy_(s)
+        if originals is not None:
+            originals.clear()
+
+
+def batchnorm_modules(module: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``module`` that track running statistics."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
 
 
 def unperturbed_checkpoint(checkpoint: dict[str, Any], module: Any, engine: Perturbation) -> None:

@@ -14,9 +14,16 @@ FEATURES, CLASSES, GROUPS = 16, 4, 3
 
 class Net(ll.LossesMixin, L.LightningModule):
     """16 -> 8 [-> BatchNorm] -> 8 -> 8 (tied to the previous layer) -> 4 classes; ``skip`` batch indices return
-    ``None`` from ``training_step``."""
+    ``None`` from ``training_step`` after ``compute_loss``, ``skip_early`` ones before it."""
 
-    def __init__(self, bn: bool = False, tied: bool = False, skip: tuple[int, ...] = (), compute: bool = True):
+    def __init__(
+        self,
+        bn: bool = False,
+        tied: bool = False,
+        skip: tuple[int, ...] = (),
+        compute: bool = True,
+        skip_early: tuple[int, ...] = (),
+    ):
         super().__init__()
         torch.manual_seed(0)
         self.inp = nn.Linear(FEATURES, 8)
@@ -27,7 +34,7 @@ class Net(ll.LossesMixin, L.LightningModule):
             self.hidden2.weight = self.hidden.weight  # one Parameter under two state-dict keys
         self.out = nn.Linear(8, CLASSES)
         self.configure_objective({"cross_entropy": {}})
-        self.skip, self.compute = skip, compute
+        self.skip, self.compute, self.skip_early = skip, compute, skip_early
         self.calls = 0
 
     def forward(self, x):
@@ -36,11 +43,13 @@ class Net(ll.LossesMixin, L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.calls += 1
-        x, y, g = batch
+        x, y, g, index = batch
+        if batch_idx in self.skip_early:
+            return None
         logits = self(x)
         if not self.compute:  # a loss computed without compute_loss: the plug-ins never run
             return nn.functional.cross_entropy(logits, y)
-        loss = self.compute_loss(logits=logits, target=y, group=g)
+        loss = self.compute_loss(logits=logits, target=y, group=g, index=index)
         return None if batch_idx in self.skip else loss
 
     def configure_optimizers(self):
@@ -61,7 +70,7 @@ def dataset(n: int = 48, seed: int = 0, paired: int = 0) -> TensorDataset:
             idx += [block, block[torch.randperm(paired, generator=g)]]
         idx = torch.cat(idx)
         x, y, grp = x[idx], y[idx], grp[idx]
-    return TensorDataset(x, y, grp)
+    return TensorDataset(x, y, grp, torch.arange(n))
 
 
 def fit(callbacks, model=None, batch_size=4, k=1, data=None, **kwargs):
@@ -83,3 +92,8 @@ def fit(callbacks, model=None, batch_size=4, k=1, data=None, **kwargs):
 
 def params(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The parameters of a :func:`params` snapshot of a :class:`Net` (no BatchNorm buffers)."""
+    return {k: v for k, v in state.items() if not k.startswith("bn.") or k.endswith(("weight", "bias"))}
