@@ -75,17 +75,16 @@ def dataset(n: int = 48, seed: int = 0, paired: int = 0) -> TensorDataset:
 
 def fit(callbacks, model=None, batch_size=4, k=1, data=None, **kwargs):
     model = Net() if model is None else model
-    trainer = L.Trainer(
-        callbacks=callbacks,
+    options = dict(
         accelerator="cpu",
         devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        accumulate_grad_batches=k,
-        **{"max_epochs": 1, **kwargs},
+        max_epochs=1,
     )
+    trainer = L.Trainer(callbacks=callbacks, accumulate_grad_batches=k, **{**options, **kwargs})
     trainer.fit(model, DataLoader(dataset() if data is None else data, batch_size=batch_size, shuffle=False))
     return model, trainer
 

@@ -343,3 +343,32 @@ def test_replayed_micro_batch_returning_none_under_ddp_raises_as_lightning_does(
         cb._replay(trainer, Net(), None)
     trainer.world_size = 1
     cb._replay(trainer, Net(), None)  # one process: the micro-batch adds no gradient
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+def _ddp_fit(perturb):
+    """A real 2-process Lightning DDP run (inside the session's gloo group): group_dro, k=2, BatchNorm, tied."""
+    import os
+
+    from lightning_losses.distributed import rank
+
+    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29557")  # unused: the group already exists
+    try:
+        callbacks = [REWEIGHTING["group_dro"]()] + ([IDENTITY_PERTURBATIONS["amp_inner_2"]()] if perturb else [])
+        model, _ = fit(callbacks, model=Net(bn=True, tied=True), k=2, max_steps=3, strategy="ddp", devices=2)
+        return params(model), model.calls
+    finally:
+        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+            os.environ.pop(key, None)
+
+
+@pytest.mark.ddp
+def test_zero_radius_with_reweighting_and_accumulation_under_ddp(ddp):
+    (plain0, calls), (plain1, _) = ddp.run(_ddp_fit, False)
+    (pert0, pert_calls), (pert1, _) = ddp.run(_ddp_fit, True)
+    assert pert_calls == 3 * calls  # every micro-batch at w, then in an ascent and in the descent pass
+    _assert_equal(weights(plain0), weights(plain1), atol=0)  # BatchNorm statistics are each rank's own
+    _assert_equal(weights(pert0), weights(pert1), atol=0)
+    _assert_equal(pert0, plain0)
+    _assert_equal(pert1, plain1)
