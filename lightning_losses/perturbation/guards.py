@@ -86,12 +86,14 @@ def batchnorm_modules(module: nn.Module) -> list[nn.Module]:
 def unperturbed_checkpoint(checkpoint: dict[str, Any], module: Any, engine: Perturbation) -> None:
     """Replace, in ``checkpoint["state_dict"]``, every entry the engine holds an original of (mid-step): each
     perturbed parameter under **every** key that aliases it (tied weights) and the BatchNorm buffers a perturbed pass
-    is changing. Matched by tensor identity through ``module.state_dict(keep_vars=True)``."""
+    is changing. Matched by tensor identity over every name of every parameter and buffer (``remove_duplicate=False``:
+    the de-duplicated ``named_parameters()`` lists a tied weight under its first name only)."""
     originals = engine.original_weights()
     state = checkpoint.get("state_dict")
     if not originals or state is None:
         return
-    for key, tensor in module.state_dict(keep_vars=True).items():
+    named = (*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False))
+    for key, tensor in named:
         saved = originals.get(id(tensor))
         if saved is not None and key in state:
             state[key] = saved.detach().clone()

@@ -63,7 +63,8 @@ class _Attached:
         module = self.module
         if getattr(module, "objective_logging_suppressed", False) and self.recorded:
             return self._replayed(losses, getattr(module, "objective_suppressed_passes", 0))
-        step = getattr(module, "global_step", None)  # None outside a LightningModule: keep the last call only
+        trainer = getattr(module, "_trainer", None)
+        step = None if trainer is None else trainer.global_step  # None outside a Trainer: keep the last call only
         if step is None or step != self._step or self._pass is not None:
             self.recorded.clear()
         self._step, self._pass = step, None

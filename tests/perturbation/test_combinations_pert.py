@@ -309,7 +309,8 @@ def test_attached_reweighter_gives_each_call_its_weights_in_every_perturbed_pass
 
     from lightning_losses.reweighting.callback import _Attached
 
-    module = SimpleNamespace(objective_logging_suppressed=False, objective_suppressed_passes=0, global_step=0)
+    trainer = SimpleNamespace(global_step=0)
+    module = SimpleNamespace(objective_logging_suppressed=False, objective_suppressed_passes=0, _trainer=trainer)
     reweighter = ll.build_reweighter("group_dro", step_size=1.0, num_groups=2)
     attached = _Attached(reweighter, module)
     group = torch.tensor([0, 1, 1])
@@ -326,7 +327,7 @@ def test_attached_reweighter_gives_each_call_its_weights_in_every_perturbed_pass
     ):
         module.objective_suppressed_passes += 1
         attached(losses=torch.zeros(2), group=group[:2])
-    module.objective_logging_suppressed, module.global_step = False, 1  # the next optimizer step starts afresh
+    module.objective_logging_suppressed, trainer.global_step = False, 1  # the next optimizer step starts afresh
     third = attached(losses=torch.tensor([1.0, 1.0, 1.0]), group=group)
     assert attached.recorded == [third]
 
