@@ -93,6 +93,18 @@ def test_skipped_micro_batch_under_accumulation(skip):
     assert plain.calls == 8
 
 
+def test_skipped_last_micro_batch_under_a_grad_scaler_is_not_perturbed():
+    """16-mixed with a GradScaler: Lightning skips the optimizer step when the closure returns None (the last
+    micro-batch was skipped), so the earlier micro-batches' gradient is not perturbed either."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    sam, watch = ll.SAM(rho=0.3), _Watch()
+    plugin = MixedPrecision("16-mixed", device="cpu", scaler=torch.amp.GradScaler("cpu"))
+    fit([sam, watch], model=Net(skip=(3,)), k=2, max_steps=3, plugins=[plugin])
+    assert sam.engine.perturbed_steps == 2
+    _assert_equal(weights(watch.after[3]), weights(watch.before[2]), atol=0)  # the step was skipped
+
+
 def test_engine_skip_on_none_and_no_gradient():
     lin = torch.nn.Linear(3, 1)
     engine = ll.build_perturbation("sam", rho=0.5)
