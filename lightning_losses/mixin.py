@@ -18,6 +18,13 @@ its ``setup`` through :meth:`LossesMixin.attach`):
 * ``"terms"``: objects with ``extra_terms(module, tensors, step) -> {name: [N]}`` (entropy controls), training only;
 * ``"step"``: an object with ``wrap_closure(module, optimizer, closure) -> closure`` (weight perturbation); the mixin
   overrides :meth:`optimizer_step` to apply it, so Lightning's automatic optimization is kept.
+
+A plug-in whose hook is not in effect fails loudly instead of silently doing nothing: :meth:`attach` refuses a
+``"step"`` plug-in when a Lightning class's ``optimizer_step`` comes before the mixin's in the method resolution
+order (the mixin is not first in the bases), and with a ``"reweighter"`` or ``"terms"`` plug-in attached the first
+optimizer step whose ``training_step`` returned a loss without any ``compute_loss`` call raises (checked until one
+step passes). An ``optimizer_step`` override that does not call the mixin's is caught by the ``"step"`` plug-in
+itself (:class:`~lightning_losses.perturbation.WeightPerturbation` checks that its wrapped closure ran).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from lightning_losses.objective import Objective, ObjectiveOutput
 __all__ = ["LossesMixin"]
 
 _SLOTS = ("reweighter", "terms", "step")
+_LIGHTNING_PACKAGES = ("lightning", "pytorch_lightning")
 _STAGES = {"train": "train", "validate": "val", "sanity_check": "val", "test": "test", "predict": "predict"}
 _LOSS_KEYS = {stage: f"{stage}/loss" for stage in _STAGES.values()}
 
@@ -48,6 +56,8 @@ class LossesMixin:
     objective_output: ObjectiveOutput | None = None
     #: when True, :meth:`compute_loss` neither logs nor runs plug-ins' side effects (set during perturbed passes).
     objective_logging_suppressed: bool = False
+    #: suppressed (perturbed) passes so far; a plug-in that replays the step's per-call state tells passes apart by it.
+    objective_suppressed_passes: int = 0
 
     def configure_objective(self, spec: Any) -> Objective:
         """Set the objective from a mapping, a YAML path, a ``DictConfig`` or an :class:`Objective`."""
@@ -66,10 +76,16 @@ class LossesMixin:
         """Attach a plug-in to ``slot`` (one of ``"reweighter"``, ``"terms"``, ``"step"``).
 
         Raises:
-            ConfigurationError: unknown slot, or a second reweighter / step wrapper.
+            ConfigurationError: unknown slot, a second reweighter / step wrapper, or a ``"step"`` plug-in while a
+                Lightning class's ``optimizer_step`` hides the mixin's (the mixin is not first in the bases).
         """
         if slot not in _SLOTS:
             raise ConfigurationError(f"`slot` must be one of {', '.join(map(repr, _SLOTS))}, got {slot!r}")
+        if slot == "step":
+            _check_optimizer_step(type(self), plugin)
+        else:  # these plug-ins act inside compute_loss: checked at the first optimizer step (see optimizer_step)
+            self.__dict__["_ll_check_loss"] = True
+            self.__dict__["_ll_loss_seen"] = False
         plugins = self._ll_plugins()
         if slot == "terms":
             if plugin not in plugins["terms"]:
@@ -87,6 +103,8 @@ class LossesMixin:
                 plugins["terms"].remove(plugin)
         elif plugins.get(slot) is plugin:
             plugins[slot] = None
+        if plugins["reweighter"] is None and not plugins["terms"]:
+            self.__dict__["_ll_check_loss"] = False
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, **tensors: Any) -> torch.Tensor:
@@ -116,6 +134,8 @@ class LossesMixin:
         training = stage == "train"
         plugins = state.get("_ll_plugin_slots") or self._ll_plugins()
         extra_plugins = plugins["terms"] if training else ()
+        if training and state.get("_ll_check_loss"):
+            state["_ll_loss_seen"] = True
         # the step (a chain of Lightning properties) only when a schedule or a plug-in reads it
         step = int(self.global_step) if attached and (extra_plugins or objective._plan()[1]) else 0
         extra: dict[str, torch.Tensor] = {}
@@ -138,9 +158,58 @@ class LossesMixin:
 
     # ------------------------------------------------------------------ optimizer step
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
-        """Lightning's ``optimizer_step``, with the closure wrapped by an attached ``"step"`` plug-in (if any)."""
-        plugins = self.__dict__.get("_ll_plugin_slots")
+        """Lightning's ``optimizer_step``, with the closure wrapped by an attached ``"step"`` plug-in (if any).
+
+        Raises:
+            ConfigurationError: ``"reweighter"`` / ``"terms"`` plug-ins are attached but the step's ``training_step``
+                returned a loss without calling :meth:`compute_loss` (raised before the optimizer updates anything).
+        """
+        state = self.__dict__
+        plugins = state.get("_ll_plugin_slots")
         wrapper = plugins["step"] if plugins is not None else None
         if wrapper is not None and optimizer_closure is not None:
             optimizer_closure = wrapper.wrap_closure(self, optimizer, optimizer_closure)
+        if state.get("_ll_check_loss") and optimizer_closure is not None:
+            optimizer_closure = _loss_checked(self, optimizer_closure)
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
+
+
+def _check_optimizer_step(cls: type, plugin: Any) -> None:
+    """Raise when a Lightning class's ``optimizer_step`` (which never calls ``super()``) comes before
+    ``LossesMixin.optimizer_step`` in ``cls``'s method resolution order. A user's own override in between may call
+    ``super()``: the ``"step"`` plug-in checks at run time that its closure ran."""
+    for klass in cls.__mro__:
+        if klass is LossesMixin:
+            return
+        if "optimizer_step" in vars(klass) and klass.__module__.split(".")[0] in _LIGHTNING_PACKAGES:
+            bases = ", ".join(b.__name__ for b in cls.__bases__)
+            raise ConfigurationError(
+                f"{type(plugin).__name__} cannot run: in `{cls.__name__}({bases})` the `optimizer_step` of "
+                f"`{klass.__name__}` comes before `LossesMixin.optimizer_step` in the method resolution order, so the "
+                f"closure is never wrapped; put `LossesMixin` first in the bases: "
+                f"`class {cls.__name__}(ll.LossesMixin, L.LightningModule)`"
+            )
+
+
+def _loss_checked(module: LossesMixin, closure: Any) -> Any:
+    """``closure`` that raises if it returned a loss while no training ``compute_loss`` call ever ran; the check stops
+    after the first step that passes it."""
+    state = module.__dict__
+
+    def checked() -> Any:
+        loss = closure()
+        if loss is not None:
+            if not state.get("_ll_loss_seen"):
+                plugins = state.get("_ll_plugin_slots") or {}
+                attached = [plugins.get("reweighter")] + list(plugins.get("terms") or ())
+                names = ", ".join(getattr(p, "plugin_name", type(p).__name__) for p in attached if p is not None)
+                cls = type(module).__name__
+                raise ConfigurationError(
+                    f"{names} did not run: `{cls}.training_step` returned a loss without calling "
+                    f"`self.compute_loss(...)`, where reweighting and extra objective terms apply; compute the "
+                    f"training loss with `compute_loss` (e.g. `return self.compute_loss(logits=..., target=...)`)"
+                )
+            state["_ll_check_loss"] = False
+        return loss
+
+    return checked

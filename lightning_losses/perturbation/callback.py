@@ -17,14 +17,30 @@ What each pass does:
 Gradient accumulation (``accumulate_grad_batches = k``): the ascent uses the gradient accumulated over all k
 micro-batches of the step, and every micro-batch is re-evaluated at :math:`w + \delta` (the callback keeps references
 to the step's k batches; plain closure-based SAM would re-run only the last one). The perturbed step therefore equals
-a perturbed step on the concatenated batch; it costs 2k forward-backward passes per optimizer step.
+a perturbed step on the concatenated batch; it costs 2k forward-backward passes per optimizer step. Per-call state
+of the objective is replayed, not recomputed: under :class:`~lightning_losses.SampleReweighting` each micro-batch is
+re-evaluated with the weights it got at :math:`w` (every perturbed pass, ``inner_steps > 1`` included).
+
+Skipped batches (``training_step`` returning ``None``, Lightning's way to skip one): a step whose micro-batches were
+all skipped has no gradient and is not perturbed (weights untouched, not counted in ``perturbed_steps``); a skipped
+micro-batch adds no gradient at :math:`w` nor at :math:`w + \delta` while the others are perturbed as usual; under a
+GradScaler, where Lightning skips the optimizer step when the closure returns ``None``, nothing is perturbed. Under
+DDP Lightning refuses ``None`` from ``training_step`` (``RuntimeError`` on that rank); a replayed micro-batch that
+returns ``None`` raises the same error instead of letting ranks issue different collectives.
+
+Checkpoints written inside the step (from a hook) hold the unperturbed state: every state-dict key of a perturbed
+parameter (tied weights included) and the BatchNorm statistics a perturbed pass is changing.
+
+The callback needs :meth:`LossesMixin.optimizer_step <lightning_losses.LossesMixin.optimizer_step>`: ``setup``
+raises a :class:`~lightning_losses.errors.ConfigurationError` when ``LightningModule.optimizer_step`` comes first in
+the module's bases, and the first optimizer step raises when an ``optimizer_step`` override did not call the mixin's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,6 +49,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
+from lightning_losses.perturbation.guards import (
+    ascent_terms_only,
+    frozen_metrics,
+    guarded_checkpoints,
+    metric_modules,
+    suppressed_logging,
+    unperturbed_checkpoint,
+)
 from lightning_losses.perturbation.presets import build_perturbation
 
 __all__ = [
@@ -41,122 +65,13 @@ __all__ = [
     "SAM",
     "AdversarialModelPerturbation",
     "WeightPerturbation",
+    "ascent_terms_only",
     "frozen_metrics",
+    "guarded_checkpoints",
+    "metric_modules",
     "suppressed_logging",
+    "unperturbed_checkpoint",
 ]
-
-
-def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-@contextlib.contextmanager
-def suppressed_logging(module: Any):
-    """Inside: ``module.objective_logging_suppressed = True`` and ``module.log`` / ``module.log_dict`` are no-ops."""
-    attrs = module.__dict__  # plain instance attributes: no `nn.Module.__setattr__` round trip
-    keys = ("objective_logging_suppressed", "log", "log_dict")
-    shadowed = {k: attrs[k] for k in keys if k in attrs}
-    attrs.update(objective_logging_suppressed=True, log=_noop, log_dict=_noop)
-    try:
-        yield
-    finally:
-        for key in keys:
-            if key in shadowed:
-                attrs[key] = shadowed[key]
-            else:
-                attrs.pop(key, None)
-
-
-def unperturbed_checkpoint(checkpoint: dict[str, Any], module: Any, engine: Perturbation) -> None:
-    """Replace the perturbed weights in ``checkpoint["state_dict"]`` by the engine's saved originals (mid-step)."""
-    originals = engine.original_weights()
-    if originals and "state_dict" in checkpoint:
-        for name, p in module.named_parameters():
-            if id(p) in originals and name in checkpoint["state_dict"]:
-                checkpoint["state_dict"][name] = originals[id(p)].detach().clone()
-
-
-@contextlib.contextmanager
-def guarded_checkpoints(module: Any, engine: Perturbation):
-    """Inside: a checkpoint the module's ``on_save_checkpoint`` hook sees gets the unperturbed weights (the manual
-    path's equivalent of :meth:`WeightPerturbation.on_save_checkpoint`)."""
-    original = getattr(module, "on_save_checkpoint", None)
-    if original is None:
-        yield
-        return
-    shadowed = module.__dict__.get("on_save_checkpoint")
-
-    def hook(checkpoint: dict[str, Any]) -> Any:
-        out = original(checkpoint)
-        unperturbed_checkpoint(checkpoint, module, engine)
-        return out
-
-    module.__dict__["on_save_checkpoint"] = hook
-    try:
-        yield
-    finally:
-        if shadowed is not None:
-            module.__dict__["on_save_checkpoint"] = shadowed
-        else:
-            module.__dict__.pop("on_save_checkpoint", None)
-
-
-def metric_modules(module: Any) -> list[Any]:
-    """The ``torchmetrics`` metrics among the submodules of ``module``."""
-    try:
-        from torchmetrics import Metric
-    except ImportError:  # pragma: no cover - torchmetrics is a dependency of Lightning
-        return []
-    return [m for m in module.modules() if isinstance(m, Metric)]
-
-
-def frozen_metrics(module: Any, metrics: Sequence[Any] | None = None) -> contextlib.AbstractContextManager:
-    """Inside: ``torchmetrics`` metrics of ``module`` may be updated (``metric(preds, target)`` still returns the
-    batch value), but their accumulated state is put back afterwards, so a perturbed pass never counts twice.
-
-    ``metrics`` is the list to guard when the caller has it already (default: found in ``module``); with no metric
-    this is a no-op context."""
-    metrics = metric_modules(module) if metrics is None else metrics
-    return _restored_metrics(metrics) if metrics else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _restored_metrics(metrics: Sequence[Any]):
-    saved = []
-    for m in metrics:
-        state = {}
-        for name in m._defaults:
-            value = getattr(m, name)
-            state[name] = value.clone() if isinstance(value, torch.Tensor) else list(value)
-        extra = {k: getattr(m, k) for k in ("_update_count", "_computed", "_forward_cache") if hasattr(m, k)}
-        saved.append((m, state, extra))
-    try:
-        yield
-    finally:
-        for m, state, extra in saved:
-            for name, value in {**state, **extra}.items():
-                setattr(m, name, value)
-
-
-def ascent_terms_only(module: Any, names: tuple[str, ...] | None) -> contextlib.AbstractContextManager:
-    """Detach the objective terms not in ``names`` (their value still counts; their gradient does not).
-
-    ``names=None`` keeps every term (a no-op context)."""
-    return contextlib.nullcontext() if names is None else _detached_terms(module, names)
-
-
-@contextlib.contextmanager
-def _detached_terms(module: Any, names: tuple[str, ...]):
-    handles = [
-        term.loss.register_forward_hook(lambda _m, _i, out: out.detach())
-        for term in module.objective.terms
-        if term.name not in names
-    ]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _rerun(closure: Any) -> torch.Tensor | None:
@@ -225,6 +140,7 @@ class WeightPerturbation(Callback):
         self._metrics: list[Any] | None = None
         self._new_stats = False
         self._first_result: Any = None
+        self._hook_ran = False  # the wrapped closure ran in this optimizer step (the mixin hook is in effect)
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls (~20 per step)
@@ -247,8 +163,9 @@ class WeightPerturbation(Callback):
                 raise ConfigurationError(
                     f"`ascent_terms` names unknown objective term(s) {unknown}; the objective has {valid}"
                 )
-        pl_module.attach("step", self)
+        pl_module.attach("step", self)  # raises when a Lightning class's `optimizer_step` hides the mixin's
         self._named = None
+        self._hook_ran = False
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # after `LightningModule.setup` / `configure_model`, which may create layers and metrics
@@ -279,6 +196,18 @@ class WeightPerturbation(Callback):
             pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=1)
         self._new_stats = False
 
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        """Raise before the first optimizer step that took Lightning's closure unwrapped (an ``optimizer_step``
+        override that does not call ``LossesMixin.optimizer_step``): the step would silently be a plain one."""
+        if not self._hook_ran:
+            cls = type(pl_module).__name__
+            raise ConfigurationError(
+                f"{type(self).__name__} did not run: `{cls}.optimizer_step` overrides `LossesMixin.optimizer_step` "
+                f"without calling it, so the optimizer got Lightning's closure unwrapped; call "
+                f"`super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)` in `{cls}.optimizer_step`"
+            )
+        self._hook_ran = False
+
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """A checkpoint written while the weights are perturbed (from a hook inside the step) gets the originals."""
         unperturbed_checkpoint(checkpoint, pl_module, self.engine)
@@ -292,7 +221,8 @@ class WeightPerturbation(Callback):
         return self._named
 
     def _replay(self, trainer: Any, module: Any, optimizer: Any) -> None:
-        """Forward-backward of the step's earlier micro-batches at the current weights (no DDP sync)."""
+        """Forward-backward of the step's earlier micro-batches at the current weights (no DDP sync). A micro-batch
+        whose ``training_step`` returns ``None`` was skipped at :math:`w` too (Lightning) and adds no gradient."""
         from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 
         with_idx = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
@@ -301,8 +231,14 @@ class WeightPerturbation(Callback):
             with block(), torch.enable_grad():
                 out = trainer.strategy.training_step(*((batch, batch_idx) if with_idx else (batch,)))
                 loss = _training_step_loss(out)
-                if loss is not None:
-                    trainer.strategy.backward(loss / trainer.accumulate_grad_batches, optimizer)
+                if loss is None:
+                    if trainer.world_size > 1:  # as Lightning's own closure: ranks would issue other collectives
+                        raise RuntimeError(
+                            "Skipping the `training_step` by returning None in distributed training is not supported "
+                            f"(micro-batch {batch_idx} returned None in a perturbed pass of {type(self).__name__})"
+                        )
+                    continue
+                trainer.strategy.backward(loss / trainer.accumulate_grad_batches, optimizer)
 
     def wrap_closure(self, module: Any, optimizer: Any, closure: Any) -> Any:
         """The ``"step"`` plug-in hook called by :meth:`LossesMixin.optimizer_step`."""
@@ -325,9 +261,11 @@ class WeightPerturbation(Callback):
                 return _rerun(closure)
 
         def wrapped() -> torch.Tensor | None:
+            self._hook_ran = True
             scaler = getattr(trainer.precision_plugin, "scaler", None)
             grad_scale = None
-            if scaler is not None and scaler.is_enabled():
+            scaled = scaler is not None and scaler.is_enabled()
+            if scaled:
                 grad_scale = scaler.scale(torch.ones((), device=module.device))
             self._first_result = None
             try:
@@ -340,6 +278,8 @@ class WeightPerturbation(Callback):
                     no_sync=getattr(trainer.strategy, "block_backward_sync", None),
                     grad_scale=grad_scale,
                     bn_modules=batchnorm_modules(module) if self._bn is None else self._bn,
+                    # a closure returning None under a GradScaler: Lightning skips the optimizer step, so no ascent
+                    skip_on_none=scaled,
                 )
             finally:
                 self._batches.clear()

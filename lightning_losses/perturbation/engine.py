@@ -27,6 +27,7 @@ from lightning_losses import distributed
 from lightning_losses._validation import check_choice, check_int, check_number, check_state_keys
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import functional as F
+from lightning_losses.perturbation.guards import _restored_buffers, batchnorm_modules, frozen_batchnorm
 from lightning_losses.schedules import Schedule, build_schedule
 
 __all__ = ["PHASES", "Perturbation", "batchnorm_modules", "frozen_batchnorm", "select_parameters"]
@@ -71,30 +72,6 @@ def select_parameters(
             continue
         out.append((name, p))
     return out
-
-
-def frozen_batchnorm(modules: Sequence[nn.Module]) -> contextlib.AbstractContextManager:
-    """Run the body in train mode but leave BatchNorm running statistics (and ``num_batches_tracked``) exactly as
-    they were: the buffers are snapshotted and copied back (works for ``momentum=None`` too). No modules: a no-op
-    context."""
-    return _restored_buffers(modules) if modules else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _restored_buffers(modules: Sequence[nn.Module]):
-    buffers = [b for m in modules for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-    saved = [b.clone() for b in buffers]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, s in zip(buffers, saved):
-                b.copy_(s)
-
-
-def batchnorm_modules(module: nn.Module) -> list[nn.Module]:
-    """The BatchNorm layers of ``module`` that track running statistics."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
 
 
 class Perturbation:
@@ -190,6 +167,7 @@ class Perturbation:
         self._saved: list[Tensor] | None = None
         self._active_params: list[Tensor] = []
         self._buffers: list[Tensor] | None = None  # saved weights, reused between steps
+        self._frozen_buffers: dict[int, Tensor] = {}  # BatchNorm buffers' snapshots while a perturbed pass runs
 
     # ------------------------------------------------------------------ selection / schedule
     def select(self, named: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
@@ -234,10 +212,15 @@ class Perturbation:
         return self._saved is not None
 
     def original_weights(self) -> dict[int, Tensor]:
-        """``id(param) -> saved original`` while :attr:`perturbed` (for checkpoints written mid-step)."""
+        """``id(tensor) -> saved original`` while :attr:`perturbed` (for checkpoints written mid-step): the perturbed
+        parameters and, during a perturbed pass with ``freeze_bn``, the BatchNorm buffers it is changing."""
         if self._saved is None:
             return {}
-        return {id(p): s for p, s in zip(self._active_params, self._saved)}
+        return {**self._frozen_buffers, **{id(p): s for p, s in zip(self._active_params, self._saved)}}
+
+    def _frozen_bn(self, modules: Sequence[nn.Module]) -> contextlib.AbstractContextManager:
+        """:func:`frozen_batchnorm` that also exposes the snapshots to :meth:`original_weights`."""
+        return _restored_buffers(modules, self._frozen_buffers) if modules else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ the step
     def step(
@@ -251,6 +234,7 @@ class Perturbation:
         no_sync: Callable[[], Any] | None = None,
         grad_scale: Tensor | float | None = None,
         bn_modules: Sequence[nn.Module] = (),
+        skip_on_none: bool = False,
     ) -> Tensor | None:
         """Run one (possibly perturbed) step and leave the descent gradient in ``.grad``; weights end as they began.
 
@@ -265,6 +249,12 @@ class Perturbation:
             no_sync: DDP's ``model.no_sync`` (used for the ascent passes unless ``sync_ascent``).
             grad_scale: the loss scale the gradients carry (GradScaler), divided out before the ascent.
             bn_modules: BatchNorm layers whose running statistics the perturbed passes must not change.
+            skip_on_none: a first pass that returns ``None`` skips the step's perturbation (the caller will not take
+                the optimizer step: a Lightning ``training_step`` that returned ``None`` under a GradScaler).
+
+        A first pass that leaves no gradient on ``named_params`` (every ``training_step`` of the step returned
+        ``None``: Lightning's skipped batch) has nothing to perturb: the step is left as it is, not counted in
+        :attr:`perturbed_steps`, with no statistics.
 
         Returns:
             The loss of the first pass (at :math:`w`).
@@ -288,6 +278,9 @@ class Perturbation:
             loss0 = forward_backward("first")
         keep = [i for i, p in enumerate(params) if p.grad is not None]
         names, params = [names[i] for i in keep], [params[i] for i in keep]
+        if not params or (skip_on_none and loss0 is None):  # a skipped batch: nothing to perturb
+            self.last_stats = {}
+            return loss0
         radius = float(self.radius(step))
         mask = self.scale_mask(names)
         inv_scale = None if grad_scale is None else 1.0 / torch.as_tensor(grad_scale, dtype=torch.float32)
@@ -343,7 +336,7 @@ class Perturbation:
                 grads = None  # release the old gradients before the next backward (cache-friendly reuse)
                 zero_grad()
                 if i + 1 < self.inner_steps:
-                    with ascent_ctx(), frozen_batchnorm(frozen):
+                    with ascent_ctx(), self._frozen_bn(frozen):
                         forward_backward("ascent")
             delta = None
             if not perturbed:
@@ -351,7 +344,7 @@ class Perturbation:
                     torch._foreach_copy_(params, self._saved)
                 zero_grad()
                 stats["norm"] = torch.zeros(())
-            with frozen_batchnorm(frozen):
+            with self._frozen_bn(frozen):
                 loss1 = forward_backward("descent")
         finally:
             with torch.no_grad():

@@ -39,13 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_losses.perturbation.callback import (
-    frozen_metrics,
-    guarded_checkpoints,
-    metric_modules,
-    suppressed_logging,
-)
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
+from lightning_losses.perturbation.guards import frozen_metrics, guarded_checkpoints, metric_modules, suppressed_logging
 
 __all__ = ["perturbed_backward"]
 
@@ -68,7 +63,8 @@ def perturbed_backward(
     Args:
         perturbation: a :class:`Perturbation` (e.g. ``build_perturbation("sam")``).
         model: the module whose parameters are perturbed (a DDP wrapper's ``.module`` names match the model's).
-        loss_fn: computes the scalar loss at the current weights (forward only).
+        loss_fn: computes the scalar loss at the current weights (forward only); ``None`` skips the batch: no
+            backward, no perturbation (the call returns ``None``).
         backward: how to backpropagate (default ``loss.backward()``; Lightning: ``self.manual_backward``; with a
             GradScaler: ``lambda l: scaler.scale(l).backward()``).
         zero_grad: clears gradients between passes (default: ``p.grad = None`` on the model's parameters).
@@ -94,13 +90,15 @@ def perturbed_backward(
     run_backward = backward or (lambda loss: loss.backward())
     metrics = metric_modules(module)  # found once for all the passes of this step
 
-    def forward_backward(phase: str) -> torch.Tensor:
+    def forward_backward(phase: str) -> torch.Tensor | None:
         with contextlib.ExitStack() as quiet:
             if phase in ("ascent", "descent"):  # perturbed passes: no logging, metric states put back
                 if hasattr(module, "objective_logging_suppressed"):
                     quiet.enter_context(suppressed_logging(module))
                 quiet.enter_context(frozen_metrics(module, metrics))
             loss = loss_fn()
+            if loss is None:
+                return None
             run_backward(loss)
         return loss.detach()
 
@@ -116,4 +114,5 @@ def perturbed_backward(
             no_sync=no_sync,
             grad_scale=grad_scale,
             bn_modules=batchnorm_modules(module),
+            skip_on_none=True,
         )

@@ -12,8 +12,9 @@ Semantics:
 * per-sample stores are sized from the training dataset's length at ``on_train_start`` (when the strategy was built
   without ``num_samples`` and the dataset has a length): no host sync per step; a datamodule with a ``num_groups``
   attribute sizes ``group_dro`` (when built without ``num_groups``) and the per-group metrics;
-* a pass with ``objective_logging_suppressed`` set (the second, perturbed pass of SAM-like methods) reuses the
-  weights of the first pass: the state advances once per step and no extra collective runs;
+* a pass with ``objective_logging_suppressed`` set (a perturbed pass of SAM-like methods) reuses the weights that
+  the same ``compute_loss`` call got at the unperturbed weights (each micro-batch its own under gradient
+  accumulation): the state advances once per step and no extra collective runs;
 * on the Trainer's logging steps (or every ``log_every_n_steps`` optimizer steps) it logs ``reweight/ess``,
   ``reweight/entropy``, ``reweight/max``, ``reweight/min``, ``reweight/zero_fraction`` (global batch), the
   strategy's own values (``reweight/q/0``, ...) and, when the batch carries ``group``, ``reweight/group_acc/g``,
@@ -39,17 +40,52 @@ __all__ = ["SampleReweighting"]
 
 
 class _Attached:
-    """What the mixin calls: the reweighter, except in suppressed (perturbed) passes, which reuse the last weights."""
+    """What the mixin calls: the reweighter in passes at the unperturbed weights; in a suppressed (perturbed) pass,
+    the weights that the same ``compute_loss`` call of the optimizer step got at :math:`w`.
+
+    The weights of every call at :math:`w` since the step began are kept in order (one per micro-batch under gradient
+    accumulation, or more when ``training_step`` calls ``compute_loss`` several times); each perturbed pass (a new
+    value of the module's ``objective_suppressed_passes``) re-runs the step's calls in that order and call ``i`` gets
+    the ``i``-th weights. The reweighter's state therefore advances once per call at :math:`w` and no collective runs
+    in a perturbed pass.
+    """
+
+    plugin_name = "SampleReweighting"
 
     def __init__(self, reweighter: Reweighter, module: Any) -> None:
         self.reweighter, self.module = reweighter, module
+        self.recorded: list[torch.Tensor] = []  # this step's weights at w, in call order
+        self._step: Any = None
+        self._pass: int | None = None  # the suppressed pass being replayed (None: the last call was at w)
+        self._cursor = 0
 
     def __call__(self, losses: torch.Tensor, **inputs: Any) -> torch.Tensor:
-        last = self.reweighter.last.get("weights")
-        if getattr(self.module, "objective_logging_suppressed", False) and last is not None:
-            if last.shape == losses.shape:
-                return last
-        return self.reweighter(losses=losses, **inputs)
+        module = self.module
+        if getattr(module, "objective_logging_suppressed", False) and self.recorded:
+            return self._replayed(losses, getattr(module, "objective_suppressed_passes", 0))
+        trainer = getattr(module, "_trainer", None)
+        step = None if trainer is None else trainer.global_step  # None outside a Trainer: keep the last call only
+        if step is None or step != self._step or self._pass is not None:
+            self.recorded.clear()
+        self._step, self._pass = step, None
+        weights = self.reweighter(losses=losses, **inputs)
+        self.recorded.append(weights)
+        return weights
+
+    def _replayed(self, losses: torch.Tensor, pass_id: int) -> torch.Tensor:
+        if pass_id != self._pass:  # a new perturbed pass starts again at the step's first call
+            self._pass, self._cursor = pass_id, 0
+        if self._cursor >= len(self.recorded):  # a pass that was not announced (a hand-written loop): wrap around
+            self._cursor = 0
+        weights = self.recorded[self._cursor]
+        if weights.shape != losses.shape:
+            raise ValueError(
+                f"SampleReweighting: call {self._cursor} of `compute_loss` in a perturbed pass has losses of shape "
+                f"{list(losses.shape)}, but the same call at the unperturbed weights had {list(weights.shape)}; a "
+                "perturbed pass must repeat the optimizer step's `compute_loss` calls in the same order"
+            )
+        self._cursor += 1
+        return weights
 
 
 def _dataset_length(loader: Any) -> int | None:
