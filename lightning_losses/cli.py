@@ -183,13 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             from omegaconf import OmegaConf
 
-            from lightning_losses.config import load_recipe
+            from lightning_losses.config import build_run, load_recipe
 
-            print(OmegaConf.to_yaml(load_recipe(args.config, overrides)), end="")
+            cfg = load_recipe(args.config, overrides)
+            build_run(cfg)  # validated as `fit` would, before printing: nothing trains
+            print(OmegaConf.to_yaml(cfg), end="")
             return 0
         run_fit(args.config, overrides)
     except ConfigurationError as err:
-        print(f"lightning-losses: error: {err}", file=sys.stderr)
+        print(f"lightning-losses: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - raised while training: one line unless the traceback is asked for
         if os.environ.get("LIGHTNING_LOSSES_TRACEBACK", "") not in ("", "0"):

@@ -20,8 +20,6 @@ the value, raised before anything trains.
 from __future__ import annotations
 
 import copy
-import inspect
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -32,7 +30,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_losses._validation import check_annotated, check_bool, check_int, check_number, qualify, suggest
+from lightning_losses._loggers import build_logger
+from lightning_losses._validation import check_annotated, check_int, check_number, qualify, suggest
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import check_kwargs
 
@@ -40,7 +39,6 @@ __all__ = ["RECIPE_KEYS", "Run", "build_logger", "build_run", "default_recipe", 
 
 RECIPE_KEYS = ("seed", "vars", "data", "model", "objective", "callbacks", "trainer", "logger")
 REPLACED_KEYS = ("objective", "callbacks")
-LOGGERS = ("csv", "wandb", "none")
 
 
 def default_recipe() -> DictConfig:
@@ -146,67 +144,6 @@ def _section(cfg: DictConfig, key: str) -> dict[str, Any]:
     if not isinstance(container, dict):
         raise ConfigurationError(f"recipe key `{key}` must be a mapping, got {container!r}")
     return container
-
-
-def build_logger(spec: Any, save_dir: str) -> Any:
-    """Build a Lightning logger from ``csv`` / ``wandb`` / ``none`` or a mapping with a ``name`` key.
-
-    W&B runs offline unless the mapping says ``offline: false`` or the environment sets ``WANDB_MODE=online``.
-    """
-    if spec is None or spec is False:
-        return False
-    if isinstance(spec, DictConfig):
-        spec = OmegaConf.to_container(spec, resolve=True)
-    kwargs: dict[str, Any] = {}
-    if isinstance(spec, Mapping):
-        kwargs = dict(spec)
-        if "name" not in kwargs:
-            raise ConfigurationError(
-                f"a `logger` mapping needs a `name` (one of {', '.join(f'`{x}`' for x in LOGGERS)}), got keys "
-                f"{', '.join(f'`{k}`' for k in kwargs) or 'none'}"
-            )
-        name = kwargs.pop("name")
-    else:
-        name = spec
-    if name not in LOGGERS:
-        raise ConfigurationError(
-            f"`logger` must be one of {', '.join(f'`{x}`' for x in LOGGERS)} (or a mapping with `name`), "
-            f"got {name!r}{suggest(str(name), LOGGERS)}"
-        )
-    if name == "none":
-        if kwargs:
-            raise ConfigurationError(f"`logger` none takes no arguments, got {', '.join(f'`{k}`' for k in kwargs)}")
-        return False
-    if name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        kwargs.setdefault("save_dir", save_dir)
-        kwargs.setdefault("name", "lightning_losses")
-        check_kwargs(CSVLogger.__init__, kwargs, what="`logger` (csv)")
-        return CSVLogger(**kwargs)
-    try:
-        import wandb
-    except ImportError:
-        raise ConfigurationError(
-            "`logger: wandb` needs the `wandb` package: pip install 'lightning-losses[wandb]'"
-        ) from None
-    from lightning.pytorch.loggers import WandbLogger
-
-    taken = ("self", "kwargs", "name")  # `name` selects the logger here
-    valid = [n for n in inspect.signature(WandbLogger.__init__).parameters if n not in taken]
-    valid += [n for n in inspect.signature(wandb.init).parameters if n not in valid and n not in taken]
-    for key in kwargs:  # WandbLogger forwards unknown keys to wandb.init, which would fail at the first log
-        if key not in valid:
-            raise ConfigurationError(
-                f"`logger` (wandb) got an unexpected argument `{key}`{suggest(key, valid)} "
-                f"Valid arguments: {', '.join(f'`{v}`' for v in valid)}"
-            )
-    kwargs.setdefault("project", "lightning_losses")
-    # absolute: W&B's service process outlives a run and resolves relative paths against its own working directory
-    kwargs["save_dir"] = os.path.abspath(kwargs.get("save_dir", save_dir))
-    kwargs.setdefault("offline", os.environ.get("WANDB_MODE", "offline") != "online")
-    kwargs["offline"] = check_bool("logger.offline", kwargs["offline"])
-    return WandbLogger(**kwargs)
 
 
 @dataclass

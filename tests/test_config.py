@@ -213,3 +213,51 @@ def test_recipe_files_that_hold_no_mapping_and_interpolating_overrides(tmp_path)
     # an override may interpolate the recipe (resolved against the whole recipe, not the override alone)
     cfg = load_recipe({"vars": {"epochs": 3}}, ["trainer.max_epochs=${vars.epochs}"])
     assert cfg.trainer.max_epochs == 3
+
+
+def test_wandb_logger_goes_online_only_the_documented_ways(tmp_path, monkeypatch, capsys):
+    """`mode` / `settings.mode` cannot send a run online: only `offline: false` or WANDB_MODE=online can."""
+    pytest.importorskip("wandb")
+    from lightning_losses.cli import main
+
+    save = str(tmp_path)
+    for env in (None, "offline"):
+        if env is None:
+            monkeypatch.delenv("WANDB_MODE", raising=False)
+        else:
+            monkeypatch.setenv("WANDB_MODE", env)
+        for spec, key in (
+            ({"mode": "online"}, "logger.mode"),
+            ({"settings": {"mode": "online"}}, "logger.settings.mode"),
+        ):
+            with pytest.raises(
+                ll.ConfigurationError,
+                match=rf"^`{key}` 'online' would send the run to W&B, but the logger runs offline \(the default\); "
+                r"to go online set `logger.offline: false` or WANDB_MODE=online$",
+            ):
+                build_logger({"name": "wandb", **spec}, save)
+        built = build_logger({"name": "wandb", "settings": {"mode": "offline"}}, save)  # built, never started
+        assert built._offline is True and built._wandb_init["mode"] == "offline"
+        assert build_logger("wandb", save)._wandb_init["mode"] == "offline"  # explicit: outranks settings and env
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.mode` 'online' .* \(`logger.offline: true`\); to go"):
+        build_logger({"name": "wandb", "offline": True, "mode": "online"}, save)
+    online = build_logger({"name": "wandb", "offline": False, "mode": "online"}, save)  # the user says so
+    assert online._offline is False and "mode" not in online._wandb_init
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.mode` 'offline' contradicts `logger.offline: false`"):
+        build_logger({"name": "wandb", "offline": False, "mode": "offline"}, save)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.settings.mode` 'dryrun' contradicts WANDB_MODE=online"):
+        build_logger({"name": "wandb", "settings": {"mode": "dryrun"}}, save)
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.mode` must be one of `online`, .*, got 'disabled'"):
+        build_logger({"name": "wandb", "mode": "disabled"}, save)
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.settings.mood`: Extra inputs are not permitted, got 1$"):
+        build_logger({"name": "wandb", "settings": {"mood": 1}}, save)
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.settings` must be a mapping of W&B settings, got 'x'$"):
+        build_logger({"name": "wandb", "settings": "x"}, save)
+    monkeypatch.delenv("WANDB_MODE")
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger`: Providing log_model=True and offline=True is an inv"):
+        build_logger({"name": "wandb", "log_model": True}, save)  # Lightning's two-line message, on one line
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--logger", "{name: wandb, mode: online}", "--print_config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lightning-losses: error: `logger.mode` 'online' would send")
