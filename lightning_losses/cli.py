@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -186,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_losses.config import build_run, load_recipe
 
             cfg = load_recipe(args.config, overrides)
+            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no Trainer banner around the YAML
             build_run(cfg)  # validated as `fit` would, before printing: nothing trains
             print(OmegaConf.to_yaml(cfg), end="")
             return 0

@@ -31,7 +31,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lightning_losses._loggers import build_logger
-from lightning_losses._validation import check_annotated, check_int, check_number, qualify, suggest
+from lightning_losses._recipe_checks import (
+    callback_keys,
+    check_callbacks,
+    check_term_names,
+    check_trainer,
+    check_writable,
+)
+from lightning_losses._validation import check_annotated, qualify, suggest
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import check_kwargs
 
@@ -129,6 +136,12 @@ def load_recipe(source: Any = None, overrides: Iterable[str] = ()) -> DictConfig
                 OmegaConf.update(merged, key, value, merge=True, force_add=True)
         except OmegaConfBaseException as err:
             raise ConfigurationError(f"cannot apply override `{item}`: {_one_line(err)}") from None
+        except yaml.YAMLError as err:  # `--objective '{cross_entropy: {}'`: an unclosed flow mapping
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            context = getattr(err, "context", None)
+            raise ConfigurationError(
+                f"the value of `{key}` is not valid YAML ({f'{context}: ' if context else ''}{problem}), got {raw!r}"
+            ) from None
     try:
         resolved = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
@@ -195,6 +208,7 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
         raise ConfigurationError(f"`seed` must be an integer in [0, 2^32 - 1] (numpy's range), got {seed!r}")
     data_kwargs, model_kwargs, trainer_kwargs = _section(cfg, "data"), _section(cfg, "model"), _section(cfg, "trainer")
     try:
+        check_term_names(_section(cfg, "objective"))
         Objective(_section(cfg, "objective"))  # validate before seeding / building anything heavy
     except ConfigurationError as err:
         raise qualify("objective", err) from None
@@ -206,6 +220,7 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
         check_kwargs(cls.__init__, kwargs, what=f"recipe section `{section}`")
     try:
         datamodule = DigitsDataModule(**data_kwargs)
+        datamodule.setup("fit")  # milliseconds; checks the split sizes against the batch size
     except ConfigurationError as err:
         raise qualify("data", err) from None
     try:
@@ -219,19 +234,26 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
         raise qualify("model", err) from None
     _probe_objective(model, datamodule)
     try:
-        callbacks = build_callbacks(_section(cfg, "callbacks")) + list(extra_callbacks)
+        callbacks = build_callbacks(_section(cfg, "callbacks"))
     except (ConfigurationError, TypeError, ValueError) as err:
         raise qualify("callbacks", err) from None
     check_kwargs(L.Trainer.__init__, trainer_kwargs, what="recipe section `trainer`", skip=("callbacks", "logger"))
     check_annotated(L.Trainer.__init__, trainer_kwargs, prefix="trainer")
-    _check_trainer_names(trainer_kwargs)
-    for key in ("check_val_every_n_epoch", "accumulate_grad_batches"):  # Lightning divides by them mid-training
-        if trainer_kwargs.get(key) is not None:
-            check_int(f"trainer.{key}", trainer_kwargs[key], low=1)
-    if trainer_kwargs.get("gradient_clip_val") is not None:
-        check_number("trainer.gradient_clip_val", trainer_kwargs["gradient_clip_val"], low=0.0)
+    check_trainer(trainer_kwargs)
+    check_callbacks(
+        callback_keys(_section(cfg, "callbacks")),
+        callbacks,
+        num_samples=len(datamodule.datasets["train"]),
+        num_classes=datamodule.num_classes,
+        trainer_kwargs=trainer_kwargs,
+    )
+    callbacks += list(extra_callbacks)
     save_dir = str(trainer_kwargs.get("default_root_dir", "runs"))
-    logger = build_logger(cfg.get("logger", "csv"), save_dir)
+    logger_spec = cfg.get("logger", "csv")
+    for key in ("save_dir", "dir"):
+        if isinstance(logger_spec, Mapping) and logger_spec.get(key) is not None:
+            check_writable(f"logger.{key}", logger_spec[key])
+    logger = build_logger(logger_spec, save_dir)
     if logger is False and any(type(cb).__name__ == "LearningRateMonitor" for cb in callbacks):
         raise ConfigurationError("`callbacks.lr_monitor` logs to a logger, but the recipe has `logger: none`")
     try:
@@ -239,23 +261,3 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
     except Exception as err:  # Lightning raises MisconfigurationException / ValueError for bad values
         raise qualify("trainer", err) from None
     return Run(cfg, datamodule, model, trainer, callbacks)
-
-
-def _check_trainer_names(trainer_kwargs: dict[str, Any]) -> None:
-    """A misspelt ``trainer.strategy`` / ``trainer.accelerator`` name fails with the nearest registered name
-    (Lightning's own message lists a few examples and no suggestion)."""
-    from lightning.pytorch.accelerators import AcceleratorRegistry
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    registries = {
-        "strategy": ("auto", *StrategyRegistry.available_strategies()),
-        "accelerator": ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())),
-    }
-    for key, names in registries.items():
-        value = trainer_kwargs.get(key)
-        if isinstance(value, str) and (value.lower() if key == "strategy" else value) not in names:  # as Lightning
-            shown = ", ".join(f"`{n}`" for n in names[:6]) + (", ..." if len(names) > 6 else "")
-            raise ConfigurationError(
-                f"`trainer.{key}` must be one of the names Lightning registers ({shown}), got {value!r}"
-                f"{suggest(value, names)}"
-            )

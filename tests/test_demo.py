@@ -117,6 +117,10 @@ def test_batches_are_dicts_with_dataset_positions():
         ({"spurious": 1.5}, r"`spurious` must be in \[0.0, 1.0\], got 1.5"),
         ({"batch_size": 0}, r"`batch_size` must be an integer >= 1, got 0"),
         ({"shuffle": "no"}, r"`shuffle` must be a bool \(True or False\), got 'no'"),
+        (
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            r"^`val_fraction` must be < 1 - `test_fraction` = 0.5 \(the rest is the training split\), got 0.5$",
+        ),
     ],
 )
 def test_datamodule_argument_errors(kwargs, match):
@@ -131,6 +135,12 @@ def test_datamodule_argument_errors(kwargs, match):
         ({"batch_norm": 1}, r"`batch_norm` must be a bool \(True or False\), got 1"),
         ({"dropout": 1.0}, r"`dropout` must be in \[0.0, 1.0\), got 1.0"),
         ({"optimizer": "adam"}, r"`optimizer` must be one of `adamw`, `sgd`, got 'adam'; did you mean `adamw`\?"),
+        (  # before allocating: 4 * 10^22 bytes
+            {"hidden_dim": 10**11},
+            r"^`hidden_dim` = 100000000000 with `depth` = 2 makes a model of 10,000,000,007,600,000,000,010 "
+            r"parameters; the demo model allows at most 268,435,456, got hidden_dim=100000000000$",
+        ),
+        ({"hidden_dim": 2**13, "depth": 5}, r"^`hidden_dim` = 8192 with `depth` = 5 makes a model of 269,"),
     ],
 )
 def test_model_argument_errors(kwargs, match):
@@ -270,3 +280,16 @@ def test_group_accuracy_under_ddp_with_a_rank_missing_a_group(ddp):
     assert set(expected) == {0, 1}
     want = {**{f"val/acc_group{g}": a for g, a in expected.items()}, "val/worst_group_acc": min(expected.values())}
     assert out0 == pytest.approx(want, abs=1e-6) and out1 == pytest.approx(want, abs=1e-6)
+
+
+def test_batch_size_above_the_training_split_fails_in_setup():
+    dm = DigitsDataModule(batch_size=10**20)  # the split size is known once the splits exist
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^`batch_size` must be an integer in \[1, 1259\] \(the size of the training split\), got 10{20}$",
+    ):
+        dm.setup("fit")
+    assert dm.datasets == {}
+    full = DigitsDataModule(batch_size=1259)  # the whole training split in one batch is fine
+    full.setup("fit")
+    assert len(next(iter(full.train_dataloader()))["target"]) == 1259

@@ -11,12 +11,14 @@ import torchmetrics
 from torch import nn
 
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number
+from lightning_losses.errors import ConfigurationError
 from lightning_losses.mixin import LossesMixin
 from lightning_losses.reweighting.metrics import GroupAccuracy
 
 __all__ = ["DigitsClassifier"]
 
 _OPTIMIZERS = ("adamw", "sgd")
+MAX_PARAMETERS = 2**28  # 1 GiB of float32 weights (4 GiB with AdamW's state and the gradients): a digits MLP
 
 
 class DigitsClassifier(LossesMixin, L.LightningModule):
@@ -25,7 +27,7 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
     Args:
         num_features: input width (64, or 74 with spurious features). Default 64.
         num_classes: number of classes. Default 10.
-        hidden_dim: hidden width. Default 128.
+        hidden_dim: hidden width; the model has at most ``MAX_PARAMETERS`` (2^28) parameters. Default 128.
         depth: number of hidden layers. Default 2.
         dropout: dropout rate in ``[0, 1)``. Default 0.1.
         batch_norm: add ``BatchNorm1d`` after each hidden layer. Default False.
@@ -55,6 +57,13 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         self.num_classes = check_int("num_classes", num_classes, low=2)
         check_int("hidden_dim", hidden_dim, low=1)
         check_int("depth", depth, low=0)
+        widths = [num_features] + [hidden_dim] * depth + [num_classes]
+        size = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+        if size > MAX_PARAMETERS:  # before anything is allocated
+            raise ConfigurationError(
+                f"`hidden_dim` = {hidden_dim} with `depth` = {depth} makes a model of {size:,} parameters; the demo "
+                f"model allows at most {MAX_PARAMETERS:,}, got hidden_dim={hidden_dim}"
+            )
         check_number("dropout", dropout, low=0.0, high=1.0, high_open=True)
         self.optimizer_name = check_choice("optimizer", optimizer, _OPTIMIZERS)
         self.lr = check_number("lr", lr, low=0.0, low_open=True)
