@@ -98,7 +98,7 @@ def _wandb_logger(kwargs: dict[str, Any], save_dir: str) -> Any:
         offline = os.environ.get("WANDB_MODE", "offline") != "online"
         decided_by = "the default" if offline else "WANDB_MODE=online"
     settings_mode = _settings_mode(kwargs.get("settings"), wandb)
-    for key, mode in (("logger.mode", kwargs.pop("mode", None)), ("logger.settings.mode", settings_mode)):
+    for key, mode in (("logger.mode", kwargs.get("mode")), ("logger.settings.mode", settings_mode)):
         if mode is None:
             continue
         check_choice(key, mode, WANDB_ONLINE_MODES + WANDB_OFFLINE_MODES)
@@ -114,6 +114,7 @@ def _wandb_logger(kwargs: dict[str, Any], save_dir: str) -> Any:
     kwargs["offline"] = offline
     if offline:
         kwargs["mode"] = "offline"  # explicit: wandb.init's own argument outranks settings and the environment
+    # online (the user said so): a `mode` given, one of the online ones, goes to wandb.init as it is
     kwargs.setdefault("project", "lightning_losses")
     # absolute: W&B's service process outlives a run and resolves relative paths against its own working directory
     kwargs["save_dir"] = os.path.abspath(kwargs.get("save_dir", save_dir))

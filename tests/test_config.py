@@ -324,7 +324,8 @@ def test_wandb_logger_goes_online_only_the_documented_ways(tmp_path, monkeypatch
     with pytest.raises(ll.ConfigurationError, match=r"^`logger.mode` 'online' .* \(`logger.offline: true`\); to go"):
         build_logger({"name": "wandb", "offline": True, "mode": "online"}, save)
     online = build_logger({"name": "wandb", "offline": False, "mode": "online"}, save)  # the user says so
-    assert online._offline is False and "mode" not in online._wandb_init
+    assert online._offline is False and online._wandb_init["mode"] == "online"
+    assert "mode" not in build_logger({"name": "wandb", "offline": False}, save)._wandb_init  # W&B's own default
     with pytest.raises(ll.ConfigurationError, match=r"^`logger.mode` 'offline' contradicts `logger.offline: false`"):
         build_logger({"name": "wandb", "offline": False, "mode": "offline"}, save)
     monkeypatch.setenv("WANDB_MODE", "online")
