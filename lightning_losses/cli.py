@@ -5,7 +5,7 @@ Usage::
     lightning-losses                                   # = fit on the embedded default recipe
     lightning-losses fit --config configs/focal.yaml --trainer.devices 2 --trainer.strategy ddp
     lightning-losses fit --objective.cross_entropy.label_smoothing 0.1 --logger wandb
-    lightning-losses fit --print_config                # show the resolved recipe and exit
+    lightning-losses fit --print_config                # validate, show the resolved recipe and exit
     lightning-losses list losses                       # registered names (losses, schedules, callbacks)
     lightning-losses compare configs/a.yaml configs/b.yaml --seeds 3 --out runs/compare
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="train, test and print results (the default command)")
     fit.add_argument("--config", "-c", help="recipe YAML (merged onto the embedded default)")
     fit.add_argument("--logger", help="csv | wandb | none, or a mapping such as '{name: wandb, project: p}'")
-    fit.add_argument("--print_config", action="store_true", help="print the resolved recipe and exit")
+    fit.add_argument("--print_config", action="store_true", help="validate, print the resolved recipe and exit")
     cmp = sub.add_parser("compare", help="train several recipes over several seeds; table of mean and std + plot")
     cmp.add_argument("recipes", nargs="+", help="recipe paths (label them with name=path)")
     cmp.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
@@ -183,13 +184,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             from omegaconf import OmegaConf
 
-            from lightning_losses.config import load_recipe
+            from lightning_losses.config import build_run, load_recipe
 
-            print(OmegaConf.to_yaml(load_recipe(args.config, overrides)), end="")
+            cfg = load_recipe(args.config, overrides)
+            logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no Trainer banner around the YAML
+            build_run(cfg)  # validated as `fit` would, before printing: nothing trains
+            print(OmegaConf.to_yaml(cfg), end="")
             return 0
         run_fit(args.config, overrides)
     except ConfigurationError as err:
-        print(f"lightning-losses: error: {err}", file=sys.stderr)
+        print(f"lightning-losses: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - raised while training: one line unless the traceback is asked for
         if os.environ.get("LIGHTNING_LOSSES_TRACEBACK", "") not in ("", "0"):

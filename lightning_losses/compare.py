@@ -1,9 +1,10 @@
 """``lightning-losses compare``: train several recipes over several seeds and tabulate mean and std.
 
 Each recipe runs once per seed with ``seed`` and ``data.seed`` set to that seed (so model initialisation, data order,
-split and any label noise all vary), the progress bar off and no logger. Results go to ``OUT/results.json``, a
-Markdown table to stdout and ``OUT/table.md``, and a bar chart with standard-deviation error bars to
-``OUT/compare.png`` (matplotlib, if installed).
+split and any label noise all vary), the progress bar off and no logger. Every file a run writes (its
+``results.json``, checkpoints) goes under ``OUT/<recipe>/seed<k>/`` (its ``trainer.default_root_dir``); the summary
+goes to ``OUT/results.json``, a Markdown table to stdout and ``OUT/table.md``, and a bar chart with standard-deviation
+error bars to ``OUT/compare.png`` (matplotlib, if installed).
 
 Example::
 
@@ -98,7 +99,7 @@ def compare(
         seeds: number of seeds (>= 1).
         metrics: result keys to tabulate (the first one is plotted).
         overrides: dot-list overrides applied to every run.
-        out: output folder.
+        out: output folder; run ``k`` of recipe ``name`` writes under ``out/name/seed{k}``.
     """
     from lightning_losses.cli import run_fit
 
@@ -110,6 +111,10 @@ def compare(
         name, _, path = item.rpartition("=") if "=" in item else (Path(item).stem, "", item)
         if not Path(path).is_file():
             raise ConfigurationError(f"recipe file `{path}` does not exist")
+        if not name or name in (".", "..") or any(c in name for c in "/\\"):
+            raise ConfigurationError(
+                f"recipe label `{name}` must be a folder name (no `/`, not `.` or `..`); label it with `name=path`"
+            )
         if name in named:
             raise ConfigurationError(f"two recipes are labelled `{name}`; label them with `name=path`")
         named[name] = path
@@ -118,16 +123,27 @@ def compare(
     from lightning_losses.config import build_run, load_recipe
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+    def run_overrides(name: str, seed: int) -> list[str]:  # every file of the run under out/name/seed{seed}
+        root = Path(out) / name / f"seed{seed}"
+        return [
+            *overrides,
+            *QUIET,
+            f"seed={seed}",
+            f"data.seed={seed}",
+            f"trainer.default_root_dir={json.dumps(str(root))}",
+        ]
+
     for name, path in named.items():  # every recipe is checked before the first one trains
         try:
-            build_run(load_recipe(path, [*overrides, *QUIET]))
+            build_run(load_recipe(path, run_overrides(name, 0)))
         except ConfigurationError as err:
             raise ConfigurationError(f"recipe `{name}` ({path}): {err}") from None
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in named}
     for seed in range(seeds):  # seeds outermost: interleaved, so machine drift hits every recipe alike
         for name, path in named.items():
             start = time.perf_counter()
-            result = run_fit(path, [*overrides, *QUIET, f"seed={seed}", f"data.seed={seed}"], print_results=False)
+            result = run_fit(path, run_overrides(name, seed), print_results=False)
             result["seconds"] = time.perf_counter() - start
             unknown = [m for m in metrics if m not in result]
             if unknown:

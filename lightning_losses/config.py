@@ -20,8 +20,6 @@ the value, raised before anything trains.
 from __future__ import annotations
 
 import copy
-import inspect
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -32,7 +30,15 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_losses._validation import check_annotated, check_bool, check_int, check_number, qualify, suggest
+from lightning_losses._loggers import build_logger
+from lightning_losses._recipe_checks import (
+    callback_keys,
+    check_callbacks,
+    check_term_names,
+    check_trainer,
+    check_writable,
+)
+from lightning_losses._validation import check_annotated, qualify, suggest
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import check_kwargs
 
@@ -40,7 +46,6 @@ __all__ = ["RECIPE_KEYS", "Run", "build_logger", "build_run", "default_recipe", 
 
 RECIPE_KEYS = ("seed", "vars", "data", "model", "objective", "callbacks", "trainer", "logger")
 REPLACED_KEYS = ("objective", "callbacks")
-LOGGERS = ("csv", "wandb", "none")
 
 
 def default_recipe() -> DictConfig:
@@ -131,6 +136,12 @@ def load_recipe(source: Any = None, overrides: Iterable[str] = ()) -> DictConfig
                 OmegaConf.update(merged, key, value, merge=True, force_add=True)
         except OmegaConfBaseException as err:
             raise ConfigurationError(f"cannot apply override `{item}`: {_one_line(err)}") from None
+        except yaml.YAMLError as err:  # `--objective '{cross_entropy: {}'`: an unclosed flow mapping
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            context = getattr(err, "context", None)
+            raise ConfigurationError(
+                f"the value of `{key}` is not valid YAML ({f'{context}: ' if context else ''}{problem}), got {raw!r}"
+            ) from None
     try:
         resolved = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
@@ -146,67 +157,6 @@ def _section(cfg: DictConfig, key: str) -> dict[str, Any]:
     if not isinstance(container, dict):
         raise ConfigurationError(f"recipe key `{key}` must be a mapping, got {container!r}")
     return container
-
-
-def build_logger(spec: Any, save_dir: str) -> Any:
-    """Build a Lightning logger from ``csv`` / ``wandb`` / ``none`` or a mapping with a ``name`` key.
-
-    W&B runs offline unless the mapping says ``offline: false`` or the environment sets ``WANDB_MODE=online``.
-    """
-    if spec is None or spec is False:
-        return False
-    if isinstance(spec, DictConfig):
-        spec = OmegaConf.to_container(spec, resolve=True)
-    kwargs: dict[str, Any] = {}
-    if isinstance(spec, Mapping):
-        kwargs = dict(spec)
-        if "name" not in kwargs:
-            raise ConfigurationError(
-                f"a `logger` mapping needs a `name` (one of {', '.join(f'`{x}`' for x in LOGGERS)}), got keys "
-                f"{', '.join(f'`{k}`' for k in kwargs) or 'none'}"
-            )
-        name = kwargs.pop("name")
-    else:
-        name = spec
-    if name not in LOGGERS:
-        raise ConfigurationError(
-            f"`logger` must be one of {', '.join(f'`{x}`' for x in LOGGERS)} (or a mapping with `name`), "
-            f"got {name!r}{suggest(str(name), LOGGERS)}"
-        )
-    if name == "none":
-        if kwargs:
-            raise ConfigurationError(f"`logger` none takes no arguments, got {', '.join(f'`{k}`' for k in kwargs)}")
-        return False
-    if name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
-
-        kwargs.setdefault("save_dir", save_dir)
-        kwargs.setdefault("name", "lightning_losses")
-        check_kwargs(CSVLogger.__init__, kwargs, what="`logger` (csv)")
-        return CSVLogger(**kwargs)
-    try:
-        import wandb
-    except ImportError:
-        raise ConfigurationError(
-            "`logger: wandb` needs the `wandb` package: pip install 'lightning-losses[wandb]'"
-        ) from None
-    from lightning.pytorch.loggers import WandbLogger
-
-    taken = ("self", "kwargs", "name")  # `name` selects the logger here
-    valid = [n for n in inspect.signature(WandbLogger.__init__).parameters if n not in taken]
-    valid += [n for n in inspect.signature(wandb.init).parameters if n not in valid and n not in taken]
-    for key in kwargs:  # WandbLogger forwards unknown keys to wandb.init, which would fail at the first log
-        if key not in valid:
-            raise ConfigurationError(
-                f"`logger` (wandb) got an unexpected argument `{key}`{suggest(key, valid)} "
-                f"Valid arguments: {', '.join(f'`{v}`' for v in valid)}"
-            )
-    kwargs.setdefault("project", "lightning_losses")
-    # absolute: W&B's service process outlives a run and resolves relative paths against its own working directory
-    kwargs["save_dir"] = os.path.abspath(kwargs.get("save_dir", save_dir))
-    kwargs.setdefault("offline", os.environ.get("WANDB_MODE", "offline") != "online")
-    kwargs["offline"] = check_bool("logger.offline", kwargs["offline"])
-    return WandbLogger(**kwargs)
 
 
 @dataclass
@@ -258,6 +208,7 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
         raise ConfigurationError(f"`seed` must be an integer in [0, 2^32 - 1] (numpy's range), got {seed!r}")
     data_kwargs, model_kwargs, trainer_kwargs = _section(cfg, "data"), _section(cfg, "model"), _section(cfg, "trainer")
     try:
+        check_term_names(_section(cfg, "objective"))
         Objective(_section(cfg, "objective"))  # validate before seeding / building anything heavy
     except ConfigurationError as err:
         raise qualify("objective", err) from None
@@ -269,6 +220,7 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
         check_kwargs(cls.__init__, kwargs, what=f"recipe section `{section}`")
     try:
         datamodule = DigitsDataModule(**data_kwargs)
+        datamodule.setup("fit")  # milliseconds; checks the split sizes against the batch size
     except ConfigurationError as err:
         raise qualify("data", err) from None
     try:
@@ -282,19 +234,26 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
         raise qualify("model", err) from None
     _probe_objective(model, datamodule)
     try:
-        callbacks = build_callbacks(_section(cfg, "callbacks")) + list(extra_callbacks)
+        callbacks = build_callbacks(_section(cfg, "callbacks"))
     except (ConfigurationError, TypeError, ValueError) as err:
         raise qualify("callbacks", err) from None
     check_kwargs(L.Trainer.__init__, trainer_kwargs, what="recipe section `trainer`", skip=("callbacks", "logger"))
     check_annotated(L.Trainer.__init__, trainer_kwargs, prefix="trainer")
-    _check_trainer_names(trainer_kwargs)
-    for key in ("check_val_every_n_epoch", "accumulate_grad_batches"):  # Lightning divides by them mid-training
-        if trainer_kwargs.get(key) is not None:
-            check_int(f"trainer.{key}", trainer_kwargs[key], low=1)
-    if trainer_kwargs.get("gradient_clip_val") is not None:
-        check_number("trainer.gradient_clip_val", trainer_kwargs["gradient_clip_val"], low=0.0)
+    check_trainer(trainer_kwargs)
+    check_callbacks(
+        callback_keys(_section(cfg, "callbacks")),
+        callbacks,
+        num_samples=len(datamodule.datasets["train"]),
+        num_classes=datamodule.num_classes,
+        trainer_kwargs=trainer_kwargs,
+    )
+    callbacks += list(extra_callbacks)
     save_dir = str(trainer_kwargs.get("default_root_dir", "runs"))
-    logger = build_logger(cfg.get("logger", "csv"), save_dir)
+    logger_spec = cfg.get("logger", "csv")
+    for key in ("save_dir", "dir"):
+        if isinstance(logger_spec, Mapping) and logger_spec.get(key) is not None:
+            check_writable(f"logger.{key}", logger_spec[key])
+    logger = build_logger(logger_spec, save_dir)
     if logger is False and any(type(cb).__name__ == "LearningRateMonitor" for cb in callbacks):
         raise ConfigurationError("`callbacks.lr_monitor` logs to a logger, but the recipe has `logger: none`")
     try:
@@ -302,23 +261,3 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
     except Exception as err:  # Lightning raises MisconfigurationException / ValueError for bad values
         raise qualify("trainer", err) from None
     return Run(cfg, datamodule, model, trainer, callbacks)
-
-
-def _check_trainer_names(trainer_kwargs: dict[str, Any]) -> None:
-    """A misspelt ``trainer.strategy`` / ``trainer.accelerator`` name fails with the nearest registered name
-    (Lightning's own message lists a few examples and no suggestion)."""
-    from lightning.pytorch.accelerators import AcceleratorRegistry
-    from lightning.pytorch.strategies import StrategyRegistry
-
-    registries = {
-        "strategy": ("auto", *StrategyRegistry.available_strategies()),
-        "accelerator": ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())),
-    }
-    for key, names in registries.items():
-        value = trainer_kwargs.get(key)
-        if isinstance(value, str) and (value.lower() if key == "strategy" else value) not in names:  # as Lightning
-            shown = ", ".join(f"`{n}`" for n in names[:6]) + (", ..." if len(names) > 6 else "")
-            raise ConfigurationError(
-                f"`trainer.{key}` must be one of the names Lightning registers ({shown}), got {value!r}"
-                f"{suggest(value, names)}"
-            )

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,48 @@ def test_list_and_print_config(capsys):
     assert main(["fit", "--print_config", "--objective.cross_entropy.label_smoothing", "0.1", "--logger", "none"]) == 0
     out = capsys.readouterr().out
     assert "label_smoothing: 0.1" in out and "logger: none" in out
+
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("print_config", [False, True], ids=["fit", "print_config"])
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["--data.batch_size", "100000000000000000000"], "data.batch_size"),
+        (["--model.hidden_dim", "1000000000000"], "model.hidden_dim"),
+        (
+            ["-c", str(CONFIGS / "perturbation" / "saf.yaml"), "--callbacks.saf.epochs_ago", "10000000"],
+            "callbacks.saf.epochs_ago",
+        ),
+        (["--trainer.val_check_interval", "0"], "trainer.val_check_interval"),
+        (["--objective", "{cross_entropy: {}"], "objective"),
+        (["--objective", "{a.b: {loss: cross_entropy}}"], "objective"),
+        (["--trainer.default_root_dir", "afile/runs"], "trainer.default_root_dir"),
+        (["--trainer.log_every_n_steps", "-1"], "trainer.log_every_n_steps"),
+        (
+            ["-c", str(CONFIGS / "entropy_target.yaml"), "--callbacks.entropy_control.target", "3"],
+            "callbacks.entropy_control.target",
+        ),
+        (["--data.val_fraction", "0.5", "--data.test_fraction", "0.5"], "data.val_fraction"),
+    ],
+)
+def test_configuration_errors_exit_2_in_one_line_before_training(
+    argv, key, print_config, tmp_path, monkeypatch, capsys
+):
+    import lightning as L
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(L.Trainer, "fit", no_training)
+    (tmp_path / "afile").write_text("")
+    assert main(["fit", *argv, *(["--print_config"] if print_config else [])]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err  # --print_config validates before printing
+    assert re.match(rf"^lightning-losses: error: (the value of )?`{re.escape(key)}[.`]", err), err
 
 
 def _train_losses(root: Path) -> list[float]:

@@ -41,7 +41,18 @@ def test_compare_command_end_to_end(tmp_path, monkeypatch, capsys):
         "--trainer.limit_val_batches",
         "1",
     ]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "results.json").write_text("mine")  # a file outside `--out` stays as it is
     assert main(argv) == 0
+    assert (tmp_path / "runs" / "results.json").read_text() == "mine"
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["cmp", "runs"] and len(list((tmp_path / "runs").iterdir())) == 1
+    )
+    for name in ("ce", "focal"):  # every run's files under OUT, one folder per recipe and seed
+        for seed in (0, 1):
+            run_dir = out / name / f"seed{seed}"
+            assert json.loads((run_dir / "results.json").read_text())["test/acc"] >= 0.0
+            assert list((run_dir / "checkpoints").glob("*.ckpt"))
     printed = capsys.readouterr().out
     assert "| recipe | test/acc | test/nll |" in printed
     data = json.loads((out / "results.json").read_text())
@@ -59,6 +70,8 @@ def test_compare_errors(tmp_path, capsys):
 
     with pytest.raises(ConfigurationError, match=r"two recipes are labelled `focal`"):
         compare([str(CONFIGS / "focal.yaml"), f"focal={CONFIGS / 'default.yaml'}"])
+    with pytest.raises(ConfigurationError, match=r"^recipe label `a/b` must be a folder name \(no `/`, not `.`"):
+        compare([f"a/b={CONFIGS / 'focal.yaml'}"])
     with pytest.raises(ConfigurationError, match=r"`seeds` must be an integer >= 1, got 0"):
         compare([str(CONFIGS / "focal.yaml")], seeds=0)
 

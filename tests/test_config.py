@@ -14,6 +14,8 @@ OWN_BUILDERS = {"preference": "tests/llm/test_preference_demo.py", "lm": "tests/
 CONFIGS = sorted(
     p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if not OWN_BUILDERS.keys() & set(p.parts)
 )
+SAF_RECIPE = str(Path(__file__).parents[1] / "configs" / "perturbation" / "saf.yaml")
+ENTROPY_RECIPE = str(Path(__file__).parents[1] / "configs" / "entropy_target.yaml")
 FAST = ["trainer.fast_dev_run=2", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
@@ -151,10 +153,90 @@ def test_merge_replace_interpolation_and_overrides():
             r"`objective.focal.gamma`\)$",  # one line, naming the key
         ),
         ("nope.yaml", [], r"recipe file `nope.yaml` does not exist"),
+        # issue 14: values that failed mid-training (exit 1) or ran as nonsense, now caught before training
+        (
+            None,
+            ["data.batch_size=100000000000000000000"],
+            r"^`data.batch_size` must be an integer in \[1, 1259\] \(the size of the training split\), got 1000",
+        ),
+        (
+            None,
+            ["model.hidden_dim=1000000000000"],
+            r"^`model.hidden_dim` = 1000000000000 with `depth` = 2 makes a model of 1,000,000,000,076,000,000,000,010 "
+            r"parameters; the demo model allows at most 268,435,456, got hidden_dim=1000000000000$",
+        ),
+        (
+            SAF_RECIPE,
+            ["callbacks.saf.epochs_ago=10000000"],
+            r"^`callbacks.saf.epochs_ago` must be less than `trainer.max_epochs` = 15 \(the term compares with "
+            r"outputs recorded `epochs_ago` epochs back, which must exist within the run\), got 10000000$",
+        ),
+        (
+            SAF_RECIPE,
+            ["callbacks.saf.epochs_ago=10000000", "trainer.max_epochs=-1", "trainer.max_steps=10"],
+            r"^`callbacks.saf.epochs_ago` = 10000000 needs a trajectory table of 515.9 GiB \(samples x \(epochs_ago "
+            r"\+ 1\) x classes\); at most 2 GiB, got 10000000$",
+        ),
+        *[
+            (
+                None,
+                [f"trainer.val_check_interval={v}"],
+                r"^`trainer.val_check_interval` must be an integer >= 1 \(batches\), a float in \(0.0, 1.0\] \(a "
+                rf"fraction of the epoch\) or a duration, got {v}$",
+            )
+            for v in ("0", "0.0", "1.5", "-2")
+        ],
+        (None, ["trainer.log_every_n_steps=-1"], r"^`trainer.log_every_n_steps` must be an integer >= 0, got -1$"),
+        (
+            None,
+            ["objective={a.b: {loss: cross_entropy}}"],
+            r"^`objective` term name 'a.b' must be non-empty and contain no `.` \(a term name is a module name\); "
+            r"use e.g. 'a_b' and `loss: <registered name>`$",
+        ),
+        (
+            None,
+            ["objective={training: {loss: cross_entropy}}"],
+            r"^`objective` term name 'training' is an attribute of torch.nn.ModuleDict; choose another name",
+        ),
+        (
+            None,
+            ["objective={cross_entropy: {}"],
+            r"^the value of `objective` is not valid YAML \(while parsing a flow mapping: did not find expected ',' "
+            r"or '}'\), got '\{cross_entropy: \{\}'$",
+        ),
+        (
+            None,
+            ["trainer.default_root_dir=afile/runs"],
+            r"^`trainer.default_root_dir` must be a folder that can be created, got 'afile/runs' \(`.*afile` is a "
+            r"file\)$",
+        ),
+        (None, ["logger={name: csv, save_dir: afile}"], r"^`logger.save_dir` must be a folder that can be created"),
+        (
+            ENTROPY_RECIPE,
+            ["callbacks.entropy_control.target=3.0"],
+            r"^`callbacks.entropy_control.target` must be <= log C = 2.3026 nats \(the entropy of the uniform "
+            r"distribution over the data's 10 classes: the target is unreachable\), got 3.0$",
+        ),
+        (
+            ENTROPY_RECIPE,
+            ["callbacks.entropy_control.target={name: linear, start: 0.5, end: 2.5, steps: 100}"],
+            r"^`callbacks.entropy_control.target` must be <= log C = 2.3026 nats .*, got 2.5$",
+        ),
+        (
+            None,
+            ["callbacks={entropy: {band: [2.4, 3.0]}}"],
+            r"^`callbacks.entropy.band\[0\]` must be <= log C = 2.3026 nats .*the band's low edge is unreachable",
+        ),
+        (
+            None,
+            ["data.val_fraction=0.5", "data.test_fraction=0.5"],
+            r"^`data.val_fraction` must be < 1 - `test_fraction` = 0.5 \(the rest is the training split\), got 0.5$",
+        ),
     ],
 )
 def test_recipe_errors(recipe, overrides, match, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
     with pytest.raises(ll.ConfigurationError, match=match):
         build_run(load_recipe(recipe, overrides))
 
@@ -213,3 +295,65 @@ def test_recipe_files_that_hold_no_mapping_and_interpolating_overrides(tmp_path)
     # an override may interpolate the recipe (resolved against the whole recipe, not the override alone)
     cfg = load_recipe({"vars": {"epochs": 3}}, ["trainer.max_epochs=${vars.epochs}"])
     assert cfg.trainer.max_epochs == 3
+
+
+def test_wandb_logger_goes_online_only_the_documented_ways(tmp_path, monkeypatch, capsys):
+    """`mode` / `settings.mode` cannot send a run online: only `offline: false` or WANDB_MODE=online can."""
+    pytest.importorskip("wandb")
+    from lightning_losses.cli import main
+
+    save = str(tmp_path)
+    for env in (None, "offline"):
+        if env is None:
+            monkeypatch.delenv("WANDB_MODE", raising=False)
+        else:
+            monkeypatch.setenv("WANDB_MODE", env)
+        for spec, key in (
+            ({"mode": "online"}, "logger.mode"),
+            ({"settings": {"mode": "online"}}, "logger.settings.mode"),
+        ):
+            with pytest.raises(
+                ll.ConfigurationError,
+                match=rf"^`{key}` 'online' would send the run to W&B, but the logger runs offline \(the default\); "
+                r"to go online set `logger.offline: false` or WANDB_MODE=online$",
+            ):
+                build_logger({"name": "wandb", **spec}, save)
+        built = build_logger({"name": "wandb", "settings": {"mode": "offline"}}, save)  # built, never started
+        assert built._offline is True and built._wandb_init["mode"] == "offline"
+        assert build_logger("wandb", save)._wandb_init["mode"] == "offline"  # explicit: outranks settings and env
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.mode` 'online' .* \(`logger.offline: true`\); to go"):
+        build_logger({"name": "wandb", "offline": True, "mode": "online"}, save)
+    online = build_logger({"name": "wandb", "offline": False, "mode": "online"}, save)  # the user says so
+    assert online._offline is False and online._wandb_init["mode"] == "online"
+    assert "mode" not in build_logger({"name": "wandb", "offline": False}, save)._wandb_init  # W&B's own default
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.mode` 'offline' contradicts `logger.offline: false`"):
+        build_logger({"name": "wandb", "offline": False, "mode": "offline"}, save)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.settings.mode` 'dryrun' contradicts WANDB_MODE=online"):
+        build_logger({"name": "wandb", "settings": {"mode": "dryrun"}}, save)
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.mode` must be one of `online`, .*, got 'disabled'"):
+        build_logger({"name": "wandb", "mode": "disabled"}, save)
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.settings.mood`: Extra inputs are not permitted, got 1$"):
+        build_logger({"name": "wandb", "settings": {"mood": 1}}, save)
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger.settings` must be a mapping of W&B settings, got 'x'$"):
+        build_logger({"name": "wandb", "settings": "x"}, save)
+    monkeypatch.delenv("WANDB_MODE")
+    with pytest.raises(ll.ConfigurationError, match=r"^`logger`: Providing log_model=True and offline=True is an inv"):
+        build_logger({"name": "wandb", "log_model": True}, save)  # Lightning's two-line message, on one line
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--logger", "{name: wandb, mode: online}", "--print_config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lightning-losses: error: `logger.mode` 'online' would send")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (not writable even by root)")
+def test_unwritable_default_root_dir_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        ll.ConfigurationError,
+        match=r"^`trainer.default_root_dir` must be a writable folder, got '/proc/ll-nope/runs' \(.* in `/proc`\)$",
+    ):
+        build_run(load_recipe(None, ["trainer.default_root_dir=/proc/ll-nope/runs"]))
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
+    build_run(load_recipe(None, ["trainer.default_root_dir=new/runs"]))
+    assert list(tmp_path.iterdir()) == []  # a folder that can be created is not created by the check

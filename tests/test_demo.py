@@ -117,6 +117,10 @@ def test_batches_are_dicts_with_dataset_positions():
         ({"spurious": 1.5}, r"`spurious` must be in \[0.0, 1.0\], got 1.5"),
         ({"batch_size": 0}, r"`batch_size` must be an integer >= 1, got 0"),
         ({"shuffle": "no"}, r"`shuffle` must be a bool \(True or False\), got 'no'"),
+        (
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            r"^`val_fraction` must be < 1 - `test_fraction` = 0.5 \(the rest is the training split\), got 0.5$",
+        ),
     ],
 )
 def test_datamodule_argument_errors(kwargs, match):
@@ -131,6 +135,12 @@ def test_datamodule_argument_errors(kwargs, match):
         ({"batch_norm": 1}, r"`batch_norm` must be a bool \(True or False\), got 1"),
         ({"dropout": 1.0}, r"`dropout` must be in \[0.0, 1.0\), got 1.0"),
         ({"optimizer": "adam"}, r"`optimizer` must be one of `adamw`, `sgd`, got 'adam'; did you mean `adamw`\?"),
+        (  # before allocating: 4 * 10^22 bytes
+            {"hidden_dim": 10**11},
+            r"^`hidden_dim` = 100000000000 with `depth` = 2 makes a model of 10,000,000,007,600,000,000,010 "
+            r"parameters; the demo model allows at most 268,435,456, got hidden_dim=100000000000$",
+        ),
+        ({"hidden_dim": 2**13, "depth": 5}, r"^`hidden_dim` = 8192 with `depth` = 5 makes a model of 269,"),
     ],
 )
 def test_model_argument_errors(kwargs, match):
@@ -205,3 +215,81 @@ def test_demo_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tmp_path
     resumed = fit(ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     for a, b in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def _group_batches():
+    """Two spurious-digit validation batches; the second has no sample of group 1."""
+    split = make_digits_splits(spurious=0.9)["val"]
+    g0, g1 = (split["group"] == 0).nonzero().squeeze(1), (split["group"] == 1).nonzero().squeeze(1)
+    first = torch.cat([g0[:6], g1[:5]])
+    second = g0[6:14]  # group 1 absent
+    return [{k: v[idx] for k, v in split.items() if k in ("x", "target", "group")} for idx in (first, second)]
+
+
+def _hand_group_accuracy(model, batches):
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(b["x"]).argmax(-1) for b in batches])
+    target, group = torch.cat([b["target"] for b in batches]), torch.cat([b["group"] for b in batches])
+    acc = {}
+    for g in (0, 1):
+        hits = [float(p == t) for p, t, gg in zip(pred.tolist(), target.tolist(), group.tolist()) if gg == g]
+        if hits:
+            acc[g] = sum(hits) / len(hits)
+    return acc
+
+
+@pytest.mark.parametrize("drop_group_1", [False, True])
+def test_group_accuracy_with_a_batch_missing_a_group(drop_group_1):
+    """A validation batch (or a whole epoch) without some group is normal: per-group accuracy over the groups seen."""
+    import lightning as L
+
+    torch.manual_seed(0)
+    model = DigitsClassifier(num_features=74, dropout=0.0)
+    batches = _group_batches()
+    if drop_group_1:  # the whole epoch misses group 1: it is not logged (undefined, not 0)
+        batches = [{k: v[b["group"] == 0] for k, v in b.items()} for b in batches]
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the dict batches as they are, one per step
+    trainer.validate(model, dataloaders=loader, verbose=False)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    expected = _hand_group_accuracy(model, batches)
+    assert {k for k in logged if "group" in k} == {f"val/acc_group{g}" for g in expected} | {"val/worst_group_acc"}
+    for g, acc in expected.items():
+        assert logged[f"val/acc_group{g}"] == pytest.approx(acc, abs=1e-6)
+    assert logged["val/worst_group_acc"] == pytest.approx(min(expected.values()), abs=1e-6)
+
+
+def _group_metrics_on_rank(state):
+    import torch.distributed as dist
+
+    model = DigitsClassifier(num_features=74, dropout=0.0)
+    model.load_state_dict(state)
+    batches = _group_batches()
+    mine = batches[dist.get_rank()]  # rank 1's whole epoch has no sample of group 1
+    with torch.no_grad():
+        model.group_accuracy["val"].update(model(mine["x"]), mine["target"], mine["group"])
+    return {k: float(v) for k, v in model.group_metrics("val").items()}
+
+
+def test_group_accuracy_under_ddp_with_a_rank_missing_a_group(ddp):
+    torch.manual_seed(0)
+    model = DigitsClassifier(num_features=74, dropout=0.0)
+    out0, out1 = ddp.run(_group_metrics_on_rank, model.state_dict())
+    expected = _hand_group_accuracy(model, _group_batches())
+    assert set(expected) == {0, 1}
+    want = {**{f"val/acc_group{g}": a for g, a in expected.items()}, "val/worst_group_acc": min(expected.values())}
+    assert out0 == pytest.approx(want, abs=1e-6) and out1 == pytest.approx(want, abs=1e-6)
+
+
+def test_batch_size_above_the_training_split_fails_in_setup():
+    dm = DigitsDataModule(batch_size=10**20)  # the split size is known once the splits exist
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^`batch_size` must be an integer in \[1, 1259\] \(the size of the training split\), got 10{20}$",
+    ):
+        dm.setup("fit")
+    assert dm.datasets == {}
+    full = DigitsDataModule(batch_size=1259)  # the whole training split in one batch is fine
+    full.setup("fit")
+    assert len(next(iter(full.train_dataloader()))["target"]) == 1259

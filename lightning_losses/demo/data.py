@@ -76,13 +76,6 @@ def make_digits_splits(
     x_all = (data.data / 16.0).astype(np.float32)
     y_all = data.target.astype(np.int64)
     num_classes = 10
-
-    @property
-    def num_groups(self) -> int:
-        """Number of spurious groups (0: attribute agrees with the label, 1: conflicts), 0 without them; read by
-        :class:`~lightning_losses.reweighting.SampleReweighting` to size group strategies."""
-        return 2 if self.spurious > 0 else 0
-
     rng = np.random.default_rng(seed)
     train, val, test = _stratified_split(y_all, (val_fraction, test_fraction), rng)
     if imbalance > 1.0:
@@ -119,12 +112,13 @@ class DigitsDataModule(L.LightningDataModule):
     """The digits demo as a ``LightningDataModule`` (offline; loads in milliseconds).
 
     Args:
-        batch_size: per-device batch size. Default 64.
+        batch_size: per-device batch size, at most the training split's size (checked in ``setup``). Default 64.
         label_noise: symmetric label-noise rate in ``[0, 1)`` on the training split. Default 0.
         imbalance: long-tail ratio ``n_max / n_min >= 1`` on the training split. Default 1 (balanced).
         spurious: probability in ``[0, 1]`` that the spurious attribute equals the label in training; 0 turns
             spurious features and ``group`` off. Default 0.
-        val_fraction / test_fraction: stratified split sizes. Defaults 0.1 / 0.2.
+        val_fraction / test_fraction: stratified split sizes, each in ``(0, 0.5]``, with a training split left.
+            Defaults 0.1 / 0.2.
         seed: seed of splits, noise and attributes. Default 0.
         num_workers: ``DataLoader`` workers. Default 0.
         shuffle: shuffle the training set each epoch, in an order set by ``seed`` and the epoch (a resumed run sees
@@ -176,6 +170,11 @@ class DigitsDataModule(L.LightningDataModule):
         self.spurious = check_number("spurious", spurious, low=0.0, high=1.0)
         self.val_fraction = check_number("val_fraction", val_fraction, low=0.0, high=0.5, low_open=True)
         self.test_fraction = check_number("test_fraction", test_fraction, low=0.0, high=0.5, low_open=True)
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigurationError(
+                f"`val_fraction` must be < 1 - `test_fraction` = {1.0 - self.test_fraction} (the rest is the "
+                f"training split), got {self.val_fraction}"
+            )
         self.seed = check_int("seed", seed)
         self.num_workers = check_int("num_workers", num_workers, low=0)
         self.shuffle = check_bool("shuffle", shuffle)
@@ -205,7 +204,14 @@ class DigitsDataModule(L.LightningDataModule):
             test_fraction=self.test_fraction,
             seed=self.seed,
         )
-        self.datasets = {name: DictDataset(**tensors) for name, tensors in splits.items()}
+        datasets = {name: DictDataset(**tensors) for name, tensors in splits.items()}
+        num_train = len(datasets["train"])
+        if not 1 <= self.batch_size <= num_train:  # a shape known on the host: before any loader exists
+            raise ConfigurationError(
+                f"`batch_size` must be an integer in [1, {num_train}] (the size of the training split), got "
+                f"{self.batch_size}"
+            )
+        self.datasets = datasets
 
     def balanced_sampler(self) -> BalancedSampler | None:
         """The training :class:`~lightning_losses.reweighting.BalancedSampler` (``None`` when ``sampler="none"``).

@@ -11,11 +11,14 @@ import torchmetrics
 from torch import nn
 
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number
+from lightning_losses.errors import ConfigurationError
 from lightning_losses.mixin import LossesMixin
+from lightning_losses.reweighting.metrics import GroupAccuracy
 
 __all__ = ["DigitsClassifier"]
 
 _OPTIMIZERS = ("adamw", "sgd")
+MAX_PARAMETERS = 2**28  # 1 GiB of float32 weights (4 GiB with AdamW's state and the gradients): a digits MLP
 
 
 class DigitsClassifier(LossesMixin, L.LightningModule):
@@ -24,7 +27,7 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
     Args:
         num_features: input width (64, or 74 with spurious features). Default 64.
         num_classes: number of classes. Default 10.
-        hidden_dim: hidden width. Default 128.
+        hidden_dim: hidden width; the model has at most ``MAX_PARAMETERS`` (2^28) parameters. Default 128.
         depth: number of hidden layers. Default 2.
         dropout: dropout rate in ``[0, 1)``. Default 0.1.
         batch_norm: add ``BatchNorm1d`` after each hidden layer. Default False.
@@ -54,6 +57,13 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         self.num_classes = check_int("num_classes", num_classes, low=2)
         check_int("hidden_dim", hidden_dim, low=1)
         check_int("depth", depth, low=0)
+        widths = [num_features] + [hidden_dim] * depth + [num_classes]
+        size = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+        if size > MAX_PARAMETERS:  # before anything is allocated
+            raise ConfigurationError(
+                f"`hidden_dim` = {hidden_dim} with `depth` = {depth} makes a model of {size:,} parameters; the demo "
+                f"model allows at most {MAX_PARAMETERS:,}, got hidden_dim={hidden_dim}"
+            )
         check_number("dropout", dropout, low=0.0, high=1.0, high_open=True)
         self.optimizer_name = check_choice("optimizer", optimizer, _OPTIMIZERS)
         self.lr = check_number("lr", lr, low=0.0, low_open=True)
@@ -78,7 +88,8 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         # evaluation only: balanced (macro) accuracy, and accuracy per spurious group (0 agrees, 1 conflicts)
         macro = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes, average="macro")
         self.balanced_accuracy = nn.ModuleDict({s: macro.clone() for s in ("val", "test")})
-        self.group_accuracy = nn.ModuleDict({f"{s}{g}": metric.clone() for s in ("val", "test") for g in (0, 1)})
+        # (per-group sums, so a batch, or a rank's whole epoch, without some group adds zeros and syncs under DDP)
+        self.group_accuracy = nn.ModuleDict({s: GroupAccuracy(num_groups=2) for s in ("val", "test")})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -97,9 +108,8 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         if stage != "train":
             self.balanced_accuracy[stage](logits.detach(), batch["target"])
             self.log(f"{stage}/balanced_acc", self.balanced_accuracy[stage], on_step=False, on_epoch=True)
-            for g in (0, 1) if "group" in batch else ():
-                mask = batch["group"] == g
-                self.group_accuracy[f"{stage}{g}"].update(logits.detach()[mask], batch["target"][mask])
+            if "group" in batch:
+                self.group_accuracy[stage].update(logits.detach(), batch["target"], batch["group"])
         return loss
 
     def objective_tensors(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -110,14 +120,32 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         """The objective on this batch (:meth:`objective_tensors`)."""
         return self.compute_loss(**self.objective_tensors(logits, batch))
 
+    def group_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        """This epoch's ``{stage}/acc_group{g}`` for every group seen (on any rank) and ``{stage}/worst_group_acc``;
+        resets the group metric. Empty without ``group`` in the batches.
+
+        Every rank runs the same number of evaluation batches (Lightning's distributed sampler pads the shards), so
+        all of them reach ``compute`` (a collective under DDP) together; which groups appear follows the synced
+        counts, identical on every rank. A group absent from the whole split is left out (its accuracy is undefined,
+        not 0).
+        """
+        metric = self.group_accuracy[stage]
+        if not metric.update_count:  # no `group` in the batches
+            return {}
+        stats = metric.compute()
+        metric.reset()
+        present = [g for g, n in enumerate(stats["count"].tolist()) if n > 0]  # epoch end: one host read
+        if not present:
+            return {}
+        return {
+            **{f"{stage}/acc_group{g}": stats["acc"][g] for g in present},
+            f"{stage}/worst_group_acc": stats["worst_acc"],
+        }
+
     def _log_worst_group(self, stage: str) -> None:
-        metrics = [self.group_accuracy[f"{stage}{g}"] for g in (0, 1)]
-        if all(m.update_count for m in metrics):
-            values = [m.compute() for m in metrics]
-            self.log_dict({f"{stage}/acc_group{g}": v for g, v in enumerate(values)})
-            self.log(f"{stage}/worst_group_acc", torch.stack(values).min())
-            for m in metrics:
-                m.reset()
+        values = self.group_metrics(stage)
+        if values:
+            self.log_dict(values)
 
     def on_validation_epoch_end(self) -> None:
         self._log_worst_group("val")

@@ -4,7 +4,8 @@
   normalised entropy of :math:`w / \\sum w` and the fraction of zero weights, over the **global** batch, from
   one gather of six numbers per rank (only on logging steps).
 * :class:`GroupAccuracy`: a ``torchmetrics.Metric`` with per-group correct / total / loss sums
-  (``dist_reduce_fx="sum"``), whose ``compute`` gives per-group accuracy and loss and the worst-group accuracy.
+  (``dist_reduce_fx="sum"``), whose ``compute`` gives per-group accuracy, loss and sample count and the worst-group
+  accuracy (over the groups with samples: a batch, or a rank, without some group is normal).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def global_weight_stats(weights: torch.Tensor) -> dict[str, torch.Tensor]:
 
 class GroupAccuracy(torchmetrics.Metric):
     """Per-group accuracy and mean loss, and the worst-group accuracy.
+
+    A group without samples (in a batch, on a rank, or in all the data seen) adds nothing: ``count`` is 0 for it,
+    its ``acc`` / ``loss`` read 0 and ``worst_acc`` leaves it out.
 
     Args:
         num_groups: number of groups.
@@ -105,4 +109,4 @@ class GroupAccuracy(torchmetrics.Metric):
         acc = (self.correct / self.total.clamp_min(1.0)).float()
         loss = (self.loss / self.total.clamp_min(1.0)).float()
         worst = acc[present].min() if bool(present.any()) else acc.new_tensor(float("nan"))
-        return {"acc": acc, "loss": loss, "worst_acc": worst}
+        return {"acc": acc, "loss": loss, "count": self.total.clone(), "worst_acc": worst}
