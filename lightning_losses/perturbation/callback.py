@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -57,13 +58,14 @@ from lightning_losses.perturbation.guards import (
     suppressed_logging,
     unperturbed_checkpoint,
 )
-from lightning_losses.perturbation.presets import build_perturbation
+from lightning_losses.perturbation.presets import PRESETS, Preset, build_perturbation
 
 __all__ = [
     "ASAM",
     "AWP",
     "SAM",
     "AdversarialModelPerturbation",
+    "PresetCallback",
     "WeightPerturbation",
     "ascent_terms_only",
     "frozen_metrics",
@@ -294,45 +296,70 @@ class WeightPerturbation(Callback):
         return wrapped
 
 
-class SAM(WeightPerturbation):
-    """SAM (Foret et al. 2021) as a callback: ``SAM(rho=0.05, **engine_options)``; see :class:`WeightPerturbation`."""
+class PresetCallback(WeightPerturbation):
+    """A :class:`WeightPerturbation` bound to a preset of :data:`~lightning_losses.perturbation.presets.PRESETS`.
 
-    def __init__(self, rho: Any = 0.05, **options: Any) -> None:
-        super().__init__("sam", rho=rho, **options)
+    A subclass names its preset (``class SAM(PresetCallback, preset="sam")``) and gets that preset's signature,
+    defaults and docstring facts: nothing is declared twice. ``variants`` (``{"authors": "asam", "p2": "asam_p2"}``)
+    adds a ``variant`` argument choosing among presets; the class's arguments that the chosen preset does not take
+    are dropped.
+    """
+
+    preset: ClassVar[Preset]
+    variants: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, preset: str | None = None, variants: Mapping[str, str] | None = None, **kw: Any):
+        super().__init_subclass__(**kw)
+        if preset is None:  # a user's subclass of a preset class keeps what it inherits
+            return
+        cls.preset, cls.variants = PRESETS[preset], dict(variants or {})
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *cls.preset.parameters]
+        if cls.variants:
+            first = next(iter(cls.variants))
+            params.append(inspect.Parameter("variant", params[-1].kind, default=first, annotation="str"))
+        params.append(inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD, annotation="Any"))
+        signature = inspect.Signature(params, return_annotation="None")
+
+        def __init__(self: PresetCallback, *args: Any, **kwargs: Any) -> None:
+            arguments = signature.bind(self, *args, **kwargs)
+            arguments.apply_defaults()
+            named = {k: v for k, v in arguments.arguments.items() if k not in ("self", "options")}
+            options = arguments.arguments["options"]
+            variant = named.pop("variant", None)
+            name = cls.preset.name
+            if cls.variants:
+                if variant not in cls.variants:
+                    valid = ", ".join(f"`{v}`" for v in cls.variants)
+                    raise ConfigurationError(f"`variant` must be one of {valid}, got {variant!r}")
+                name = cls.variants[variant]
+            taken = PRESETS[name].defaults
+            WeightPerturbation.__init__(self, name, **{k: v for k, v in named.items() if k in taken}, **options)
+            if cls.variants:
+                self.options["variant"] = variant
+
+        __init__.__signature__ = signature  # type: ignore[attr-defined]
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        cls.__doc__ = f"{inspect.cleandoc(cls.__doc__ or '')}\n\n{inspect.cleandoc(cls.preset.doc)}"
 
 
-class ASAM(WeightPerturbation):
+class SAM(PresetCallback, preset="sam"):
+    """SAM as a callback: ``SAM(rho=0.05, **engine_options)``; see :class:`WeightPerturbation`."""
+
+
+class ASAM(PresetCallback, preset="asam", variants={"authors": "asam", "p2": "asam_p2"}):
     """ASAM, the authors' form (T = |w| + eta on weights): ``ASAM(rho=0.5, eta=0.01, variant="authors")``;
     ``variant="p2"`` selects the davda54/sam ``adaptive=True`` form (no eta; pass ``rho`` ~ 2.0)."""
 
-    def __init__(self, rho: Any = 0.5, eta: float = 0.01, variant: str = "authors", **options: Any) -> None:
-        if variant == "authors":
-            super().__init__("asam", rho=rho, eta=eta, **options)
-        elif variant == "p2":
-            super().__init__("asam_p2", rho=rho, **options)
-        else:
-            raise ConfigurationError(f"`variant` must be one of `authors`, `p2`, got {variant!r}")
-        self.options["variant"] = variant
+
+class AdversarialModelPerturbation(PresetCallback, preset="adversarial_model_perturbation"):
+    """Adversarial Model Perturbation, never abbreviated, as a callback: clipped per-tensor ascent."""
 
 
-class AdversarialModelPerturbation(WeightPerturbation):
-    """Adversarial Model Perturbation (Zheng et al. 2021), never abbreviated: clipped per-tensor ascent."""
-
-    def __init__(self, epsilon: Any = 0.5, inner_lr: float = 1.0, inner_steps: int = 1, **options: Any) -> None:
-        super().__init__(
-            "adversarial_model_perturbation", epsilon=epsilon, inner_lr=inner_lr, inner_steps=inner_steps, **options
-        )
-
-
-class AWP(WeightPerturbation):
-    """AWP (Wu et al. 2020): layer-relative radius gamma * ||w_l|| on weight matrices."""
-
-    def __init__(self, gamma: Any = 5e-3, warmup_epochs: int = 0, **options: Any) -> None:
-        super().__init__("awp", gamma=gamma, warmup_epochs=warmup_epochs, **options)
+class AWP(PresetCallback, preset="awp"):
+    """AWP as a callback: layer-relative radius gamma * ||w_l|| on weight matrices."""
 
 
 CALLBACKS.register("weight_perturbation")(WeightPerturbation)
-CALLBACKS.register("sam")(SAM)
-CALLBACKS.register("asam")(ASAM)
-CALLBACKS.register("adversarial_model_perturbation")(AdversarialModelPerturbation)
-CALLBACKS.register("awp")(AWP)
+for _cls in (SAM, ASAM, AdversarialModelPerturbation, AWP):
+    CALLBACKS.register(_cls.preset.name)(_cls)

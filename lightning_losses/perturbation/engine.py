@@ -128,7 +128,7 @@ class Perturbation:
         seed: int = 0,
         eps: float = 1e-12,
     ) -> None:
-        self.rule = check_choice("rule", rule, F.RULES)
+        self.rule = check_choice("rule", rule, tuple(F.ASCENT_RULES))
         self.radius_mode = check_choice("radius_mode", radius_mode, F.RADIUS_MODES)
         self.radius: Schedule = build_schedule(radius, "radius")
         check_number("radius", self.radius(0), low=0.0)
@@ -320,7 +320,7 @@ class Perturbation:
                         scaling=self.scaling,
                         eta=self.eta,
                         scale_mask=mask,
-                        step_size=self.inner_lr if self.rule == "clip" else 1.0 / self.inner_steps,
+                        step_size=F.ASCENT_RULES[self.rule].step_size(self.inner_lr, self.inner_steps),
                         eps=self.eps,
                         grad_norms=norms,
                         inplace=True,
