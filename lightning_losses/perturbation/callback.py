@@ -38,7 +38,6 @@ the module's bases, and the first optimizer step raises when an ``optimizer_step
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 from collections.abc import Mapping
@@ -49,14 +48,15 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.perturbation.checkpoints import guarded_checkpoints, unperturbed_checkpoint
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
-from lightning_losses.perturbation.guards import (
+from lightning_losses.perturbation.passes import (
     ascent_terms_only,
     frozen_metrics,
-    guarded_checkpoints,
     metric_modules,
+    replay,
+    rerun,
     suppressed_logging,
-    unperturbed_checkpoint,
 )
 from lightning_losses.perturbation.presets import PRESETS, Preset, build_perturbation
 
@@ -74,30 +74,6 @@ __all__ = [
     "suppressed_logging",
     "unperturbed_checkpoint",
 ]
-
-
-def _rerun(closure: Any) -> torch.Tensor | None:
-    """Run Lightning's closure again at the perturbed weights, without its ``zero_grad`` part.
-
-    The engine has just cleared the gradients itself, so the ``optimizer_zero_grad`` / ``on_before_zero_grad`` hooks
-    run once per optimizer step, as without perturbation; ``training_step`` and the backward (with the precision
-    plugin's scaling and the backward hooks) run as in the first pass. A closure of another shape is simply called.
-    """
-    step_fn, backward_fn = getattr(closure, "_step_fn", None), getattr(closure, "_backward_fn", None)
-    if step_fn is None or backward_fn is None or not hasattr(closure, "_zero_grad_fn"):
-        return closure()
-    with torch.enable_grad():
-        result = step_fn()
-        loss = getattr(result, "closure_loss", None)
-        if loss is not None:
-            backward_fn(loss)
-    return getattr(result, "loss", None)
-
-
-def _training_step_loss(output: Any) -> torch.Tensor | None:
-    if isinstance(output, Mapping):
-        return output.get("loss")
-    return output
 
 
 class WeightPerturbation(Callback):
@@ -223,24 +199,8 @@ class WeightPerturbation(Callback):
         return self._named
 
     def _replay(self, trainer: Any, module: Any, optimizer: Any) -> None:
-        """Forward-backward of the step's earlier micro-batches at the current weights (no DDP sync). A micro-batch
-        whose ``training_step`` returns ``None`` was skipped at :math:`w` too (Lightning) and adds no gradient."""
-        from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
-
-        with_idx = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
-        block = getattr(trainer.strategy, "block_backward_sync", contextlib.nullcontext)
-        for batch, batch_idx in self._batches[:-1]:
-            with block(), torch.enable_grad():
-                out = trainer.strategy.training_step(*((batch, batch_idx) if with_idx else (batch,)))
-                loss = _training_step_loss(out)
-                if loss is None:
-                    if trainer.world_size > 1:  # as Lightning's own closure: ranks would issue other collectives
-                        raise RuntimeError(
-                            "Skipping the `training_step` by returning None in distributed training is not supported "
-                            f"(micro-batch {batch_idx} returned None in a perturbed pass of {type(self).__name__})"
-                        )
-                    continue
-                trainer.strategy.backward(loss / trainer.accumulate_grad_batches, optimizer)
+        """Forward-backward of the step's earlier micro-batches at the current weights (:func:`passes.replay`)."""
+        replay(trainer, module, optimizer, self._batches[:-1], type(self).__name__)
 
     def wrap_closure(self, module: Any, optimizer: Any, closure: Any) -> Any:
         """The ``"step"`` plug-in hook called by :meth:`LossesMixin.optimizer_step`."""
@@ -260,7 +220,7 @@ class WeightPerturbation(Callback):
             with suppressed_logging(module), frozen_metrics(module, self._metrics), terms:
                 if len(self._batches) > 1:
                     self._replay(trainer, module, optimizer)
-                return _rerun(closure)
+                return rerun(closure)
 
         def wrapped() -> torch.Tensor | None:
             self._hook_ran = True

@@ -39,8 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_losses.perturbation.checkpoints import guarded_checkpoints
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
-from lightning_losses.perturbation.guards import frozen_metrics, guarded_checkpoints, metric_modules, suppressed_logging
+from lightning_losses.perturbation.passes import frozen_metrics, metric_modules, suppressed_logging
 
 __all__ = ["perturbed_backward"]
 

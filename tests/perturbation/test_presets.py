@@ -99,3 +99,14 @@ def test_preset_errors_name_the_preset_and_its_arguments():
         ll.build_perturbation("asam", etaa=0.1)
     with pytest.raises(ConfigurationError, match="^`epsilon` must be >= 0.0, got -1.0$"):
         ll.AdversarialModelPerturbation(epsilon=-1.0)
+
+
+def test_old_import_paths_of_the_pass_helpers_keep_working():
+    from lightning_losses.perturbation import callback, checkpoints, guards, passes
+
+    for name in guards.__all__:
+        assert getattr(guards, name) is getattr(passes if hasattr(passes, name) else checkpoints, name)
+    for name in ("ascent_terms_only", "frozen_metrics", "metric_modules", "suppressed_logging"):
+        assert getattr(callback, name) is getattr(passes, name)
+    assert callback.guarded_checkpoints is checkpoints.guarded_checkpoints
+    assert ll.perturbation.suppressed_logging is passes.suppressed_logging
