@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_losses._compat import closure_result, set_closure_result, state_key
 from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation.checkpoints import guarded_checkpoints, unperturbed_checkpoint
@@ -122,7 +123,7 @@ class WeightPerturbation(Callback):
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls (~20 per step)
-        return self._generate_state_key(method=self.method, **{k: repr(v) for k, v in sorted(self.options.items())})
+        return state_key(self, method=self.method, **{k: repr(v) for k, v in sorted(self.options.items())})
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -215,7 +216,7 @@ class WeightPerturbation(Callback):
             if phase == "first":
                 with terms:
                     loss = closure()
-                self._first_result = getattr(closure, "_result", None)
+                self._first_result = closure_result(closure)
                 return loss
             with suppressed_logging(module), frozen_metrics(module, self._metrics), terms:
                 if len(self._batches) > 1:
@@ -245,8 +246,8 @@ class WeightPerturbation(Callback):
                 )
             finally:
                 self._batches.clear()
-            if self._first_result is not None and hasattr(closure, "_result"):
-                closure._result = self._first_result  # outputs / progress bar report the loss at w
+            if self._first_result is not None:
+                set_closure_result(closure, self._first_result)  # outputs / progress bar report the loss at w
             self._first_result = None
             if "sharpness" in self.engine.last_stats:
                 self.engine.last_stats["sharpness"] *= trainer.accumulate_grad_batches

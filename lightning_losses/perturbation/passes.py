@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_losses._compat import closure_parts, metric_snapshot, norm_layer_types, restore_metric, takes_batch_idx
+
 __all__ = [
     "ascent_terms_only",
     "batchnorm_modules",
@@ -80,7 +82,8 @@ def _restored_buffers(modules: Sequence[nn.Module], originals: dict[int, Tensor]
 
 def batchnorm_modules(module: nn.Module) -> list[nn.Module]:
     """The BatchNorm layers of ``module`` that track running statistics."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats]
+    types = norm_layer_types()
+    return [m for m in module.modules() if isinstance(m, types) and m.track_running_stats]
 
 
 def metric_modules(module: Any) -> list[Any]:
@@ -104,20 +107,12 @@ def frozen_metrics(module: Any, metrics: Sequence[Any] | None = None) -> context
 
 @contextlib.contextmanager
 def _restored_metrics(metrics: Sequence[Any]):
-    saved = []
-    for m in metrics:
-        state = {}
-        for name in m._defaults:
-            value = getattr(m, name)
-            state[name] = value.clone() if isinstance(value, torch.Tensor) else list(value)
-        extra = {k: getattr(m, k) for k in ("_update_count", "_computed", "_forward_cache") if hasattr(m, k)}
-        saved.append((m, state, extra))
+    saved = [(m, metric_snapshot(m)) for m in metrics]
     try:
         yield
     finally:
-        for m, state, extra in saved:
-            for name, value in {**state, **extra}.items():
-                setattr(m, name, value)
+        for m, snapshot in saved:
+            restore_metric(m, snapshot)
 
 
 def ascent_terms_only(module: Any, names: tuple[str, ...] | None) -> contextlib.AbstractContextManager:
@@ -148,9 +143,10 @@ def rerun(closure: Any) -> torch.Tensor | None:
     run once per optimizer step, as without perturbation; ``training_step`` and the backward (with the precision
     plugin's scaling and the backward hooks) run as in the first pass. A closure of another shape is simply called.
     """
-    step_fn, backward_fn = getattr(closure, "_step_fn", None), getattr(closure, "_backward_fn", None)
-    if step_fn is None or backward_fn is None or not hasattr(closure, "_zero_grad_fn"):
+    parts = closure_parts(closure)
+    if parts is None:
         return closure()
+    step_fn, backward_fn = parts
     with torch.enable_grad():
         result = step_fn()
         loss = getattr(result, "closure_loss", None)
@@ -171,9 +167,7 @@ def replay(trainer: Any, module: Any, optimizer: Any, batches: Sequence[tuple[An
     weights, with no DDP sync. A micro-batch whose ``training_step`` returns ``None`` was skipped at :math:`w` too
     (Lightning) and adds no gradient; under DDP it raises, as Lightning's own closure does (``who`` names the
     callback in that message)."""
-    from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
-
-    with_idx = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
+    with_idx = takes_batch_idx(module.training_step)
     block = getattr(trainer.strategy, "block_backward_sync", contextlib.nullcontext)
     for batch, batch_idx in batches:
         with block(), torch.enable_grad():
