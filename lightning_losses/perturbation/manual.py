@@ -1,5 +1,7 @@
 """A helper for manual optimization (plain PyTorch loops, or ``automatic_optimization = False``).
 
+Plain PyTorch: neither this module nor anything it imports imports Lightning (a test runs it with Lightning blocked).
+
 In a ``LightningModule`` with ``automatic_optimization = False``::
 
     def training_step(self, batch, batch_idx):
