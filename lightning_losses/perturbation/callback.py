@@ -301,24 +301,27 @@ class PresetCallback(WeightPerturbation):
         __init__.__signature__ = signature  # type: ignore[attr-defined]
         __init__.__qualname__ = f"{cls.__qualname__}.__init__"
         cls.__init__ = __init__  # type: ignore[method-assign]
-        cls.__doc__ = f"{inspect.cleandoc(cls.__doc__ or '')}\n\n{inspect.cleandoc(cls.preset.doc)}"
+        call = ", ".join([*(f"{p.name}={p.default!r}" for p in params[1:-1]), "**options"])
+        facts = inspect.cleandoc(cls.preset.doc)
+        cls.__doc__ = f"{inspect.cleandoc(cls.__doc__ or '')}\n\n``{cls.__name__}({call})``. {facts}"
 
 
 class SAM(PresetCallback, preset="sam"):
-    """SAM as a callback: ``SAM(rho=0.05, **engine_options)``; see :class:`WeightPerturbation`."""
+    """SAM as a callback; ``options`` are the engine's (see :class:`WeightPerturbation`)."""
 
 
 class ASAM(PresetCallback, preset="asam", variants={"authors": "asam", "p2": "asam_p2"}):
-    """ASAM, the authors' form (T = |w| + eta on weights): ``ASAM(rho=0.5, eta=0.01, variant="authors")``;
-    ``variant="p2"`` selects the davda54/sam ``adaptive=True`` form (no eta; pass ``rho`` ~ 2.0)."""
+    """ASAM as a callback: ``variant="authors"`` is the authors' form (T = |w| + eta on weights, preset ``asam``);
+    ``variant="p2"`` the davda54/sam ``adaptive=True`` form (preset ``asam_p2``: no ``eta``, and this class's
+    ``rho`` default applies: pass the ``rho`` that form needs)."""
 
 
 class AdversarialModelPerturbation(PresetCallback, preset="adversarial_model_perturbation"):
-    """Adversarial Model Perturbation, never abbreviated, as a callback: clipped per-tensor ascent."""
+    """Adversarial Model Perturbation (never abbreviated) as a callback: clipped per-tensor ascent."""
 
 
 class AWP(PresetCallback, preset="awp"):
-    """AWP as a callback: layer-relative radius gamma * ||w_l|| on weight matrices."""
+    """AWP as a callback: layer-relative radius on weight matrices."""
 
 
 CALLBACKS.register("weight_perturbation")(WeightPerturbation)

@@ -40,6 +40,7 @@ __all__ = [
     "awp",
     "build_perturbation",
     "list_perturbations",
+    "register_preset",
     "sam",
 ]
 
@@ -134,66 +135,73 @@ def _engine(fixed: dict[str, Any], options: dict[str, Any], preset: Preset) -> P
         raise ConfigurationError(f"`{preset.radius}`{message[len('`radius`') :]}") from None
 
 
-#: every preset, by name: the one place a preset is declared.
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset(
-            "sam",
-            radius="rho",
-            defaults={"rho": 0.05},
-            doc=r"""SAM (Foret et al., ICLR 2021): :math:`\epsilon = \rho\,g/\|g\|_2`, one global norm over the
+#: every preset, by name (filled by :func:`register_preset`).
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Add ``preset`` to :data:`PRESETS` and its factory to :data:`PERTURBATIONS` (a callback class then takes one
+    line: ``class Name(PresetCallback, preset="name")``)."""
+    PERTURBATIONS.register(preset.name, aliases=preset.aliases)(preset.factory())
+    PRESETS[preset.name] = preset
+    return preset
+
+
+# the built-in presets: each declared here once
+for _preset in (
+    Preset(
+        "sam",
+        radius="rho",
+        defaults={"rho": 0.05},
+        doc=r"""SAM (Foret et al., ICLR 2021): :math:`\epsilon = \rho\,g/\|g\|_2`, one global norm over the
     perturbed parameters. Default :math:`\rho = 0.05`.""",
-        ),
-        Preset(
-            "asam",
-            radius="rho",
-            defaults={"rho": 0.5, "eta": 0.01},
-            scaling="adaptive",
-            doc=r"""ASAM as its authors implement it (Kwon et al., ICML 2021; SamsungLabs/ASAM):
+    ),
+    Preset(
+        "asam",
+        radius="rho",
+        defaults={"rho": 0.5, "eta": 0.01},
+        scaling="adaptive",
+        doc=r"""ASAM as its authors implement it (Kwon et al., ICML 2021; SamsungLabs/ASAM):
     :math:`\epsilon = \rho\,T^2 g/\|T g\|` with :math:`T = |w| + \eta` on parameters whose name contains ``weight``
     (``scale_params``) and 1 elsewhere. Defaults :math:`\rho = 0.5, \eta = 0.01` (the authors' class defaults;
     their example script uses :math:`\eta = 0`). For the davda54/sam ``adaptive=True`` variant use ``asam_p2``.""",
-        ),
-        Preset(
-            "asam_p2",
-            radius="rho",
-            defaults={"rho": 2.0},
-            scaling="adaptive_p2",
-            aliases=("adaptive_sam",),
-            doc=r"""The other "adaptive SAM" (davda54/sam ``adaptive=True``, also GSAM and pytorch_optimizer):
+    ),
+    Preset(
+        "asam_p2",
+        radius="rho",
+        defaults={"rho": 2.0},
+        scaling="adaptive_p2",
+        aliases=("adaptive_sam",),
+        doc=r"""The other "adaptive SAM" (davda54/sam ``adaptive=True``, also GSAM and pytorch_optimizer):
     :math:`\epsilon = \rho\,w^2 g/\||w| g\|` on every parameter, no :math:`\eta` (zero weights never move). A
     different method from ``asam``; default :math:`\rho = 2.0` as davda54's README suggests.""",
-        ),
-        Preset(
-            "adversarial_model_perturbation",
-            radius="epsilon",
-            defaults={"epsilon": 0.5, "inner_lr": 1.0, "inner_steps": 1},
-            rule="clip",
-            radius_mode="per_tensor",
-            doc=r"""Adversarial Model Perturbation (Zheng, Zhang, Mao, CVPR 2021; hiyouga/AMP-Regularizer):
+    ),
+    Preset(
+        "adversarial_model_perturbation",
+        radius="epsilon",
+        defaults={"epsilon": 0.5, "inner_lr": 1.0, "inner_steps": 1},
+        rule="clip",
+        radius_mode="per_tensor",
+        doc=r"""Adversarial Model Perturbation (Zheng, Zhang, Mao, CVPR 2021; hiyouga/AMP-Regularizer):
     ``inner_steps`` unnormalised ascent steps :math:`\Delta \leftarrow \Delta + \zeta g`, each clipped to
     :math:`\|\Delta_l\| \le \epsilon` per parameter tensor. Defaults :math:`\epsilon = 0.5, \zeta = 1, N = 1` (the
     reference's). The reference clips gradients at norm 50 inside its closure (every pass); here
     ``gradient_clip_val`` acts once on the descent gradient. Costs 1 + ``inner_steps`` forward-backward passes.""",
-        ),
-        Preset(
-            "awp",
-            radius="gamma",
-            defaults={"gamma": 5e-3, "warmup_epochs": 0},
-            radius_mode="layer_relative",
-            implied={"params": ["*weight"], "min_ndim": 2},
-            doc=r"""AWP (Wu, Xia, Wang, NeurIPS 2020): :math:`v_l = \gamma\,\|w_l\|\,g_l/\|g_l\|` on weight tensors
+    ),
+    Preset(
+        "awp",
+        radius="gamma",
+        defaults={"gamma": 5e-3, "warmup_epochs": 0},
+        radius_mode="layer_relative",
+        implied={"params": ["*weight"], "min_ndim": 2},
+        doc=r"""AWP (Wu, Xia, Wang, NeurIPS 2020): :math:`v_l = \gamma\,\|w_l\|\,g_l/\|g_l\|` on weight tensors
     with at least 2 dimensions (names ending in ``weight``; biases and norm layers are not perturbed). The reference's
     proxy SGD step cancels in this normalisation. Defaults :math:`\gamma = 5\cdot10^{-3}`, no warm-up (the
     reference's TRADES-AWP script warms up for 10 epochs). The adversarial inputs (PGD) are the user's
     ``training_step``'s job.""",
-        ),
-    )
-}
-
-for _preset in PRESETS.values():
-    PERTURBATIONS.register(_preset.name, aliases=_preset.aliases)(_preset.factory())
+    ),
+):
+    register_preset(_preset)
 
 sam = PERTURBATIONS.get("sam")
 asam = PERTURBATIONS.get("asam")

@@ -110,3 +110,28 @@ def test_old_import_paths_of_the_pass_helpers_keep_working():
         assert getattr(callback, name) is getattr(passes, name)
     assert callback.guarded_checkpoints is checkpoints.guarded_checkpoints
     assert ll.perturbation.suppressed_logging is passes.suppressed_logging
+
+
+def test_a_new_preset_is_one_record(monkeypatch):
+    """A record gives the factory and, with one class line, the callback: same signature, defaults and docstring."""
+    from lightning_losses.perturbation import PERTURBATIONS, PRESETS, Preset, PresetCallback, presets
+
+    monkeypatch.setattr(PERTURBATIONS, "_entries", dict(PERTURBATIONS._entries))  # undone after the test
+    record = Preset("toy", radius="zeta", defaults={"zeta": 0.3, "inner_steps": 2}, rule="clip", doc="Toy facts.")
+    monkeypatch.setitem(PRESETS, "toy", record)  # removed after the test
+    presets.register_preset(record)
+    factory = PERTURBATIONS.get("toy")
+
+    class Toy(PresetCallback, preset="toy"):
+        """Toy as a callback."""
+
+    assert (
+        str(inspect.signature(factory))
+        == "(zeta: 'Any' = 0.3, inner_steps: 'int' = 2, **options: 'Any') -> 'Perturbation'"
+    )
+    assert str(inspect.signature(Toy)) == "(zeta: 'Any' = 0.3, inner_steps: 'int' = 2, **options: 'Any') -> 'None'"
+    assert Toy.__doc__ == "Toy as a callback.\n\n``Toy(zeta=0.3, inner_steps=2, **options)``. Toy facts."
+    for engine in (factory(every_n_steps=2), Toy(every_n_steps=2).engine):
+        assert (engine.rule, engine.radius(0), engine.inner_steps, engine.every_n_steps) == ("clip", 0.3, 2, 2)
+    with pytest.raises(ConfigurationError, match="^`zeta` must be >= 0.0, got -1.0$"):
+        Toy(zeta=-1.0)
