@@ -327,6 +327,12 @@ class Reweighter:
         :meth:`nonfinite_count` as ``reweight/nonfinite``)."""
         return {}
 
+    def take_unsynced_nonfinite(self) -> torch.Tensor:
+        """This rank's non-finite count of steps that synced nothing, handed over (and zeroed) so that a caller can
+        sum it over ranks and add it to ``nonfinite`` (the callback does, in its logging collective)."""
+        pending, self._unsynced_nonfinite = self._unsynced_nonfinite, torch.zeros_like(self._unsynced_nonfinite)
+        return pending
+
     def nonfinite_count(self) -> torch.Tensor:
         """Samples left out so far because a value was NaN / inf (summed over ranks; a strategy step that syncs
         nothing, e.g. fixed class weights, adds its local count at the next step that syncs)."""

@@ -194,7 +194,10 @@ class SampleReweighting(Callback):
         output = getattr(pl_module, "objective_output", None)
         metrics: dict[str, torch.Tensor] = {}
         if output is not None and output.weights.numel():
-            metrics.update({f"reweight/{k}": v for k, v in global_weight_stats(output.weights).items()})
+            pending = {"nonfinite": self.reweighter.take_unsynced_nonfinite()}  # summed in the same collective
+            weight_stats = global_weight_stats(output.weights, extra=pending)
+            self.reweighter.nonfinite = self.reweighter.nonfinite + weight_stats.pop("nonfinite").to(torch.int64)
+            metrics.update({f"reweight/{k}": v for k, v in weight_stats.items()})
         metrics["reweight/nonfinite"] = self.reweighter.nonfinite_count().detach().float()
         metrics.update({f"reweight/{k}": v.detach().float() for k, v in self.reweighter.log_values().items()})
         if self._group_metric is not None:
