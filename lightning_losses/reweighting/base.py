@@ -41,7 +41,15 @@ import torch
 from lightning_losses._validation import check_state_keys
 from lightning_losses.distributed import is_distributed
 from lightning_losses.registry import Registry
-from lightning_losses.reweighting.guards import check_id_range, id_range, nonfinite_mask
+from lightning_losses.reweighting.guards import (
+    ID_KEYS,
+    Undoable,
+    check_id_range,
+    check_inputs,
+    check_mask,
+    id_range,
+    nonfinite_mask,
+)
 from lightning_losses.reweighting.sync import sync_statistics
 
 __all__ = ["REWEIGHTERS", "Reweighter", "build_reweighter", "list_reweighters"]
@@ -50,16 +58,13 @@ REWEIGHTERS: Registry[type[Reweighter]] = Registry("reweighter")
 _MERGE = ("sum", "max", "min")
 
 
-_ID_KEYS = ("group", "index", "target")  # integer ids a reweighter may index with
-
-
 @dataclass
 class _State:
     default: torch.Tensor
     reduction: str | None
 
 
-class Reweighter:
+class Reweighter(Undoable):
     """Base class of every sample reweighter.
 
     Class attributes:
@@ -192,66 +197,7 @@ class Reweighter:
                 store.to(device)
             self._unsynced_nonfinite = self._unsynced_nonfinite.to(device)
 
-    def snapshot(self) -> dict[str, Any]:
-        """A cheap undo point (the callback takes one at every micro-batch start): state tensors by reference (a step
-        replaces them, never writes into them), the staged states, and a fresh journal in every per-sample store."""
-        for store in self._stores.values():
-            store.begin_journal()
-        return {
-            "states": {name: getattr(self, name) for name in self._states},
-            "staged": dict(self._staged),
-            "unsynced": self._unsynced_nonfinite,
-            "last": self.last,
-            "attrs": self._extra_snapshot(),
-        }
-
-    def restore(self, snapshot: Mapping[str, Any]) -> None:
-        """Undo everything since :meth:`snapshot` (states, staged states, per-sample store rows)."""
-        for name, value in snapshot["states"].items():
-            setattr(self, name, value)
-        self._staged = dict(snapshot["staged"])
-        self._unsynced_nonfinite, self.last = snapshot["unsynced"], snapshot["last"]
-        for name, value in snapshot["attrs"].items():
-            setattr(self, name, value)
-        for store in self._stores.values():
-            store.rollback()
-
-    def _extra_snapshot(self) -> dict[str, Any]:
-        """Plain attributes (not declared states) that a step changes and :meth:`restore` must put back."""
-        return {}
-
     # ------------------------------------------------------------------ step
-    def _check_inputs(self, losses: Any, inputs: Mapping[str, Any]) -> None:
-        if not isinstance(losses, torch.Tensor) or losses.ndim != 1 or not losses.is_floating_point():
-            shape = list(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-            raise ValueError(f"reweighter `{self.strategy}`: `losses` must be a floating tensor [N], got {shape}")
-        given = ", ".join(f"`{k}`" for k in inputs) or "none"
-        for key in self.requires:
-            if inputs.get(key) is None:
-                hint = self.missing_hints.get(key, "")
-                raise ValueError(
-                    f"reweighter `{self.strategy}` needs `{key}` in compute_loss(...) (got {given}); "
-                    f"pass e.g. compute_loss(..., {key}=batch['{key}']){hint}"
-                )
-            value = inputs[key]
-            if key in _ID_KEYS and (
-                not isinstance(value, torch.Tensor) or value.shape != losses.shape or value.is_floating_point()
-            ):
-                got = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(
-                    f"reweighter `{self.strategy}`: `{key}` must be an integer tensor of shape {list(losses.shape)}, "
-                    f"got {got}"
-                )
-
-    @staticmethod
-    def _check_mask(mask: Any, losses: torch.Tensor) -> torch.Tensor | None:
-        if mask is None:
-            return None
-        if not isinstance(mask, torch.Tensor) or mask.shape != losses.shape:
-            got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"`sample_mask` must be a boolean tensor of shape {list(losses.shape)}, got {got}")
-        return mask.to(torch.bool)
-
     @staticmethod
     def masked_ids(ids: torch.Tensor, inputs: Mapping[str, Any]) -> torch.Tensor:
         """``ids`` (group / class ids) with masked samples set to 0, safe to index with (their weight is 0)."""
@@ -265,12 +211,12 @@ class Reweighter:
         ``sample_mask``: optional boolean ``[N]``; ``False`` samples take no part in any statistic and get weight 0.
         Samples with a non-finite loss are handled as masked and counted in ``nonfinite``.
         """
-        self._check_inputs(losses, inputs)
-        mask = self._check_mask(sample_mask, losses)
+        check_inputs(self, losses, inputs)
+        mask = check_mask(sample_mask, losses)
         self._to(losses.device)
         mask, bad, losses = nonfinite_mask(losses.detach(), inputs, self.finite_inputs, mask)
         inputs = {**inputs, "sample_mask": mask}
-        for key in _ID_KEYS:  # ids index tables: int64 (bool groups become 0 / 1; narrow ids would wrap or fail)
+        for key in ID_KEYS:  # ids index tables: int64 (bool groups become 0 / 1; narrow ids would wrap or fail)
             value = inputs.get(key)
             if isinstance(value, torch.Tensor) and value.dtype != torch.int64 and not value.is_floating_point():
                 inputs[key] = value.long()

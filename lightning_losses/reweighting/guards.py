@@ -22,7 +22,52 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_id_range", "id_range", "nonfinite_mask", "step_skipped"]
+__all__ = [
+    "ID_KEYS",
+    "Undoable",
+    "check_id_range",
+    "check_inputs",
+    "check_mask",
+    "id_range",
+    "nonfinite_mask",
+    "step_skipped",
+]
+
+ID_KEYS = ("group", "index", "target")  # integer ids a reweighter may index with
+
+
+def check_inputs(reweighter: Any, losses: Any, inputs: Mapping[str, Any]) -> None:
+    """Validate ``losses`` and the inputs ``reweighter`` requires (present; ids: integer tensors like ``losses``)."""
+    if not isinstance(losses, torch.Tensor) or losses.ndim != 1 or not losses.is_floating_point():
+        shape = list(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(f"reweighter `{reweighter.strategy}`: `losses` must be a floating tensor [N], got {shape}")
+    given = ", ".join(f"`{k}`" for k in inputs) or "none"
+    for key in reweighter.requires:
+        if inputs.get(key) is None:
+            hint = reweighter.missing_hints.get(key, "")
+            raise ValueError(
+                f"reweighter `{reweighter.strategy}` needs `{key}` in compute_loss(...) (got {given}); "
+                f"pass e.g. compute_loss(..., {key}=batch['{key}']){hint}"
+            )
+        value = inputs[key]
+        if key in ID_KEYS and (
+            not isinstance(value, torch.Tensor) or value.shape != losses.shape or value.is_floating_point()
+        ):
+            got = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(
+                f"reweighter `{reweighter.strategy}`: `{key}` must be an integer tensor of shape {list(losses.shape)}, "
+                f"got {got}"
+            )
+
+
+def check_mask(mask: Any, losses: torch.Tensor) -> torch.Tensor | None:
+    """Validate ``sample_mask`` (``None`` or a boolean-able tensor shaped as ``losses``)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.shape != losses.shape:
+        got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"`sample_mask` must be a boolean tensor of shape {list(losses.shape)}, got {got}")
+    return mask.to(torch.bool)
 
 
 def nonfinite_mask(
@@ -83,3 +128,41 @@ def step_skipped(pl_module: Any, outputs: Any) -> bool:
     if not getattr(pl_module, "automatic_optimization", True):
         return False
     return outputs is None or (isinstance(outputs, Mapping) and outputs.get("loss") is None)
+
+
+class Undoable:
+    """:meth:`snapshot` / :meth:`restore` of a :class:`~lightning_losses.reweighting.Reweighter` (its base)."""
+
+    _states: dict[str, Any]
+    _stores: dict[str, Any]
+    _staged: dict[str, torch.Tensor]
+    _unsynced_nonfinite: torch.Tensor
+    last: dict[str, torch.Tensor]
+
+    def snapshot(self) -> dict[str, Any]:
+        """A cheap undo point (the callback takes one at every micro-batch start): state tensors by reference (a step
+        replaces them, never writes into them), the staged states, and a fresh journal in every per-sample store."""
+        for store in self._stores.values():
+            store.begin_journal()
+        return {
+            "states": {name: getattr(self, name) for name in self._states},
+            "staged": dict(self._staged),
+            "unsynced": self._unsynced_nonfinite,
+            "last": self.last,
+            "attrs": self._extra_snapshot(),
+        }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Undo everything since :meth:`snapshot` (states, staged states, per-sample store rows)."""
+        for name, value in snapshot["states"].items():
+            setattr(self, name, value)
+        self._staged = dict(snapshot["staged"])
+        self._unsynced_nonfinite, self.last = snapshot["unsynced"], snapshot["last"]
+        for name, value in snapshot["attrs"].items():
+            setattr(self, name, value)
+        for store in self._stores.values():
+            store.rollback()
+
+    def _extra_snapshot(self) -> dict[str, Any]:
+        """Plain attributes (not declared states) that a step changes and :meth:`restore` must put back."""
+        return {}
