@@ -272,7 +272,10 @@ class EntropyControl(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         check_state_keys(
-            f"EntropyControl `{self.name}`", state_dict, ("controller", "last_step", "window", "nonfinite")
+            f"EntropyControl `{self.name}`",
+            state_dict,
+            ("controller", "last_step", "window", "nonfinite"),
+            optional=("nonfinite",),  # checkpoints from before the count: 0, and a window without its slot
         )
         if (state_dict.get("controller") is None) != (self.controller is None):
             raise ConfigurationError(
@@ -284,8 +287,10 @@ class EntropyControl(L.Callback):
             self.controller.load_state_dict(state_dict["controller"])
         self._last_step = int(state_dict["last_step"])
         window = state_dict["window"]
+        if window is not None and "nonfinite" not in state_dict:  # [sum, count, ...] -> [sum, count, 0, ...]
+            window = torch.cat([window[:2], window.new_zeros(1), window[2:]])
         self._window = None if window is None else window.clone()
-        self.nonfinite = torch.as_tensor(state_dict["nonfinite"], dtype=torch.float64).clone()
+        self.nonfinite = torch.as_tensor(state_dict.get("nonfinite", 0.0), dtype=torch.float64).clone()
 
     def __repr__(self) -> str:
         how = repr(self.controller) if self.controller is not None else f"beta={self.schedule!r}"

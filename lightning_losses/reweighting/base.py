@@ -180,11 +180,13 @@ class Reweighter(Undoable):
         return out
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore from :meth:`state_dict` (unknown or missing keys raise ``KeyError`` naming them)."""
-        check_state_keys(type(self).__name__, state, self.state_dict())
+        """Restore from :meth:`state_dict` (unknown or missing keys raise ``KeyError`` naming them; a checkpoint from
+        before the ``nonfinite`` count loads with the count at 0)."""
+        check_state_keys(type(self).__name__, state, self.state_dict(), optional=("nonfinite",))
         device = self.step.device
-        for name in self._states:
-            setattr(self, name, torch.as_tensor(state[name]).detach().clone().to(device))
+        for name, spec in self._states.items():
+            value = state[name] if name in state else spec.default
+            setattr(self, name, torch.as_tensor(value).detach().clone().to(device))
         for prefix, store in self._stores.items():
             store.load_state_dict({k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")})
         self._staged = {}
