@@ -32,12 +32,15 @@ import lightning_losses as ll
 
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" banner per fit
 
-N = 32  # samples
-CHUNK = 8  # micro-batch size B (ghost BatchNorm chunk)
+N = 16  # samples
+CHUNK = 8  # micro-batch size B (ghost BatchNorm chunk); 2 batches per epoch
+DDP_CHUNK = 4  # per-rank batch (and ghost chunk) of the DDP runs
 FEATURES, HIDDEN, CLASSES = 6, 8, 3
 EPOCHS = 2
-NAN_BATCH = 2  # index (at batch size CHUNK) of the batch with NaN scales: samples 16..23
-NAN_SAMPLES = (17, 20, 22)  # some samples of that batch only
+#: NaN ``scale`` for some samples of one batch (at batch size CHUNK): batch 1 (samples 8..15: step 2 at k=1, the
+#: last micro-batch of step 1 at k=2) for ``"nan"``, batch 0 (the first micro-batch at k=2) for ``"nan_first"``
+NAN_SAMPLES = {"nan": (9, 12, 14), "nan_first": (1, 4)}
+RAGGED = 12  # ``"ragged"`` data: 12 samples, micro-batches of 8 and 4 rows
 
 PERTURBATIONS = ("none", "sam", "asam", "adversarial_model_perturbation", "awp", "saf", "sam_every_2")
 REWEIGHTERS = ("none", "loss_softmax", "group_dro", "per_sample_ema", "jtt")
@@ -64,11 +67,11 @@ class MatrixNet(ll.LossesMixin, L.LightningModule):
             batch as in the NaN run) and returns ``None`` before ``compute_loss`` when ``scale`` has a NaN.
     """
 
-    def __init__(self, skip_nonfinite_inputs: bool = False) -> None:
+    def __init__(self, skip_nonfinite_inputs: bool = False, chunk: int = CHUNK) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(1234)
         self.inp = nn.Linear(FEATURES, HIDDEN, dtype=torch.float64)
-        self.bn = GhostBatchNorm1d(HIDDEN, CHUNK, dtype=torch.float64)
+        self.bn = GhostBatchNorm1d(HIDDEN, chunk, dtype=torch.float64)
         self.mix1 = nn.Linear(HIDDEN, HIDDEN, dtype=torch.float64)
         self.mix2 = nn.Linear(HIDDEN, HIDDEN, bias=False, dtype=torch.float64)
         self.mix2.weight = self.mix1.weight  # tied: one Parameter, two names
@@ -104,16 +107,16 @@ class MatrixNet(ll.LossesMixin, L.LightningModule):
 
 
 class MatrixData(Dataset):
-    """``N`` deterministic samples; ``nan=True``: NaN ``scale`` for :data:`NAN_SAMPLES`."""
+    """``N`` deterministic samples; ``nan``: a key of :data:`NAN_SAMPLES` (NaN ``scale`` for those samples)."""
 
-    def __init__(self, nan: bool = False, order: list[int] | None = None) -> None:
+    def __init__(self, nan: str | None = None, order: list[int] | None = None) -> None:
         g = torch.Generator().manual_seed(7)
         self.x = torch.randn(N, FEATURES, generator=g, dtype=torch.float64)
         self.target = torch.randint(0, CLASSES, (N,), generator=g)
         self.group = (torch.arange(N) % 3 == 0).long()
         self.scale = torch.ones(N, dtype=torch.float64)
         if nan:
-            self.scale[list(NAN_SAMPLES)] = float("nan")
+            self.scale[list(NAN_SAMPLES[nan])] = float("nan")
         self.order = list(range(N)) if order is None else order
 
     def __len__(self) -> int:
@@ -221,25 +224,30 @@ def trainer_for(callbacks: list[L.Callback], k: int, **kwargs: Any) -> L.Trainer
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        deterministic=True,
     )
     options.update(kwargs)
     return L.Trainer(callbacks=callbacks, **options)
 
 
 @functools.cache
-def run(pert: str, zero: bool, rew: str, k: int, batch: int, ent: bool, data: str = "clean") -> tuple:
+def run(
+    pert: str, zero: bool, rew: str, k: int, batch: int, ent: bool, data: str = "clean", chunk: int = CHUNK
+) -> tuple:
     """Snapshots after each optimizer step of one fit (cached: baselines are shared between cells).
 
     Args:
-        data: ``"clean"``; ``"nan"`` (NaN scales in batch :data:`NAN_BATCH`, the model returns ``None`` on a
-            non-finite loss); ``"skip"`` (same data, the model returns ``None`` before ``compute_loss``).
+        data: ``"clean"``; ``"nan"`` / ``"nan_first"`` (NaN scales for some samples of one batch, see
+            :data:`NAN_SAMPLES`; the model returns ``None`` on a non-finite loss); ``"skip"`` / ``"skip_first"`` (the
+            same data, the model returns ``None`` before ``compute_loss``); ``"ragged"`` (:data:`RAGGED` samples).
+        chunk: the ghost BatchNorm chunk (``DDP_CHUNK`` for the one-process reference of the DDP runs).
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     callbacks = callbacks_for(pert, zero, rew, ent)
     snaps = Snapshots(callbacks)
-    model = MatrixNet(skip_nonfinite_inputs=data == "skip")
-    loader = DataLoader(MatrixData(nan=data != "clean"), batch_size=batch, shuffle=False)
+    model = MatrixNet(skip_nonfinite_inputs=data.startswith("skip"), chunk=chunk)
+    nan = {"skip": "nan", "skip_first": "nan_first"}.get(data, data if data.startswith("nan") else None)
+    order = list(range(RAGGED)) if data == "ragged" else None
+    loader = DataLoader(MatrixData(nan=nan, order=order), batch_size=batch, shuffle=False)
     trainer = trainer_for([*callbacks, snaps], k)
     trainer.fit(model, loader)
     return tuple(snaps.steps)
@@ -283,7 +291,8 @@ def rank_order(rank: int, batch: int) -> list[int]:
 
 def ddp_run(pert: str, rew: str, k: int, ent: bool) -> tuple:
     """One fit under Lightning's DDP strategy on this rank of the already initialised 2-process group (rank ``r``
-    gets rows ``[r*B, (r+1)*B)`` of every global batch of ``2B``; perturbations with ``sync_ascent=True``)."""
+    gets rows ``[r*B, (r+1)*B)`` of every global batch of ``2B``, ``B = DDP_CHUNK``; perturbations with
+    ``sync_ascent=True``)."""
     from lightning_losses.distributed import rank
 
     r = rank()
@@ -292,9 +301,9 @@ def ddp_run(pert: str, rew: str, k: int, ent: bool) -> tuple:
     try:
         callbacks = callbacks_for(pert, False, rew, ent, sync_ascent=True)
         snaps = Snapshots(callbacks)
-        loader = DataLoader(MatrixData(order=rank_order(r, CHUNK)), batch_size=CHUNK, shuffle=False)
+        loader = DataLoader(MatrixData(order=rank_order(r, DDP_CHUNK)), batch_size=DDP_CHUNK, shuffle=False)
         trainer = trainer_for([*callbacks, snaps], k, strategy="ddp", devices=2, use_distributed_sampler=False)
-        trainer.fit(MatrixNet(), loader)
+        trainer.fit(MatrixNet(chunk=DDP_CHUNK), loader)
         return tuple(snaps.steps)
     finally:
         for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
