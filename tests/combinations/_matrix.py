@@ -94,7 +94,9 @@ class MatrixNet(ll.LossesMixin, L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         logits = self(batch["x"]) * batch["scale"].unsqueeze(1)
         if self.dump_in_perturbed_pass and self.objective_logging_suppressed:
-            self.dumped.append(self.trainer._checkpoint_connector.dump_checkpoint())
+            checkpoint = self.trainer._checkpoint_connector.dump_checkpoint()
+            # copied now: the entries are live tensors the optimizer step changes afterwards
+            self.dumped.append({k: v.detach().clone() for k, v in checkpoint["state_dict"].items()})
         if self.skip_nonfinite_inputs and not bool(torch.isfinite(batch["scale"]).all()):
             return None
         loss = self.compute_loss(logits=logits, target=batch["target"], index=batch["index"], group=batch["group"])
