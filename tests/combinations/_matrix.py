@@ -19,7 +19,6 @@ state, the entropy callback (controller and window), the perturbation engine cou
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from typing import Any
 
@@ -29,8 +28,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import lightning_losses as ll
-
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" banner per fit
 
 N = 16  # samples
 CHUNK = 8  # micro-batch size B (ghost BatchNorm chunk); 2 batches per epoch
