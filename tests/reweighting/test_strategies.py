@@ -299,7 +299,7 @@ def test_crash_and_resume_continues_exactly(name):
 
 def test_load_state_dict_rejects_mismatch():
     r = ll.build_reweighter("group_dro")
-    with pytest.raises(KeyError, match=r"missing \['nonfinite', 'pending_count', 'pending_loss', 'q'\]"):
+    with pytest.raises(KeyError, match=r"missing \['pending_count', 'pending_loss', 'q'\]"):  # nonfinite: optional
         r.load_state_dict({"step": torch.tensor(0), "epoch": torch.tensor(0)})
 
 
