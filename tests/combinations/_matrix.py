@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import lightning_losses as ll
+from tests.helpers.trainers import quiet_trainer
 
 N = 16  # samples
 CHUNK = 8  # micro-batch size B (ghost BatchNorm chunk); 2 batches per epoch
@@ -212,20 +213,8 @@ def callbacks_for(pert: str, zero: bool, rew: str, ent: bool, sync_ascent: bool 
 
 
 def trainer_for(callbacks: list[L.Callback], k: int, **kwargs: Any) -> L.Trainer:
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=EPOCHS,
-        accumulate_grad_batches=k,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    options.update(kwargs)
-    return L.Trainer(callbacks=callbacks, **options)
+    options = dict(max_epochs=EPOCHS, accumulate_grad_batches=k, num_sanity_val_steps=0, limit_val_batches=0)
+    return quiet_trainer(callbacks, **{**options, **kwargs})
 
 
 @functools.cache
