@@ -29,9 +29,12 @@ __all__ = [
 ]
 
 
-def check_state_keys(owner: str, state: Mapping[str, Any], expected: Iterable[str]) -> None:
+def check_state_keys(
+    owner: str, state: Mapping[str, Any], expected: Iterable[str], optional: Iterable[str] = ()
+) -> None:
     """Raise ``KeyError`` naming the missing and unexpected keys unless ``state`` holds exactly ``expected`` (a
-    checkpoint of another version or another object must not load half-way, silently).
+    checkpoint of another version or another object must not load half-way, silently). Keys in ``optional`` (entries
+    added in a later version, which the owner fills with their defaults) may be missing.
 
     Example:
         >>> check_state_keys("SAM", {"calls": 1}, ["calls"])
@@ -39,7 +42,7 @@ def check_state_keys(owner: str, state: Mapping[str, Any], expected: Iterable[st
     if not isinstance(state, Mapping):
         raise TypeError(f"{owner} state_dict must be a mapping, got {type(state).__name__}")
     expected = set(expected)
-    missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
+    missing, unknown = sorted(expected - set(state) - set(optional)), sorted(set(state) - expected)
     if missing or unknown:
         raise KeyError(f"{owner} state_dict mismatch: missing {missing}, unexpected {unknown}")
 

@@ -14,7 +14,12 @@ Every ``log_every_n_steps`` optimizer steps it sends ``{name}/mean`` (mean entro
 last log, global), ``{name}/beta``, ``{name}/target`` (controller; for a band its midpoint, plus
 ``{name}/band_low`` and ``{name}/band_high``) and, with ``per_class=True``, ``{name}/class_{c}`` (mean entropy per
 true class, or per predicted class without integer targets) straight to the trainer's loggers at that step (one
-extra collective and host sync per log step).
+extra collective and host sync per log step), and ``{name}/nonfinite``: the samples (or tokens) whose entropy was
+NaN / inf so far, left out of the controller's mean and of every logged statistic (summed over ranks).
+
+A ``training_step`` that returns ``None`` (e.g. for a non-finite loss) skips the step here too: that micro-batch's
+entropies leave the controller's accumulators and the logging window, so ``beta`` and the dual variable move as if
+the micro-batch had not been there.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional._checks import not_ignored
 from lightning_losses.functional.entropy import entropy as entropy_fn
 from lightning_losses.functional.policy import aggregate_tokens
+from lightning_losses.reweighting.guards import step_skipped
 from lightning_losses.schedules import build_schedule
 
 __all__ = ["EntropyControl"]
@@ -130,7 +136,9 @@ class EntropyControl(L.Callback):
         self.last_entropy: torch.Tensor | None = None  # global mean entropy of the last step (controller only)
         self.last_metrics: dict[str, float] = {}
         self._last_step = 0
-        self._window: torch.Tensor | None = None  # [sum, count, class sums..., class counts...] (local)
+        self._window: torch.Tensor | None = None  # [sum, count, nonfinite, class sums..., class counts...] (local)
+        self.nonfinite = torch.zeros((), dtype=torch.float64)  # entropies left out as NaN / inf (global, logged)
+        self._undo: tuple[Any, ...] | None = None
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
@@ -169,13 +177,16 @@ class EntropyControl(L.Callback):
 
     def _accumulate_window(self, h: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor, target: Any):
         h = h.detach()
-        m = torch.ones_like(h) if mask is None else mask.to(h.dtype)
-        stats = [(h * m).sum().reshape(1), m.sum().reshape(1)]
+        finite = torch.isfinite(h)
+        counted = finite if mask is None else mask & finite
+        bad = (~finite if mask is None else mask & ~finite).sum().to(h.dtype)
+        h, m = torch.where(finite, h, 0.0), counted.to(h.dtype)
+        stats = [(h * m).sum().reshape(1), m.sum().reshape(1), bad.reshape(1)]
         if self.per_class and logits.ndim == 2:
             num_classes = logits.shape[-1]
             use_target = isinstance(target, torch.Tensor) and not target.is_floating_point() and target.ndim == 1
             labels = target.long() if use_target else logits.detach().argmax(-1)
-            valid = (labels >= 0) & (labels < num_classes)
+            valid = (labels >= 0) & (labels < num_classes) & finite
             labels = torch.where(valid, labels, torch.zeros_like(labels))
             w = valid.to(h.dtype)
             sums = torch.zeros(num_classes, dtype=h.dtype, device=h.device).index_add_(0, labels, h * w)
@@ -199,7 +210,16 @@ class EntropyControl(L.Callback):
         return {f"{self.name}_bonus": -beta * per_sample}
 
     # ------------------------------------------------------------------ control and logging
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        controller = None if self.controller is None else self.controller.snapshot()
+        self._undo = (controller, self._window)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self._undo is not None and step_skipped(pl_module, args[0] if args else None):
+            controller, self._window = self._undo  # the skipped micro-batch's entropies never happened
+            if self.controller is not None:
+                self.controller.restore(controller)
+        self._undo = None
         step = int(trainer.global_step)
         if step == self._last_step:  # accumulating: no optimizer step in this batch
             return
@@ -221,17 +241,19 @@ class EntropyControl(L.Callback):
 
     def _log(self, trainer: L.Trainer, step: int, reduced: torch.Tensor) -> None:
         beta = self.beta(step)
+        self.nonfinite = self.nonfinite.to(reduced.device) + reduced[2].to(torch.float64)
         metrics: dict[str, float] = {
             f"{self.name}/mean": float(reduced[0] / reduced[1].clamp_min(1.0)),
             f"{self.name}/beta": float(beta),
+            f"{self.name}/nonfinite": float(self.nonfinite),
         }
         if self.controller is not None:
             metrics[f"{self.name}/target"] = self.controller.target_at(step)
             if self.controller.band is not None:  # the target is the band's midpoint; log the edges too
                 metrics[f"{self.name}/band_low"], metrics[f"{self.name}/band_high"] = self.controller.band
-        if reduced.numel() > 2:
-            num_classes = (reduced.numel() - 2) // 2
-            sums, counts = reduced[2 : 2 + num_classes], reduced[2 + num_classes :]
+        if reduced.numel() > 3:
+            num_classes = (reduced.numel() - 3) // 2
+            sums, counts = reduced[3 : 3 + num_classes], reduced[3 + num_classes :]
             per_class = (sums / counts.clamp_min(1.0)).tolist()
             present = (counts > 0).tolist()
             metrics.update({f"{self.name}/class_{c}": v for c, (v, p) in enumerate(zip(per_class, present)) if p})
@@ -245,10 +267,16 @@ class EntropyControl(L.Callback):
             "controller": None if self.controller is None else self.controller.state_dict(),
             "last_step": self._last_step,
             "window": None if self._window is None else self._window.detach().cpu(),
+            "nonfinite": self.nonfinite.detach().cpu().clone(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        check_state_keys(f"EntropyControl `{self.name}`", state_dict, ("controller", "last_step", "window"))
+        check_state_keys(
+            f"EntropyControl `{self.name}`",
+            state_dict,
+            ("controller", "last_step", "window", "nonfinite"),
+            optional=("nonfinite",),  # checkpoints from before the count: 0, and a window without its slot
+        )
         if (state_dict.get("controller") is None) != (self.controller is None):
             raise ConfigurationError(
                 f"checkpointed EntropyControl `{self.name}` "
@@ -259,7 +287,10 @@ class EntropyControl(L.Callback):
             self.controller.load_state_dict(state_dict["controller"])
         self._last_step = int(state_dict["last_step"])
         window = state_dict["window"]
+        if window is not None and "nonfinite" not in state_dict:  # [sum, count, ...] -> [sum, count, 0, ...]
+            window = torch.cat([window[:2], window.new_zeros(1), window[2:]])
         self._window = None if window is None else window.clone()
+        self.nonfinite = torch.as_tensor(state_dict.get("nonfinite", 0.0), dtype=torch.float64).clone()
 
     def __repr__(self) -> str:
         how = repr(self.controller) if self.controller is not None else f"beta={self.schedule!r}"

@@ -13,7 +13,9 @@ it: the error is :math:`\mathrm{low} - \bar H` below the band, :math:`\mathrm{hi
 
 :math:`\bar H` is the mean over the **global** batch of the step: every rank and every micro-batch of an accumulated
 step (:meth:`EntropyController.observe` accumulates locally, :meth:`EntropyController.update` performs one
-``all_reduce`` of ``[sum, count]``), so ``beta`` is identical on every rank without any host sync.
+``all_reduce`` of ``[sum, count]``), so ``beta`` is identical on every rank without any host sync. A NaN / inf
+entropy is left out of the mean (as a masked entry), so it never reaches ``beta`` or the dual variable; a step in
+which no finite entropy was observed on any rank leaves them unchanged.
 """
 
 from __future__ import annotations
@@ -151,16 +153,22 @@ class EntropyController:
         return self
 
     def observe(self, entropy: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Accumulate (detached) entropies of one micro-batch on this rank; ``mask`` selects the entries that count."""
+        """Accumulate (detached) entropies of one micro-batch on this rank; ``mask`` selects the entries that count
+        (non-finite entries never count)."""
         h = entropy.detach().float()
         self.to(h.device)
-        if mask is None:
-            self._sum = self._sum + h.sum()
-            self._count = self._count + h.numel()
-        else:
-            m = mask.to(h.dtype)
-            self._sum = self._sum + (h * m).sum()
-            self._count = self._count + m.sum()
+        finite = torch.isfinite(h)
+        m = (finite if mask is None else mask & finite).to(h.dtype)
+        self._sum = self._sum + torch.where(finite, h, 0.0).mul(m).sum()
+        self._count = self._count + m.sum()
+
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The accumulators of the current step (tensors are replaced, never written into: references suffice)."""
+        return self._sum, self._count
+
+    def restore(self, snapshot: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Forget the observations since :meth:`snapshot` (a skipped micro-batch)."""
+        self._sum, self._count = snapshot
 
     def update(self, step: int = 0, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Reduce the accumulated entropies over all ranks, take one dual step, reset the accumulators.

@@ -20,6 +20,11 @@ test / predict run (``restore_on_end=True``, the default), on an exception, or b
 (and a fresh optimizer) after every batch (``reset="batch"``: the reference's *episodic* mode) or epoch
 (``reset="epoch"``). Under DDP the gradients are averaged over ranks by hand (``sync_grads=True``), since evaluation
 loops do not synchronise them: the adapted copies stay identical.
+
+A non-finite update (a NaN / inf entropy or gradient, e.g. from one corrupted test sample) is never applied: the
+adapted parameters go back to the source weights with a fresh optimizer (as ``reset="batch"`` does), the event is
+counted in :attr:`Tent.nonfinite` and logged as ``test/tent_nonfinite``. With ``sync_grads`` the check runs on the
+all-reduced gradients, so every rank takes the same decision.
 """
 
 from __future__ import annotations
@@ -173,6 +178,7 @@ class Tent(L.Callback):
         self._optimizer: torch.optim.Optimizer | None = None
         self._module: nn.Module | None = None
         self.entropies: list[float] = []  # mean batch entropy before each adaptation (first step)
+        self.nonfinite = 0  # adaptation steps refused for a non-finite entropy / gradient (reset to the source)
 
     # ------------------------------------------------------------------ set-up and restore
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -192,7 +198,7 @@ class Tent(L.Callback):
         self._params, self.snapshot = configure_norm_adaptation(pl_module, self.norm)
         self._module = pl_module
         self._optimizer = self._make_optimizer()
-        self.entropies = []
+        self.entropies, self.nonfinite = [], 0
 
     def restore(self, pl_module: nn.Module | None = None) -> None:
         """Restore the original parameters, buffers and flags (no-op when nothing is adapted)."""
@@ -218,11 +224,18 @@ class Tent(L.Callback):
                     self.entropies.append(float(loss.detach()))
                 self._optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+                flat = torch.cat([g.reshape(-1) for g in grads])
                 if self.sync_grads and is_distributed():
-                    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
-                    flat = global_sum(torch.cat([g.reshape(-1) for g in grads])) / world_size()
+                    flat = global_sum(flat) / world_size()
                     for p, g in zip(self._params, torch.split(flat, [q.numel() for q in self._params])):
                         p.grad = g.view_as(p)
+                if not bool(
+                    torch.isfinite(flat).all() & torch.isfinite(loss.detach())
+                ):  # never applied: back to the source
+                    self.nonfinite += 1
+                    self.reset_adaptation()
+                    break
                 self._optimizer.step()
         self._optimizer.zero_grad(set_to_none=True)
 
@@ -242,6 +255,7 @@ class Tent(L.Callback):
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._optimizer is not None and self.entropies and self.steps:
             pl_module.log("test/tent_entropy", self.entropies[-1], on_step=False, on_epoch=True)
+            pl_module.log("test/tent_nonfinite", float(self.nonfinite), on_step=False, on_epoch=True, reduce_fx="max")
         if self.reset == "batch":
             self.reset_adaptation()
 

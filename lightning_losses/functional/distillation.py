@@ -57,7 +57,9 @@ def kd(
     log_s = torch.log_softmax(_upcast(logits) / temperature, dim=-1)
     log_t = torch.log_softmax(teacher / temperature, dim=-1)
     p_t = log_t.exp()
-    kl = torch.where(p_t > 0, p_t * (log_t - log_s), torch.zeros_like(p_t)).sum(dim=-1) * temperature**2
+    # 0 log 0 = 0 where the teacher puts no mass; `p_t * 0` (not a constant 0) keeps a non-finite teacher row NaN
+    # instead of a finite 0 whose gradient would be NaN
+    kl = torch.where(p_t > 0, p_t * (log_t - log_s), p_t * 0).sum(dim=-1) * temperature**2
     if ce_weight == 0:
         return kl
     if target is None:

@@ -19,6 +19,10 @@ kl_start_epoch``, i.e. ``start_epoch=6`` here (``start_epoch`` is the first epoc
 Differences: a sample that was not seen :math:`\tilde E` epochs ago (``drop_last``, an odd sampler) gets no term
 instead of a stale row; under DDP the table is written from the all-gathered batch, so every rank holds every
 sample's past outputs (the reference's per-rank table misses the samples another rank saw).
+
+Non-finite outputs never enter the table: a sample whose logits hold a NaN / inf keeps its old row (so it gets no
+term :math:`\tilde E` epochs later), counted in :attr:`SAF.nonfinite` (from the gathered batch: identical on every
+rank). A ``training_step`` that returns ``None`` skips the step here too: the rows it wrote are put back.
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ class SAF(Callback):
         self.input, self.index, self.name = input, index, name
         self.logits: torch.Tensor | None = None  #: ``[num_samples, epochs_ago + 1, C]`` recorded outputs
         self.stamp: torch.Tensor | None = None  #: ``[num_samples, epochs_ago + 1]`` epoch of each row (-1: empty)
+        self.nonfinite: torch.Tensor | int = 0  #: samples whose outputs were not recorded (not finite)
+        self._journal: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] | None = None  # rows overwritten
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
@@ -115,6 +121,18 @@ class SAF(Callback):
                     "SAF needs `num_samples` (the training-set size) when the training DataLoader's dataset has no "
                     "length"
                 ) from None
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._journal = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        from lightning_losses.reweighting.guards import step_skipped
+
+        if step_skipped(pl_module, outputs) and self._journal and self.logits is not None and self.stamp is not None:
+            for index, slot, rows, stamps in reversed(self._journal):  # the skipped step recorded nothing
+                self.logits[index, slot] = rows
+                self.stamp[index, slot] = stamps
+        self._journal = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"logits": self.logits, "stamp": self.stamp}
@@ -154,10 +172,16 @@ class SAF(Callback):
             index, values = synced["index"].long(), synced["logits"]
         from lightning_losses.reweighting.store import _representative
 
-        values = values[_representative(index)]  # duplicates (sampler padding) all write the first copy's row
+        finite = torch.isfinite(values).all(-1)
+        rep = _representative(index, finite)  # duplicates (sampler padding) all write the first finite copy's row
+        keep = finite[rep]
         slot = epoch % (self.epochs_ago + 1)
-        table[index, slot] = values
-        stamp[index, slot] = epoch
+        old_rows, old_stamps = table[index, slot], stamp[index, slot]
+        if self._journal is not None:  # inside a training batch: keep what a skipped step must put back
+            self._journal.append((index, slot, old_rows, old_stamps))
+        table[index, slot] = torch.where(keep[:, None], values[rep], old_rows)
+        stamp[index, slot] = torch.where(keep, torch.full_like(old_stamps, epoch), old_stamps)
+        self.nonfinite = self.nonfinite + (~finite).sum()  # a tensor: no host sync
 
     def extra_terms(self, module: Any, tensors: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """The mixin's ``"terms"`` hook: ``{name: lambda * tau^2 KL(past || now)}`` per sample."""

@@ -24,6 +24,10 @@ by :class:`~lightning_losses.reweighting.SampleReweighting`, which commits in ``
 micro-batches of one optimizer step accumulate their synced statistics and the state is updated once: ``K``
 micro-batches of ``B`` give the state of one batch of ``K*B``; micro-batch ``m`` is weighted with the state updated
 from micro-batches ``1..m`` (the last one with exactly the step's final state).
+
+**Non-finite values, ids, skipped steps** (see :mod:`~lightning_losses.reweighting.guards`): a NaN / inf loss is
+handled as a masked sample and counted in ``nonfinite``; group / class ids are range-checked on every rank alike;
+:meth:`snapshot` / :meth:`restore` undo a micro-batch whose ``training_step`` returned ``None``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,17 @@ from typing import Any, ClassVar
 import torch
 
 from lightning_losses._validation import check_state_keys
+from lightning_losses.distributed import is_distributed
 from lightning_losses.registry import Registry
+from lightning_losses.reweighting.guards import (
+    ID_KEYS,
+    Undoable,
+    check_id_range,
+    check_inputs,
+    check_mask,
+    id_range,
+    nonfinite_mask,
+)
 from lightning_losses.reweighting.sync import sync_statistics
 
 __all__ = ["REWEIGHTERS", "Reweighter", "build_reweighter", "list_reweighters"]
@@ -44,16 +58,13 @@ REWEIGHTERS: Registry[type[Reweighter]] = Registry("reweighter")
 _MERGE = ("sum", "max", "min")
 
 
-_ID_KEYS = ("group", "index", "target")  # integer ids a reweighter may index with
-
-
 @dataclass
 class _State:
     default: torch.Tensor
     reduction: str | None
 
 
-class Reweighter:
+class Reweighter(Undoable):
     """Base class of every sample reweighter.
 
     Class attributes:
@@ -72,6 +83,8 @@ class Reweighter:
     strategy: ClassVar[str] = ""
     #: ``input name -> text`` appended to the missing-input error (e.g. an alternative to passing it)
     missing_hints: ClassVar[dict[str, str]] = {}
+    #: per-sample float inputs besides ``losses`` whose non-finite values exclude the sample (e.g. WPO's log-weights)
+    finite_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self._states: dict[str, _State] = {}
@@ -85,6 +98,9 @@ class Reweighter:
         self._staged: dict[str, torch.Tensor] = {}
         self.add_state("step", torch.zeros((), dtype=torch.int64))
         self.add_state("epoch", torch.zeros((), dtype=torch.int64))
+        #: samples left out because a value was NaN / inf (summed over ranks: identical on every rank)
+        self.add_state("nonfinite", torch.zeros((), dtype=torch.int64))
+        self._unsynced_nonfinite = torch.zeros((), dtype=torch.int64)  # steps that synced nothing (DDP only)
 
     # ------------------------------------------------------------------ declarations
     def add_state(self, name: str, default: torch.Tensor, reduction: str | None = None) -> None:
@@ -127,6 +143,17 @@ class Reweighter:
         datamodule has a ``num_groups``), so that it is not taken from the first global batch, which may miss a
         group. A no-op for strategies without groups, and for ones built with an explicit number."""
 
+    def unsized(self) -> str | None:
+        """The argument that must be set before training (its value cannot be taken from the data safely), or
+        ``None``. :class:`~lightning_losses.reweighting.SampleReweighting` raises naming it at the start of
+        training."""
+        return None
+
+    def id_sizes(self, inputs: Mapping[str, Any]) -> dict[str, tuple[str, int | None]]:
+        """``input name -> (argument, size)`` of the integer ids this strategy indexes tables with in this step
+        (``size`` ``None``: not known yet, only the sign is checked). Called after :meth:`local_statistics`."""
+        return {}
+
     def add_store(self, name: str, store: Any) -> None:
         """Register a :class:`~lightning_losses.reweighting.store.PerSampleStore` (checkpointed as ``name.*``)."""
         self._stores[name] = store
@@ -153,11 +180,13 @@ class Reweighter:
         return out
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore from :meth:`state_dict` (unknown or missing keys raise ``KeyError`` naming them)."""
-        check_state_keys(type(self).__name__, state, self.state_dict())
+        """Restore from :meth:`state_dict` (unknown or missing keys raise ``KeyError`` naming them; a checkpoint from
+        before the ``nonfinite`` count loads with the count at 0)."""
+        check_state_keys(type(self).__name__, state, self.state_dict(), optional=("nonfinite",))
         device = self.step.device
-        for name in self._states:
-            setattr(self, name, torch.as_tensor(state[name]).detach().clone().to(device))
+        for name, spec in self._states.items():
+            value = state[name] if name in state else spec.default
+            setattr(self, name, torch.as_tensor(value).detach().clone().to(device))
         for prefix, store in self._stores.items():
             store.load_state_dict({k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")})
         self._staged = {}
@@ -168,39 +197,9 @@ class Reweighter:
                 setattr(self, name, getattr(self, name).to(device))
             for store in self._stores.values():
                 store.to(device)
+            self._unsynced_nonfinite = self._unsynced_nonfinite.to(device)
 
     # ------------------------------------------------------------------ step
-    def _check_inputs(self, losses: Any, inputs: Mapping[str, Any]) -> None:
-        if not isinstance(losses, torch.Tensor) or losses.ndim != 1 or not losses.is_floating_point():
-            shape = list(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-            raise ValueError(f"reweighter `{self.strategy}`: `losses` must be a floating tensor [N], got {shape}")
-        given = ", ".join(f"`{k}`" for k in inputs) or "none"
-        for key in self.requires:
-            if inputs.get(key) is None:
-                hint = self.missing_hints.get(key, "")
-                raise ValueError(
-                    f"reweighter `{self.strategy}` needs `{key}` in compute_loss(...) (got {given}); "
-                    f"pass e.g. compute_loss(..., {key}=batch['{key}']){hint}"
-                )
-            value = inputs[key]
-            if key in _ID_KEYS and (
-                not isinstance(value, torch.Tensor) or value.shape != losses.shape or value.is_floating_point()
-            ):
-                got = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(
-                    f"reweighter `{self.strategy}`: `{key}` must be an integer tensor of shape {list(losses.shape)}, "
-                    f"got {got}"
-                )
-
-    @staticmethod
-    def _check_mask(mask: Any, losses: torch.Tensor) -> torch.Tensor | None:
-        if mask is None:
-            return None
-        if not isinstance(mask, torch.Tensor) or mask.shape != losses.shape:
-            got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"`sample_mask` must be a boolean tensor of shape {list(losses.shape)}, got {got}")
-        return mask.to(torch.bool)
-
     @staticmethod
     def masked_ids(ids: torch.Tensor, inputs: Mapping[str, Any]) -> torch.Tensor:
         """``ids`` (group / class ids) with masked samples set to 0, safe to index with (their weight is 0)."""
@@ -212,21 +211,37 @@ class Reweighter:
         """One step: ``[N]`` detached losses (plus named inputs) -> ``[N]`` weights; advances the state.
 
         ``sample_mask``: optional boolean ``[N]``; ``False`` samples take no part in any statistic and get weight 0.
+        Samples with a non-finite loss are handled as masked and counted in ``nonfinite``.
         """
-        self._check_inputs(losses, inputs)
-        mask = self._check_mask(sample_mask, losses)
-        losses = losses.detach()
+        check_inputs(self, losses, inputs)
+        mask = check_mask(sample_mask, losses)
         self._to(losses.device)
+        mask, bad, losses = nonfinite_mask(losses.detach(), inputs, self.finite_inputs, mask)
         inputs = {**inputs, "sample_mask": mask}
-        for key in _ID_KEYS:  # ids index tables: int64 (bool groups become 0 / 1; narrow ids would wrap or fail)
+        for key in ID_KEYS:  # ids index tables: int64 (bool groups become 0 / 1; narrow ids would wrap or fail)
             value = inputs.get(key)
             if isinstance(value, torch.Tensor) and value.dtype != torch.int64 and not value.is_floating_point():
                 inputs[key] = value.long()
-        local = self.local_statistics(losses, inputs)
-        reductions: Mapping[str, str] = self.statistics
-        if mask is not None and any(self.statistics.get(k) == "cat" for k in local):
-            local, reductions = {**local, "sample_mask": mask}, {**self.statistics, "sample_mask": "cat"}
+        local = dict(self.local_statistics(losses, inputs))
+        reductions: dict[str, str] = dict(self.statistics)
+        ids = self.id_sizes(inputs)
+        synced_step = bool(local) or not is_distributed()  # whether this step reduces anything over ranks
+        if synced_step:  # piggy-back on the packed buffer: no extra collective
+            local["_nonfinite"], reductions["_nonfinite"] = bad + self._unsynced_nonfinite, "sum"
+            for key in ids:
+                local[f"_ids_{key}"], reductions[f"_ids_{key}"] = id_range(inputs[key], mask), "max"
+        else:  # nothing to reduce in this step: count now, sum over ranks at the next step that syncs
+            self._unsynced_nonfinite = self._unsynced_nonfinite + bad
+            for key, (arg, size) in ids.items():
+                check_id_range(self.strategy, key, arg, size, id_range(inputs[key], mask))
+        if any(r == "cat" for k, r in reductions.items() if k in local):
+            local["sample_mask"], reductions["sample_mask"] = mask, "cat"
         synced, offset = sync_statistics(local, reductions)
+        if synced_step:
+            for key, (arg, size) in ids.items():  # synced extremes: the same decision on every rank
+                check_id_range(self.strategy, key, arg, size, synced.pop(f"_ids_{key}"))
+            self.nonfinite = self.nonfinite + synced.pop("_nonfinite").to(torch.int64)
+            self._unsynced_nonfinite = torch.zeros_like(self._unsynced_nonfinite)
         self.local_slice = slice(offset, offset + losses.numel())
         for name, spec in self._states.items():
             if spec.reduction is not None and name in synced:
@@ -238,8 +253,7 @@ class Reweighter:
                     merged = torch.maximum(current, value) if spec.reduction == "max" else torch.minimum(current, value)
                 setattr(self, name, merged)
         weights = self.compute(losses, synced, inputs)
-        if mask is not None:
-            weights = weights.masked_fill(~mask, 0.0)
+        weights = weights.masked_fill(~mask, 0.0)
         if not self.accumulating:
             self.commit()
         self.last = {"losses": losses, "weights": weights}
@@ -257,8 +271,20 @@ class Reweighter:
         raise NotImplementedError
 
     def log_values(self) -> dict[str, torch.Tensor]:
-        """Extra scalars to log (group weights, ...), identical on every rank."""
+        """Extra scalars to log (group weights, ...), identical on every rank (the callback adds
+        :meth:`nonfinite_count` as ``reweight/nonfinite``)."""
         return {}
+
+    def take_unsynced_nonfinite(self) -> torch.Tensor:
+        """This rank's non-finite count of steps that synced nothing, handed over (and zeroed) so that a caller can
+        sum it over ranks and add it to ``nonfinite`` (the callback does, in its logging collective)."""
+        pending, self._unsynced_nonfinite = self._unsynced_nonfinite, torch.zeros_like(self._unsynced_nonfinite)
+        return pending
+
+    def nonfinite_count(self) -> torch.Tensor:
+        """Samples left out so far because a value was NaN / inf (summed over ranks; a strategy step that syncs
+        nothing, e.g. fixed class weights, adds its local count at the next step that syncs)."""
+        return self.nonfinite + self._unsynced_nonfinite
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())

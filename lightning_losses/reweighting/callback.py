@@ -11,14 +11,19 @@ Semantics:
   micro-batches of ``B`` reach the state of one batch of ``K*B`` (the per-sample stores are invariant anyway);
 * per-sample stores are sized from the training dataset's length at ``on_train_start`` (when the strategy was built
   without ``num_samples`` and the dataset has a length): no host sync per step; a datamodule with a ``num_groups``
-  attribute sizes ``group_dro`` (when built without ``num_groups``) and the per-group metrics;
+  attribute sizes ``group_dro`` (when built without ``num_groups``) and the per-group metrics; ``group_dro`` with
+  neither refuses to start (a count taken from the first batch can miss a rare group);
+* a ``training_step`` that returns ``None`` (e.g. for a non-finite loss) skips the step for the reweighter too: the
+  state (sums, ``q``, class EMA, per-sample store rows, counters) is put back as it was before that micro-batch
+  (with gradient accumulation only that micro-batch is undone; the earlier ones still make their step);
 * a pass with ``objective_logging_suppressed`` set (a perturbed pass of SAM-like methods) reuses the weights that
   the same ``compute_loss`` call got at the unperturbed weights (each micro-batch its own under gradient
   accumulation): the state advances once per step and no extra collective runs;
 * on the Trainer's logging steps (or every ``log_every_n_steps`` optimizer steps) it logs ``reweight/ess``,
-  ``reweight/entropy``, ``reweight/max``, ``reweight/min``, ``reweight/zero_fraction`` (global batch), the
-  strategy's own values (``reweight/q/0``, ...) and, when the batch carries ``group``, ``reweight/group_acc/g``,
-  ``reweight/group_loss/g`` and ``reweight/worst_group_acc`` over the steps since the last log.
+  ``reweight/entropy``, ``reweight/max``, ``reweight/min``, ``reweight/zero_fraction`` (global batch),
+  ``reweight/nonfinite`` (samples left out so far for a NaN / inf loss), the strategy's own values
+  (``reweight/q/0``, ...) and, when the batch carries ``group``, ``reweight/group_acc/g``, ``reweight/group_loss/g``
+  and ``reweight/worst_group_acc`` over the steps since the last log.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from torch.utils.data import DataLoader
 from lightning_losses._compat import logger_connector
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
+from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
+from lightning_losses.reweighting.guards import step_skipped
 from lightning_losses.reweighting.metrics import GroupAccuracy, global_weight_stats
 from lightning_losses.reweighting.sync import sync_statistics
 
@@ -132,6 +139,9 @@ class SampleReweighting(Callback):
         self._attached: _Attached | None = None
         self._group_metric: GroupAccuracy | None = None
         self._last_logged_step = -1
+        self._undo: dict[str, Any] | None = None  # the reweighter's state at the start of the micro-batch
+        self._committed = False  # an optimizer step committed the state during this micro-batch
+        self._uncommitted = 0  # micro-batches merged since the last commit
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
@@ -157,9 +167,36 @@ class SampleReweighting(Callback):
         groups = _datamodule_groups(trainer)
         if groups:
             self.reweighter.size_groups(groups)
+        missing = self.reweighter.unsized()
+        if missing:
+            raise ConfigurationError(
+                f"SampleReweighting(`{self.reweighter.strategy}`) needs `{missing}` before training: neither the "
+                f"strategy nor the datamodule (a `{missing}` attribute) gives it, and a count taken from the first "
+                f"batch can miss a rare group; pass e.g. SampleReweighting('{self.reweighter.strategy}', "
+                f"{missing}=...)"
+            )
+        self._uncommitted = 0
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._undo, self._committed = self.reweighter.snapshot(), False
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self.reweighter.commit()  # once per optimizer step, after all its micro-batches
+        self._committed = True
+
+    def _settle(self, pl_module: Any, outputs: Any) -> bool:
+        """Keep or undo the micro-batch that just ended; ``True`` when it was skipped (and undone)."""
+        skipped = step_skipped(pl_module, outputs) and self._undo is not None
+        if skipped:
+            self.reweighter.restore(self._undo)  # as before the micro-batch (staged state of the earlier ones too)
+            if self._committed and self._uncommitted:  # the optimizer step still ran on the earlier micro-batches
+                self.reweighter.commit()
+        else:
+            self._uncommitted += 1
+        if self._committed:
+            self._uncommitted = 0
+        self._undo = None
+        return skipped
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self.reweighter.set_epoch(trainer.current_epoch)
@@ -175,7 +212,7 @@ class SampleReweighting(Callback):
         return self._group_metric
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.log_every_n_steps == 0:
+        if self._settle(pl_module, outputs) or self.log_every_n_steps == 0:
             return
         last = self.reweighter.last
         group, target, logits = last.get("group"), last.get("target"), last.get("logits")
@@ -194,7 +231,11 @@ class SampleReweighting(Callback):
         output = getattr(pl_module, "objective_output", None)
         metrics: dict[str, torch.Tensor] = {}
         if output is not None and output.weights.numel():
-            metrics.update({f"reweight/{k}": v for k, v in global_weight_stats(output.weights).items()})
+            pending = {"nonfinite": self.reweighter.take_unsynced_nonfinite()}  # summed in the same collective
+            weight_stats = global_weight_stats(output.weights, extra=pending)
+            self.reweighter.nonfinite = self.reweighter.nonfinite + weight_stats.pop("nonfinite").to(torch.int64)
+            metrics.update({f"reweight/{k}": v for k, v in weight_stats.items()})
+        metrics["reweight/nonfinite"] = self.reweighter.nonfinite_count().detach().float()
         metrics.update({f"reweight/{k}": v.detach().float() for k, v in self.reweighter.log_values().items()})
         if self._group_metric is not None:
             stats = self._group_metric.compute()

@@ -3,7 +3,10 @@
 Per-group / per-class loss sums and counts are summed over ranks at the sync point (one packed collective), so the
 group weights ``q`` and the running class losses are identical on every rank. When the number of groups / classes
 is not given (and, for classes, no ``logits [N, C]`` are passed), it is taken from the first global batch with one
-extra ``max`` collective on that step only; a larger id later raises an error naming the argument to set.
+extra ``max`` collective on that step only; a larger (or negative) id later raises an error naming the argument to
+set, on every rank alike (the ids' extremes travel in the step's packed buffer). Under
+:class:`~lightning_losses.reweighting.SampleReweighting`, ``group_dro`` refuses to start training without a known
+number of groups (a rare group can miss the first batch).
 
 Masked samples (``sample_mask``) count in no sum or count. ``group_dro`` and ``ema_class_loss`` update their state
 once per optimizer step from the sums and counts of all its micro-batches (see :mod:`~.base`, "Optimizer steps").
@@ -38,18 +41,16 @@ def _global_num_ids(ids: torch.Tensor, mask: torch.Tensor | None = None) -> int:
 def _counts(
     ids: torch.Tensor,
     size: int,
-    arg: str,
     weights: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-id sums of ``weights`` (counts without), ``float64``; ``False`` entries of ``mask`` add nothing."""
+    """Per-id sums of ``weights`` (counts without), ``float64 [size]``; ``False`` entries of ``mask`` and ids
+    outside ``[0, size)`` add nothing (the base range-checks the ids on every rank alike; no host sync here)."""
+    valid = (ids >= 0) & (ids < size)
     if mask is not None:
-        ids = ids.masked_fill(~mask, 0)
-        weights = mask.to(torch.float64) if weights is None else weights.to(torch.float64) * mask
-    counts = torch.bincount(ids, weights=weights, minlength=size).to(torch.float64)
-    if counts.numel() != size:
-        raise ValueError(f"got id {counts.numel() - 1} but `{arg}` is {size}; set `{arg}` to the true number")
-    return counts
+        valid = valid & mask
+    w = valid.to(torch.float64) if weights is None else torch.where(valid, weights.to(torch.float64), 0.0)
+    return torch.zeros(size, dtype=torch.float64, device=ids.device).index_add_(0, ids.masked_fill(~valid, 0), w)
 
 
 @REWEIGHTERS.register("group_dro", aliases=("groupdro",))
@@ -67,7 +68,8 @@ class GroupDRO(Reweighter):
         adjustment: generalisation adjustment :math:`C \ge 0`. Default 0. Needs ``group_counts``.
         num_groups: number of groups; default: from ``group_counts``, the datamodule's ``num_groups`` (under
             :class:`~lightning_losses.reweighting.SampleReweighting`) or else the first global batch (which may
-            miss a rare group: a later, larger id then raises an error naming this argument).
+            miss a rare group: a later, larger id then raises an error naming this argument; under
+            :class:`~lightning_losses.reweighting.SampleReweighting` training does not start without it).
         group_counts: training-set size of each group (for the adjustment).
 
     Example:
@@ -124,6 +126,12 @@ class GroupDRO(Reweighter):
             self.q = torch.full((g,), 1.0 / g, dtype=torch.float64, device=self.q.device)
             self.pending_loss, self.pending_count = torch.zeros_like(self.q), torch.zeros_like(self.q)
 
+    def unsized(self) -> str | None:
+        return "num_groups" if self.num_groups == 0 else None
+
+    def id_sizes(self, inputs):
+        return {"group": ("num_groups", self.num_groups)}
+
     def local_statistics(self, losses, inputs):
         group, mask = inputs["group"], inputs.get("sample_mask")
         if self.num_groups == 0:  # first step without num_groups: one extra collective
@@ -132,8 +140,8 @@ class GroupDRO(Reweighter):
             self.pending_loss, self.pending_count = torch.zeros_like(self.q), torch.zeros_like(self.q)
         size = self.num_groups
         return {
-            "group_loss": _counts(group, size, "num_groups", losses.to(torch.float64), mask),
-            "group_count": _counts(group, size, "num_groups", mask=mask),
+            "group_loss": _counts(group, size, losses, mask),
+            "group_count": _counts(group, size, mask=mask),
         }
 
     def compute(self, losses, synced, inputs):
@@ -217,6 +225,10 @@ class ClassBalanced(Reweighter):
                 num_samples = check_int("num_samples", num_samples, low=1)
             self.add_store("seen", PerSampleStore({}, num_samples, once_per_epoch=False))
 
+    def id_sizes(self, inputs):
+        arg = "samples_per_class" if self.fixed else "num_classes"  # the argument that fixes the number of classes
+        return {"target": (arg, _num_classes(self.num_classes, self.class_count, inputs))}
+
     def local_statistics(self, losses, inputs):
         if self.fixed:
             return {}
@@ -234,7 +246,7 @@ class ClassBalanced(Reweighter):
             index = synced["index"]
             new = self.seen.fresh(index, 0, valid) & ~self.seen.seen(index)
             self.seen.write(index, new, 0)
-            self.class_count = self.class_count + _counts(target, size, "num_classes", mask=new)
+            self.class_count = self.class_count + _counts(target, size, mask=new)
         class_weights = F.class_balanced_weights(self.class_count, self.beta)
         return class_weights[self.masked_ids(inputs["target"], inputs)].to(losses.dtype)
 
@@ -286,10 +298,10 @@ class EMAClassLoss(Reweighter):
             self.initialised = torch.zeros(size, dtype=torch.bool, device=losses.device)
             self.pending_loss, self.pending_count = torch.zeros_like(self.ema), torch.zeros_like(self.ema)
         size = self.ema.numel()
-        return {
-            "class_loss": _counts(target, size, "num_classes", losses.to(torch.float64), mask),
-            "class_count": _counts(target, size, "num_classes", mask=mask),
-        }
+        return {"class_loss": _counts(target, size, losses, mask), "class_count": _counts(target, size, mask=mask)}
+
+    def id_sizes(self, inputs):
+        return {"target": ("num_classes", int(self.ema.numel()))}
 
     def compute(self, losses, synced, inputs):
         loss_sum = self.pending_loss + synced["class_loss"]

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torchmetrics
@@ -20,8 +21,13 @@ from lightning_losses.reweighting.sync import sync_statistics
 __all__ = ["GroupAccuracy", "global_weight_stats"]
 
 
-def global_weight_stats(weights: torch.Tensor) -> dict[str, torch.Tensor]:
+def global_weight_stats(
+    weights: torch.Tensor, extra: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Statistics of the global batch's weights (identical on every rank; one collective under DDP).
+
+    ``extra``: scalars summed over ranks in the same collective, returned under their names (e.g. a reweighter's
+    ``nonfinite`` count of steps that synced nothing).
 
     Example:
         >>> stats = global_weight_stats(torch.tensor([1.0, 1.0, 0.0, 0.0]))
@@ -33,8 +39,12 @@ def global_weight_stats(weights: torch.Tensor) -> dict[str, torch.Tensor]:
     sums = torch.stack([w.sum(), w.square().sum(), w.new_tensor(float(w.numel())), plogp.sum(), (w == 0).sum()])
     big = w.new_tensor(torch.finfo(torch.float64).max)
     extremes = torch.stack([w.max() if w.numel() else -big, -(w.min() if w.numel() else big)])
+    names = sorted(extra or {})
+    if names:
+        sums = torch.cat([sums, torch.stack([extra[k].to(sums) for k in names])])  # type: ignore[index]
     synced, _ = sync_statistics({"sums": sums, "extremes": extremes}, {"sums": "sum", "extremes": "max"})
-    total, squares, n, wlogw, zeros = synced["sums"]
+    total, squares, n, wlogw, zeros = synced["sums"][:5]
+    summed = dict(zip(names, synced["sums"][5:]))
     n_safe = n.clamp_min(1.0)
     ess = total.square() / (n_safe * squares).clamp_min(1e-300)
     # H(p) with p = w / S: log S - sum(w log w) / S, normalised by log N
@@ -45,6 +55,7 @@ def global_weight_stats(weights: torch.Tensor) -> dict[str, torch.Tensor]:
         "max": synced["extremes"][0].float(),
         "min": (-synced["extremes"][1]).float(),
         "zero_fraction": (zeros / n_safe).float(),
+        **summed,
     }
 
 

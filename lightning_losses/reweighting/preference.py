@@ -47,6 +47,7 @@ class WPO(Reweighter):
 
     strategy = "wpo"
     requires = ("chosen_logw", "rejected_logw")
+    finite_inputs = ("chosen_logw", "rejected_logw")  # a NaN / inf log-weight leaves the pair out, as a NaN loss
 
     def __init__(self, max_weight: float | None = 1.0) -> None:
         super().__init__()
@@ -71,9 +72,13 @@ class WPO(Reweighter):
         return {"logw": logw}
 
     def compute(self, losses, synced, inputs):
-        logw = synced["logw"]
-        self.mean_weight = logw.exp().mean() if logw.numel() else logw.new_zeros(())
-        weights = torch.softmax(logw, dim=0) * logw.numel()
+        logw, valid = synced["logw"], synced.get("sample_mask")
+        if valid is None:
+            valid = torch.ones_like(logw, dtype=torch.bool)
+        logw = logw.masked_fill(~valid, float("-inf"))  # masked / non-finite pairs take no part
+        n = valid.sum().to(logw.dtype)
+        self.mean_weight = logw.exp().sum() / n.clamp_min(1.0)
+        weights = torch.where(valid, torch.softmax(logw, dim=0) * n, 0.0)  # all masked: softmax is NaN, kept out
         return weights[self.local_slice].to(losses.dtype)
 
     def log_values(self) -> dict[str, torch.Tensor]:

@@ -18,7 +18,12 @@ Size: with ``num_samples`` (the dataset length; :class:`~lightning_losses.reweig
 from the training dataset when the strategy was built without it) the table is allocated once and a step costs no
 host sync: indices are bounds-checked on device (``torch._assert_async``: an immediate error on CPU, a device-side
 assert on GPU). Without it the table grows to ``max(index) + 1``, which reads ``min`` / ``max`` of the indices on the
-host once per step (growth is driven by synced indices, so it is identical on every rank).
+host once per step (growth is driven by synced indices, so it is identical on every rank); growth past
+:data:`MAX_GROWTH` samples is refused with an error naming ``num_samples`` (an index of 1e12 is a bug, not a dataset:
+give a larger dataset's length as ``num_samples``).
+
+Undo: between :meth:`PerSampleStore.begin_journal` and :meth:`PerSampleStore.rollback` the store keeps the rows it
+overwrites (one gather per write), so a skipped step can be undone exactly.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from collections.abc import Mapping
 
 import torch
 
-__all__ = ["PerSampleStore", "first_occurrence"]
+__all__ = ["MAX_GROWTH", "PerSampleStore", "first_occurrence"]
+
+#: the largest table a store grows to on demand (2**27 samples: 1 GiB at 8 bytes per sample)
+MAX_GROWTH = 2**27
 
 
 def _representative(index: torch.Tensor, preferred: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,6 +98,8 @@ class PerSampleStore:
         self.fixed = num_samples is not None
         self._checked: torch.Tensor | None = None  # the last index tensor checked (one check per step, not per call)
         self._rep: tuple[torch.Tensor, torch.Tensor] | None = None  # (index, representatives) from the last fresh()
+        self._journal: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]] | None = None
+        self._journal_size = 0
         self.reset()
 
     @property
@@ -145,6 +155,13 @@ class PerSampleStore:
             lo, hi = int(index.min()), int(index.max())  # host sync: the store is sized from synced indices
             if lo < 0:
                 raise ValueError(f"`index` values must be >= 0 (dataset positions), got {lo}")
+            if hi >= max(MAX_GROWTH, len(self)):
+                raise ValueError(
+                    f"`index` value {hi} would grow the per-sample table to {hi + 1} rows "
+                    f"({(hi + 1) * self.bytes_per_sample:,} bytes per rank); indices must be dataset positions. Set "
+                    f"`num_samples` of the strategy to the dataset length (tables grow on demand only up to "
+                    f"{MAX_GROWTH} samples)"
+                )
             self.reserve(hi + 1)
         self._checked = index
 
@@ -184,11 +201,30 @@ class PerSampleStore:
         cached = self._rep is not None and self._rep[0] is index
         rep = self._rep[1] if cached else _representative(index, mask)
         take = mask[rep]
+        if self._journal is not None:
+            self._journal.append((index, {n: self.tables[n][index] for n in values}, self.stamp[index]))
         for name, value in values.items():
             table = self.tables[name]
             table[index] = torch.where(take, value[rep].to(table.dtype), table[index])
         stamp = torch.as_tensor(epoch, device=index.device).to(torch.int32)
         self.stamp[index] = torch.where(take, stamp, self.stamp[index])
+
+    def begin_journal(self) -> None:
+        """Start keeping the rows that writes overwrite (drops the previous journal)."""
+        self._journal, self._journal_size = [], len(self)
+
+    def rollback(self) -> None:
+        """Undo every write (and growth) since :meth:`begin_journal`; the journal stays open, empty."""
+        if self._journal is None:
+            return
+        for index, old, stamp in reversed(self._journal):  # copies of one index hold the same old value
+            for name, value in old.items():
+                self.tables[name][index] = value
+            self.stamp[index] = stamp
+        if len(self) > self._journal_size:
+            self.stamp = self.stamp[: self._journal_size].clone()
+            self.tables = {n: t[: self._journal_size].clone() for n, t in self.tables.items()}
+        self._journal, self._checked, self._rep = [], None, None
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"stamp": self.stamp.cpu().clone(), **{n: t.cpu().clone() for n, t in self.tables.items()}}

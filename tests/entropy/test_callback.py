@@ -119,7 +119,11 @@ def test_logging_without_controller_and_with_a_band():
         logged = logger.rows[0][1]
         assert logged["entropy/mean"] == pytest.approx(float(h.mean()), rel=1e-5)
         if cb.controller is None:
-            assert logged == {"entropy/mean": logged["entropy/mean"], "entropy/beta": pytest.approx(0.3)}
+            assert logged == {
+                "entropy/mean": logged["entropy/mean"],
+                "entropy/beta": pytest.approx(0.3),
+                "entropy/nonfinite": 0.0,
+            }
         else:
             assert logged["entropy/target"] == pytest.approx(0.5)
             assert (logged["entropy/band_low"], logged["entropy/band_high"]) == (0.4, 0.6)

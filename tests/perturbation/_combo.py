@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_losses as ll
+from tests.helpers.trainers import quiet_trainer
 
 FEATURES, CLASSES, GROUPS = 16, 4, 3
 
@@ -75,16 +76,7 @@ def dataset(n: int = 48, seed: int = 0, paired: int = 0) -> TensorDataset:
 
 def fit(callbacks, model=None, batch_size=4, k=1, data=None, **kwargs):
     model = Net() if model is None else model
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        max_epochs=1,
-    )
-    trainer = L.Trainer(callbacks=callbacks, accumulate_grad_batches=k, **{**options, **kwargs})
+    trainer = quiet_trainer(callbacks, accumulate_grad_batches=k, **{"max_epochs": 1, **kwargs})
     trainer.fit(model, DataLoader(dataset() if data is None else data, batch_size=batch_size, shuffle=False))
     return model, trainer
 

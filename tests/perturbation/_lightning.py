@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_losses as ll
+from tests.helpers.trainers import quiet_trainer
 
 from ._reference import tiny_model
 
@@ -49,14 +50,5 @@ def loader(batch_size: int = 8, n: int = 16) -> DataLoader:
 
 
 def trainer(callbacks, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,  # the callbacks log their statistics on the Trainer's logging steps only
-    )
-    defaults.update(kwargs)
-    return L.Trainer(callbacks=callbacks, **defaults)
+    # log_every_n_steps=1: the callbacks log their statistics on the Trainer's logging steps only
+    return quiet_trainer(callbacks, **{"log_every_n_steps": 1, **kwargs})

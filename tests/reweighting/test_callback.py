@@ -103,16 +103,21 @@ def test_datamodule_sizes_the_groups(tmp_path):
     _trainer(tmp_path, [cb], limit_train_batches=2).fit(model, datamodule=_FirstBatchOneGroup())
     assert cb.reweighter.num_groups == 2 and cb._group_metric.num_groups == 2
     assert not torch.allclose(cb.reweighter.q, torch.full((2,), 0.5, dtype=torch.float64))  # q moved, both groups
-    with pytest.raises(ValueError, match=r"got id 1 but `num_groups` is 1; set `num_groups` to the true number"):
-        unsized = ll.SampleReweighting("group_dro", step_size=0.5)  # group count from the first batch: too small
+    # without a known group count training does not start (the first batch would give 1 group: too small)
+    unsized = ll.SampleReweighting("group_dro", step_size=0.5)
+    with pytest.raises(
+        ConfigurationError, match=r"SampleReweighting\(`group_dro`\) needs `num_groups` before training"
+    ):
         _trainer(tmp_path, [unsized], limit_train_batches=2).fit(model, datamodule=_FirstBatchOneGroup(False))
+    assert int(unsized.reweighter.step) == 0 and unsized.reweighter.num_groups == 0  # nothing ran
 
 
 def test_missing_group_names_the_key(tmp_path):
     dm = DigitsDataModule(batch_size=16)  # no spurious groups -> no `group` in the batch
     model = DigitsClassifier()
     with pytest.raises(ValueError, match=r"reweighter `group_dro` needs `group` in compute_loss"):
-        _trainer(tmp_path, [ll.SampleReweighting("group_dro")], limit_train_batches=1).fit(model, datamodule=dm)
+        cb = ll.SampleReweighting("group_dro", num_groups=2)
+        _trainer(tmp_path, [cb], limit_train_batches=1).fit(model, datamodule=dm)
 
 
 def test_requires_the_mixin(tmp_path):
@@ -146,7 +151,7 @@ def _loader(dm):
     ("name", "options"),
     [
         ("per_sample_ema", {"momentum": 0.5, "temperature": 1.0}),  # per-sample store
-        ("group_dro", {"step_size": 0.5}),  # q, moved every optimizer step
+        ("group_dro", {"step_size": 0.5, "num_groups": 2}),  # q, moved every optimizer step
         ("jtt", {"upweight": 3.0, "stage_epochs": 1}),  # the error set recorded in epoch 0, used in epoch 1
     ],
 )

@@ -110,7 +110,7 @@ def test_group_dro_updates_once_per_optimizer_step_in_the_trainer(tmp_path):
         losses = torch.nn.functional.cross_entropy(copy.deepcopy(model)(first["x"]), first["target"], reduction="none")
     reference = ll.build_reweighter("group_dro", step_size=0.5)
     reference(losses=losses, group=first["group"])
-    cb = ll.SampleReweighting("group_dro", step_size=0.5)
+    cb = ll.SampleReweighting("group_dro", step_size=0.5, num_groups=2)
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=2, accumulate_grad_batches=2, accelerator="cpu", logger=False,
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,

@@ -103,7 +103,9 @@ def test_bad_input_shapes():
     with pytest.raises(ValueError, match=r"`losses` must be a floating tensor \[N\]"):
         r(losses=torch.zeros(3, 1), group=torch.zeros(3, dtype=torch.long))
     r = ll.build_reweighter("group_dro", num_groups=2)
-    with pytest.raises(ValueError, match="got id 2 but `num_groups` is 2"):
+    with pytest.raises(
+        ValueError, match=r"`group` id 2 is out of range for `num_groups` = 2 \(ids must be in \[0, 2\)\)"
+    ):
         r(losses=torch.zeros(3), group=torch.tensor([0, 1, 2]))
 
 
@@ -297,7 +299,7 @@ def test_crash_and_resume_continues_exactly(name):
 
 def test_load_state_dict_rejects_mismatch():
     r = ll.build_reweighter("group_dro")
-    with pytest.raises(KeyError, match=r"missing \['pending_count', 'pending_loss', 'q'\]"):
+    with pytest.raises(KeyError, match=r"missing \['pending_count', 'pending_loss', 'q'\]"):  # nonfinite: optional
         r.load_state_dict({"step": torch.tensor(0), "epoch": torch.tensor(0)})
 
 
