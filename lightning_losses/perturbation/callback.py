@@ -294,7 +294,7 @@ class PresetCallback(WeightPerturbation):
                     raise ConfigurationError(f"`variant` must be one of {valid}, got {variant!r}")
                 name = cls.variants[variant]
             taken = PRESETS[name].defaults
-            WeightPerturbation.__init__(self, name, **{k: v for k, v in named.items() if k in taken}, **options)
+            super(cls, self).__init__(name, **{k: v for k, v in named.items() if k in taken}, **options)
             if cls.variants:
                 self.options["variant"] = variant
 
