@@ -12,6 +12,7 @@ from typing import Any
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 
+from lightning_losses._compat import should_update_logs
 from lightning_losses._validation import qualify
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import Registry
@@ -69,7 +70,4 @@ def step_logs_due(trainer: Any) -> bool:
     while each ``log`` call costs a fraction of a millisecond: the library's callbacks log their step statistics only
     when this is ``True`` (as Lightning's ``LearningRateMonitor`` does).
     """
-    connector = getattr(trainer, "_logger_connector", None)
-    if connector is not None:
-        return bool(connector.should_update_logs)
-    return trainer.global_step % max(int(trainer.log_every_n_steps), 1) == 0
+    return should_update_logs(trainer)

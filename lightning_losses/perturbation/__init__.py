@@ -13,6 +13,7 @@ from lightning_losses.perturbation.callback import (
     AWP,
     SAM,
     AdversarialModelPerturbation,
+    PresetCallback,
     WeightPerturbation,
     suppressed_logging,
 )
@@ -20,6 +21,8 @@ from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.manual import perturbed_backward
 from lightning_losses.perturbation.presets import (
     PERTURBATIONS,
+    PRESETS,
+    Preset,
     adversarial_model_perturbation,
     asam,
     asam_p2,
@@ -34,10 +37,13 @@ __all__ = [
     "ASAM",
     "AWP",
     "PERTURBATIONS",
+    "PRESETS",
     "SAF",
     "SAM",
     "AdversarialModelPerturbation",
     "Perturbation",
+    "Preset",
+    "PresetCallback",
     "WeightPerturbation",
     "adversarial_model_perturbation",
     "asam",

@@ -38,32 +38,35 @@ the module's bases, and the first optimizer step raises when an ``optimizer_step
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_losses._compat import closure_result, set_closure_result, state_key
 from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.perturbation.checkpoints import guarded_checkpoints, unperturbed_checkpoint
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
-from lightning_losses.perturbation.guards import (
+from lightning_losses.perturbation.passes import (
     ascent_terms_only,
     frozen_metrics,
-    guarded_checkpoints,
     metric_modules,
+    replay,
+    rerun,
     suppressed_logging,
-    unperturbed_checkpoint,
 )
-from lightning_losses.perturbation.presets import build_perturbation
+from lightning_losses.perturbation.presets import PRESETS, Preset, build_perturbation
 
 __all__ = [
     "ASAM",
     "AWP",
     "SAM",
     "AdversarialModelPerturbation",
+    "PresetCallback",
     "WeightPerturbation",
     "ascent_terms_only",
     "frozen_metrics",
@@ -72,30 +75,6 @@ __all__ = [
     "suppressed_logging",
     "unperturbed_checkpoint",
 ]
-
-
-def _rerun(closure: Any) -> torch.Tensor | None:
-    """Run Lightning's closure again at the perturbed weights, without its ``zero_grad`` part.
-
-    The engine has just cleared the gradients itself, so the ``optimizer_zero_grad`` / ``on_before_zero_grad`` hooks
-    run once per optimizer step, as without perturbation; ``training_step`` and the backward (with the precision
-    plugin's scaling and the backward hooks) run as in the first pass. A closure of another shape is simply called.
-    """
-    step_fn, backward_fn = getattr(closure, "_step_fn", None), getattr(closure, "_backward_fn", None)
-    if step_fn is None or backward_fn is None or not hasattr(closure, "_zero_grad_fn"):
-        return closure()
-    with torch.enable_grad():
-        result = step_fn()
-        loss = getattr(result, "closure_loss", None)
-        if loss is not None:
-            backward_fn(loss)
-    return getattr(result, "loss", None)
-
-
-def _training_step_loss(output: Any) -> torch.Tensor | None:
-    if isinstance(output, Mapping):
-        return output.get("loss")
-    return output
 
 
 class WeightPerturbation(Callback):
@@ -144,7 +123,7 @@ class WeightPerturbation(Callback):
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls (~20 per step)
-        return self._generate_state_key(method=self.method, **{k: repr(v) for k, v in sorted(self.options.items())})
+        return state_key(self, method=self.method, **{k: repr(v) for k, v in sorted(self.options.items())})
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -221,24 +200,8 @@ class WeightPerturbation(Callback):
         return self._named
 
     def _replay(self, trainer: Any, module: Any, optimizer: Any) -> None:
-        """Forward-backward of the step's earlier micro-batches at the current weights (no DDP sync). A micro-batch
-        whose ``training_step`` returns ``None`` was skipped at :math:`w` too (Lightning) and adds no gradient."""
-        from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
-
-        with_idx = is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
-        block = getattr(trainer.strategy, "block_backward_sync", contextlib.nullcontext)
-        for batch, batch_idx in self._batches[:-1]:
-            with block(), torch.enable_grad():
-                out = trainer.strategy.training_step(*((batch, batch_idx) if with_idx else (batch,)))
-                loss = _training_step_loss(out)
-                if loss is None:
-                    if trainer.world_size > 1:  # as Lightning's own closure: ranks would issue other collectives
-                        raise RuntimeError(
-                            "Skipping the `training_step` by returning None in distributed training is not supported "
-                            f"(micro-batch {batch_idx} returned None in a perturbed pass of {type(self).__name__})"
-                        )
-                    continue
-                trainer.strategy.backward(loss / trainer.accumulate_grad_batches, optimizer)
+        """Forward-backward of the step's earlier micro-batches at the current weights (:func:`passes.replay`)."""
+        replay(trainer, module, optimizer, self._batches[:-1], type(self).__name__)
 
     def wrap_closure(self, module: Any, optimizer: Any, closure: Any) -> Any:
         """The ``"step"`` plug-in hook called by :meth:`LossesMixin.optimizer_step`."""
@@ -253,12 +216,12 @@ class WeightPerturbation(Callback):
             if phase == "first":
                 with terms:
                     loss = closure()
-                self._first_result = getattr(closure, "_result", None)
+                self._first_result = closure_result(closure)
                 return loss
             with suppressed_logging(module), frozen_metrics(module, self._metrics), terms:
                 if len(self._batches) > 1:
                     self._replay(trainer, module, optimizer)
-                return _rerun(closure)
+                return rerun(closure)
 
         def wrapped() -> torch.Tensor | None:
             self._hook_ran = True
@@ -283,8 +246,8 @@ class WeightPerturbation(Callback):
                 )
             finally:
                 self._batches.clear()
-            if self._first_result is not None and hasattr(closure, "_result"):
-                closure._result = self._first_result  # outputs / progress bar report the loss at w
+            if self._first_result is not None:
+                set_closure_result(closure, self._first_result)  # outputs / progress bar report the loss at w
             self._first_result = None
             if "sharpness" in self.engine.last_stats:
                 self.engine.last_stats["sharpness"] *= trainer.accumulate_grad_batches
@@ -294,45 +257,73 @@ class WeightPerturbation(Callback):
         return wrapped
 
 
-class SAM(WeightPerturbation):
-    """SAM (Foret et al. 2021) as a callback: ``SAM(rho=0.05, **engine_options)``; see :class:`WeightPerturbation`."""
+class PresetCallback(WeightPerturbation):
+    """A :class:`WeightPerturbation` bound to a preset of :data:`~lightning_losses.perturbation.presets.PRESETS`.
 
-    def __init__(self, rho: Any = 0.05, **options: Any) -> None:
-        super().__init__("sam", rho=rho, **options)
+    A subclass names its preset (``class SAM(PresetCallback, preset="sam")``) and gets that preset's signature,
+    defaults and docstring facts: nothing is declared twice. ``variants`` (``{"authors": "asam", "p2": "asam_p2"}``)
+    adds a ``variant`` argument choosing among presets; the class's arguments that the chosen preset does not take
+    are dropped.
+    """
+
+    preset: ClassVar[Preset]
+    variants: ClassVar[Mapping[str, str]] = {}
+
+    def __init_subclass__(cls, preset: str | None = None, variants: Mapping[str, str] | None = None, **kw: Any):
+        super().__init_subclass__(**kw)
+        if preset is None:  # a user's subclass of a preset class keeps what it inherits
+            return
+        cls.preset, cls.variants = PRESETS[preset], dict(variants or {})
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *cls.preset.parameters]
+        if cls.variants:
+            first = next(iter(cls.variants))
+            params.append(inspect.Parameter("variant", params[-1].kind, default=first, annotation="str"))
+        params.append(inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD, annotation="Any"))
+        signature = inspect.Signature(params, return_annotation="None")
+
+        def __init__(self: PresetCallback, *args: Any, **kwargs: Any) -> None:
+            arguments = signature.bind(self, *args, **kwargs)
+            arguments.apply_defaults()
+            named = {k: v for k, v in arguments.arguments.items() if k not in ("self", "options")}
+            options = arguments.arguments["options"]
+            variant = named.pop("variant", None)
+            name = cls.preset.name
+            if cls.variants:
+                if variant not in cls.variants:
+                    valid = ", ".join(f"`{v}`" for v in cls.variants)
+                    raise ConfigurationError(f"`variant` must be one of {valid}, got {variant!r}")
+                name = cls.variants[variant]
+            taken = PRESETS[name].defaults
+            super(cls, self).__init__(name, **{k: v for k, v in named.items() if k in taken}, **options)
+            if cls.variants:
+                self.options["variant"] = variant
+
+        __init__.__signature__ = signature  # type: ignore[attr-defined]
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        call = ", ".join([*(f"{p.name}={p.default!r}" for p in params[1:-1]), "**options"])
+        facts = inspect.cleandoc(cls.preset.doc)
+        cls.__doc__ = f"{inspect.cleandoc(cls.__doc__ or '')}\n\n``{cls.__name__}({call})``. {facts}"
 
 
-class ASAM(WeightPerturbation):
-    """ASAM, the authors' form (T = |w| + eta on weights): ``ASAM(rho=0.5, eta=0.01, variant="authors")``;
-    ``variant="p2"`` selects the davda54/sam ``adaptive=True`` form (no eta; pass ``rho`` ~ 2.0)."""
-
-    def __init__(self, rho: Any = 0.5, eta: float = 0.01, variant: str = "authors", **options: Any) -> None:
-        if variant == "authors":
-            super().__init__("asam", rho=rho, eta=eta, **options)
-        elif variant == "p2":
-            super().__init__("asam_p2", rho=rho, **options)
-        else:
-            raise ConfigurationError(f"`variant` must be one of `authors`, `p2`, got {variant!r}")
-        self.options["variant"] = variant
+class SAM(PresetCallback, preset="sam"):
+    """SAM as a callback; ``options`` are the engine's (see :class:`WeightPerturbation`)."""
 
 
-class AdversarialModelPerturbation(WeightPerturbation):
-    """Adversarial Model Perturbation (Zheng et al. 2021), never abbreviated: clipped per-tensor ascent."""
-
-    def __init__(self, epsilon: Any = 0.5, inner_lr: float = 1.0, inner_steps: int = 1, **options: Any) -> None:
-        super().__init__(
-            "adversarial_model_perturbation", epsilon=epsilon, inner_lr=inner_lr, inner_steps=inner_steps, **options
-        )
+class ASAM(PresetCallback, preset="asam", variants={"authors": "asam", "p2": "asam_p2"}):
+    """ASAM as a callback: ``variant="authors"`` is the authors' form (T = |w| + eta on weights, preset ``asam``);
+    ``variant="p2"`` the davda54/sam ``adaptive=True`` form (preset ``asam_p2``: no ``eta``, and this class's
+    ``rho`` default applies: pass the ``rho`` that form needs)."""
 
 
-class AWP(WeightPerturbation):
-    """AWP (Wu et al. 2020): layer-relative radius gamma * ||w_l|| on weight matrices."""
+class AdversarialModelPerturbation(PresetCallback, preset="adversarial_model_perturbation"):
+    """Adversarial Model Perturbation (never abbreviated) as a callback: clipped per-tensor ascent."""
 
-    def __init__(self, gamma: Any = 5e-3, warmup_epochs: int = 0, **options: Any) -> None:
-        super().__init__("awp", gamma=gamma, warmup_epochs=warmup_epochs, **options)
+
+class AWP(PresetCallback, preset="awp"):
+    """AWP as a callback: layer-relative radius on weight matrices."""
 
 
 CALLBACKS.register("weight_perturbation")(WeightPerturbation)
-CALLBACKS.register("sam")(SAM)
-CALLBACKS.register("asam")(ASAM)
-CALLBACKS.register("adversarial_model_perturbation")(AdversarialModelPerturbation)
-CALLBACKS.register("awp")(AWP)
+for _cls in (SAM, ASAM, AdversarialModelPerturbation, AWP):
+    CALLBACKS.register(_cls.preset.name)(_cls)

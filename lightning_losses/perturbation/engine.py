@@ -1,6 +1,6 @@
 r"""The weight-perturbation engine: one implementation behind SAM, ASAM, Adversarial Model Perturbation and AWP.
 
-A perturbed step (see :meth:`Perturbation.step`):
+A perturbed step (see :meth:`Perturbation.step`; steps 2, 3 and 4 are its ``_ascend``, ``_descend`` and ``_restore``):
 
 1. gradient of the *ascent* loss at :math:`w` (under DDP's ``no_sync`` unless ``sync_ascent``: per-replica ascent);
 2. :math:`\delta` from that gradient (:func:`~lightning_losses.perturbation.functional.ascent_step`), repeated
@@ -23,55 +23,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_losses import distributed
 from lightning_losses._validation import check_choice, check_int, check_number, check_state_keys
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import functional as F
-from lightning_losses.perturbation.guards import _restored_buffers, batchnorm_modules, frozen_batchnorm
+from lightning_losses.perturbation import looksam
+from lightning_losses.perturbation.passes import _restored_buffers, batchnorm_modules, frozen_batchnorm
+from lightning_losses.perturbation.selection import check_patterns, matches, select_parameters
+from lightning_losses.perturbation.step_state import StepState, saved_copy
 from lightning_losses.schedules import Schedule, build_schedule
 
 __all__ = ["PHASES", "Perturbation", "batchnorm_modules", "frozen_batchnorm", "select_parameters"]
 
 #: the passes a ``forward_backward(phase)`` callable is asked for.
 PHASES = ("first", "ascent", "descent", "plain")
-
-
-def _check_patterns(name: str, value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, Iterable) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigurationError(f"`{name}` must be a list of parameter-name patterns (fnmatch), got {value!r}")
-    return tuple(value)
-
-
-def select_parameters(
-    named: Iterable[tuple[str, Tensor]],
-    include: Sequence[str] | None = None,
-    exclude: Sequence[str] | None = None,
-    min_ndim: int = 0,
-) -> list[tuple[str, Tensor]]:
-    """Parameters to perturb: ``requires_grad``, name matching an ``include`` glob (all if ``None``) and no
-    ``exclude`` glob, with at least ``min_ndim`` dimensions (2 keeps weight matrices / kernels, as AWP).
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
-        >>> [n for n, _ in select_parameters(net.named_parameters(), include=["*weight"], exclude=["1.*"])]
-        ['0.weight']
-    """
-    import fnmatch
-
-    out = []
-    for name, p in named:
-        if not p.requires_grad or p.ndim < min_ndim:
-            continue
-        if include is not None and not any(fnmatch.fnmatchcase(name, pat) for pat in include):
-            continue
-        if exclude is not None and any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
-            continue
-        out.append((name, p))
-    return out
 
 
 class Perturbation:
@@ -128,7 +92,7 @@ class Perturbation:
         seed: int = 0,
         eps: float = 1e-12,
     ) -> None:
-        self.rule = check_choice("rule", rule, F.RULES)
+        self.rule = check_choice("rule", rule, tuple(F.ASCENT_RULES))
         self.radius_mode = check_choice("radius_mode", radius_mode, F.RADIUS_MODES)
         self.radius: Schedule = build_schedule(radius, "radius")
         check_number("radius", self.radius(0), low=0.0)
@@ -136,13 +100,13 @@ class Perturbation:
             check_choice("scaling", scaling, [s for s in F.SCALINGS if s])
         self.scaling = scaling
         self.eta = check_number("eta", eta, low=0.0)
-        self.scale_params = _check_patterns("scale_params", scale_params)
+        self.scale_params = check_patterns("scale_params", scale_params)
         self.inner_lr = check_number("inner_lr", inner_lr, low=0.0, low_open=True)
         self.inner_steps = check_int("inner_steps", inner_steps, low=1)
-        self.params = _check_patterns("params", params)
-        self.exclude = _check_patterns("exclude", exclude)
+        self.params = check_patterns("params", params)
+        self.exclude = check_patterns("exclude", exclude)
         self.min_ndim = check_int("min_ndim", min_ndim, low=0)
-        self.ascent_terms = _check_patterns("ascent_terms", ascent_terms)
+        self.ascent_terms = check_patterns("ascent_terms", ascent_terms)
         for name, flag in (("sync_ascent", sync_ascent), ("freeze_bn", freeze_bn)):
             if not isinstance(flag, bool):
                 raise ConfigurationError(f"`{name}` must be true or false, got {flag!r}")
@@ -178,9 +142,7 @@ class Perturbation:
         """Which of ``names`` the ``"adaptive"`` scaling applies to."""
         if self.scaling != "adaptive" or self.scale_params is None:
             return None
-        import fnmatch
-
-        return [any(fnmatch.fnmatchcase(n, p) for p in self.scale_params) for n in names]
+        return matches(names, self.scale_params)
 
     def is_active(self, step: int, epoch: int = 0) -> bool:
         """Whether optimizer step ``step`` (0-based) of epoch ``epoch`` is a perturbed step."""
@@ -262,143 +224,114 @@ class Perturbation:
         if not self.is_active(step, epoch):
             loss = forward_backward("plain")
             if self.reuse_alpha is not None and self.orthogonal is not None:
-                self._looksam_extrapolate([p for _, p in named_params])
+                looksam.extrapolate([p for _, p in named_params], self.orthogonal, self.reuse_alpha, self.eps)
             self.last_stats = {}
             return loss
-        names = [n for n, _ in named_params]
-        params = [p for _, p in named_params]
-        if zero_grad is None:
-
-            def zero_grad() -> None:
-                for p in params:
-                    p.grad = None
-
         ascent_ctx = (no_sync or contextlib.nullcontext) if not self.sync_ascent else contextlib.nullcontext
         with ascent_ctx():
             loss0 = forward_backward("first")
-        keep = [i for i, p in enumerate(params) if p.grad is not None]
-        names, params = [names[i] for i in keep], [params[i] for i in keep]
-        if not params or (skip_on_none and loss0 is None):  # a skipped batch: nothing to perturb
+        run = StepState.after_first_pass(named_params, forward_backward, zero_grad, ascent_ctx)
+        if not run.params or (skip_on_none and loss0 is None):  # a skipped batch: nothing to perturb
             self.last_stats = {}
             return loss0
-        radius = float(self.radius(step))
-        mask = self.scale_mask(names)
-        inv_scale = None if grad_scale is None else 1.0 / torch.as_tensor(grad_scale, dtype=torch.float32)
-        stats: dict[str, Tensor] = {}
-        self._active_params = params
+        run.radius = float(self.radius(step))
+        run.inv_scale = None if grad_scale is None else 1.0 / torch.as_tensor(grad_scale, dtype=torch.float32)
+        run.frozen = bn_modules if self.freeze_bn else ()
+        self._active_params = run.params
         with torch.no_grad():
-            self._saved = self._copy_of(params)
-        frozen = bn_modules if self.freeze_bn else ()
+            self._saved = self._buffers = saved_copy(run.params, self._buffers)
         try:
-            delta: list[Tensor] | None = None
-            first_grads = None
-            perturbed = False
-            for i in range(self.inner_steps):
-                # the ascent gradients are discarded after this iteration: unscaled and turned into the step in
-                # their own storage (no per-step allocation of a parameter-sized list)
-                grads = [p.grad.detach() for p in params]
-                if inv_scale is not None:
-                    torch._foreach_mul_(grads, inv_scale.to(grads[0].device))
-                norms = F.tensor_norms(grads)
-                gnorm = torch.linalg.vector_norm(norms) if grads else torch.zeros(())
-                if i == 0:
-                    stats["grad_norm"] = gnorm
-                    if self.reuse_alpha is not None:
-                        first_grads = [g.clone() for g in grads]
-                if not bool(torch.isfinite(gnorm)):  # the one host sync of a step
-                    self.skipped += 1
-                    delta, perturbed = None, False
-                    break
-                with torch.no_grad():
-                    delta = F.ascent_step(
-                        delta,
-                        grads,
-                        self._saved,
-                        rule=self.rule,
-                        radius_mode=self.radius_mode,
-                        radius=radius,
-                        scaling=self.scaling,
-                        eta=self.eta,
-                        scale_mask=mask,
-                        step_size=self.inner_lr if self.rule == "clip" else 1.0 / self.inner_steps,
-                        eps=self.eps,
-                        grad_norms=norms,
-                        inplace=True,
-                    )
-                    if i > 0:  # the first step starts from w itself
-                        torch._foreach_copy_(params, self._saved)
-                    if any(d.dtype != p.dtype for d, p in zip(delta, params)):
-                        delta = [d.to(p.dtype) for d, p in zip(delta, params)]
-                    torch._foreach_add_(params, delta)
-                    if self.collect_stats:
-                        stats["norm"] = F.global_norm(delta)
-                perturbed = True
-                grads = None  # release the old gradients before the next backward (cache-friendly reuse)
-                zero_grad()
-                if i + 1 < self.inner_steps:
-                    with ascent_ctx(), self._frozen_bn(frozen):
-                        forward_backward("ascent")
-            delta = None
-            if not perturbed:
-                with torch.no_grad():
-                    torch._foreach_copy_(params, self._saved)
-                zero_grad()
-                stats["norm"] = torch.zeros(())
-            with self._frozen_bn(frozen):
-                loss1 = forward_backward("descent")
+            perturbed = self._ascend(run)
+            loss1 = self._descend(run, perturbed)
         finally:
-            with torch.no_grad():
-                torch._foreach_copy_(params, self._saved)
-            self._saved = None
+            self._restore(run.params)
         self.perturbed_steps += perturbed
-        if first_grads is not None and params:
-            final = [p.grad.detach() for p in params]
-            if inv_scale is not None:
-                final = torch._foreach_mul(final, inv_scale.to(final[0].device))
-            self.orthogonal = self._mean_over_ranks(F.looksam_orthogonal(first_grads, final))
+        self._finish(run, loss0, loss1)
+        return loss0
+
+    def _ascend(self, run: StepState) -> bool:
+        r"""Move the weights to :math:`w + \delta` (``inner_steps`` ascent steps from the gradient in ``.grad``, the
+        later ones re-evaluated at the current :math:`w + \delta`); ``.grad`` ends cleared. Returns whether the
+        weights were perturbed (``False``: a non-finite ascent gradient, counted in :attr:`skipped`)."""
+        params, stats = run.params, run.stats
+        mask = self.scale_mask(run.names)
+        delta: list[Tensor] | None = None
+        for i in range(self.inner_steps):
+            # the ascent gradients are discarded after this iteration: unscaled and turned into the step in their
+            # own storage (no per-step allocation of a parameter-sized list)
+            grads = [p.grad.detach() for p in params]
+            if run.inv_scale is not None:
+                torch._foreach_mul_(grads, run.inv_scale.to(grads[0].device))
+            norms = F.tensor_norms(grads)
+            gnorm = torch.linalg.vector_norm(norms) if grads else torch.zeros(())
+            if i == 0:
+                stats["grad_norm"] = gnorm
+                if self.reuse_alpha is not None:
+                    run.first_grads = [g.clone() for g in grads]
+            if not bool(torch.isfinite(gnorm)):  # the one host sync of a step
+                self.skipped += 1
+                return False
+            with torch.no_grad():
+                delta = F.ascent_step(
+                    delta,
+                    grads,
+                    self._saved,
+                    rule=self.rule,
+                    radius_mode=self.radius_mode,
+                    radius=run.radius,
+                    scaling=self.scaling,
+                    eta=self.eta,
+                    scale_mask=mask,
+                    step_size=F.ASCENT_RULES[self.rule].step_size(self.inner_lr, self.inner_steps),
+                    eps=self.eps,
+                    grad_norms=norms,
+                    inplace=True,
+                )
+                if i > 0:  # the first step starts from w itself
+                    torch._foreach_copy_(params, self._saved)
+                if any(d.dtype != p.dtype for d, p in zip(delta, params)):
+                    delta = [d.to(p.dtype) for d, p in zip(delta, params)]
+                torch._foreach_add_(params, delta)
+                if self.collect_stats:
+                    stats["norm"] = F.global_norm(delta)
+            grads = None  # release the old gradients before the next backward (cache-friendly reuse)
+            run.zero_grad()
+            if i + 1 < self.inner_steps:
+                with run.ascent_ctx(), self._frozen_bn(run.frozen):
+                    run.forward_backward("ascent")
+        return True
+
+    def _descend(self, run: StepState, perturbed: bool) -> Tensor | None:
+        r"""The full loss and its gradient at the current weights (:math:`w + \delta`, or :math:`w` itself when the
+        ascent was skipped), BatchNorm statistics frozen. Returns that loss."""
+        if not perturbed:
+            with torch.no_grad():
+                torch._foreach_copy_(run.params, self._saved)
+            run.zero_grad()
+            run.stats["norm"] = torch.zeros(())
+        with self._frozen_bn(run.frozen):
+            return run.forward_backward("descent")
+
+    def _restore(self, params: list[Tensor]) -> None:
+        """Put the saved :math:`w` back (exact copy) and leave the perturbed state."""
+        with torch.no_grad():
+            torch._foreach_copy_(params, self._saved)
+        self._saved = None
+
+    def _finish(self, run: StepState, loss0: Tensor | None, loss1: Tensor | None) -> None:
+        """LookSAM's stored direction and the step's statistics (:attr:`last_stats`)."""
+        params, stats, inv_scale = run.params, run.stats, run.inv_scale
+        if run.first_grads is not None and params:
+            self.orthogonal = looksam.orthogonal(run.first_grads, params, inv_scale)
         if self.collect_stats:
             if loss0 is not None and loss1 is not None:
                 stats["sharpness"] = (loss1.detach() - loss0.detach()).float()
             if params and all(p.grad is not None for p in params):
                 g1 = F.global_norm([p.grad for p in params])
                 stats["grad_norm_perturbed"] = g1 if inv_scale is None else g1 * inv_scale.to(g1.device)
-            stats["radius"] = torch.tensor(radius)
+            stats["radius"] = torch.tensor(run.radius)
             stats["skipped"] = torch.tensor(float(self.skipped))
         self.last_stats = stats
-        return loss0
-
-    def _copy_of(self, params: list[Tensor]) -> list[Tensor]:
-        """Copies of ``params`` in buffers kept between steps (no allocation per step)."""
-        buffers = self._buffers
-        if (
-            buffers is None
-            or len(buffers) != len(params)
-            or any(b.shape != p.shape or b.dtype != p.dtype or b.device != p.device for b, p in zip(buffers, params))
-        ):
-            buffers = [torch.empty_like(p) for p in params]
-            self._buffers = buffers
-        if buffers:
-            torch._foreach_copy_(buffers, [p.detach() for p in params])
-        return buffers
-
-    def _looksam_extrapolate(self, params: list[Tensor]) -> None:
-        with_grad = [p for p in params if p.grad is not None]
-        if len(with_grad) != len(self.orthogonal or []):
-            return
-        grads = [p.grad for p in with_grad]
-        stored = [o.to(g.device, g.dtype) for o, g in zip(self.orthogonal, grads)]
-        with torch.no_grad():
-            new = F.looksam_extrapolate(grads, stored, self.reuse_alpha, self.eps)
-            torch._foreach_copy_(grads, new)
-
-    @staticmethod
-    def _mean_over_ranks(tensors: list[Tensor]) -> list[Tensor]:
-        """Average the stored LookSAM direction over ranks so that every replica applies the same update."""
-        if not distributed.is_distributed():
-            return tensors
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        flat = distributed.global_sum(flat) / distributed.world_size()
-        return [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
     def __repr__(self) -> str:
         keys = ("rule", "radius_mode", "radius", "scaling", "inner_steps", "sync_ascent", "every_n_steps")

@@ -20,14 +20,17 @@ All functions are pure (inputs are not modified; :func:`ascent_step` can be aske
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "ASCENT_RULES",
     "RADIUS_MODES",
+    "AscentRule",
     "RULES",
     "SCALINGS",
     "adversarial_model_perturbation_delta",
@@ -43,7 +46,6 @@ __all__ = [
     "tensor_norms",
 ]
 
-RULES = ("normalise", "clip")
 RADIUS_MODES = ("global", "per_tensor", "layer_relative")
 SCALINGS = (None, "adaptive", "adaptive_p2")
 
@@ -133,6 +135,62 @@ def _project(
     return _scale_by(delta, factors, mode, inplace)
 
 
+def _normalise_rule(
+    direction: list[Tensor],
+    scale: list[Tensor] | None,
+    radii: Tensor,
+    step_size: float,
+    mode: str,
+    eps: float,
+    inplace: bool,
+    known: Tensor | None,
+) -> tuple[list[Tensor], Tensor | None]:
+    r"""Step :math:`s R T^2 g / \|T g\|` (``direction`` is :math:`T g`, ``known`` its norms when the caller has
+    them). A first step already lies on the sphere of radius :math:`R`: no norms to return, no projection."""
+    factors = radii * step_size / ((known if known is not None else _norms(direction, mode)) + eps)
+    return _scale_by(direction if scale is None else _mul(direction, scale, inplace), factors, mode, inplace), None
+
+
+def _clip_rule(
+    direction: list[Tensor],
+    scale: list[Tensor] | None,
+    radii: Tensor,
+    step_size: float,
+    mode: str,
+    eps: float,
+    inplace: bool,
+    known: Tensor | None,
+) -> tuple[list[Tensor], Tensor | None]:
+    r"""Step :math:`s\,\zeta\,T^2 g` (unnormalised); returns the step's norms when they follow from ``known`` (a
+    first clipped step is :math:`\zeta g`), so its projection needs no pass over it."""
+    step = _mul(direction if scale is None else _mul(direction, scale, inplace), step_size, inplace)
+    return step, (step_size * known if known is not None else None)
+
+
+@dataclass(frozen=True)
+class AscentRule:
+    """An ascent rule: how one step is formed from :math:`T g`, and what its step size is.
+
+    Attributes:
+        step: ``fn(direction, scale, radii, step_size, radius_mode, eps, inplace, known_norms) -> (step, norms)``;
+            ``norms`` are the first step's projection norms when known, ``None`` otherwise.
+        on_sphere: a first step lies on the ball's sphere already (no projection).
+        step_size: ``fn(inner_lr, inner_steps)``, the ``step_size`` the engine passes.
+    """
+
+    step: Callable[..., tuple[list[Tensor], Tensor | None]]
+    on_sphere: bool
+    step_size: Callable[[float, int], float]
+
+
+#: the ascent rules by name: adding a rule is one entry here.
+ASCENT_RULES: dict[str, AscentRule] = {
+    "normalise": AscentRule(_normalise_rule, on_sphere=True, step_size=lambda inner_lr, steps: 1.0 / steps),
+    "clip": AscentRule(_clip_rule, on_sphere=False, step_size=lambda inner_lr, steps: inner_lr),
+}
+RULES = tuple(ASCENT_RULES)  #: the built-in rule names
+
+
 def ascent_step(
     delta: Sequence[Tensor] | None,
     grads: Sequence[Tensor],
@@ -174,19 +232,16 @@ def ascent_step(
     grads = list(grads)
     if not grads:
         return []
-    if rule not in RULES:
-        raise ValueError(f"`rule` must be one of {RULES}, got {rule!r}")
+    if rule not in ASCENT_RULES:
+        raise ValueError(f"`rule` must be one of {tuple(ASCENT_RULES)}, got {rule!r}")
     scale = scaling_factors(params, scaling, eta, scale_mask)
     radii = _radii(radius, radius_mode, params)
     direction = grads if scale is None else _mul(grads, scale, inplace)  # T g
     known = None  # the norms of `direction` (= g without a scaling), as `_norms` would compute them
     if grad_norms is not None and scale is None:
         known = torch.linalg.vector_norm(grad_norms) if radius_mode == "global" else grad_norms
-    if rule == "normalise":
-        factors = radii * step_size / ((known if known is not None else _norms(direction, radius_mode)) + eps)
-        step = _scale_by(direction if scale is None else _mul(direction, scale, inplace), factors, radius_mode, inplace)
-    else:  # "clip"
-        step = _mul(direction if scale is None else _mul(direction, scale, inplace), step_size, inplace)
+    ascent = ASCENT_RULES[rule]
+    step, step_norms = ascent.step(direction, scale, radii, step_size, radius_mode, eps, inplace, known)
     if delta is None:
         new = step
     elif inplace:
@@ -194,11 +249,9 @@ def ascent_step(
         torch._foreach_add_(new, step)
     else:
         new = list(torch._foreach_add(list(delta), step))
-    if rule == "normalise" and delta is None:
+    if delta is None and ascent.on_sphere:
         return new  # a single normalised step already lies on the sphere of radius R
-    # a first clipped step is step_size * g: its norms are known, so the projection needs no pass over it
-    norms = step_size * known if rule == "clip" and delta is None and known is not None else None
-    return _project(new, radii, radius_mode, scale, eps, inplace, norms)
+    return _project(new, radii, radius_mode, scale, eps, inplace, step_norms if delta is None else None)
 
 
 def sam_epsilon(grads: Sequence[Tensor], rho: float, eps: float = 1e-12) -> list[Tensor]:

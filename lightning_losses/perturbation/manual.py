@@ -1,5 +1,7 @@
 """A helper for manual optimization (plain PyTorch loops, or ``automatic_optimization = False``).
 
+Plain PyTorch: neither this module nor anything it imports imports Lightning (a test runs it with Lightning blocked).
+
 In a ``LightningModule`` with ``automatic_optimization = False``::
 
     def training_step(self, batch, batch_idx):
@@ -39,8 +41,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_losses.perturbation.checkpoints import guarded_checkpoints
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
-from lightning_losses.perturbation.guards import frozen_metrics, guarded_checkpoints, metric_modules, suppressed_logging
+from lightning_losses.perturbation.passes import frozen_metrics, metric_modules, suppressed_logging
 
 __all__ = ["perturbed_backward"]
 

@@ -1,6 +1,9 @@
 r"""Named presets of the perturbation engine and the ``PERTURBATIONS`` registry.
 
-Each preset is a function that fixes the engine's rule, radius and scaling and passes every other engine option
+Each preset is declared once, as a :class:`Preset` record in :data:`PRESETS`: its ascent rule, radius mode and
+scaling (fixed), the name of its radius argument (``rho`` / ``epsilon`` / ``gamma``), its defaults and the facts of its
+docstring. The factory functions (:func:`sam`, ...) registered in :data:`PERTURBATIONS` and the callback classes
+(:class:`~lightning_losses.SAM`, ...) are both made from that record. A preset passes every other engine option
 (``params``, ``ascent_terms``, ``sync_ascent``, ``every_n_steps``, ``reuse_alpha``, ...) through. A radius may be a
 number or a schedule mapping (``{name: cosine, start: 0.05, end: 0.0, steps: 1000}``).
 
@@ -18,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_losses._validation import suggest
@@ -27,30 +32,92 @@ from lightning_losses.registry import Registry, check_kwargs
 
 __all__ = [
     "PERTURBATIONS",
+    "PRESETS",
+    "Preset",
     "adversarial_model_perturbation",
     "asam",
     "asam_p2",
     "awp",
     "build_perturbation",
     "list_perturbations",
+    "register_preset",
     "sam",
 ]
 
 PERTURBATIONS: Registry[Any] = Registry("perturbation")
 
 _FIXED = ("rule", "radius_mode", "radius", "scaling")
+_ENGINE = inspect.signature(Perturbation.__init__).parameters
 
 
-def _engine(fixed: dict[str, Any], options: dict[str, Any], what: str) -> Perturbation:
+@dataclass(frozen=True)
+class Preset:
+    """One perturbation preset: the engine settings it fixes and the defaults of its arguments.
+
+    Args:
+        name: registry name (``"sam"``).
+        radius: the user-facing name of the engine's ``radius`` (``"rho"``, ``"epsilon"``, ``"gamma"``).
+        defaults: the preset's own arguments in signature order, the radius first, then engine options the preset
+            gives another default (``{"rho": 0.5, "eta": 0.01}``).
+        rule / radius_mode / scaling: the fixed ascent rule (:data:`~lightning_losses.perturbation.functional.RULES`).
+        implied: engine options the preset sets but a user may override (AWP's ``params`` / ``min_ndim``).
+        doc: the facts of the method (paper, formula, defaults' source): the factory's docstring.
+        aliases: other registry names.
+    """
+
+    name: str
+    radius: str
+    defaults: Mapping[str, Any]
+    rule: str = "normalise"
+    radius_mode: str = "global"
+    scaling: str | None = None
+    implied: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = ""
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def parameters(self) -> list[inspect.Parameter]:
+        """The preset's own arguments (with their defaults), as signature parameters."""
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        return [
+            inspect.Parameter(k, kind, default=v, annotation="Any" if k == self.radius else _ENGINE[k].annotation)
+            for k, v in self.defaults.items()
+        ]
+
+    @property
+    def signature(self) -> inspect.Signature:
+        """``(radius=..., own arguments..., **options) -> Perturbation``."""
+        options = inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD, annotation="Any")
+        return inspect.Signature([*self.parameters, options], return_annotation="Perturbation")
+
+    def build(self, *args: Any, **kwargs: Any) -> Perturbation:
+        """The engine with this preset's settings (arguments as :attr:`signature`)."""
+        bound = self.signature.bind(*args, **kwargs)
+        own = {**self.defaults, **{k: v for k, v in bound.arguments.items() if k != "options"}}
+        radius = own.pop(self.radius)
+        options = {**own, **self.implied, **bound.arguments.get("options", {})}
+        fixed = {"rule": self.rule, "radius_mode": self.radius_mode, "radius": radius, "scaling": self.scaling}
+        return _engine(fixed, options, self)
+
+    def factory(self) -> Callable[..., Perturbation]:
+        """A function ``name(radius=..., **options)`` with this preset's signature and docstring."""
+
+        def factory(*args: Any, **kwargs: Any) -> Perturbation:
+            return self.build(*args, **kwargs)
+
+        factory.__name__ = factory.__qualname__ = self.name
+        factory.__doc__ = self.doc
+        factory.__signature__ = self.signature  # type: ignore[attr-defined]
+        return factory
+
+
+def _engine(fixed: dict[str, Any], options: dict[str, Any], preset: Preset) -> Perturbation:
+    what = preset.name
     for key in options:
         if key in fixed or key in _FIXED:
             raise ConfigurationError(f"perturbation `{what}` fixes `{key}`; use the generic engine to change it")
-    own = [
-        n
-        for n, p in inspect.signature(PERTURBATIONS.get(what)).parameters.items()
-        if p.kind is not inspect.Parameter.VAR_KEYWORD and n not in options
-    ]
-    engine = [n for n in inspect.signature(Perturbation.__init__).parameters if n not in ("self", *_FIXED)]
+    own = [n for n in preset.defaults if n not in options]
+    engine = [n for n in _ENGINE if n not in ("self", *_FIXED)]
     for key in options:
         if key not in engine:
             valid = ", ".join(f"`{n}`" for n in own + [e for e in engine if e not in own])
@@ -61,65 +128,86 @@ def _engine(fixed: dict[str, Any], options: dict[str, Any], what: str) -> Pertur
     check_kwargs(Perturbation.__init__, options, what=f"perturbation `{what}`", skip=_FIXED)
     try:
         return Perturbation(**fixed, **options)
-    except ConfigurationError as err:  # the engine's `radius` is the preset's first argument (`rho`, `epsilon`, ...)
+    except ConfigurationError as err:  # the engine's `radius` is the preset's `rho`, `epsilon`, ...
         message = str(err)
         if not message.startswith("`radius`"):
             raise
-        radius = next(iter(inspect.signature(PERTURBATIONS.get(what)).parameters))
-        raise ConfigurationError(f"`{radius}`{message[len('`radius`') :]}") from None
+        raise ConfigurationError(f"`{preset.radius}`{message[len('`radius`') :]}") from None
 
 
-@PERTURBATIONS.register("sam")
-def sam(rho: Any = 0.05, **options: Any) -> Perturbation:
-    r"""SAM (Foret et al., ICLR 2021): :math:`\epsilon = \rho\,g/\|g\|_2`, one global norm over the perturbed
-    parameters. Default :math:`\rho = 0.05`."""
-    return _engine({"rule": "normalise", "radius_mode": "global", "radius": rho}, options, "sam")
+#: every preset, by name (filled by :func:`register_preset`).
+PRESETS: dict[str, Preset] = {}
 
 
-@PERTURBATIONS.register("asam")
-def asam(rho: Any = 0.5, eta: float = 0.01, **options: Any) -> Perturbation:
-    r"""ASAM as its authors implement it (Kwon et al., ICML 2021; SamsungLabs/ASAM):
+def register_preset(preset: Preset) -> Preset:
+    """Add ``preset`` to :data:`PRESETS` and its factory to :data:`PERTURBATIONS` (a callback class then takes one
+    line: ``class Name(PresetCallback, preset="name")``)."""
+    PERTURBATIONS.register(preset.name, aliases=preset.aliases)(preset.factory())
+    PRESETS[preset.name] = preset
+    return preset
+
+
+# the built-in presets: each declared here once
+for _preset in (
+    Preset(
+        "sam",
+        radius="rho",
+        defaults={"rho": 0.05},
+        doc=r"""SAM (Foret et al., ICLR 2021): :math:`\epsilon = \rho\,g/\|g\|_2`, one global norm over the
+    perturbed parameters. Default :math:`\rho = 0.05`.""",
+    ),
+    Preset(
+        "asam",
+        radius="rho",
+        defaults={"rho": 0.5, "eta": 0.01},
+        scaling="adaptive",
+        doc=r"""ASAM as its authors implement it (Kwon et al., ICML 2021; SamsungLabs/ASAM):
     :math:`\epsilon = \rho\,T^2 g/\|T g\|` with :math:`T = |w| + \eta` on parameters whose name contains ``weight``
     (``scale_params``) and 1 elsewhere. Defaults :math:`\rho = 0.5, \eta = 0.01` (the authors' class defaults;
-    their example script uses :math:`\eta = 0`). For the davda54/sam ``adaptive=True`` variant use ``asam_p2``."""
-    options = {"eta": eta, **options}
-    return _engine(
-        {"rule": "normalise", "radius_mode": "global", "radius": rho, "scaling": "adaptive"}, options, "asam"
-    )
-
-
-@PERTURBATIONS.register("asam_p2", aliases=("adaptive_sam",))
-def asam_p2(rho: Any = 2.0, **options: Any) -> Perturbation:
-    r"""The other "adaptive SAM" (davda54/sam ``adaptive=True``, also GSAM and pytorch_optimizer):
+    their example script uses :math:`\eta = 0`). For the davda54/sam ``adaptive=True`` variant use ``asam_p2``.""",
+    ),
+    Preset(
+        "asam_p2",
+        radius="rho",
+        defaults={"rho": 2.0},
+        scaling="adaptive_p2",
+        aliases=("adaptive_sam",),
+        doc=r"""The other "adaptive SAM" (davda54/sam ``adaptive=True``, also GSAM and pytorch_optimizer):
     :math:`\epsilon = \rho\,w^2 g/\||w| g\|` on every parameter, no :math:`\eta` (zero weights never move). A
-    different method from ``asam``; default :math:`\rho = 2.0` as davda54's README suggests."""
-    fixed = {"rule": "normalise", "radius_mode": "global", "radius": rho, "scaling": "adaptive_p2"}
-    return _engine(fixed, options, "asam_p2")
+    different method from ``asam``; default :math:`\rho = 2.0` as davda54's README suggests.""",
+    ),
+    Preset(
+        "adversarial_model_perturbation",
+        radius="epsilon",
+        defaults={"epsilon": 0.5, "inner_lr": 1.0, "inner_steps": 1},
+        rule="clip",
+        radius_mode="per_tensor",
+        doc=r"""Adversarial Model Perturbation (Zheng, Zhang, Mao, CVPR 2021; hiyouga/AMP-Regularizer):
+    ``inner_steps`` unnormalised ascent steps :math:`\Delta \leftarrow \Delta + \zeta g`, each clipped to
+    :math:`\|\Delta_l\| \le \epsilon` per parameter tensor. Defaults :math:`\epsilon = 0.5, \zeta = 1, N = 1` (the
+    reference's). The reference clips gradients at norm 50 inside its closure (every pass); here
+    ``gradient_clip_val`` acts once on the descent gradient. Costs 1 + ``inner_steps`` forward-backward passes.""",
+    ),
+    Preset(
+        "awp",
+        radius="gamma",
+        defaults={"gamma": 5e-3, "warmup_epochs": 0},
+        radius_mode="layer_relative",
+        implied={"params": ["*weight"], "min_ndim": 2},
+        doc=r"""AWP (Wu, Xia, Wang, NeurIPS 2020): :math:`v_l = \gamma\,\|w_l\|\,g_l/\|g_l\|` on weight tensors
+    with at least 2 dimensions (names ending in ``weight``; biases and norm layers are not perturbed). The reference's
+    proxy SGD step cancels in this normalisation. Defaults :math:`\gamma = 5\cdot10^{-3}`, no warm-up (the
+    reference's TRADES-AWP script warms up for 10 epochs). The adversarial inputs (PGD) are the user's
+    ``training_step``'s job.""",
+    ),
+):
+    register_preset(_preset)
 
-
-@PERTURBATIONS.register("adversarial_model_perturbation")
-def adversarial_model_perturbation(
-    epsilon: Any = 0.5, inner_lr: float = 1.0, inner_steps: int = 1, **options: Any
-) -> Perturbation:
-    r"""Adversarial Model Perturbation (Zheng, Zhang, Mao, CVPR 2021; hiyouga/AMP-Regularizer): ``inner_steps``
-    unnormalised ascent steps :math:`\Delta \leftarrow \Delta + \zeta g`, each clipped to :math:`\|\Delta_l\| \le
-    \epsilon` per parameter tensor. Defaults :math:`\epsilon = 0.5, \zeta = 1, N = 1` (the reference's). The
-    reference clips gradients at norm 50 inside its closure (every pass); here ``gradient_clip_val`` acts once on the
-    descent gradient. Costs 1 + ``inner_steps`` forward-backward passes."""
-    options = {"inner_lr": inner_lr, "inner_steps": inner_steps, **options}
-    fixed = {"rule": "clip", "radius_mode": "per_tensor", "radius": epsilon}
-    return _engine(fixed, options, "adversarial_model_perturbation")
-
-
-@PERTURBATIONS.register("awp")
-def awp(gamma: Any = 5e-3, warmup_epochs: int = 0, **options: Any) -> Perturbation:
-    r"""AWP (Wu, Xia, Wang, NeurIPS 2020): :math:`v_l = \gamma\,\|w_l\|\,g_l/\|g_l\|` on weight tensors with at least
-    2 dimensions (names ending in ``weight``; biases and norm layers are not perturbed). The reference's proxy SGD
-    step cancels in this normalisation. Defaults :math:`\gamma = 5\cdot10^{-3}`, no warm-up (the reference's
-    TRADES-AWP script warms up for 10 epochs). The adversarial inputs (PGD) are the user's ``training_step``'s job."""
-    options = {"warmup_epochs": warmup_epochs, "params": ["*weight"], "min_ndim": 2, **options}
-    fixed = {"rule": "normalise", "radius_mode": "layer_relative", "radius": gamma}
-    return _engine(fixed, options, "awp")
+sam = PERTURBATIONS.get("sam")
+asam = PERTURBATIONS.get("asam")
+asam_p2 = PERTURBATIONS.get("asam_p2")
+adversarial_model_perturbation = PERTURBATIONS.get("adversarial_model_perturbation")
+awp = PERTURBATIONS.get("awp")
 
 
 def list_perturbations(filter: Any = None) -> list[str]:

@@ -34,6 +34,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_losses import distributed
+from lightning_losses._compat import state_key
 from lightning_losses._validation import check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.errors import ConfigurationError
@@ -99,7 +100,7 @@ class SAF(Callback):
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
-        return self._generate_state_key(name=self.name)
+        return state_key(self, name=self.name)
 
     # ------------------------------------------------------------------ lifecycle
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:

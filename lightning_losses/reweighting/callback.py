@@ -35,6 +35,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
+from lightning_losses._compat import logger_connector
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
 from lightning_losses.errors import ConfigurationError
@@ -250,7 +251,7 @@ class SampleReweighting(Callback):
         else:  # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's
             # later logging steps, or drop it when they do not coincide)
             trainer.callback_metrics.update(metrics)
-            connector = getattr(trainer, "_logger_connector", None)
+            connector = logger_connector(trainer)
             if connector is not None:
                 connector.log_metrics(metrics)
 

@@ -314,3 +314,25 @@ def test_restore_is_exact_in_bfloat16():
     assert any(not torch.equal(a, b) for a, b in zip(drift, before))
     perturbed_backward(build_perturbation("sam", rho=0.37), model, lambda: nn.functional.cross_entropy(model(x), y))
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize(
+    ("preset", "options", "syncs"), [("sam", {}, 1), ("adversarial_model_perturbation", {"inner_steps": 3}, 3)]
+)
+def test_one_host_sync_per_ascent_step(monkeypatch, preset, options, syncs):
+    """The finiteness check of each ascent step is the only host sync of a perturbed step (statistics included)."""
+    model = tiny_model()
+    x, y = tiny_batch()
+    engine = build_perturbation(preset, **options)
+    count = {"n": 0}
+    for name in ("__bool__", "item", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            count["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    perturbed_backward(engine, model, lambda: nn.functional.cross_entropy(model(x), y))
+    monkeypatch.undo()
+    assert engine.perturbed_steps == 1 and count["n"] == syncs

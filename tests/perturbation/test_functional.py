@@ -128,3 +128,22 @@ def test_inplace_and_known_norms_equal_the_pure_step(name, with_delta):
     _close(out, expected, rtol=1e-12)
     owner = work if delta is None else work_delta  # the result lives in the caller's storage
     assert all(o.data_ptr() == w.data_ptr() for o, w in zip(out, owner))
+
+
+def test_a_new_ascent_rule_is_one_table_entry(monkeypatch):
+    """A rule added to ``ASCENT_RULES`` alone is accepted by the engine and used by ``ascent_step``."""
+    import lightning_losses as ll
+
+    def sign_rule(direction, scale, radii, step_size, mode, eps, inplace, known):
+        return [radii.to(d.dtype) * step_size * torch.sign(d) for d in direction], None
+
+    monkeypatch.setitem(F.ASCENT_RULES, "sign", F.AscentRule(sign_rule, on_sphere=False, step_size=lambda lr, n: lr))
+    delta = F.ascent_step(None, [torch.tensor([3.0, -4.0])], [torch.zeros(2)], rule="sign", radius_mode="per_tensor",
+                          radius=10.0, step_size=0.5)  # fmt: skip
+    assert torch.allclose(delta[0], torch.tensor([5.0, -5.0]))  # step (5, -5) has norm 7.07 < 10: not projected
+    model = torch.nn.Linear(2, 1)
+    engine = ll.Perturbation(rule="sign", radius_mode="per_tensor", radius=0.1, inner_lr=0.5)
+    ll.perturbed_backward(engine, model, lambda: model(torch.ones(1, 2)).sum())
+    assert engine.perturbed_steps == 1 and float(engine.last_stats["norm"]) > 0
+    with pytest.raises(ValueError, match=r"`rule` must be one of \('normalise', 'clip', 'sign'\), got 'x'"):
+        F.ascent_step(None, [torch.ones(1)], [torch.ones(1)], rule="x")

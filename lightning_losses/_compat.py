@@ -1,0 +1,177 @@
+"""Every private attribute of Lightning, torchmetrics and torch that the package reads or writes, in one place.
+
+Each accessor names what it reads, and says what happens when a release no longer has it: a documented fallback (the
+behaviour a public API gives) or a :class:`RuntimeError` naming the attribute and the installed version. The package
+supports ``lightning>=2.2,<3`` and ``torchmetrics>=1.3``; ``tests/test_compat.py`` checks every accessor listed in
+:data:`ACCESSORS` against the installed versions (a CI matrix over versions runs it once per version).
+
+Nothing here imports Lightning at import time: the manual perturbation helper (plain PyTorch) uses the metric and
+BatchNorm accessors.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ACCESSORS",
+    "attached_trainer",
+    "closure_parts",
+    "closure_result",
+    "logger_connector",
+    "metric_snapshot",
+    "norm_layer_types",
+    "restore_metric",
+    "set_closure_result",
+    "should_update_logs",
+    "state_key",
+    "takes_batch_idx",
+]
+
+#: accessor name -> the private attribute(s) it reads; the compatibility test is parametrised over it.
+ACCESSORS: dict[str, str] = {}
+
+_METRIC_BOOKKEEPING = ("_update_count", "_computed", "_forward_cache")
+
+
+def _reads(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        ACCESSORS[fn.__name__] = what
+        return fn
+
+    return register
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:  # pragma: no cover - both are dependencies
+        return "not installed"
+
+
+# ---------------------------------------------------------------------------------------------- Lightning
+@_reads("Closure._step_fn, Closure._backward_fn, Closure._zero_grad_fn (lightning.pytorch.loops.optimization)")
+def closure_parts(closure: Any) -> tuple[Callable[[], Any], Callable[[Any], Any]] | None:
+    """``(step_fn, backward_fn)`` of Lightning's automatic-optimization closure: ``step_fn()`` runs
+    ``training_step`` and returns a ``ClosureResult`` (``.closure_loss``, ``.loss``), ``backward_fn(loss)`` the
+    backward with the precision plugin's scaling. Fallback: ``None`` for a closure of another shape (or one without a
+    backward), which the caller then simply calls."""
+    step_fn, backward_fn = getattr(closure, "_step_fn", None), getattr(closure, "_backward_fn", None)
+    if step_fn is None or backward_fn is None or not hasattr(closure, "_zero_grad_fn"):
+        return None
+    return step_fn, backward_fn
+
+
+@_reads("Closure._result (the ClosureResult of the closure's last call)")
+def closure_result(closure: Any) -> Any:
+    """The result of the closure's last call (what Lightning reports as the step's outputs). Fallback: ``None``."""
+    return getattr(closure, "_result", None)
+
+
+def set_closure_result(closure: Any, result: Any) -> None:
+    """Make ``result`` the closure's last result (the outputs Lightning reports); a no-op for a closure without one.
+    Part of :func:`closure_result`'s entry in :data:`ACCESSORS`."""
+    if hasattr(closure, "_result"):
+        closure._result = result
+
+
+@_reads("Trainer._logger_connector")
+def logger_connector(trainer: Any) -> Any | None:
+    """The Trainer's logger connector (``.log_metrics(metrics)`` sends to every logger now,
+    ``.should_update_logs``). Fallback: ``None`` (callers then log through ``LightningModule.log``)."""
+    return getattr(trainer, "_logger_connector", None)
+
+
+@_reads("Trainer._logger_connector.should_update_logs")
+def should_update_logs(trainer: Any) -> bool:
+    """Whether the Trainer writes its step logs after this training batch. Fallback without the connector: Lightning's
+    rule, ``global_step % log_every_n_steps == 0``."""
+    connector = logger_connector(trainer)
+    if connector is not None and hasattr(connector, "should_update_logs"):
+        return bool(connector.should_update_logs)
+    return trainer.global_step % max(int(trainer.log_every_n_steps), 1) == 0
+
+
+@_reads("LightningModule._trainer")
+def attached_trainer(module: Any) -> Any | None:
+    """The Trainer ``module`` is attached to, or ``None`` (``module.trainer`` raises when there is none). Fallback
+    without the attribute: ``module.trainer``, ``None`` when that raises."""
+    if hasattr(module, "_trainer"):
+        return module._trainer
+    try:
+        return module.trainer
+    except RuntimeError:
+        return None
+
+
+@_reads("Callback._generate_state_key")
+def state_key(callback: Any, **key: Any) -> str:
+    """The callback's checkpoint key from ``key`` (what Lightning's docs tell ``state_key`` to return). Fallback:
+    Lightning's own format, ``f"{qualname}{key!r}"``, so checkpoints keep matching."""
+    generate = getattr(callback, "_generate_state_key", None)
+    if generate is not None:
+        return generate(**key)
+    return f"{type(callback).__qualname__}{key!r}"
+
+
+@_reads("lightning.pytorch.utilities.signature_utils.is_param_in_hook_signature")
+def takes_batch_idx(training_step: Callable[..., Any]) -> bool:
+    """Whether ``training_step`` takes ``batch_idx`` (Lightning then passes it). Fallback: the same rule from the
+    signature (a ``batch_idx`` parameter, ``*args``, or at least two parameters)."""
+    try:
+        from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+    except ImportError:
+        params = inspect.signature(training_step).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_POSITIONAL or p.name == "batch_idx" for p in params):
+            return True
+        return len([p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]) >= 2
+    return is_param_in_hook_signature(training_step, "batch_idx", min_args=2)
+
+
+# ---------------------------------------------------------------------------------------------- torchmetrics
+@_reads("Metric._defaults (the state names), Metric._update_count, Metric._computed, Metric._forward_cache")
+def metric_snapshot(metric: Any) -> dict[str, Any]:
+    """A copy of a ``torchmetrics`` metric's accumulated state (tensors cloned, list states copied) and of its
+    bookkeeping, for :func:`restore_metric`. Without ``_defaults``: the public ``metric_state`` names; with neither,
+    a :class:`RuntimeError` naming the installed torchmetrics."""
+    names = getattr(metric, "_defaults", None)
+    if names is None:
+        state = getattr(metric, "metric_state", None)
+        if state is None:
+            raise RuntimeError(
+                f"cannot read the state of the metric {type(metric).__name__}: neither `Metric._defaults` nor "
+                f"`Metric.metric_state` exists in torchmetrics {_version('torchmetrics')} (supported: >=1.3)"
+            )
+        names = state
+    snapshot = {}
+    for name in names:
+        value = getattr(metric, name)
+        snapshot[name] = value.clone() if isinstance(value, torch.Tensor) else list(value)
+    snapshot.update({k: getattr(metric, k) for k in _METRIC_BOOKKEEPING if hasattr(metric, k)})
+    return snapshot
+
+
+def restore_metric(metric: Any, snapshot: dict[str, Any]) -> None:
+    """Put back what :func:`metric_snapshot` copied (part of its entry in :data:`ACCESSORS`)."""
+    for name, value in snapshot.items():
+        setattr(metric, name, value)
+
+
+# ---------------------------------------------------------------------------------------------- torch
+@_reads("torch.nn.modules.batchnorm._NormBase")
+def norm_layer_types() -> tuple[type, ...]:
+    """The classes of normalisation layers that may track running statistics (BatchNorm, SyncBatchNorm,
+    InstanceNorm and their lazy forms). Fallback: those public classes listed one by one."""
+    base = getattr(nn.modules.batchnorm, "_NormBase", None)
+    if base is not None:
+        return (base,)
+    names = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d", "InstanceNorm2d")
+    names += ("InstanceNorm3d", "LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d")
+    return tuple(getattr(nn, n) for n in names if hasattr(nn, n))
