@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from lightning_losses._compat import attached_trainer
 from lightning_losses._validation import check_int, check_number
 from lightning_losses.distributed import global_sum
 from lightning_losses.functional.entropy import entropy
@@ -112,7 +113,8 @@ class CharLM(LossesMixin, L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        max_steps = self.trainer.max_steps if self._trainer is not None else -1
+        trainer = attached_trainer(self)
+        max_steps = trainer.max_steps if trainer is not None else -1
         if not max_steps or max_steps < 0:
             return opt
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_steps)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
+from lightning_losses._compat import attached_trainer
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.mixin import LossesMixin
@@ -167,7 +168,8 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
             opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
         else:
             opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        max_epochs = trainer.max_epochs if trainer is not None else None
         if not self.cosine_schedule or not max_epochs or max_epochs < 0:
             return opt
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs)

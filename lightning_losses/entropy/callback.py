@@ -30,6 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_losses._compat import state_key
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.distributed import global_sum
@@ -142,7 +143,7 @@ class EntropyControl(L.Callback):
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
-        return self._generate_state_key(name=self.name)
+        return state_key(self, name=self.name)
 
     # ------------------------------------------------------------------ plug-in
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -45,9 +45,11 @@ from lightning_losses.functional.entropy import entropy
 
 __all__ = ["NormSnapshot", "Tent", "configure_norm_adaptation", "norm_layers"]
 
+# public classes only (a lazy layer becomes its plain class when materialised)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _NORM_TYPES = {
-    "batch_norm": (nn.modules.batchnorm._BatchNorm,),
-    "all": (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm),
+    "batch_norm": _BATCH_NORMS,
+    "all": (*_BATCH_NORMS, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d),
 }
 
 
@@ -117,7 +119,7 @@ def configure_norm_adaptation(module: nn.Module, kind: str = "all") -> tuple[lis
     for p in params:
         p.requires_grad_(True)
     for _, m in layers:
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, _BATCH_NORMS):
             m.track_running_stats = False
             m.running_mean, m.running_var, m.num_batches_tracked = None, None, None
     return params, snapshot

@@ -35,7 +35,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from lightning_losses._compat import logger_connector
+from lightning_losses._compat import attached_trainer, logger_connector, state_key
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
 from lightning_losses.errors import ConfigurationError
@@ -71,7 +71,7 @@ class _Attached:
         module = self.module
         if getattr(module, "objective_logging_suppressed", False) and self.recorded:
             return self._replayed(losses, getattr(module, "objective_suppressed_passes", 0))
-        trainer = getattr(module, "_trainer", None)
+        trainer = attached_trainer(module)
         step = None if trainer is None else trainer.global_step  # None outside a Trainer: keep the last call only
         if step is None or step != self._step or self._pass is not None:
             self.recorded.clear()
@@ -145,7 +145,7 @@ class SampleReweighting(Callback):
 
     @functools.cached_property
     def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
-        return self._generate_state_key(strategy=self.reweighter.strategy)
+        return state_key(self, strategy=self.reweighter.strategy)
 
     # ------------------------------------------------------------------ wiring
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
