@@ -31,15 +31,15 @@ import lightning as L
 import torch
 
 from lightning_losses._compat import state_key
+from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
+from lightning_losses._validation.tensors import not_ignored
 from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.distributed import global_sum
 from lightning_losses.entropy.controller import EntropyController
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.functional._checks import not_ignored
+from lightning_losses.functional.aggregation import aggregate_tokens
 from lightning_losses.functional.entropy import entropy as entropy_fn
-from lightning_losses.functional.policy import aggregate_tokens
-from lightning_losses.reweighting.guards import step_skipped
 from lightning_losses.schedules import build_schedule
 
 __all__ = ["EntropyControl"]
@@ -63,7 +63,7 @@ class EntropyControl(L.Callback):
             ``[N, T, V]`` token logits (tokens whose ``target`` is ``ignore_index`` are left out).
         ignore_index: token label that does not count. Default -100.
         normalization: how token logits' entropies make the per-sequence bonus (see
-            :func:`~lightning_losses.functional.policy.aggregate_tokens`): ``"sequence"`` (default: mean over the
+            :func:`~lightning_losses.functional.aggregation.aggregate_tokens`): ``"sequence"`` (default: mean over the
             sequence's valid tokens) or ``"token"`` (the objective's mean of the bonus is then exactly
             :math:`-\beta` times the **global** token-mean entropy the controller measures, as the token losses'
             ``"token"`` normalisation; one all-reduce per call). The controller always measures the global token mean.

@@ -35,11 +35,13 @@ from lightning.pytorch.callbacks import Callback
 
 from lightning_losses import distributed
 from lightning_losses._compat import state_key
+from lightning_losses._state import representative, step_skipped
 from lightning_losses._validation import check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, require_mixin
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional.distillation import kd
 from lightning_losses.schedules import Schedule, build_schedule
+from lightning_losses.sync import sync_statistics
 
 __all__ = ["SAF"]
 
@@ -126,8 +128,6 @@ class SAF(Callback):
         self._journal = []
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        from lightning_losses.reweighting.guards import step_skipped
-
         if step_skipped(pl_module, outputs) and self._journal and self.logits is not None and self.stamp is not None:
             for index, slot, rows, stamps in reversed(self._journal):  # the skipped step recorded nothing
                 self.logits[index, slot] = rows
@@ -166,14 +166,10 @@ class SAF(Callback):
         table, stamp = self._tables(logits)
         values = logits.detach().float()
         if distributed.is_distributed():
-            from lightning_losses.reweighting.sync import sync_statistics
-
             synced, _ = sync_statistics({"index": index, "logits": values}, {"index": "cat", "logits": "cat"})
             index, values = synced["index"].long(), synced["logits"]
-        from lightning_losses.reweighting.store import _representative
-
         finite = torch.isfinite(values).all(-1)
-        rep = _representative(index, finite)  # duplicates (sampler padding) all write the first finite copy's row
+        rep = representative(index, finite)  # duplicates (sampler padding) all write the first finite copy's row
         keep = finite[rep]
         slot = epoch % (self.epochs_ago + 1)
         old_rows, old_stamps = table[index, slot], stamp[index, slot]

@@ -50,7 +50,7 @@ from lightning_losses.reweighting.guards import (
     id_range,
     nonfinite_mask,
 )
-from lightning_losses.reweighting.sync import sync_statistics
+from lightning_losses.sync import sync_statistics
 
 __all__ = ["REWEIGHTERS", "Reweighter", "build_reweighter", "list_reweighters"]
 

@@ -36,13 +36,13 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from lightning_losses._compat import attached_trainer, logger_connector, state_key
+from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
-from lightning_losses.reweighting.guards import step_skipped
 from lightning_losses.reweighting.metrics import GroupAccuracy, global_weight_stats
-from lightning_losses.reweighting.sync import sync_statistics
+from lightning_losses.sync import sync_statistics
 
 __all__ = ["SampleReweighting"]
 
