@@ -154,7 +154,7 @@ def _pillar(module: str) -> str | None:
 def test_every_module_has_a_layer_and_the_graph_is_parsed():
     for module in MODULES:
         layer_of(module)
-    assert {"sync", "_state", "functional.aggregation", "runner"} <= set(MODULES)
+    assert {"sync", "_state", "functional.aggregation", "runner", "slots"} <= set(MODULES)
     assert "sync" in EDGES["reweighting.base"] and "_state" in EDGES["perturbation.trajectory"]  # the parser works
 
 
