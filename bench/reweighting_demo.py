@@ -19,7 +19,7 @@ import argparse
 import statistics
 import time
 
-from lightning_losses.cli import run_fit
+from lightning_losses.runner import run_fit
 
 SETUPS = {
     "spurious": (["data.spurious=0.95"], "test/worst_group_acc", ["erm", "group_dro"]),

@@ -107,7 +107,7 @@ def attached_trainer(module: Any) -> Any | None:
         return module._trainer
     try:
         return module.trainer
-    except RuntimeError:
+    except (RuntimeError, AttributeError):  # no Trainer attached; a plain nn.Module has no `trainer` at all
         return None
 
 

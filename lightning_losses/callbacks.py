@@ -2,22 +2,29 @@
 
 Lightning's own ``EarlyStopping``, ``ModelCheckpoint`` and ``LearningRateMonitor`` are registered here; the
 library's callbacks (reweighting, perturbation, entropy control) register themselves in the same registry.
-A library callback that needs :class:`~lightning_losses.LossesMixin` calls :func:`require_mixin` in ``setup``.
+
+The library's callbacks that plug into a :class:`~lightning_losses.LossesMixin` slot derive from
+:class:`MixinCallback`: it checks the module (:func:`require_mixin`), attaches the plug-in in ``setup`` and detaches
+it in ``teardown``, and builds the checkpoint ``state_key`` once. The slots' plug-in protocols are in
+:mod:`lightning_losses.slots`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, ClassVar
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from typing_extensions import override
 
-from lightning_losses._compat import should_update_logs
+from lightning_losses._compat import should_update_logs, state_key
 from lightning_losses._validation import qualify
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import Registry
+from lightning_losses.slots import Slot
 
-__all__ = ["CALLBACKS", "build_callbacks", "list_callbacks", "require_mixin", "step_logs_due"]
+__all__ = ["CALLBACKS", "MixinCallback", "build_callbacks", "list_callbacks", "require_mixin", "step_logs_due"]
 
 CALLBACKS: Registry[Any] = Registry("callback")
 CALLBACKS.register("early_stopping")(EarlyStopping)
@@ -71,3 +78,44 @@ def step_logs_due(trainer: Any) -> bool:
     when this is ``True`` (as Lightning's ``LearningRateMonitor`` does).
     """
     return should_update_logs(trainer)
+
+
+class MixinCallback(Callback):
+    """Base of the callbacks that plug into a :class:`~lightning_losses.LossesMixin` slot.
+
+    A subclass sets :attr:`slot` and implements :meth:`state_key_fields`; it may override :meth:`slot_plugin` (what
+    is attached; default: the callback itself, which then follows the slot's protocol in
+    :mod:`lightning_losses.slots`) and :meth:`check_module` (validation before attaching). ``setup`` raises a
+    :class:`~lightning_losses.errors.ConfigurationError` for a module without the mixin, runs :meth:`check_module`
+    and attaches the plug-in; ``teardown`` detaches it. A subclass that extends either calls ``super()``.
+    """
+
+    #: the mixin slot this callback plugs into
+    slot: ClassVar[Slot]
+
+    def state_key_fields(self) -> dict[str, Any]:
+        """The fields of :attr:`state_key`, in order (they must stay stable: checkpoints are keyed by them)."""
+        raise NotImplementedError(f"{type(self).__name__} must define `state_key_fields`")
+
+    @functools.cached_property
+    @override
+    def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
+        return state_key(self, **self.state_key_fields())
+
+    def slot_plugin(self, pl_module: Any) -> Any:
+        """The object attached to :attr:`slot` of ``pl_module`` (default: this callback)."""
+        return self
+
+    def check_module(self, pl_module: Any) -> None:
+        """Validate ``pl_module`` (a ``LossesMixin``) before the plug-in is attached; raise ``ConfigurationError``."""
+
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        require_mixin(self, pl_module)
+        self.check_module(pl_module)
+        pl_module.attach(self.slot, self.slot_plugin(pl_module))
+
+    @override
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if hasattr(pl_module, "detach"):
+            pl_module.detach(self.slot, self.slot_plugin(pl_module))

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_losses import runner
 from lightning_losses._validation import check_int
 from lightning_losses.errors import ConfigurationError
 
@@ -101,8 +102,6 @@ def compare(
         overrides: dot-list overrides applied to every run.
         out: output folder; run ``k`` of recipe ``name`` writes under ``out/name/seed{k}``.
     """
-    from lightning_losses.cli import run_fit
-
     check_int("seeds", seeds, low=1)
     if not recipes:
         raise ConfigurationError("`compare` needs at least one recipe path")
@@ -143,7 +142,7 @@ def compare(
     for seed in range(seeds):  # seeds outermost: interleaved, so machine drift hits every recipe alike
         for name, path in named.items():
             start = time.perf_counter()
-            result = run_fit(path, run_overrides(name, seed), print_results=False)
+            result = runner.run_fit(path, run_overrides(name, seed), print_results=False)
             result["seconds"] = time.perf_counter() - start
             unknown = [m for m in metrics if m not in result]
             if unknown:

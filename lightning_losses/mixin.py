@@ -12,7 +12,9 @@ Usage::
             return self.compute_loss(logits=self.net(batch["x"]), target=batch["target"], index=batch["index"])
 
 Plug-in points (used by the callbacks of :mod:`lightning_losses.callbacks` and later components; each registers in
-its ``setup`` through :meth:`LossesMixin.attach`):
+its ``setup`` through :meth:`LossesMixin.attach`, see :class:`~lightning_losses.callbacks.MixinCallback`). Their
+protocols are declared in :mod:`lightning_losses.slots` (:class:`~lightning_losses.slots.ReweighterPlugin`,
+:class:`~lightning_losses.slots.TermsPlugin`, :class:`~lightning_losses.slots.StepPlugin`):
 
 * ``"reweighter"``: ``reweighter(losses=[N], sample_mask=[N] | None, **tensors) -> [N]`` weights, training only;
 * ``"terms"``: objects with ``extra_terms(module, tensors, step) -> {name: [N]}`` (entropy controls), training only;

@@ -77,13 +77,13 @@ def test_compare_errors(tmp_path, capsys):
 
 
 def test_compare_checks_every_recipe_and_the_output_before_training(tmp_path, monkeypatch):
-    from lightning_losses import cli
+    from lightning_losses import runner
     from lightning_losses.compare import compare
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before every recipe was checked")
 
-    monkeypatch.setattr(cli, "run_fit", no_training)
+    monkeypatch.setattr(runner, "run_fit", no_training)
     bad = tmp_path / "bad.yaml"
     bad.write_text("objective: {focall: {}}\n")
     with pytest.raises(ConfigurationError, match=r"^recipe `bad` \(.*bad.yaml\): `objective`: .*did you mean `focal`"):

@@ -23,6 +23,7 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 from torchmetrics.functional.classification import multiclass_calibration_error
+from typing_extensions import override
 
 from lightning_losses._validation import check_int, check_state_keys
 from lightning_losses.callbacks import CALLBACKS
@@ -149,15 +150,18 @@ class TemperatureScaling(L.Callback):
             self._handle.remove()
             self._handle = None
 
-    def _install_pending(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    @override
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending:  # a temperature restored from a checkpoint (after setup, so install here)
             self._install(pl_module)
 
-    on_test_start = on_predict_start = on_validation_start = _install_pending
+    on_test_start = on_predict_start = on_validation_start
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.remove()  # train (and re-fit) on raw logits
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loader = trainer.val_dataloaders
         if loader is None and trainer.datamodule is not None:
@@ -179,9 +183,11 @@ class TemperatureScaling(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         check_state_keys("TemperatureScaling", state_dict, ("temperature",))
         t = state_dict["temperature"]
@@ -250,26 +256,32 @@ class CalibrationMonitor(L.Callback):
         self.last[stage] = float(ece)
         pl_module.log(f"{stage}/ece", ece, on_step=False, on_epoch=True)
 
+    @override
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if "val" in self.stages and not trainer.sanity_checking:
             self._start_batch(pl_module)
 
+    @override
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args: Any) -> None:  # noqa: ANN001
         if "val" in self.stages and not trainer.sanity_checking:
             self._end_batch(pl_module, batch)
 
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "val" in self.stages and not trainer.sanity_checking:
             self._end_epoch(pl_module, "val")
 
+    @override
     def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if "test" in self.stages:
             self._start_batch(pl_module)
 
+    @override
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, *args: Any) -> None:  # noqa: ANN001
         if "test" in self.stages:
             self._end_batch(pl_module, batch)
 
+    @override
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "test" in self.stages:
             self._end_epoch(pl_module, "test")

@@ -24,29 +24,28 @@ the micro-batch had not been there.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import lightning as L
 import torch
+from typing_extensions import override
 
-from lightning_losses._compat import state_key
+from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
-from lightning_losses.callbacks import CALLBACKS, require_mixin
+from lightning_losses._validation.tensors import not_ignored
+from lightning_losses.callbacks import CALLBACKS, MixinCallback
 from lightning_losses.distributed import global_sum
 from lightning_losses.entropy.controller import EntropyController
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.functional._checks import not_ignored
+from lightning_losses.functional.aggregation import aggregate_tokens
 from lightning_losses.functional.entropy import entropy as entropy_fn
-from lightning_losses.functional.policy import aggregate_tokens
-from lightning_losses.reweighting.guards import step_skipped
 from lightning_losses.schedules import build_schedule
 
 __all__ = ["EntropyControl"]
 
 
 @CALLBACKS.register("entropy_control", aliases=("entropy",))
-class EntropyControl(L.Callback):
+class EntropyControl(MixinCallback):
     r"""Add :math:`-\beta H` to the training objective, with ``beta`` fixed, scheduled or held at a target entropy.
 
     Args:
@@ -63,7 +62,7 @@ class EntropyControl(L.Callback):
             ``[N, T, V]`` token logits (tokens whose ``target`` is ``ignore_index`` are left out).
         ignore_index: token label that does not count. Default -100.
         normalization: how token logits' entropies make the per-sequence bonus (see
-            :func:`~lightning_losses.functional.policy.aggregate_tokens`): ``"sequence"`` (default: mean over the
+            :func:`~lightning_losses.functional.aggregation.aggregate_tokens`): ``"sequence"`` (default: mean over the
             sequence's valid tokens) or ``"token"`` (the objective's mean of the bonus is then exactly
             :math:`-\beta` times the **global** token-mean entropy the controller measures, as the token losses'
             ``"token"`` normalisation; one all-reduce per call). The controller always measures the global token mean.
@@ -141,19 +140,13 @@ class EntropyControl(L.Callback):
         self.nonfinite = torch.zeros((), dtype=torch.float64)  # entropies left out as NaN / inf (global, logged)
         self._undo: tuple[Any, ...] | None = None
 
-    @functools.cached_property
-    def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
-        return state_key(self, name=self.name)
+    slot = "terms"
+
+    @override
+    def state_key_fields(self) -> dict[str, Any]:
+        return {"name": self.name}
 
     # ------------------------------------------------------------------ plug-in
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        require_mixin(self, pl_module)
-        pl_module.attach("terms", self)
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if hasattr(pl_module, "detach"):
-            pl_module.detach("terms", self)
-
     def beta(self, step: int) -> torch.Tensor | float:
         """The coefficient in force at optimizer step ``step``."""
         return self.controller.beta if self.controller is not None else self.schedule(step)
@@ -211,10 +204,12 @@ class EntropyControl(L.Callback):
         return {f"{self.name}_bonus": -beta * per_sample}
 
     # ------------------------------------------------------------------ control and logging
+    @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         controller = None if self.controller is None else self.controller.snapshot()
         self._undo = (controller, self._window)
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._undo is not None and step_skipped(pl_module, args[0] if args else None):
             controller, self._window = self._undo  # the skipped micro-batch's entropies never happened
@@ -263,6 +258,7 @@ class EntropyControl(L.Callback):
             logger.log_metrics(metrics, step=step)
 
     # ------------------------------------------------------------------ checkpointing
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "controller": None if self.controller is None else self.controller.state_dict(),
@@ -271,6 +267,7 @@ class EntropyControl(L.Callback):
             "nonfinite": self.nonfinite.detach().cpu().clone(),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         check_state_keys(
             f"EntropyControl `{self.name}`",

@@ -35,6 +35,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.callbacks import CALLBACKS
@@ -242,18 +243,23 @@ class Tent(L.Callback):
         self._optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ hooks
+    @override
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start(pl_module, "test")
 
+    @override
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start(pl_module, "predict")
 
+    @override
     def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *args: Any) -> None:
         self.adapt(pl_module, batch)
 
+    @override
     def on_predict_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, *args: Any):
         self.adapt(pl_module, batch)
 
+    @override
     def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._optimizer is not None and self.entropies and self.steps:
             pl_module.log("test/tent_entropy", self.entropies[-1], on_step=False, on_epoch=True)
@@ -261,21 +267,25 @@ class Tent(L.Callback):
         if self.reset == "batch":
             self.reset_adaptation()
 
+    @override
     def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self.reset == "batch":
             self.reset_adaptation()
 
+    @override
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.reset == "epoch":
             self.reset_adaptation()
 
     on_predict_epoch_end = on_test_epoch_end
 
+    @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.restore_on_end:
             self.restore(pl_module)
 
     on_predict_end = on_test_end
 
+    @override
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.restore(pl_module)

@@ -1,6 +1,7 @@
 """Pure, per-sample functional forms of every loss. Each returns ``[N]`` (or declares itself batch-level)."""
 
 from lightning_losses.functional import lm, policy, preference, reweighting, token
+from lightning_losses.functional.aggregation import aggregate_tokens
 from lightning_losses.functional.binary import bce
 from lightning_losses.functional.classification import cross_entropy, focal, focal_term
 from lightning_losses.functional.distillation import kd, pld
@@ -20,7 +21,6 @@ from lightning_losses.functional.metric_learning import circle, info_nce, multi_
 from lightning_losses.functional.multilabel import anyloss, asymmetric, dice, sigmoid_focal, tversky
 from lightning_losses.functional.ordinal import hl_gauss, hl_gauss_predict, hl_gauss_target, ordinal_wasserstein
 from lightning_losses.functional.policy import (
-    aggregate_tokens,
     clamped_entropy,
     group_advantages,
     grpo,

@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import torch
 
-from lightning_losses.functional._checks import as_index, check_multiclass, not_ignored
-from lightning_losses.functional._checks import upcast_half as _upcast
+from lightning_losses._validation.tensors import as_index, check_multiclass, not_ignored
+from lightning_losses._validation.tensors import upcast_half as _upcast
 
 __all__ = ["LabelLogProbs", "label_log_probs", "masked"]
 
@@ -43,7 +43,7 @@ def label_log_probs(
 
     Raises:
         ValueError: soft targets (the loss ``name`` takes integer labels), fewer than ``min_classes`` classes, or
-            any check of :func:`~lightning_losses.functional._checks.check_multiclass`.
+            any check of :func:`~lightning_losses._validation.tensors.check_multiclass`.
     """
     if check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args):
         raise ValueError(f"`{name}` takes integer labels `target [N]`; soft targets are not supported")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional._checks import check_binary, check_per_class
+from lightning_losses._validation.tensors import check_binary, check_per_class
 
 __all__ = ["bce"]
 

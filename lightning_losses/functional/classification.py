@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional._checks import as_index, check_multiclass, check_per_class, not_ignored
-from lightning_losses.functional._checks import upcast_half as _upcast
+from lightning_losses._validation.tensors import as_index, check_multiclass, check_per_class, not_ignored
+from lightning_losses._validation.tensors import upcast_half as _upcast
 
 __all__ = ["cross_entropy", "focal", "focal_term"]
 

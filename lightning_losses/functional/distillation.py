@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses.functional._checks import _is_tensor, _shape, as_index, check_multiclass
-from lightning_losses.functional._checks import upcast_half as _upcast
+from lightning_losses._validation.tensors import as_index, check_multiclass, require_tensor, shape_str
+from lightning_losses._validation.tensors import upcast_half as _upcast
 from lightning_losses.functional.classification import cross_entropy
 
 __all__ = ["kd", "pld"]
 
 
 def _check_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    _is_tensor("teacher_logits", teacher_logits)
+    require_tensor("teacher_logits", teacher_logits)
     if not teacher_logits.is_floating_point() or teacher_logits.shape != logits.shape:
         raise ValueError(
-            f"`teacher_logits` must be a floating tensor with the shape of `logits` {_shape(logits)}, "
-            f"got {teacher_logits.dtype} {_shape(teacher_logits)}"
+            f"`teacher_logits` must be a floating tensor with the shape of `logits` {shape_str(logits)}, "
+            f"got {teacher_logits.dtype} {shape_str(teacher_logits)}"
         )
     return _upcast(teacher_logits.detach())
 
@@ -50,9 +50,9 @@ def kd(
         >>> kd(torch.zeros(2, 3), torch.zeros(2, 3))
         tensor([0., 0.])
     """
-    _is_tensor("logits", logits)
+    require_tensor("logits", logits)
     if logits.ndim != 2 or not logits.is_floating_point():
-        raise ValueError(f"`logits` must be a floating tensor of shape [N, C], got {logits.dtype} {_shape(logits)}")
+        raise ValueError(f"`logits` must be a floating tensor of shape [N, C], got {logits.dtype} {shape_str(logits)}")
     teacher = _check_teacher(logits, teacher_logits)
     log_s = torch.log_softmax(_upcast(logits) / temperature, dim=-1)
     log_t = torch.log_softmax(teacher / temperature, dim=-1)

@@ -12,7 +12,7 @@ gradient) the forward computes the per-token gradient rows of ``hidden`` instead
 
 The per-token results are exact (to float tolerance) against the materialised path for any upstream gradient, so
 per-token weights, ``reduction="none"`` and per-sequence normalisation
-(:func:`~lightning_losses.functional.policy.aggregate_tokens`) get correct gradients.
+(:func:`~lightning_losses.functional.aggregation.aggregate_tokens`) get correct gradients.
 
 Backends (``impl``): ``"chunked"`` (this module, any device), ``"cce"`` (the ``cut_cross_entropy`` package's fused
 Triton kernel, CUDA only, exact mode ``filter_eps=None``; plain NLL with optional softcap and bias only), ``"auto"``
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
+from lightning_losses._validation.tensors import as_index, not_ignored, shape_str
 from lightning_losses.functional import _cce_backend as CCE
 from lightning_losses.functional._cce_backend import cce_available
-from lightning_losses.functional._checks import as_index, not_ignored
 from lightning_losses.functional._linear_ce_kernel import ChunkedLinearCE, default_chunk_size
 
 __all__ = [
@@ -40,10 +40,6 @@ __all__ = [
 
 IMPLS = ("auto", "chunked", "cce")
 REDUCTIONS = ("none", "sum", "mean")
-
-
-def _shape(t: torch.Tensor) -> str:
-    return f"[{', '.join(str(s) for s in t.shape)}]"
 
 
 def _autocast_dtype(device: str) -> torch.dtype | None:
@@ -74,12 +70,12 @@ def _check(hidden, weight, bias, target, token_weight, chunk_size, validate_args
             raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
     if hidden.ndim < 2 or not hidden.is_floating_point():
         raise ValueError(
-            f"`hidden` must be a floating tensor [..., H] (e.g. [N, T, H]), got {hidden.dtype} {_shape(hidden)}"
+            f"`hidden` must be a floating tensor [..., H] (e.g. [N, T, H]), got {hidden.dtype} {shape_str(hidden)}"
         )
     if weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(
             f"`weight` must have shape [V, H] with H = {hidden.shape[-1]} (the last dim of `hidden`), "
-            f"got {_shape(weight)}"
+            f"got {shape_str(weight)}"
         )
     if weight.dtype != hidden.dtype or weight.device != hidden.device:
         raise ValueError(
@@ -89,7 +85,7 @@ def _check(hidden, weight, bias, target, token_weight, chunk_size, validate_args
     if bias is not None and (bias.shape != weight.shape[:1] or bias.dtype != weight.dtype):
         raise ValueError(
             f"`bias` must be a {weight.dtype} tensor of shape [V] = [{weight.shape[0]}], got "
-            f"{bias.dtype} {_shape(bias)}"
+            f"{bias.dtype} {shape_str(bias)}"
         )
     if target is not None:
         if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
@@ -97,7 +93,7 @@ def _check(hidden, weight, bias, target, token_weight, chunk_size, validate_args
         if target.shape != hidden.shape[:-1]:
             raise ValueError(
                 f"`target` must have shape {list(hidden.shape[:-1])} (the leading dims of `hidden` "
-                f"{_shape(hidden)}), got {_shape(target)}"
+                f"{shape_str(hidden)}), got {shape_str(target)}"
             )
         if validate_args and target.numel():
             bad = not_ignored(target, ignore_index) & ((target < 0) | (target >= weight.shape[0]))
@@ -113,7 +109,7 @@ def _check(hidden, weight, bias, target, token_weight, chunk_size, validate_args
         if token_weight.shape != hidden.shape[:-1]:
             raise ValueError(
                 f"`token_weight` must have shape {list(hidden.shape[:-1])} (that of `target`), got "
-                f"{_shape(token_weight)}"
+                f"{shape_str(token_weight)}"
             )
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be a positive integer or None (automatic), got {chunk_size!r}")

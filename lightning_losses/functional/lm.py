@@ -2,7 +2,7 @@ r"""Confidence-limiting and distribution-aware LM losses: DCO (pass@N coverage),
 
 Token inputs follow :mod:`lightning_losses.functional.token` (``logits [N, T, V]`` aligned with ``target [N, T]``,
 ``ignore_index`` tokens left out, per-token losses aggregated per sequence by
-:func:`~lightning_losses.functional.policy.aggregate_tokens`). :func:`dco` works on sequence log-probs ``[N]``
+:func:`~lightning_losses.functional.aggregation.aggregate_tokens`). :func:`dco` works on sequence log-probs ``[N]``
 (from :func:`~lightning_losses.functional.sequence_logps`).
 """
 
@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional.token import _gather, check_tokens, reduce_tokens
+from lightning_losses.functional.token import check_tokens, gather_targets, reduce_tokens
 
 __all__ = ["dco", "emo", "mixce"]
 
@@ -140,7 +140,7 @@ def mixce(
         raise ValueError(f"`eta` must be in [0, 1], got {eta!r}")
     z, y = check_tokens(logits, target, ignore_index=ignore_index, validate_args=validate_args)
     valid = y != ignore_index
-    nll = torch.logsumexp(z, dim=-1) - _gather(z, y, valid)
+    nll = torch.logsumexp(z, dim=-1) - gather_targets(z, y, valid)
     loss = nll * (eta + (1.0 - eta) * torch.exp(-nll.detach())) if eta < 1.0 else nll
     return reduce_tokens(loss, valid, normalization, reduction)
 
@@ -199,7 +199,7 @@ def emo(
         raise ValueError(f"`max_weight` must be > 0 or None, got {max_weight!r}")
     valid = y != ignore_index
     logp = torch.log_softmax(z, dim=-1)
-    mle = -_gather(logp, y, valid)
+    mle = -gather_targets(logp, y, valid)
     e_hat = F.normalize(cost_embedding.detach().to(z.dtype), p=2.0, dim=-1)
     expected = logp.exp() @ e_hat  # [N, T, D]
     safe_y = torch.where(valid, y, torch.zeros_like(y))

@@ -12,19 +12,19 @@ import math
 import torch
 
 from lightning_losses._validation import check_number
+from lightning_losses._validation.tensors import require_tensor, shape_str
+from lightning_losses._validation.tensors import upcast_half as _upcast
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.functional._checks import _is_tensor, _shape
-from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = ["check_norm_order", "clip_logits", "spectral_decoupling", "z_loss"]
 
 
 def _check_logits(logits: torch.Tensor, *, allow_1d: bool = False) -> torch.Tensor:
-    _is_tensor("logits", logits)
+    require_tensor("logits", logits)
     ndims = (1, 2) if allow_1d else (2,)
     if logits.ndim not in ndims or not logits.is_floating_point():
         shape = "[N] or [N, C]" if allow_1d else "[N, C]"
-        raise ValueError(f"`logits` must be a floating tensor of shape {shape}, got {logits.dtype} {_shape(logits)}")
+        raise ValueError(f"`logits` must be a floating tensor of shape {shape}, got {logits.dtype} {shape_str(logits)}")
     return _upcast(logits)
 
 

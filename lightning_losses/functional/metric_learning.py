@@ -32,15 +32,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lightning_losses._validation.tensors import shape_str
 from lightning_losses.distributed import all_gather_with_grad, is_distributed, rank
 
 __all__ = ["circle", "info_nce", "multi_similarity", "supcon", "triplet", "valid_anchors"]
 
 MINING = ("batch_all", "batch_hard")
-
-
-def _shape(t: torch.Tensor) -> str:
-    return f"[{', '.join(str(s) for s in t.shape)}]"
 
 
 def _check_labels(name: str, labels: object, rows: int, of: str) -> None:
@@ -49,16 +46,16 @@ def _check_labels(name: str, labels: object, rows: int, of: str) -> None:
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"`{name}` must hold integer labels (int64), got {labels.dtype}")
     if labels.shape != (rows,):
-        raise ValueError(f"`{name}` must have shape [{rows}] to match `{of}`, got {_shape(labels)}")
+        raise ValueError(f"`{name}` must have shape [{rows}] to match `{of}`, got {shape_str(labels)}")
 
 
 def _check_embeddings(name: str, x: object, dim: int | None = None) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 2 or not x.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating tensor of shape [N, D], got {x.dtype} {_shape(x)}")
+        raise ValueError(f"`{name}` must be a floating tensor of shape [N, D], got {x.dtype} {shape_str(x)}")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"`{name}` must have D = {dim} columns like `embeddings`, got {_shape(x)}")
+        raise ValueError(f"`{name}` must have D = {dim} columns like `embeddings`, got {shape_str(x)}")
 
 
 def _check_inputs(embeddings, target, ref_embeddings, ref_target, *, labels_required: bool) -> None:

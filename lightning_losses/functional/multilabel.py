@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightning_losses._validation.tensors import check_binary
 from lightning_losses.distributed import all_reduce_sum_with_grad
-from lightning_losses.functional._checks import check_binary
 
 __all__ = ["ANYLOSS_METRICS", "anyloss", "asymmetric", "dice", "sigmoid_focal", "tversky"]
 

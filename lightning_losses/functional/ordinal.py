@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from lightning_losses.functional._checks import _is_tensor, _shape, check_multiclass
-from lightning_losses.functional._checks import upcast_half as _upcast
+from lightning_losses._validation.tensors import check_multiclass, require_tensor, shape_str
+from lightning_losses._validation.tensors import upcast_half as _upcast
 
 __all__ = ["hl_gauss", "hl_gauss_predict", "hl_gauss_target", "ordinal_wasserstein"]
 
@@ -78,16 +78,16 @@ def hl_gauss(
         >>> hl_gauss(torch.zeros(1, 2), torch.tensor([0.5]), min_value=0.0, max_value=1.0, sigma=0.25).round(decimals=4)
         tensor([0.6931])
     """
-    _is_tensor("logits", logits)
-    _is_tensor("target", target)
+    require_tensor("logits", logits)
+    require_tensor("target", target)
     if logits.ndim != 2 or not logits.is_floating_point():
         raise ValueError(
-            f"`logits` must be a floating tensor of shape [N, num_bins], got {logits.dtype} {_shape(logits)}"
+            f"`logits` must be a floating tensor of shape [N, num_bins], got {logits.dtype} {shape_str(logits)}"
         )
     if not target.is_floating_point() or target.shape != logits.shape[:1]:
         raise ValueError(
             f"`target` must be a floating tensor of shape [N] = [{logits.shape[0]}] (real values), "
-            f"got {target.dtype} {_shape(target)}"
+            f"got {target.dtype} {shape_str(target)}"
         )
     logp = torch.log_softmax(_upcast(logits), dim=-1)
     probs = hl_gauss_target(

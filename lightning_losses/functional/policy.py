@@ -3,15 +3,9 @@ r"""Policy-gradient losses for RL fine-tuning of language models, with the RL li
 Inputs are per token, ``[N, T]`` (``N`` sampled responses, ``T`` padded length): ``logps`` (log-prob of each sampled
 token under the current policy, with gradient), ``old_logps`` (under the policy that sampled it; detached),
 ``advantages`` (``[N]`` per response, broadcast over tokens, or ``[N, T]``), ``mask`` (1 on response tokens). Each
-loss returns one value per response, ``[N]``; how tokens are normalised (:func:`aggregate_tokens`):
-
-* ``"token"``: global token mean (DAPO / verl ``token-mean``): response ``i`` gets
-  :math:`S_i \cdot N_g / T_g` with :math:`S_i` its token-loss sum, :math:`T_g` the valid tokens and :math:`N_g` the
-  responses with at least one valid token, both summed over the **global** batch (one all-reduce). A uniform mean
-  of these over the :math:`N_g` counted responses (what the objective does) is :math:`\sum_i S_i / T_g`;
-* ``"sequence"``: token mean within each response (GRPO paper, verl ``seq-mean-token-mean``);
-* ``"sum"``: token sum per response (verl ``seq-mean-token-sum``);
-* ``"constant"``: token sum divided by the padded length ``T`` (Dr. GRPO, verl ``seq-mean-token-sum-norm``).
+loss returns one value per response, ``[N]``; tokens are normalised by
+:func:`~lightning_losses.functional.aggregation.aggregate_tokens` (``"token"``, ``"sequence"``, ``"sum"``,
+``"constant"``; shared with the token losses, linear cross-entropy and entropy control).
 
 Token statistics of the covariance controls (Clip-Cov / KL-Cov, Cui et al. 2025) are **global** under DDP: the
 centring means come from one all-reduce and the selection runs on the all-gathered token scores in rank order with
@@ -23,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from lightning_losses._validation.tensors import upcast_half as _upcast
 from lightning_losses.distributed import all_gather_with_grad, global_sum, rank
-from lightning_losses.functional._checks import upcast_half as _upcast
+from lightning_losses.functional.aggregation import NORMALIZATIONS, aggregate_tokens  # moved; re-exported here
 
 __all__ = [
     "NORMALIZATIONS",
@@ -38,7 +33,6 @@ __all__ = [
     "token_covariance",
 ]
 
-NORMALIZATIONS = ("token", "sequence", "sum", "constant")
 COV_CONTROLS = ("none", "clip_cov", "kl_cov")
 
 
@@ -60,29 +54,6 @@ def _check_tokens(
             want = " or ".join(str(list(s)) for s in allowed)
             raise ValueError(f"`{name}` must have shape {want}, got {list(t.shape)}")
     return _upcast(logps), mask.to(_upcast(logps).dtype)
-
-
-def aggregate_tokens(token_losses: torch.Tensor, mask: torch.Tensor, normalization: str = "token") -> torch.Tensor:
-    """Per-token losses ``[N, T]`` -> per-response ``[N]`` (see the module docstring for the four normalisations).
-
-    Example:
-        >>> losses, mask = torch.tensor([[1.0, 3.0], [2.0, 0.0]]), torch.tensor([[1, 1], [1, 0]])
-        >>> aggregate_tokens(losses, mask, "sequence"), aggregate_tokens(losses, mask, "token")
-        (tensor([2., 2.]), tensor([2.6667, 1.3333]))
-    """
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}, got {normalization!r}")
-    m = mask.to(token_losses.dtype)
-    sums = (token_losses * m).sum(-1)
-    if normalization == "sum":
-        return sums
-    if normalization == "constant":
-        return sums / max(1, token_losses.shape[-1])
-    counts = m.sum(-1)
-    if normalization == "sequence":
-        return sums / counts.clamp_min(1.0)
-    totals = global_sum(torch.stack([counts.sum(), (counts > 0).sum().to(counts.dtype)]))
-    return sums * (totals[1] / totals[0].clamp_min(1.0))
 
 
 def group_advantages(

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightning_losses._validation.tensors import as_index, not_ignored
+from lightning_losses._validation.tensors import upcast_half as _upcast
 from lightning_losses.distributed import global_sum
-from lightning_losses.functional._checks import as_index, not_ignored
-from lightning_losses.functional._checks import upcast_half as _upcast
 
 __all__ = [
     "check_sequence_logps",

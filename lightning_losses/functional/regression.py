@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses.functional._checks import check_regression
+from lightning_losses._validation.tensors import check_regression
 
-__all__ = ["mse"]
+__all__ = ["mse", "per_sample_mean", "residual"]
 
 
-def _residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Validated ``pred - target``, in float32 for half-precision inputs (squares of 3e4 overflow float16)."""
     check_regression(pred, target)
     if pred.dtype in (torch.float16, torch.bfloat16):
@@ -17,7 +17,8 @@ def _residual(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return pred - target.to(pred.dtype)
 
 
-def _per_sample_mean(values: torch.Tensor) -> torch.Tensor:
+def per_sample_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over the non-batch dimensions: ``[N, ...] -> [N]`` (``[N]`` unchanged)."""
     return values.flatten(1).mean(dim=1) if values.ndim > 1 else values
 
 
@@ -32,4 +33,4 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         >>> mse(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]]))
         tensor([2.5000])
     """
-    return _per_sample_mean(_residual(pred, target).square())
+    return per_sample_mean(residual(pred, target).square())

@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional._checks import _is_tensor, _shape
-from lightning_losses.functional.regression import _per_sample_mean, _residual
+from lightning_losses._validation.tensors import require_tensor, shape_str
+from lightning_losses.functional.regression import per_sample_mean, residual
 
 __all__ = ["cauchy", "gaussian_nll", "huber", "log_cosh", "mae_regression", "pseudo_huber", "quantile"]
 
@@ -30,7 +30,7 @@ def mae_regression(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         >>> mae_regression(torch.tensor([[1.0, -2.0]]), torch.tensor([[0.0, 0.0]]))
         tensor([1.5000])
     """
-    return _per_sample_mean(_residual(pred, target).abs())
+    return per_sample_mean(residual(pred, target).abs())
 
 
 def huber(pred: torch.Tensor, target: torch.Tensor, *, delta: float = 1.0) -> torch.Tensor:
@@ -44,8 +44,8 @@ def huber(pred: torch.Tensor, target: torch.Tensor, *, delta: float = 1.0) -> to
         >>> huber(torch.tensor([0.5, 3.0]), torch.zeros(2), delta=1.0)
         tensor([0.1250, 2.5000])
     """
-    r = _residual(pred, target)
-    return _per_sample_mean(F.huber_loss(r, torch.zeros_like(r), reduction="none", delta=delta))
+    r = residual(pred, target)
+    return per_sample_mean(F.huber_loss(r, torch.zeros_like(r), reduction="none", delta=delta))
 
 
 def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, *, delta: float = 1.0) -> torch.Tensor:
@@ -63,9 +63,9 @@ def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, *, delta: float = 1.0
         >>> pseudo_huber(torch.tensor([0.0, 3.0]), torch.zeros(2), delta=1.0).round(decimals=4)
         tensor([0.0000, 2.1623])
     """
-    r = _residual(pred, target)
+    r = residual(pred, target)
     u = r / delta
-    return _per_sample_mean(r.square() / (torch.hypot(torch.ones_like(u), u) + 1.0))
+    return per_sample_mean(r.square() / (torch.hypot(torch.ones_like(u), u) + 1.0))
 
 
 def log_cosh(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -78,8 +78,8 @@ def log_cosh(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         >>> log_cosh(torch.tensor([0.0, 100.0]), torch.zeros(2))
         tensor([ 0.0000, 99.3069])
     """
-    r = _residual(pred, target)
-    return _per_sample_mean(r + F.softplus(-2.0 * r) - _LOG_2)
+    r = residual(pred, target)
+    return per_sample_mean(r + F.softplus(-2.0 * r) - _LOG_2)
 
 
 def quantile(pred: torch.Tensor, target: torch.Tensor, *, q: float = 0.5) -> torch.Tensor:
@@ -93,8 +93,8 @@ def quantile(pred: torch.Tensor, target: torch.Tensor, *, q: float = 0.5) -> tor
         >>> quantile(torch.tensor([0.0, 0.0]), torch.tensor([1.0, -1.0]), q=0.9)
         tensor([0.9000, 0.1000])
     """
-    u = -_residual(pred, target)
-    return _per_sample_mean(torch.maximum(q * u, (q - 1.0) * u))
+    u = -residual(pred, target)
+    return per_sample_mean(torch.maximum(q * u, (q - 1.0) * u))
 
 
 def cauchy(pred: torch.Tensor, target: torch.Tensor, *, c: float = 1.0) -> torch.Tensor:
@@ -110,8 +110,8 @@ def cauchy(pred: torch.Tensor, target: torch.Tensor, *, c: float = 1.0) -> torch
         >>> cauchy(torch.tensor([0.0, 2.0]), torch.zeros(2), c=1.0).round(decimals=4)
         tensor([0.0000, 1.0986])
     """
-    r = _residual(pred, target)
-    return _per_sample_mean(torch.log1p(0.5 * (r / c).square()))
+    r = residual(pred, target)
+    return per_sample_mean(torch.log1p(0.5 * (r / c).square()))
 
 
 def gaussian_nll(
@@ -140,19 +140,19 @@ def gaussian_nll(
         >>> gaussian_nll(torch.zeros(2), torch.tensor([1.0, 2.0]), var=torch.ones(2))
         tensor([0.5000, 2.0000])
     """
-    r = _residual(pred, target)
+    r = residual(pred, target)
     if (var is None) == (log_var is None):
         raise ValueError("`gaussian_nll` needs exactly one of `var` (variance) or `log_var` (log-variance)")
     name, v = ("var", var) if var is not None else ("log_var", log_var)
-    _is_tensor(name, v)
+    require_tensor(name, v)
     if not v.is_floating_point():
         raise ValueError(f"`{name}` must be a floating tensor, got {v.dtype}")
     if v.ndim == r.ndim - 1 and v.ndim >= 1 and tuple(v.shape) == tuple(r.shape[:-1]):
         v = v.unsqueeze(-1)
     if v.ndim != r.ndim or v.shape[0] != r.shape[0] or torch.broadcast_shapes(v.shape, r.shape) != r.shape:
         raise ValueError(
-            f"`{name}` must have the shape of `pred` {_shape(r)} or broadcast to it keeping the batch dimension, "
-            f"got {_shape(v)}"
+            f"`{name}` must have the shape of `pred` {shape_str(r)} or broadcast to it keeping the batch dimension, "
+            f"got {shape_str(v)}"
         )
     v = v.to(r.dtype)
     if var is not None:
@@ -164,4 +164,4 @@ def gaussian_nll(
         loss = 0.5 * (v + r.square() * torch.exp(-v))
     if full:
         loss = loss + 0.5 * _LOG_2PI
-    return _per_sample_mean(loss)
+    return per_sample_mean(loss)

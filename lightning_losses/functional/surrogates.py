@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_losses._validation import check_int, check_number
-from lightning_losses.functional._checks import as_index, check_multiclass, not_ignored
-from lightning_losses.functional._checks import upcast_half as _upcast
+from lightning_losses._validation.tensors import as_index, check_multiclass, not_ignored
+from lightning_losses._validation.tensors import upcast_half as _upcast
 from lightning_losses.functional._labels import label_log_probs, masked
 from lightning_losses.functional.classification import cross_entropy, focal_term
 

@@ -7,7 +7,7 @@ r"""Token-level cross entropy and per-sequence log-probabilities from ``logits [
 saturated logits (``±1e4``) give finite values and gradients.
 
 Per-token losses ``[N, T]`` become one value per sequence ``[N]`` through
-:func:`~lightning_losses.functional.policy.aggregate_tokens` (shared with the policy losses and the
+:func:`~lightning_losses.functional.aggregation.aggregate_tokens` (shared with the policy losses and the
 memory-efficient path, so every token loss normalises the same way):
 
 * ``"token"`` (default): the global token mean: sequence ``i`` gets :math:`S_i N_g / T_g` (its token-loss sum times
@@ -22,11 +22,19 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses.functional._checks import as_index, not_ignored
-from lightning_losses.functional._checks import upcast_half as _upcast
-from lightning_losses.functional.policy import NORMALIZATIONS, aggregate_tokens
+from lightning_losses._validation.tensors import as_index, not_ignored
+from lightning_losses._validation.tensors import upcast_half as _upcast
+from lightning_losses.functional.aggregation import NORMALIZATIONS, aggregate_tokens
 
-__all__ = ["REDUCTIONS", "check_tokens", "reduce_tokens", "sequence_logps", "token_cross_entropy", "token_logps"]
+__all__ = [
+    "REDUCTIONS",
+    "check_tokens",
+    "gather_targets",
+    "reduce_tokens",
+    "sequence_logps",
+    "token_cross_entropy",
+    "token_logps",
+]
 
 REDUCTIONS = ("sample", "none")
 
@@ -69,7 +77,8 @@ def check_tokens(
     return _upcast(logits), as_index(target)
 
 
-def _gather(logp: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def gather_targets(logp: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``logp[..., target]`` per token (0-th class where not ``valid``, so ignored labels never index out of range)."""
     return logp.gather(-1, torch.where(valid, target, torch.zeros_like(target)).unsqueeze(-1)).squeeze(-1)
 
 
@@ -93,7 +102,7 @@ def token_logps(
     """
     z, y = check_tokens(logits, labels, ignore_index=ignore_index, shift=shift, validate_args=validate_args)
     valid = y != ignore_index
-    logp = _gather(z, y, valid) - torch.logsumexp(z, dim=-1)
+    logp = gather_targets(z, y, valid) - torch.logsumexp(z, dim=-1)
     return torch.where(valid, logp, torch.zeros_like(logp)), valid
 
 
@@ -181,7 +190,7 @@ def token_cross_entropy(
     z, y = check_tokens(logits, target, ignore_index=ignore_index, validate_args=validate_args)
     valid = y != ignore_index
     log_z = torch.logsumexp(z, dim=-1)
-    nll = log_z - _gather(z, y, valid)
+    nll = log_z - gather_targets(z, y, valid)
     loss = nll if not label_smoothing else (1.0 - label_smoothing) * nll + label_smoothing * (log_z - z.mean(-1))
     if z_loss:
         loss = loss + z_loss * log_z.square()

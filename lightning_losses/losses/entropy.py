@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from lightning_losses._validation import check_int, check_number
-from lightning_losses.functional._checks import not_ignored
+from lightning_losses._validation.tensors import not_ignored
 from lightning_losses.functional.entropy import confidence_penalty, entropy_minimization
 from lightning_losses.losses.base import LOSSES, Loss
 

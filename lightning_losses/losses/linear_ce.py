@@ -4,7 +4,7 @@ Inputs: ``hidden [N, T, H]`` (last hidden states, already aligned with the shift
 output embedding, e.g. ``lm_head.weight``), ``target [N, T]`` (``ignore_index`` on padding and prompt tokens),
 optional ``bias [V]`` and ``token_weight [N, T]`` (multiplies each token's loss). Output: one loss per sequence
 ``[N]``, the per-token losses of :func:`~lightning_losses.functional.linear_ce.linear_cross_entropy` reduced over the
-valid tokens by :func:`~lightning_losses.functional.policy.aggregate_tokens` (the same normalisations as the policy
+valid tokens by :func:`~lightning_losses.functional.aggregation.aggregate_tokens` (the same normalisations as the policy
 losses); sequences without a valid token are masked out of the objective's normaliser.
 
 Example (a recipe term)::
@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 
 from lightning_losses._validation import check_choice, check_int, check_number
+from lightning_losses._validation.tensors import not_ignored
 from lightning_losses.functional import linear_ce as LCE
-from lightning_losses.functional._checks import not_ignored
-from lightning_losses.functional.policy import NORMALIZATIONS, aggregate_tokens
+from lightning_losses.functional.aggregation import NORMALIZATIONS, aggregate_tokens
 from lightning_losses.losses.base import LOSSES, Loss
 
 __all__ = ["LinearCrossEntropy"]

@@ -24,9 +24,9 @@ import torch
 
 from lightning_losses._validation import check_choice, check_int, check_number
 from lightning_losses.distributed import global_sum
-from lightning_losses.entropy.controller import dual_ascent_step, entropy_error
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional import policy as PF
+from lightning_losses.functional.dual_ascent import dual_ascent_step, entropy_error
 from lightning_losses.losses.base import LOSSES, Loss
 
 __all__ = ["GRPO", "PPOClip"]

@@ -5,7 +5,7 @@ before the call for a causal LM, e.g. ``logits[:, :-1]`` with ``input_ids[:, 1:]
 that do not count; ``emo`` also takes ``cost_embedding [V, D]``. Output: one loss per sequence ``[N]``; sequences
 without any valid token are masked out of the objective's normaliser (``sample_mask``).
 
-``normalization`` (see :func:`~lightning_losses.functional.policy.aggregate_tokens`): ``"token"`` (default: the
+``normalization`` (see :func:`~lightning_losses.functional.aggregation.aggregate_tokens`): ``"token"`` (default: the
 objective's mean is the global token mean, the usual LM loss, DDP-exact), ``"sequence"`` (per-sequence token mean,
 the usual input of loss-based reweighting), ``"sum"`` or ``"constant"``.
 
@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 
 from lightning_losses._validation import check_choice, check_int, check_number
+from lightning_losses._validation.tensors import not_ignored
 from lightning_losses.functional import lm as LM
 from lightning_losses.functional import token as TK
-from lightning_losses.functional._checks import not_ignored
-from lightning_losses.functional.policy import NORMALIZATIONS
+from lightning_losses.functional.aggregation import NORMALIZATIONS
 from lightning_losses.losses.base import LOSSES, Loss
 
 __all__ = ["DCO", "EMO", "MixCE", "TokenCrossEntropy"]

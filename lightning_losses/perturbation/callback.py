@@ -38,16 +38,15 @@ the module's bases, and the first optimizer step raises when an ``optimizer_step
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
-from lightning_losses._compat import closure_result, set_closure_result, state_key
-from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
+from lightning_losses._compat import closure_result, set_closure_result
+from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation.checkpoints import guarded_checkpoints, unperturbed_checkpoint
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
@@ -77,7 +76,7 @@ __all__ = [
 ]
 
 
-class WeightPerturbation(Callback):
+class WeightPerturbation(MixinCallback):
     r"""Sharpness-aware training on any ``LossesMixin`` model with automatic optimization.
 
     Args:
@@ -121,13 +120,15 @@ class WeightPerturbation(Callback):
         self._first_result: Any = None
         self._hook_ran = False  # the wrapped closure ran in this optimizer step (the mixin hook is in effect)
 
-    @functools.cached_property
-    def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls (~20 per step)
-        return state_key(self, method=self.method, **{k: repr(v) for k, v in sorted(self.options.items())})
+    slot = "step"
+
+    @override
+    def state_key_fields(self) -> dict[str, Any]:
+        return {"method": self.method, **{k: repr(v) for k, v in sorted(self.options.items())}}
 
     # ------------------------------------------------------------------ lifecycle
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        require_mixin(self, pl_module)
+    @override
+    def check_module(self, pl_module: Any) -> None:
         if not pl_module.automatic_optimization:
             raise ConfigurationError(
                 f"{type(self).__name__} works with automatic optimization; with manual optimization call "
@@ -142,26 +143,33 @@ class WeightPerturbation(Callback):
                 raise ConfigurationError(
                     f"`ascent_terms` names unknown objective term(s) {unknown}; the objective has {valid}"
                 )
-        pl_module.attach("step", self)  # raises when a Lightning class's `optimizer_step` hides the mixin's
+
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # attach raises when a Lightning `optimizer_step` hides the mixin's
         self._named = None
         self._hook_ran = False
 
+    @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # after `LightningModule.setup` / `configure_model`, which may create layers and metrics
         self._bn = batchnorm_modules(pl_module)
         self._metrics = metric_modules(pl_module)
 
+    @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if hasattr(pl_module, "detach"):
-            pl_module.detach("step", self)
+        super().teardown(trainer, pl_module, stage)
         self._bn = self._metrics = None
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return self.engine.state_dict()
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.engine.load_state_dict(state_dict)
 
+    @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.engine.collect_stats = step_logs_due(trainer)  # valid before the step too (as LearningRateMonitor uses it)
         if trainer.accumulate_grad_batches > 1:
@@ -169,12 +177,14 @@ class WeightPerturbation(Callback):
                 self._batches.clear()
             self._batches.append((batch, batch_idx))
 
+    @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._new_stats and self.engine.last_stats and step_logs_due(trainer):
             stats = {f"perturbation/{k}": v for k, v in self.engine.last_stats.items()}
             pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=1)
         self._new_stats = False
 
+    @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         """Raise before the first optimizer step that took Lightning's closure unwrapped (an ``optimizer_step``
         override that does not call ``LossesMixin.optimizer_step``): the step would silently be a plain one."""
@@ -187,6 +197,7 @@ class WeightPerturbation(Callback):
             )
         self._hook_ran = False
 
+    @override
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """A checkpoint written while the weights are perturbed (from a hook inside the step) gets the originals."""
         unperturbed_checkpoint(checkpoint, pl_module, self.engine)

@@ -27,7 +27,7 @@ from lightning_losses._validation import check_choice, check_int, check_number, 
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
-from lightning_losses.perturbation.passes import _restored_buffers, batchnorm_modules, frozen_batchnorm
+from lightning_losses.perturbation.passes import batchnorm_modules, frozen_batchnorm, restored_buffers
 from lightning_losses.perturbation.selection import check_patterns, matches, select_parameters
 from lightning_losses.perturbation.step_state import StepState, saved_copy
 from lightning_losses.schedules import Schedule, build_schedule
@@ -182,7 +182,7 @@ class Perturbation:
 
     def _frozen_bn(self, modules: Sequence[nn.Module]) -> contextlib.AbstractContextManager:
         """:func:`frozen_batchnorm` that also exposes the snapshots to :meth:`original_weights`."""
-        return _restored_buffers(modules, self._frozen_buffers) if modules else contextlib.nullcontext()
+        return restored_buffers(modules, self._frozen_buffers) if modules else contextlib.nullcontext()
 
     # ------------------------------------------------------------------ the step
     def step(

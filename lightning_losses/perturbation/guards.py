@@ -3,14 +3,16 @@ and :mod:`lightning_losses.perturbation.checkpoints`. This module keeps the old 
 
 from lightning_losses.perturbation.checkpoints import guarded_checkpoints, unperturbed_checkpoint
 from lightning_losses.perturbation.passes import (
-    _restored_buffers,  # noqa: F401  (private, imported from here before)
     ascent_terms_only,
     batchnorm_modules,
     frozen_batchnorm,
     frozen_metrics,
     metric_modules,
+    restored_buffers,
     suppressed_logging,
 )
+
+_restored_buffers = restored_buffers  # its old private name, imported from here before
 
 __all__ = [
     "ascent_terms_only",
@@ -19,6 +21,7 @@ __all__ = [
     "frozen_metrics",
     "guarded_checkpoints",
     "metric_modules",
+    "restored_buffers",
     "suppressed_logging",
     "unperturbed_checkpoint",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "frozen_metrics",
     "metric_modules",
     "replay",
+    "restored_buffers",
     "rerun",
     "suppressed_logging",
     "training_step_loss",
@@ -60,11 +61,11 @@ def frozen_batchnorm(modules: Sequence[nn.Module]) -> contextlib.AbstractContext
     """Run the body in train mode but leave BatchNorm running statistics (and ``num_batches_tracked``) exactly as
     they were: the buffers are snapshotted and copied back (works for ``momentum=None`` too). No modules: a no-op
     context."""
-    return _restored_buffers(modules) if modules else contextlib.nullcontext()
+    return restored_buffers(modules) if modules else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
-def _restored_buffers(modules: Sequence[nn.Module], originals: dict[int, Tensor] | None = None):
+def restored_buffers(modules: Sequence[nn.Module], originals: dict[int, Tensor] | None = None):
     """``originals`` (optional) holds ``id(buffer) -> snapshot`` while inside (for checkpoints written meanwhile)."""
     buffers = [b for m in modules for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     saved = [b.clone() for b in buffers]

@@ -27,24 +27,24 @@ rank). A ``training_step`` that returns ``None`` skips the step here too: the ro
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from lightning_losses import distributed
-from lightning_losses._compat import state_key
+from lightning_losses._state import representative, step_skipped
 from lightning_losses._validation import check_int, check_number, check_state_keys
-from lightning_losses.callbacks import CALLBACKS, require_mixin
+from lightning_losses.callbacks import CALLBACKS, MixinCallback
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional.distillation import kd
 from lightning_losses.schedules import Schedule, build_schedule
+from lightning_losses.sync import sync_statistics
 
 __all__ = ["SAF"]
 
 
-class SAF(Callback):
+class SAF(MixinCallback):
     r"""Sharpness-Aware Training for Free: the trajectory loss as an extra per-sample objective term.
 
     Needs ``compute_loss(logits=..., index=...)`` with ``index`` the sample's position in the training set (the
@@ -98,19 +98,14 @@ class SAF(Callback):
         self.nonfinite: torch.Tensor | int = 0  #: samples whose outputs were not recorded (not finite)
         self._journal: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] | None = None  # rows overwritten
 
-    @functools.cached_property
-    def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
-        return state_key(self, name=self.name)
+    slot = "terms"
+
+    @override
+    def state_key_fields(self) -> dict[str, Any]:
+        return {"name": self.name}
 
     # ------------------------------------------------------------------ lifecycle
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        require_mixin(self, pl_module)
-        pl_module.attach("terms", self)
-
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if hasattr(pl_module, "detach"):
-            pl_module.detach("terms", self)
-
+    @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.num_samples is None:
             loader = getattr(trainer, "train_dataloader", None)
@@ -122,21 +117,23 @@ class SAF(Callback):
                     "length"
                 ) from None
 
+    @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._journal = []
 
+    @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        from lightning_losses.reweighting.guards import step_skipped
-
         if step_skipped(pl_module, outputs) and self._journal and self.logits is not None and self.stamp is not None:
             for index, slot, rows, stamps in reversed(self._journal):  # the skipped step recorded nothing
                 self.logits[index, slot] = rows
                 self.stamp[index, slot] = stamps
         self._journal = None
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"logits": self.logits, "stamp": self.stamp}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         check_state_keys(f"SAF `{self.name}`", state_dict, ("logits", "stamp"))
         self.logits, self.stamp = state_dict["logits"], state_dict["stamp"]
@@ -166,14 +163,10 @@ class SAF(Callback):
         table, stamp = self._tables(logits)
         values = logits.detach().float()
         if distributed.is_distributed():
-            from lightning_losses.reweighting.sync import sync_statistics
-
             synced, _ = sync_statistics({"index": index, "logits": values}, {"index": "cat", "logits": "cat"})
             index, values = synced["index"].long(), synced["logits"]
-        from lightning_losses.reweighting.store import _representative
-
         finite = torch.isfinite(values).all(-1)
-        rep = _representative(index, finite)  # duplicates (sampler padding) all write the first finite copy's row
+        rep = representative(index, finite)  # duplicates (sampler padding) all write the first finite copy's row
         keep = finite[rep]
         slot = epoch % (self.epochs_ago + 1)
         old_rows, old_stamps = table[index, slot], stamp[index, slot]

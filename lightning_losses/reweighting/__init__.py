@@ -35,7 +35,7 @@ from lightning_losses.reweighting.metrics import GroupAccuracy, global_weight_st
 from lightning_losses.reweighting.per_sample import JTT, PerSampleEMA
 from lightning_losses.reweighting.sampler import BalancedSampler
 from lightning_losses.reweighting.store import PerSampleStore
-from lightning_losses.reweighting.sync import sync_statistics
+from lightning_losses.sync import sync_statistics
 
 __all__ = [
     "BalancedSampler",

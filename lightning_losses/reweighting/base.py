@@ -3,7 +3,7 @@
 A step (``weights = reweighter(losses=..., sample_mask=..., **tensors)``) runs in four fixed phases::
 
     local = self.local_statistics(losses, inputs)          # this rank's statistics (no collective)
-    synced, offset = sync_statistics(local, self.statistics) # THE sync point (see lightning_losses.reweighting.sync)
+    synced, offset = sync_statistics(local, self.statistics) # THE sync point (see lightning_losses.sync)
     merge synced values into accumulated states               # add_state(..., reduction="sum" / "max" / "min")
     weights = self.compute(losses, synced, inputs)           # pure function of synced values and state
 
@@ -50,7 +50,7 @@ from lightning_losses.reweighting.guards import (
     id_range,
     nonfinite_mask,
 )
-from lightning_losses.reweighting.sync import sync_statistics
+from lightning_losses.sync import sync_statistics
 
 __all__ = ["REWEIGHTERS", "Reweighter", "build_reweighter", "list_reweighters"]
 

@@ -28,21 +28,20 @@ Semantics:
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
-from lightning_losses._compat import attached_trainer, logger_connector, state_key
+from lightning_losses._compat import attached_trainer, logger_connector
+from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_int
-from lightning_losses.callbacks import CALLBACKS, require_mixin, step_logs_due
+from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
-from lightning_losses.reweighting.guards import step_skipped
 from lightning_losses.reweighting.metrics import GroupAccuracy, global_weight_stats
-from lightning_losses.reweighting.sync import sync_statistics
+from lightning_losses.sync import sync_statistics
 
 __all__ = ["SampleReweighting"]
 
@@ -111,7 +110,7 @@ def _datamodule_groups(trainer: Any) -> int | None:
 
 
 @CALLBACKS.register("sample_reweighting", aliases=("reweighting",))
-class SampleReweighting(Callback):
+class SampleReweighting(MixinCallback):
     """Reweight training samples online with a registered strategy (``ll.list_reweighters()``).
 
     Args:
@@ -143,23 +142,31 @@ class SampleReweighting(Callback):
         self._committed = False  # an optimizer step committed the state during this micro-batch
         self._uncommitted = 0  # micro-batches merged since the last commit
 
-    @functools.cached_property
-    def state_key(self) -> str:  # cached: Lightning reads it for every callback hook it calls
-        return state_key(self, strategy=self.reweighter.strategy)
+    slot = "reweighter"
+
+    @override
+    def state_key_fields(self) -> dict[str, Any]:
+        return {"strategy": self.reweighter.strategy}
 
     # ------------------------------------------------------------------ wiring
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        require_mixin(self, pl_module)
+    @override
+    def slot_plugin(self, pl_module: Any) -> _Attached:
+        """The reweighter bound to ``pl_module`` (one per module, kept across ``setup`` calls)."""
         if self._attached is None or self._attached.module is not pl_module:
             self._attached = _Attached(self.reweighter, pl_module)
-        pl_module.attach("reweighter", self._attached)
+        return self._attached
+
+    @override
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         self.reweighter.accumulating = True  # the state advances in on_before_optimizer_step
 
+    @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if self._attached is not None:
-            pl_module.detach("reweighter", self._attached)
+        super().teardown(trainer, pl_module, stage)
         self.reweighter.accumulating = False
 
+    @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         size = _dataset_length(getattr(trainer, "train_dataloader", None))
         if size:
@@ -177,9 +184,11 @@ class SampleReweighting(Callback):
             )
         self._uncommitted = 0
 
+    @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._undo, self._committed = self.reweighter.snapshot(), False
 
+    @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self.reweighter.commit()  # once per optimizer step, after all its micro-batches
         self._committed = True
@@ -198,6 +207,7 @@ class SampleReweighting(Callback):
         self._undo = None
         return skipped
 
+    @override
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self.reweighter.set_epoch(trainer.current_epoch)
 
@@ -211,6 +221,7 @@ class SampleReweighting(Callback):
             self._group_metric = GroupAccuracy(size).to(group.device)
         return self._group_metric
 
+    @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._settle(pl_module, outputs) or self.log_every_n_steps == 0:
             return
@@ -256,9 +267,11 @@ class SampleReweighting(Callback):
                 connector.log_metrics(metrics)
 
     # ------------------------------------------------------------------ checkpointing
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"strategy": self.reweighter.strategy, "reweighter": self.reweighter.state_dict()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("strategy") != self.reweighter.strategy:
             raise ValueError(

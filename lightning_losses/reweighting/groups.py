@@ -24,7 +24,7 @@ from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional import reweighting as F
 from lightning_losses.reweighting.base import REWEIGHTERS, Reweighter
 from lightning_losses.reweighting.store import PerSampleStore
-from lightning_losses.reweighting.sync import sync_statistics
+from lightning_losses.sync import sync_statistics
 
 __all__ = ["ClassBalanced", "EMAClassLoss", "GroupDRO"]
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from lightning_losses._state import step_skipped  # moved to the shared layer; re-exported here
+
 __all__ = [
     "ID_KEYS",
     "Undoable",
@@ -120,14 +122,6 @@ def check_id_range(strategy: str, key: str, arg: str, size: int | None, extremes
         f"reweighter `{strategy}`: `{key}` id {hi} is out of range for `{arg}` = {size} (ids must be in "
         f"[0, {size})); set `{arg}` to the true number"
     )
-
-
-def step_skipped(pl_module: Any, outputs: Any) -> bool:
-    """Whether Lightning skipped the optimisation of this batch because ``training_step`` returned ``None``
-    (automatic optimization hands ``on_train_batch_end`` an empty dict then)."""
-    if not getattr(pl_module, "automatic_optimization", True):
-        return False
-    return outputs is None or (isinstance(outputs, Mapping) and outputs.get("loss") is None)
 
 
 class Undoable:

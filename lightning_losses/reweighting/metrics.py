@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 import torchmetrics
 
-from lightning_losses.reweighting.sync import sync_statistics
+from lightning_losses.sync import sync_statistics
 
 __all__ = ["GroupAccuracy", "global_weight_stats"]
 

@@ -32,22 +32,12 @@ from collections.abc import Mapping
 
 import torch
 
+from lightning_losses._state import representative
+
 __all__ = ["MAX_GROWTH", "PerSampleStore", "first_occurrence"]
 
 #: the largest table a store grows to on demand (2**27 samples: 1 GiB at 8 bytes per sample)
 MAX_GROWTH = 2**27
-
-
-def _representative(index: torch.Tensor, preferred: torch.Tensor | None = None) -> torch.Tensor:
-    """For every entry, the position of the first entry with the same index value, taking ``preferred`` entries
-    before the others (one stable sort, no host sync)."""
-    index = index.long()  # `index * 2` must not overflow a narrow dtype
-    key = index * 2 if preferred is None else index * 2 + (~preferred).long()
-    sorted_key, order = torch.sort(key, stable=True)
-    value = sorted_key >> 1
-    rep = torch.empty_like(order)
-    rep[order] = order[torch.searchsorted(value, value)]  # first sorted position of each value
-    return rep
 
 
 def first_occurrence(index: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -62,7 +52,7 @@ def first_occurrence(index: torch.Tensor, valid: torch.Tensor | None = None) -> 
     """
     if index.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=index.device)
-    return _first(index, _representative(index, valid), valid)
+    return _first(index, representative(index, valid), valid)
 
 
 def _first(index: torch.Tensor, rep: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -176,7 +166,7 @@ class PerSampleStore:
         self._check(index)
         if index.numel() == 0:
             return torch.zeros(0, dtype=torch.bool, device=index.device)
-        rep = _representative(index, valid)
+        rep = representative(index, valid)
         self._rep = (index, rep)  # reused by write() on the same index tensor
         mask = _first(index, rep, valid)
         if self.once_per_epoch:
@@ -199,7 +189,7 @@ class PerSampleStore:
         if index.numel() == 0:
             return
         cached = self._rep is not None and self._rep[0] is index
-        rep = self._rep[1] if cached else _representative(index, mask)
+        rep = self._rep[1] if cached else representative(index, mask)
         take = mask[rep]
         if self._journal is not None:
             self._journal.append((index, {n: self.tables[n][index] for n in values}, self.stamp[index]))

@@ -173,7 +173,7 @@ def test_integer_labels_of_any_width_equal_int64(name):
 
 
 def test_not_ignored_does_not_wrap_an_ignore_index_the_dtype_cannot_hold():
-    from lightning_losses.functional._checks import not_ignored
+    from lightning_losses._validation.tensors import not_ignored
 
     labels = torch.tensor([156, 3, 255, 0])
     assert not_ignored(labels.to(torch.uint8), -100).all()  # -100 as uint8 would be 156

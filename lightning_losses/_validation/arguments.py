@@ -1,4 +1,5 @@
-"""Argument validation helpers shared by every component (messages name the argument, expectation and value)."""
+"""Argument validation at construction time, shared by every component (messages name the argument, expectation
+and value)."""
 
 from __future__ import annotations
 
