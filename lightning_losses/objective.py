@@ -136,6 +136,21 @@ def _to_container(spec: Any) -> Any:
     return spec
 
 
+def _check_term_name(name: Any, seen: set[str]) -> None:
+    """A term name becomes a ``torch.nn.ModuleDict`` key: a non-empty string without ``.``, not an attribute of the
+    ``ModuleDict`` (``training``, ``keys``, ...) and not given twice; ``seen`` collects the names checked so far."""
+    allowed = "a non-empty string without `.` that is not an attribute of torch.nn.ModuleDict (e.g. `ce`)"
+    if not isinstance(name, str) or not name or "." in name or hasattr(_TAKEN, name):
+        hint = f"; use e.g. {name.replace('.', '_')!r}" if isinstance(name, str) and "." in name else ""
+        raise ConfigurationError(f"objective term name must be {allowed}, got {name!r}{hint}")
+    if name in seen:
+        raise ConfigurationError(f"objective term name {name!r} is given twice; each term needs its own name")
+    seen.add(name)
+
+
+_TAKEN = nn.ModuleDict()  # the attributes a term name must not shadow
+
+
 def _build_term(name: str, spec: Any) -> Term:
     if spec is None:
         spec = {}
@@ -180,15 +195,18 @@ class Objective(nn.Module):
         if isinstance(spec, Mapping):
             if not spec:
                 raise ConfigurationError("an objective needs at least one term, got an empty mapping")
-            terms = []
+            terms, seen = [], set()
             for name, term_spec in spec.items():
+                _check_term_name(str(name), seen)
                 try:
                     terms.append(_build_term(str(name), term_spec))
                 except ConfigurationError as err:
                     msg = str(err)
                     raise ConfigurationError(msg if msg.startswith("term ") else f"term `{name}`: {msg}") from None
         elif isinstance(spec, (list, tuple)) and spec and all(isinstance(t, Term) for t in spec):
-            terms = list(spec)
+            terms, seen = list(spec), set()
+            for term in terms:
+                _check_term_name(term.name, seen)
         else:
             raise ConfigurationError(
                 f"an objective spec must be a mapping such as {{'cross_entropy': {{}}}}, a YAML path or a "

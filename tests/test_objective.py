@@ -144,6 +144,36 @@ def test_objective_errors(spec, match):
         ll.Objective(spec)
 
 
+_ALLOWED = r"must be a non-empty string without `\.` that is not an attribute of torch\.nn\.ModuleDict \(e\.g\. `ce`\)"
+
+
+@pytest.mark.parametrize(
+    ("name", "got"),
+    [
+        ("a.b", r"got 'a\.b'; use e\.g\. 'a_b'"),
+        ("", r"got ''$"),
+        ("training", r"got 'training'$"),
+        ("keys", r"got 'keys'$"),
+    ],
+)
+def test_term_names_that_cannot_be_module_names_are_refused(name, got):
+    """A bad term name is a configuration error naming it (it was a bare KeyError from `nn.ModuleDict`), in both
+    spec forms, before the loss is built (``{"a.b": {}}`` is about the name, not an unknown loss `a.b`)."""
+    match = rf"objective term name {_ALLOWED}, {got}"
+    with pytest.raises(ll.ConfigurationError, match=match):
+        ll.Objective({name: {"loss": "cross_entropy"}})
+    with pytest.raises(ll.ConfigurationError, match=match):
+        ll.Objective({name: {}})
+    with pytest.raises(ll.ConfigurationError, match=match):
+        ll.Objective([ll.Term(name, ll.build_loss("cross_entropy"), ll.build_schedule(1.0))])
+
+
+def test_a_term_name_given_twice_is_refused():
+    terms = [ll.Term("ce", ll.build_loss(loss), ll.build_schedule(1.0)) for loss in ("cross_entropy", "focal")]
+    with pytest.raises(ll.ConfigurationError, match=r"objective term name 'ce' is given twice"):
+        ll.Objective(terms)
+
+
 def test_objective_from_yaml_and_dictconfig(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("gamma: 3.0\nobjective:\n  focal: {gamma: '${gamma}'}\n")
