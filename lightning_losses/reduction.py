@@ -37,12 +37,17 @@ def weighted_mean(
         >>> float(loss), float(value)
         (2.5, 2.5)
     """
-    weights = weights.detach().to(per_sample.dtype)
-    local = (weights * per_sample).sum()
-    extra = stats if stats is not None else per_sample.new_zeros(0)
-    packed = torch.cat([torch.stack([weights.sum(), local.detach()]), extra.detach().to(per_sample.dtype)])
+    dtype = per_sample.dtype
+    weights = weights.detach()
+    if weights.dtype != dtype:
+        weights = weights.to(dtype)
+    local = torch.dot(per_sample, weights)  # one autograd node: its backward hands `per_sample` a contiguous gradient
+    packed = torch.stack([weights.sum(), local.detach()])
+    if stats is not None:
+        packed = torch.cat([packed, stats.detach().to(dtype)])
     reduced = global_sum(packed)
-    total_weight = reduced[0].clamp_min(torch.finfo(per_sample.dtype).tiny)
-    loss = local * world_size() / total_weight
+    total_weight = reduced[0].clamp_min(torch.finfo(dtype).tiny)
+    k = world_size()
+    loss = local / total_weight if k == 1 else local * k / total_weight
     value = reduced[1] / total_weight
     return loss, value, reduced[2:]
