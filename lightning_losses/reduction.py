@@ -41,13 +41,11 @@ def weighted_mean(
     weights = weights.detach()
     if weights.dtype != dtype:
         weights = weights.to(dtype)
-    local = torch.dot(per_sample, weights)  # one autograd node: its backward hands `per_sample` a contiguous gradient
-    packed = torch.stack([weights.sum(), local.detach()])
+    packed = torch.stack([weights.sum(), torch.dot(per_sample.detach(), weights)])
     if stats is not None:
         packed = torch.cat([packed, stats.detach().to(dtype)])
     reduced = global_sum(packed)
     total_weight = reduced[0].clamp_min(torch.finfo(dtype).tiny)
-    k = world_size()
-    loss = local / total_weight if k == 1 else local * k / total_weight
-    value = reduced[1] / total_weight
-    return loss, value, reduced[2:]
+    # one autograd node, whose backward hands `per_sample` a contiguous gradient (the normalised weights)
+    loss = torch.dot(per_sample, weights / (total_weight / world_size()))
+    return loss, reduced[1] / total_weight, reduced[2:]
