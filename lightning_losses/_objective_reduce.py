@@ -117,12 +117,14 @@ def reduce_terms(
     if reweighter is not None:
         weights = reweighter(losses=per_sample.detach(), sample_mask=mask, **tensors)
         weights = weights.detach().to(per_sample.dtype) * counted
-    # the counted samples and each term's sum over them, in weighted_mean's one collective
-    rows = torch.stack([counted] + [values[n].detach().to(per_sample.dtype) for n in names])
-    loss, value, reduced = weighted_mean(per_sample, weights, torch.mv(rows, counted))
     if reweighter is None and len(values) == 1 and names and coefficients.get(names[0], 1.0) == 1.0:
-        terms = {names[0]: value}  # one term with coefficient 1, unweighted: its mean is the loss
+        # one term with coefficient 1, unweighted: its mean is the loss, with no statistics of its own
+        loss, value, _ = weighted_mean(per_sample, weights)
+        terms = {names[0]: value}
     else:
+        # the counted samples and each term's sum over them, in weighted_mean's one collective
+        rows = torch.stack([counted] + [values[n].detach().to(per_sample.dtype) for n in names])
+        loss, value, reduced = weighted_mean(per_sample, weights, torch.mv(rows, counted))
         count = reduced[0].clamp_min(1.0)
         terms = {n: reduced[1 + i] / count for i, n in enumerate(names)}
     for name, v in values.items():

@@ -46,6 +46,7 @@ def weighted_mean(
         packed = torch.cat([packed, stats.detach().to(dtype)])
     reduced = global_sum(packed)
     total_weight = reduced[0].clamp_min(torch.finfo(dtype).tiny)
+    k = world_size()
     # one autograd node, whose backward hands `per_sample` a contiguous gradient (the normalised weights)
-    loss = torch.dot(per_sample, weights / (total_weight / world_size()))
+    loss = torch.dot(per_sample, weights / (total_weight if k == 1 else total_weight / k))
     return loss, reduced[1] / total_weight, reduced[2:]
