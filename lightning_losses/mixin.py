@@ -110,9 +110,9 @@ class LossesMixin:
     def compute_loss(self, **tensors: Any) -> torch.Tensor:
         """Evaluate the objective on named tensors and return the scalar loss to backpropagate.
 
-        Keeps the per-sample losses and weights in :attr:`objective_output` and logs
-        ``{stage}/loss`` and ``{stage}/{term}`` (global values: identical on every rank, no extra sync). Reweighting
-        and extra terms apply in training only.
+        Keeps the per-sample losses and weights in :attr:`objective_output` and logs ``{stage}/loss`` and
+        ``{stage}/{term}`` (global values: identical on every rank, no extra sync). Reweighting and extra terms apply
+        in training only.
 
         Raises:
             ConfigurationError: :meth:`configure_objective` was never called.
