@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses.distributed import global_sum, world_size
+from lightning_losses.distributed import global_sum, is_distributed, world_size
 
 __all__ = ["weighted_mean"]
 
@@ -41,12 +41,15 @@ def weighted_mean(
     weights = weights.detach()
     if weights.dtype != dtype:
         weights = weights.to(dtype)
+    tiny = torch.finfo(dtype).tiny
+    if not is_distributed():  # the local sums are the global ones: nothing to pack for a collective
+        # one autograd node, whose backward hands `per_sample` a contiguous gradient (the normalised weights)
+        loss = torch.dot(per_sample, weights / weights.sum().clamp_min(tiny))
+        return loss, loss.detach(), per_sample.new_zeros(0) if stats is None else stats.detach().to(dtype)
     packed = torch.stack([weights.sum(), torch.dot(per_sample.detach(), weights)])
     if stats is not None:
         packed = torch.cat([packed, stats.detach().to(dtype)])
     reduced = global_sum(packed)
-    total_weight = reduced[0].clamp_min(torch.finfo(dtype).tiny)
-    k = world_size()
-    # one autograd node, whose backward hands `per_sample` a contiguous gradient (the normalised weights)
-    loss = torch.dot(per_sample, weights / (total_weight if k == 1 else total_weight / k))
+    total_weight = reduced[0].clamp_min(tiny)
+    loss = torch.dot(per_sample, weights / (total_weight / world_size()))
     return loss, reduced[1] / total_weight, reduced[2:]
