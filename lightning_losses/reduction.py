@@ -45,7 +45,7 @@ def weighted_mean(
     if not is_distributed():  # the local sums are the global ones: nothing to pack for a collective
         # one autograd node, whose backward hands `per_sample` a contiguous gradient (the normalised weights)
         loss = torch.dot(per_sample, weights / weights.sum().clamp_min(tiny))
-        return loss, loss.detach(), per_sample.new_zeros(0) if stats is None else stats.detach().to(dtype)
+        return loss, loss.detach(), weights[:0] if stats is None else stats.detach().to(dtype)
     packed = torch.stack([weights.sum(), torch.dot(per_sample.detach(), weights)])
     if stats is not None:
         packed = torch.cat([packed, stats.detach().to(dtype)])
