@@ -29,10 +29,13 @@ class Term:
     inputs: dict[str, str] = field(default_factory=dict)
 
     def source(self, arg: str) -> str:
+        """The name of the tensor given to the loss argument ``arg`` (``arg`` itself unless ``inputs`` maps it)."""
         return self.inputs.get(arg, arg)
 
 
 def to_container(spec: Any) -> Any:
+    """``spec`` as plain containers: a YAML path is loaded, a ``DictConfig`` resolved, and a recipe's ``objective``
+    section taken when there is one."""
     if isinstance(spec, (str, Path)):
         path = Path(spec)
         if not path.is_file():
@@ -61,6 +64,12 @@ _TAKEN = nn.ModuleDict()  # the attributes a term name must not shadow
 
 
 def build_term(name: str, spec: Any) -> Term:
+    """The :class:`Term` named ``name`` from its spec (``None``, a loss, a registry name or a mapping of loss
+    arguments plus the reserved keys ``loss``, ``coefficient`` and ``inputs``).
+
+    Raises:
+        ConfigurationError: an unknown loss or argument, an invalid coefficient or ``inputs`` mapping.
+    """
     if spec is None:
         spec = {}
     if isinstance(spec, (Loss, str)):
