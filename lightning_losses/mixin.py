@@ -112,10 +112,9 @@ class LossesMixin:
     def compute_loss(self, **tensors: Any) -> torch.Tensor:
         """Evaluate the objective on named tensors and return the scalar loss to backpropagate.
 
-        Keeps the per-sample losses and weights in :attr:`objective_output` (on the single-term path of one process,
-        evaluated when first read: see :class:`~lightning_losses.objective.ObjectiveOutput`) and logs
-        ``{stage}/loss`` and ``{stage}/{term}`` (global values: identical on every rank, no extra sync). Reweighting
-        and extra terms apply in training only.
+        Keeps the per-sample losses and weights in :attr:`objective_output` and logs ``{stage}/loss`` and
+        ``{stage}/{term}`` (global values: identical on every rank, no extra sync). Reweighting and extra terms apply
+        in training only.
 
         Raises:
             ConfigurationError: :meth:`configure_objective` was never called.
@@ -139,7 +138,7 @@ class LossesMixin:
         if training and state.get("_ll_check_loss"):
             state["_ll_loss_seen"] = True
         # the step (a chain of Lightning properties) only when a schedule or a plug-in reads it
-        step = int(self.global_step) if attached and (extra_plugins or objective._plan()[1]) else 0
+        step = int(self.global_step) if attached and (extra_plugins or objective.uses_step) else 0
         extra: dict[str, torch.Tensor] = {}
         for plugin in extra_plugins:
             extra.update(plugin.extra_terms(self, tensors, step))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses.distributed import global_sum, world_size
+from lightning_losses.distributed import global_sum, is_distributed, world_size
 
 __all__ = ["weighted_mean"]
 
@@ -37,12 +37,19 @@ def weighted_mean(
         >>> float(loss), float(value)
         (2.5, 2.5)
     """
-    weights = weights.detach().to(per_sample.dtype)
-    local = (weights * per_sample).sum()
-    extra = stats if stats is not None else per_sample.new_zeros(0)
-    packed = torch.cat([torch.stack([weights.sum(), local.detach()]), extra.detach().to(per_sample.dtype)])
+    dtype = per_sample.dtype
+    weights = weights.detach()
+    if weights.dtype != dtype:
+        weights = weights.to(dtype)
+    tiny = torch.finfo(dtype).tiny
+    if not is_distributed():  # the local sums are the global ones: nothing to pack for a collective
+        # one autograd node, whose backward hands `per_sample` a contiguous gradient (the normalised weights)
+        loss = torch.dot(per_sample, weights / weights.sum().clamp_min(tiny))
+        return loss, loss.detach(), weights[:0] if stats is None else stats.detach().to(dtype)
+    packed = torch.stack([weights.sum(), torch.dot(per_sample.detach(), weights)])
+    if stats is not None:
+        packed = torch.cat([packed, stats.detach().to(dtype)])
     reduced = global_sum(packed)
-    total_weight = reduced[0].clamp_min(torch.finfo(per_sample.dtype).tiny)
-    loss = local * world_size() / total_weight
-    value = reduced[1] / total_weight
-    return loss, value, reduced[2:]
+    total_weight = reduced[0].clamp_min(tiny)
+    loss = torch.dot(per_sample, weights / (total_weight / world_size()))
+    return loss, reduced[1] / total_weight, reduced[2:]

@@ -144,6 +144,36 @@ def test_objective_errors(spec, match):
         ll.Objective(spec)
 
 
+_ALLOWED = r"must be a non-empty string without `\.` that is not an attribute of torch\.nn\.ModuleDict \(e\.g\. `ce`\)"
+
+
+@pytest.mark.parametrize(
+    ("name", "got"),
+    [
+        ("a.b", r"got 'a\.b'; use e\.g\. 'a_b'"),
+        ("", r"got ''$"),
+        ("training", r"got 'training'$"),
+        ("keys", r"got 'keys'$"),
+    ],
+)
+def test_term_names_that_cannot_be_module_names_are_refused(name, got):
+    """A bad term name is a configuration error naming it (it was a bare KeyError from `nn.ModuleDict`), in both
+    spec forms, before the loss is built (``{"a.b": {}}`` is about the name, not an unknown loss `a.b`)."""
+    match = rf"objective term name {_ALLOWED}, {got}"
+    with pytest.raises(ll.ConfigurationError, match=match):
+        ll.Objective({name: {"loss": "cross_entropy"}})
+    with pytest.raises(ll.ConfigurationError, match=match):
+        ll.Objective({name: {}})
+    with pytest.raises(ll.ConfigurationError, match=match):
+        ll.Objective([ll.Term(name, ll.build_loss("cross_entropy"), ll.build_schedule(1.0))])
+
+
+def test_a_term_name_given_twice_is_refused():
+    terms = [ll.Term("ce", ll.build_loss(loss), ll.build_schedule(1.0)) for loss in ("cross_entropy", "focal")]
+    with pytest.raises(ll.ConfigurationError, match=r"objective term name 'ce' is given twice"):
+        ll.Objective(terms)
+
+
 def test_objective_from_yaml_and_dictconfig(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("gamma: 3.0\nobjective:\n  focal: {gamma: '${gamma}'}\n")
@@ -188,7 +218,7 @@ def test_objective_ddp_equals_concatenated_batch(ddp):
             torch.testing.assert_close(terms[k], ref.terms[k])
     # DDP averages parameter gradients over the 2 ranks: per-sample logit gradients / 2 must equal one process
     torch.testing.assert_close(torch.cat([results[0][2], results[1][2]]) / 2, ref_logits.grad)
-    # one term: the single-term path (kernel's mean, masked sample) equals the DDP path; the term is the loss on both
+    # one term (a masked sample): one process equals the DDP path; the term is the loss on both
     one_logits = logits.detach().clone().requires_grad_(True)
     one = ll.Objective({"cross_entropy": {}})({"logits": one_logits, "target": target})
     one.loss.backward()
@@ -199,7 +229,7 @@ def test_objective_ddp_equals_concatenated_batch(ddp):
     torch.testing.assert_close(torch.cat([results[0][3][2], results[1][3][2]]) / 2, one_logits.grad)
 
 
-_FAST_CASES = {
+_UNIFORM_CASES = {
     "masked, two terms": ({"ce": {"loss": "cross_entropy", "label_smoothing": 0.2}, "focal": {"coefficient": 0.3}}, 3),
     "all counted, two terms": ({"ce": {"loss": "cross_entropy"}, "focal": {"coefficient": 0.3}}, None),
     "all counted, one term": ({"cross_entropy": {}}, None),
@@ -210,10 +240,10 @@ _FAST_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(_FAST_CASES))
-def test_fast_path_equals_general_path(case):
-    """One process with uniform weights skips the packed reduction: same loss, value, terms and gradients."""
-    spec, masked = _FAST_CASES[case]
+@pytest.mark.parametrize("case", list(_UNIFORM_CASES))
+def test_no_reweighter_equals_uniform_weights(case):
+    """Without a reweighter every counted sample has weight 1: same loss, value, terms and gradients."""
+    spec, masked = _UNIFORM_CASES[case]
     logits, target = _batch(n=7, seed=5)
     if masked is not None:
         target[masked] = -100  # a masked sample
@@ -231,22 +261,8 @@ def test_fast_path_equals_general_path(case):
     torch.testing.assert_close(fast.weights, general.weights)
 
 
-def test_single_term_path_is_taken_only_for_one_unit_per_sample_term():
-    """`_plan` marks the single-term path: one per-sample term with the constant coefficient 1, nothing else."""
-    single = {
-        "one term": ({"cross_entropy": {}}, True),
-        "coefficient 1 spelled out": ({"ce": {"loss": "cross_entropy", "coefficient": 1.0}}, True),
-        "scaled": ({"cross_entropy": {"coefficient": 0.5}}, False),
-        "scheduled": ({"cross_entropy": {"coefficient": {"name": "warmup", "value": 1.0, "steps": 10}}}, False),
-        "two terms": ({"cross_entropy": {}, "focal": {}}, False),
-        "batch-level": ({"dice": {}}, False),
-    }
-    for case, (spec, expected) in single.items():
-        assert ll.Objective(spec)._plan()[2] is expected, case
-
-
 @pytest.mark.parametrize("case", ["empty batch", "every sample ignored", "half logits", "int32 labels"])
-def test_single_term_path_edge_cases_equal_general_path(case):
+def test_edge_cases_without_reweighter_equal_uniform_weights(case):
     logits, target = _batch(n=6, seed=7)
     if case == "empty batch":
         logits, target = logits[:0].detach().requires_grad_(True), target[:0]
@@ -271,89 +287,7 @@ def test_single_term_path_edge_cases_equal_general_path(case):
         assert float(fast.value) == 0.0 and fast.loss.requires_grad
 
 
-def test_label_losses_report_a_mask_only_when_a_sample_is_ignored():
-    """`forward_with_mask`: one label check gives the loss, and mask None when every label is a class."""
-    logits, target = _batch(n=6, seed=2)
-    for name in ("cross_entropy", "focal", "poly1"):
-        loss = ll.build_loss(name)
-        value, mask = loss.forward_with_mask(logits=logits, target=target)
-        torch.testing.assert_close(value, loss(logits=logits, target=target))
-        assert mask is None
-        ignored = target.clone()
-        ignored[1] = -100
-        value, mask = loss.forward_with_mask(logits=logits, target=ignored)
-        assert torch.equal(mask, ignored != -100) and value[1] == 0
-        with pytest.raises(ValueError, match=r"`target` labels must be in \[0, 4\] \(or `ignore_index`\), got \[7\]"):
-            loss.forward_with_mask(logits=logits, target=torch.tensor([0, 1, 7, 0, 1, 2]))
-        assert loss.validate_args is True  # restored after the failed call
-    inside = ll.build_loss("cross_entropy", ignore_index=1)  # a class id: every label in range, yet some ignored
-    value, mask = inside.forward_with_mask(logits=logits, target=target)
-    assert torch.equal(mask, target != 1)
-    soft = torch.softmax(torch.randn(6, 5, dtype=torch.float64), dim=1)
-    assert ll.build_loss("cross_entropy").forward_with_mask(logits=logits, target=soft)[1] is None
-
-
-def test_single_term_takes_the_kernels_mean_and_defers_the_per_sample_values(monkeypatch):
-    """Cross entropy without class weights, every sample counted: the loss is torch's fused mean and `per_sample` is
-    evaluated on first access (with gradient while the graph lives); otherwise the per-sample route."""
-    from lightning_losses.losses import classification
-
-    logits, target = _batch(n=6, seed=8)
-    obj = ll.Objective({"cross_entropy": {"label_smoothing": 0.1}})
-    out = obj({"logits": logits, "target": target})
-    assert out._per_sample is None and out.size == 6 and "samples=6" in repr(out)  # nothing evaluated yet
-    reference = LF.cross_entropy(logits, target, label_smoothing=0.1)
-    torch.testing.assert_close(out.loss, reference.mean())
-    assert torch.equal(out.weights, torch.ones(6, dtype=torch.float64)) and out._per_sample is None
-    torch.testing.assert_close(out.per_sample, reference)
-    assert out.per_sample is out.per_sample and out._deferred is None  # built once; the kept inputs released
-    (g_per_sample,) = torch.autograd.grad(out.per_sample.sum() / 6, logits, retain_graph=True)
-    (g_loss,) = torch.autograd.grad(out.loss, logits)
-    torch.testing.assert_close(g_per_sample, g_loss)
-
-    def per_sample_route(spec, target=target, logits=logits):
-        out = ll.Objective(spec)({"logits": logits, "target": target})
-        return out._per_sample is not None
-
-    assert per_sample_route({"cross_entropy": {"weight": [1.0, 2.0, 1.0, 1.0, 1.0]}})  # torch divides by Σ w_y
-    ignored = target.clone()
-    ignored[0] = -100
-    assert per_sample_route({"cross_entropy": {}}, target=ignored)
-    assert per_sample_route({"cross_entropy": {"coefficient": 0.5}})
-    assert per_sample_route({"focal": {}})  # no fused mean
-
-    class OwnKernel(ll.losses.CrossEntropy):  # the parent's mean is not the mean of this kernel
-        def forward(self, logits, target):
-            return 2 * super().forward(logits, target)
-
-        def _checked_forward(self, logits, target):
-            return 2 * super()._checked_forward(logits, target)
-
-    out = ll.Objective([ll.objective.Term("own", OwnKernel(), ll.schedules.Constant(1.0))])(
-        {"logits": logits, "target": target}
-    )
-    assert out._per_sample is not None
-    torch.testing.assert_close(out.loss, 2 * LF.cross_entropy(logits, target).mean())
-    monkeypatch.setattr(classification, "DEFER_MAX_ELEMENTS", 29)  # logits of 30 elements: not kept alive
-    assert per_sample_route({"cross_entropy": {}})
-
-
-def test_deferred_per_sample_values_refuse_inputs_modified_in_place():
-    logits, target = _batch(n=4, seed=9)
-    out = ll.Objective({"cross_entropy": {}})({"logits": logits, "target": target})
-    target[0] = (target[0] + 1) % 5
-    with pytest.raises(
-        RuntimeError, match=r"its `logits` or `target` have been modified in place since `compute_loss`"
-    ):
-        _ = out.per_sample
-    logits, target = _batch(n=4, seed=9)
-    out = ll.Objective({"cross_entropy": {}})({"logits": logits, "target": target})
-    expected = out.per_sample  # read first: then the inputs may change
-    target[0] = (target[0] + 1) % 5
-    assert out.per_sample is expected
-
-
-def test_output_copy_keeps_fields_and_first_call_in_inference_mode_caches_a_normal_tensor():
+def test_output_copy_keeps_fields_and_a_first_call_in_inference_mode_leaves_no_trace():
     import copy
 
     logits, target = _batch(n=4, seed=10)
@@ -361,122 +295,44 @@ def test_output_copy_keeps_fields_and_first_call_in_inference_mode_caches_a_norm
         obj = ll.Objective(spec)
         with torch.inference_mode():  # `trainer.validate` before `fit`
             first = obj({"logits": logits.detach(), "target": target})
-        assert not obj.__dict__.get("_uniform_cache", torch.zeros(1)).is_inference()
-        reference = LF.cross_entropy(logits.detach(), target) if "cross_entropy" in spec else None
-        if reference is not None:  # deferred from inference tensors (no version counter) and read later
-            torch.testing.assert_close(first.per_sample, reference)
         out = obj({"logits": logits, "target": target})
-        out.loss.backward()  # raised "Inference tensors cannot be saved for backward" with a cached inference tensor
+        out.loss.backward()  # a first call in inference mode leaves nothing behind that backward cannot save
         torch.testing.assert_close(out.value, first.value)
         twin = copy.copy(out)
         assert twin is not out and twin.loss is out.loss and twin.terms is out.terms and twin.size == out.size
 
 
-@pytest.mark.parametrize("ignore_index", [-100, 7, 2])
-def test_cpu_kernel_checks_labels_and_one_read_finds_ignored_samples(ignore_index):
-    """On CPU, cross entropy's kernel rejects bad labels (re-raised with our message) and one scalar read on
-    `ignore_index`'s side decides the mask; the result equals the fully checked route (`__call__`)."""
-    from lightning_losses.losses.classification import _kernels
-
-    logits, target = _batch(n=6, c=5, seed=4)
-    loss = ll.build_loss("cross_entropy", ignore_index=ignore_index)
-    for labels in ([0, 1, 2, 3, 4, 0], [0, ignore_index, 2, 3, 4, ignore_index]):
-        labels = torch.tensor(labels)
-        value, mask = loss.forward_with_mask(logits=logits, target=labels)
-        torch.testing.assert_close(value, loss(logits=logits, target=labels))
-        ignored = bool((labels == ignore_index).any())
-        if ignored or 0 <= ignore_index < 5:
-            assert torch.equal(mask, labels != ignore_index)
-        else:
-            assert mask is None
-    for bad in (-1, 5, 9):
-        if bad == ignore_index:
-            continue
-        with pytest.raises(
-            ValueError, match=rf"`target` labels must be in \[0, 4\] \(or `ignore_index`\), got \[{bad}\]"
-        ):
-            loss.forward_with_mask(logits=logits, target=torch.tensor([0, 1, bad, 3, 4, 0]))
-    assert _kernels(ll.losses.CrossEntropy) == (True, True, True)
-
-    class OwnKernel(ll.losses.CrossEntropy):  # a kernel that checks nothing: the label range is checked first
-        def forward(self, logits, target):
-            return logits.sum(-1)
-
-        def _checked_forward(self, logits, target):
-            return logits.sum(-1)
-
-    assert _kernels(OwnKernel) == (True, False, False)  # its own kernel; the parent's mean is not its mean
-    with pytest.raises(ValueError, match=r"`target` labels must be in \[0, 4\] \(or `ignore_index`\), got \[9\]"):
-        OwnKernel().forward_with_mask(logits=logits, target=torch.tensor([0, 1, 9, 3, 4, 0]))
-
-
-def test_an_error_of_the_kernel_that_is_not_about_labels_propagates():
-    class Broken(ll.losses.CrossEntropy):
-        _kernel_checks_labels = True
-
-        def _checked_forward(self, logits, target):
-            raise RuntimeError("kernel failed")
-
-        forward = _checked_forward
-
-    logits, target = _batch(n=4)
-    with pytest.raises(RuntimeError, match="kernel failed"):
-        Broken().forward_with_mask(logits=logits, target=target)
-
-
-def test_forward_with_mask_restores_validation_when_the_loss_raises():
-    class Failing(ll.losses.CrossEntropy):
-        def forward(self, logits, target):
-            raise RuntimeError("boom")
-
-    loss = Failing()
-    logits, target = _batch(n=4)
-    with pytest.raises(RuntimeError, match="boom"):
-        loss.forward_with_mask(logits=logits, target=target)
-    assert loss.validate_args is True
-
-
-def test_checked_kernel_equals_forward_and_honours_hooks():
-    """The label losses' direct kernel (no hooks; only `logits`, `target`) equals `forward`; hooks take `__call__`."""
-    from lightning_losses.losses.base import has_hooks
-
+def test_loss_hooks_and_overridden_forward_are_honoured():
+    """The objective calls each loss as a module: its hooks run and a subclass's `forward` is used."""
     logits, target = _batch(n=6, seed=3)
     loss = ll.build_loss("cross_entropy", label_smoothing=0.1, weight=[1.0, 2.0, 0.5, 1.0, 3.0])
     reference = torch.nn.functional.cross_entropy(
         logits, target, weight=loss.weight.double(), label_smoothing=0.1, reduction="none"
     )
-    torch.testing.assert_close(loss.forward_with_mask(logits=logits, target=target)[0], reference)
-    assert not has_hooks(loss)
+    objective = ll.Objective([ll.Term("ce", loss, ll.build_schedule(1.0))])
+    torch.testing.assert_close(objective({"logits": logits, "target": target}).per_sample, reference)
     handle = loss.register_forward_hook(lambda _m, _i, out: 2 * out)
-    assert has_hooks(loss)
-    torch.testing.assert_close(loss.forward_with_mask(logits=logits, target=target)[0], 2 * reference)
+    torch.testing.assert_close(objective({"logits": logits, "target": target}).per_sample, 2 * reference)
     handle.remove()
-    handle = torch.nn.modules.module.register_module_forward_hook(lambda _m, _i, out: 3 * out)
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda m, _i, out: 3 * out if isinstance(m, ll.losses.CrossEntropy) else out
+    )
     try:
-        assert has_hooks(loss)
-        torch.testing.assert_close(loss.forward_with_mask(logits=logits, target=target)[0], 3 * reference)
+        torch.testing.assert_close(objective({"logits": logits, "target": target}).per_sample, 3 * reference)
     finally:
         handle.remove()
-    assert not has_hooks(loss)
-    short = ll.build_loss("cross_entropy", weight=[1.0, 2.0])
-    with pytest.raises(ValueError, match=r"`weight` must have shape \[C\] = \[5\], got \[2\]"):
-        short.forward_with_mask(logits=logits, target=target)
 
-
-def test_a_subclass_overriding_forward_is_not_bypassed():
     class Doubled(ll.losses.CrossEntropy):
         def forward(self, logits, target):
             return 2 * super().forward(logits, target)
 
-    logits, target = _batch(n=4)
-    value, _ = Doubled().forward_with_mask(logits=logits, target=target)
-    torch.testing.assert_close(value, 2 * ll.build_loss("cross_entropy")(logits=logits, target=target))
+    out = ll.Objective([ll.Term("twice", Doubled(), ll.build_schedule(1.0))])({"logits": logits, "target": target})
+    torch.testing.assert_close(out.value, 2 * LF.cross_entropy(logits, target).mean())
 
 
-def test_weights_are_built_on_access_and_uses_step():
+def test_weights_and_uses_step():
     logits, target = _batch(n=5)
     out = ll.Objective({"cross_entropy": {}})({"logits": logits, "target": target})
-    assert out._weights is None  # nothing allocated on the hot path
     assert torch.equal(out.weights, torch.ones(5, dtype=torch.float64)) and out.weights is out.weights
     assert "ObjectiveOutput(value=" in repr(out)
     assert ll.Objective({"cross_entropy": {}, "focal": {"coefficient": 0.5}}).uses_step is False

@@ -60,19 +60,6 @@ def cross_entropy(
     check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args)
     if weight is not None:
         check_per_class("weight", weight, logits.shape[-1])
-    return _cross_entropy(logits, target, label_smoothing, weight, ignore_index)
-
-
-def _cross_entropy(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    label_smoothing: float,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    reduction: str = "none",
-) -> torch.Tensor:
-    """:func:`cross_entropy` on inputs already checked (the loss module's route after its one label check);
-    ``reduction="mean"`` is torch's mean (over the samples not ignored, weighted by the labels' weights)."""
     logits = _upcast(logits)
     if weight is not None and (weight.dtype != logits.dtype or weight.device != logits.device):
         weight = weight.to(device=logits.device, dtype=logits.dtype)
@@ -82,7 +69,7 @@ def _cross_entropy(
         target if target.dtype == torch.int64 or target.is_floating_point() else target.long(),
         weight=weight,
         ignore_index=ignore_index if not target.is_floating_point() else -100,  # unused for soft targets
-        reduction=reduction,
+        reduction="none",
         label_smoothing=label_smoothing,
     )
 

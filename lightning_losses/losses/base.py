@@ -8,58 +8,18 @@ stores validated hyperparameters; the computation is the pure function in :mod:`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _nn_module
 
 from lightning_losses._validation import check_bool
 from lightning_losses.registry import Registry
 
-__all__ = ["LOSSES", "Loss", "build_loss", "has_hooks", "list_losses"]
+__all__ = ["LOSSES", "Loss", "build_loss", "list_losses"]
 
 LOSSES: Registry[type[Loss]] = Registry("loss")
 _INPUT_NAMES: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-
-
-def has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` would run hooks around ``forward`` (its own or global ones), as
-    ``nn.Module.__call__`` decides; without any, ``module(...)`` and ``module.forward(...)`` are the same."""
-    state = module.__dict__
-    if (
-        state.get("_forward_hooks")
-        or state.get("_forward_pre_hooks")
-        or state.get("_backward_hooks")
-        or state.get("_backward_pre_hooks")
-    ):
-        return True
-    return any(_GLOBAL_HOOKS)
-
-
-# torch's registries of global module hooks (dicts filled in place by `register_module_forward_hook` etc.)
-_GLOBAL_HOOKS = tuple(
-    getattr(_nn_module, name, {})
-    for name in (
-        "_global_forward_hooks",
-        "_global_forward_pre_hooks",
-        "_global_backward_hooks",
-        "_global_backward_pre_hooks",
-    )
-)
-
-
-#: the largest inputs (elements of ``logits``) a deferred per-sample evaluation keeps alive until the next step;
-#: above it the objective takes the per-sample route (whose fixed cost per step is negligible at that size)
-DEFER_MAX_ELEMENTS = 1 << 20
-
-
-class Deferred(NamedTuple):
-    """Per-sample values not computed yet: ``fn()`` evaluates the ``[N]`` values (``size`` = N) when asked for."""
-
-    size: int
-    fn: Callable[[], torch.Tensor]
 
 
 class Loss(nn.Module):
@@ -93,28 +53,6 @@ class Loss(nn.Module):
     def sample_mask(self, **inputs: torch.Tensor) -> torch.Tensor | None:
         """Boolean ``[N]`` of samples that count (e.g. not ``ignore_index``), or ``None`` when all do."""
         return None
-
-    def forward_with_mask(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(self(**inputs), self.sample_mask(**inputs))``: what the objective calls.
-
-        Subclasses override it to share work between the two; losses on integer labels, for instance, learn from their
-        one label-range check whether any sample is ignored and then return ``None`` (every sample counts), which
-        spares the objective a masked reduction.
-        """
-        return self(**inputs), self.sample_mask(**inputs)
-
-    def mean_with_mask(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, Deferred | None]:
-        """:meth:`forward_with_mask`, or the mean over the batch when every sample counts and the loss's kernel can
-        reduce by itself (the objective's single-term path asks for it: torch's fused mean saves a reduction node in
-        the forward and backward pass).
-
-        Returns:
-            ``(per_sample [N], mask, None)``, or ``(mean, None, deferred)``: the scalar mean over the ``N`` samples
-            (with gradient) and a :class:`Deferred` that evaluates the per-sample values when they are asked for.
-            The default is :meth:`forward_with_mask`'s result.
-        """
-        value, mask = self.forward_with_mask(**inputs)
-        return value, mask, None
 
     def extra_repr(self) -> str:
         hidden = {"training", "validate_args"}

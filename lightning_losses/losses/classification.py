@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import torch
 
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_int, check_number, check_probability_vector
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.functional._checks import check_label_range, check_per_class, not_ignored
-from lightning_losses.functional.classification import _cross_entropy
-from lightning_losses.losses.base import DEFER_MAX_ELEMENTS, LOSSES, Deferred, Loss, has_hooks
+from lightning_losses.functional._checks import not_ignored
+from lightning_losses.losses.base import LOSSES, Loss
 
 __all__ = ["CrossEntropy", "Focal"]
 
@@ -28,144 +24,6 @@ class _LabelLoss(Loss):
         if target.is_floating_point():
             return None
         return not_ignored(target, self.ignore_index)
-
-    def forward_with_mask(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The loss and its sample mask from one label-range check (one host sync, as ``forward`` alone).
-
-        The check runs here, the loss is then evaluated without repeating it, and the mask is ``None`` when the check
-        showed that every label is a class (no ``ignore_index``): the objective then takes a plain mean.
-        """
-        value, mask, _ = self._evaluate(inputs, reduce=False)
-        return value, mask
-
-    def mean_with_mask(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, Deferred | None]:
-        """:meth:`forward_with_mask`, or, when every sample counts and the kernel reduces by itself
-        (:meth:`_checked_mean`), the batch mean and the per-sample values deferred until asked for."""
-        return self._evaluate(inputs, reduce=True)
-
-    def _evaluate(
-        self, inputs: dict[str, torch.Tensor], reduce: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None, Deferred | None]:
-        logits, target = inputs.get("logits"), inputs.get("target")
-        state = self.__dict__  # plain attributes: skip nn.Module.__getattr__ / __setattr__ on the hot path
-        plain_labels = (  # logits [N, C] with non-empty integer labels [N]; anything else takes the checked default
-            state["validate_args"]
-            and isinstance(logits, torch.Tensor)
-            and isinstance(target, torch.Tensor)
-            and logits.ndim == 2
-            and target.shape == logits.shape[:1]
-            and logits.is_floating_point()
-            and target.dtype in _INTEGER
-            and target.numel() > 0
-        )
-        if not plain_labels:
-            return self(**inputs), self.sample_mask(**inputs), None
-        num_classes, ignore_index = logits.shape[1], self.ignore_index
-        kernels = _kernels(type(self))
-        direct = len(inputs) == 2 and kernels.direct and not has_hooks(self)
-        checked = not (direct and kernels.checks_labels and target.is_cpu)
-        if checked:
-            counted = check_label_range(target, num_classes, ignore_index) and not 0 <= ignore_index < num_classes
-        else:
-            # the CPU kernel rejects every label outside [0, C) but `ignore_index` itself: one scalar read tells
-            # whether `ignore_index` occurs, and a rejected label gets the message of `check_label_range`
-            counted = _none_ignored(target, num_classes, ignore_index)
-        try:
-            if direct:  # nothing runs around `forward`: the kernel directly
-                if reduce and counted and kernels.mean and logits.numel() <= DEFER_MAX_ELEMENTS:
-                    mean = self._checked_mean(logits, target)
-                    if mean is not None:
-                        return mean, None, Deferred(target.shape[0], _later(self._checked_forward, logits, target))
-                value = self._checked_forward(logits, target)
-            else:
-                with self._labels_checked():  # checked once above, for the loss and the mask
-                    value = self(**inputs)
-        except (IndexError, RuntimeError):
-            if not checked:
-                check_label_range(target, num_classes, ignore_index)
-            raise
-        return value, None if counted else not_ignored(target, ignore_index), None
-
-    def _checked_forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``forward`` on ``logits [N, C]`` and integer labels ``[N]`` already checked (shapes and label range).
-
-        Losses override it with their kernel minus the checks; the default is ``forward`` without the label check."""
-        with self._labels_checked():
-            return self.forward(logits=logits, target=target)
-
-    def _checked_mean(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-        """The mean of :meth:`_checked_forward` over the batch, from a kernel that reduces by itself, or ``None``
-        (no such kernel). Called only when every sample counts, by the class that defines ``_checked_forward``."""
-        return None
-
-    @contextlib.contextmanager
-    def _labels_checked(self):
-        """Inside: ``validate_args`` is off (the labels were just checked); restored even if the loss raises."""
-        state = self.__dict__  # a plain attribute: skip `nn.Module.__setattr__` on the hot path
-        state["validate_args"] = False
-        try:
-            yield
-        finally:
-            state["validate_args"] = True
-
-
-_INTEGER = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
-def _later(kernel: Callable, logits: torch.Tensor, target: torch.Tensor) -> Callable[[], torch.Tensor]:
-    """``kernel(logits, target)`` evaluated when called, refused (as autograd refuses) if either input was modified in
-    place since: the values would no longer be those of the loss."""
-    try:
-        versions = (logits._version, target._version)
-    except RuntimeError:  # inference tensors (validation under inference mode) keep no version counter
-        versions = None
-
-    def evaluate() -> torch.Tensor:
-        if versions is not None and (logits._version, target._version) != versions:
-            raise RuntimeError(
-                "the per-sample values of this objective output were deferred, and its `logits` or `target` have been "
-                "modified in place since `compute_loss`; read `objective_output.per_sample` before modifying them"
-            )
-        return kernel(logits, target)
-
-    return evaluate
-
-
-class _Kernels(NamedTuple):
-    """What a label-loss class's kernels may be trusted with (:func:`_kernels`)."""
-
-    direct: bool  #: ``_checked_forward`` computes ``forward``
-    checks_labels: bool  #: on CPU, the kernel raises for every label outside [0, C) but ``ignore_index``
-    mean: bool  #: ``_checked_mean`` is the mean of ``_checked_forward`` (or the generic ``None``)
-
-
-@functools.cache
-def _kernels(cls: type) -> _Kernels:
-    """Decided once per class from where each method is defined: ``_checked_forward`` computes ``forward`` when it is
-    the generic one (which calls ``forward``) or is defined by the class that defines ``forward`` (a subclass
-    overriding only ``forward`` keeps its ``forward``); the label and mean promises hold for the class that defines
-    ``_checked_forward`` (``_kernel_checks_labels = True`` in its own body; ``_checked_mean`` defined beside it)."""
-    owner = {
-        name: next(k for k in cls.__mro__ if name in vars(k))
-        for name in ("forward", "_checked_forward", "_checked_mean")
-    }
-    kernel = owner["_checked_forward"]
-    return _Kernels(
-        direct=kernel in (_LabelLoss, owner["forward"]),
-        checks_labels=vars(kernel).get("_kernel_checks_labels", False) is True,
-        mean=owner["_checked_mean"] in (_LabelLoss, kernel),
-    )
-
-
-def _none_ignored(target: torch.Tensor, num_classes: int, ignore_index: int) -> bool:
-    """Whether no label equals ``ignore_index``, for labels a checking kernel accepts (``[0, C)`` and
-    ``ignore_index``): the bound on ``ignore_index``'s side decides it, and an ``ignore_index`` that is a class id
-    may occur among valid labels (``False``, nothing read)."""
-    if ignore_index < 0:
-        return target.min().item() >= 0
-    if ignore_index >= num_classes:
-        return target.max().item() < num_classes
-    return False
 
 
 @LOSSES.register("cross_entropy", aliases=("ce", "xent"))
@@ -189,7 +47,6 @@ class CrossEntropy(_LabelLoss):
     """
 
     family = "multiclass"
-    _kernel_checks_labels = True  # torch's `nll_loss` on CPU raises for a label outside [0, C) but `ignore_index`
 
     def __init__(
         self,
@@ -212,17 +69,6 @@ class CrossEntropy(_LabelLoss):
             ignore_index=self.ignore_index,
             validate_args=self.validate_args,
         )
-
-    def _checked_forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weight = self._buffers["weight"]  # a buffer read without `nn.Module.__getattr__`
-        if weight is not None:
-            check_per_class("weight", weight, logits.shape[1])
-        return _cross_entropy(logits, target, self.label_smoothing, weight, self.ignore_index)
-
-    def _checked_mean(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-        if self._buffers["weight"] is not None:
-            return None  # torch's weighted mean divides by the labels' weights, the objective by the sample count
-        return _cross_entropy(logits, target, self.label_smoothing, None, self.ignore_index, reduction="mean")
 
 
 @LOSSES.register("focal", aliases=("focal_loss",))
