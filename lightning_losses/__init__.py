@@ -13,7 +13,7 @@ Example:
 from collections.abc import Callable
 
 from lightning_losses import functional
-from lightning_losses.callbacks import CALLBACKS, build_callbacks, list_callbacks
+from lightning_losses.callbacks import CALLBACKS, MixinCallback, build_callbacks, list_callbacks
 from lightning_losses.config import build_run, load_recipe
 from lightning_losses.entropy import (
     CalibrationMonitor,
@@ -34,10 +34,13 @@ from lightning_losses.perturbation import (
     SAM,
     AdversarialModelPerturbation,
     Perturbation,
+    Preset,
+    PresetCallback,
     WeightPerturbation,
     build_perturbation,
     list_perturbations,
     perturbed_backward,
+    register_preset,
 )
 from lightning_losses.reduction import weighted_mean
 from lightning_losses.registry import Registry
@@ -74,6 +77,7 @@ __all__ = [
     "ConfigurationError",
     "Loss",
     "LossesMixin",
+    "MixinCallback",
     "Objective",
     "ObjectiveOutput",
     "Registry",
@@ -101,9 +105,12 @@ __all__ = [
     "SAM",
     "AdversarialModelPerturbation",
     "Perturbation",
+    "Preset",
+    "PresetCallback",
     "WeightPerturbation",
     "build_perturbation",
     "list_perturbations",
     "perturbed_backward",
+    "register_preset",
 ]
 __all__ += ["CalibrationMonitor", "EntropyControl", "EntropyController", "TemperatureScaling", "Tent"]

@@ -29,6 +29,7 @@ from lightning_losses.perturbation.presets import (
     awp,
     build_perturbation,
     list_perturbations,
+    register_preset,
     sam,
 )
 from lightning_losses.perturbation.trajectory import SAF
@@ -43,6 +44,7 @@ __all__ = [
     "AdversarialModelPerturbation",
     "Perturbation",
     "Preset",
+    "register_preset",
     "PresetCallback",
     "WeightPerturbation",
     "adversarial_model_perturbation",
