@@ -73,7 +73,9 @@ def lovasz_softmax(
     over axis 1 (``logits [N, C, ...]``, integer ``target [N, ...]``); pixels labelled ``ignore_index`` are left
     out. The loss is the mean over classes of :math:`\bar\Delta_{J_c}(m(c))`: over the classes present in the
     sample's labels (``classes="present"``, default, the authors' default; 0 for a sample without any) or over all
-    ``C`` classes (``"all"``).
+    ``C`` classes (``"all"``; reported to train to near-zero mIoU, authors' issue #20). The authors' default for
+    the softmax form is one value over the whole batch (``per_image=False``); this is the per-image form, which
+    makes it a per-sample loss.
 
     Example:
         >>> lovasz_softmax(torch.tensor([[[4.0, -4.0], [-4.0, 4.0]]]), torch.tensor([[0, 1]])).round(decimals=4)

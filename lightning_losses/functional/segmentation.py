@@ -117,7 +117,9 @@ def jaccard(
     .. math:: \ell = 1 - \frac{TP + s}{TP + FP + FN + s} = 1 - \frac{\sum p y + s}{\sum p + \sum y - \sum p y + s}
 
     in sigmoid or softmax mode (module docstring; softmax mode: mean over classes). ``s = smooth >= 0`` (default 1)
-    keeps an empty sample / absent class finite and at loss 0 when nothing is predicted.
+    keeps an empty sample / absent class finite and at loss 0 when nothing is predicted. segmentation-models-pytorch
+    sums over the batch (one score per class) and writes the intersection as :math:`(\sum p + \sum y - \lVert p -
+    y\rVert_1)/2`, equal to :math:`\sum p y` for hard labels only.
 
     Example:
         >>> jaccard(torch.tensor([[10.0, -10.0]]), torch.tensor([[1.0, 0.0]])).round(decimals=4)
@@ -149,7 +151,7 @@ def focal_tversky(
     (defaults 0.3 / 0.7: the paper's FN weight 0.7); the paper writes the exponent as ``1/γ`` with ``γ = 4/3``, so
     the default exponent here is ``gamma = 0.75``. ``gamma = 1`` is the Tversky loss. Softmax mode: the mean over
     classes of the per-class term (the paper sums over classes: a factor ``C``). The power has a zero gradient at
-    ``TI = 1`` (not ``inf``) for ``gamma < 1``.
+    ``TI = 1`` (not ``inf``) for ``gamma < 1``. The authors' code counts over the flattened batch; here per sample.
 
     Example:
         >>> focal_tversky(torch.tensor([[10.0, -10.0]]), torch.tensor([[1.0, 0.0]])).round(decimals=4)

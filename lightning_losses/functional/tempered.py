@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_losses._validation import check_number
 from lightning_losses._validation.tensors import as_index, check_multiclass, not_ignored
 from lightning_losses._validation.tensors import upcast_half as _upcast
 from lightning_losses.functional._labels import masked
@@ -85,15 +86,19 @@ def bi_tempered(
     r"""Per-sample bi-tempered logistic loss (module docstring for the formulas).
 
     ``logits [N, C]`` with integer labels ``[N]`` (optionally label-smoothed, PyTorch's construction ``ε / C``) or
-    soft targets ``[N, C]``. ``t1`` in ``[0, 1]`` (default 0.8), ``t2 >= 1`` (default 1.2; the paper's settings
-    range over ``t1 ∈ [0.2, 1)``, ``t2 ∈ (1, 4]``), ``num_iters`` fixed-point steps (default 10: the normaliser's
-    error ``|Σŷ - 1|`` is below ``1e-5`` for ``t2 <= 1.5`` at logits of scale 5; the authors' code uses 5, whose error
-    reaches ``1e-3`` at ``t2 = 1.5``). Ignored samples (``ignore_index``) get loss 0.
+    soft targets ``[N, C]``. ``t1`` in ``[0, 1]`` (default 0.8), ``t2 >= 1`` (default 1.2); the authors' code has no
+    default temperatures (``t1 < 1`` bounds the loss, ``t2 > 1`` gives the heavy tail). ``num_iters`` fixed-point
+    steps (default 10: the normaliser's error ``|Σŷ - 1|`` is below ``1e-5`` for ``t2 <= 1.5`` at logits of scale 5;
+    the authors' code uses 5, whose error reaches ``1e-3`` at ``t2 = 1.5``). Ignored samples (``ignore_index``) get
+    loss 0. The authors' smoothing ``(1 - Kε/(K-1))y + ε/(K-1)`` is this one with ``label_smoothing = Kε/(K-1)``;
+    their ``log_t1(y + 1e-10)`` is exact here (:math:`y\log_{t_1}y = 0` at ``y = 0``).
 
     Example:
         >>> bi_tempered(torch.tensor([[0.0, 0.0]]), torch.tensor([0]), t1=1.0, t2=1.0).round(decimals=4)
         tensor([0.6931])
     """
+    t1 = check_number("t1", t1, low=0.0, high=1.0)
+    t2 = check_number("t2", t2, low=1.0)
     soft = check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args)
     a = _upcast(logits)
     num_classes = a.shape[-1]

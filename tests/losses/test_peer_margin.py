@@ -198,6 +198,14 @@ def test_constructor_validation(name, kwargs, match):
         ll.build_loss(name, **kwargs)
 
 
+def test_functional_bi_tempered_checks_its_temperatures():
+    logits, target = _data()
+    with pytest.raises(ll.ConfigurationError, match=r"`t2` must be >= 1.0, got 0.5"):
+        LF.bi_tempered(logits, target, t2=0.5)
+    with pytest.raises(ll.ConfigurationError, match=r"`t1` must be in \[0.0, 1.0\], got -0.1"):
+        LF.bi_tempered(logits, target, t1=-0.1)
+
+
 def test_modules_store_their_hyperparameters_and_aliases_resolve():
     loss = ll.build_loss("multiclass_hinge", p=2, margin=0.5)
     assert isinstance(loss, ll.losses.MultiMargin) and (loss.p, loss.margin) == (2, 0.5)
