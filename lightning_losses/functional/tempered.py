@@ -110,9 +110,16 @@ def bi_tempered(
         y = torch.zeros_like(a).scatter_(-1, safe.unsqueeze(-1), 1.0)
     if label_smoothing > 0:
         y = y * (1.0 - label_smoothing) + label_smoothing / num_classes
-    probs = tempered_softmax(a, t2, num_iters)
     positive = y > 0
+    if t2 == 1.0:  # the softmax: log_t1 of it from the exact log-probabilities (finite at any logit gap)
+        logp = torch.log_softmax(a, dim=-1)
+        probs = logp.exp()
+        log_t1_p = logp if t1 == 1.0 else torch.expm1((1.0 - t1) * logp) / (1.0 - t1)
+    else:  # a probability that underflowed to 0 is read as the smallest normal one where y > 0 (finite gradient)
+        probs = tempered_softmax(a, t2, num_iters)
+        log_t1_p = log_t(torch.where(positive, probs.clamp_min(torch.finfo(probs.dtype).tiny), 1.0), t1)
     y_log_y = torch.where(positive, y * log_t(torch.where(positive, y, torch.ones_like(y)), t1), 0.0)
-    loss = y_log_y - y * log_t(probs, t1) - (y.pow(2.0 - t1) - probs.pow(2.0 - t1)) / (2.0 - t1)
+    cross = torch.where(positive, y * log_t1_p, 0.0)
+    loss = y_log_y - cross - (y.pow(2.0 - t1) - probs.pow(2.0 - t1)) / (2.0 - t1)
     loss = loss.sum(dim=-1)
     return loss if valid is None else masked(loss, valid)

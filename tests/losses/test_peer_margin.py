@@ -160,6 +160,17 @@ def test_bi_tempered_at_t1_t2_one_is_cross_entropy():
     torch.testing.assert_close(out, F.cross_entropy(logits, target, reduction="none"))
 
 
+@pytest.mark.parametrize("t1,t2", [(0.8, 1.0), (0.8, 1.01), (1.0, 1.0), (0.5, 2.0), (1.0, 1.5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_bi_tempered_is_finite_at_extreme_logits(t1, t2, dtype):
+    logits = torch.tensor([[1e4, -1e4, 0.0, 3e3], [-1e4, 1e4, 5.0, -3e3]], dtype=dtype, requires_grad=True)
+    out = LF.bi_tempered(logits, torch.tensor([0, 2]), t1=t1, t2=t2)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(logits.grad).all()
+    if t1 == t2 == 1.0:  # cross entropy, exactly, also at a logit gap of 1e4
+        torch.testing.assert_close(out, F.cross_entropy(logits.float(), torch.tensor([0, 2]), reduction="none"))
+
+
 def test_tempered_softmax_normalises_and_has_the_implicit_gradient():
     logits, target = _data(n=4, c=4)
     for t in (1.3, 2.5):
