@@ -4,6 +4,7 @@ from lightning_losses.functional import lm, policy, preference, reweighting, tok
 from lightning_losses.functional.aggregation import aggregate_tokens
 from lightning_losses.functional.binary import bce
 from lightning_losses.functional.classification import cross_entropy, focal, focal_term
+from lightning_losses.functional.consistency import js_divergence, jsd
 from lightning_losses.functional.distillation import kd, pld
 from lightning_losses.functional.entropy import (
     confidence_penalty,
@@ -17,6 +18,8 @@ from lightning_losses.functional.linear_ce import linear_cross_entropy, linear_e
 from lightning_losses.functional.links import ldr_kl, log_stablemax, spherical_z_loss, stablemax_cross_entropy
 from lightning_losses.functional.lm import dco, emo, mixce
 from lightning_losses.functional.logit_scale import clip_logits, spectral_decoupling, z_loss
+from lightning_losses.functional.lovasz import lovasz_hinge, lovasz_softmax
+from lightning_losses.functional.margin import multi_margin, poisson_nll
 from lightning_losses.functional.metric_learning import circle, info_nce, multi_similarity, supcon, triplet
 from lightning_losses.functional.multilabel import anyloss, asymmetric, dice, sigmoid_focal, tversky
 from lightning_losses.functional.ordinal import hl_gauss, hl_gauss_predict, hl_gauss_target, ordinal_wasserstein
@@ -50,7 +53,10 @@ from lightning_losses.functional.regression_robust import (
     quantile,
 )
 from lightning_losses.functional.robust import apl, gce, mae, nce, nfl, rce, sce
+from lightning_losses.functional.segmentation import focal_tversky, jaccard
+from lightning_losses.functional.sigmoid_poly import sigmoid_poly1
 from lightning_losses.functional.surrogates import comp_sum, ovr, poly1, poly_focal, squentropy, taylor_ce
+from lightning_losses.functional.tempered import bi_tempered
 from lightning_losses.functional.token import sequence_logps, token_cross_entropy, token_logps
 
 __all__ = [
@@ -59,6 +65,7 @@ __all__ = [
     "apl",
     "asymmetric",
     "bce",
+    "bi_tempered",
     "cauchy",
     "circle",
     "clamped_entropy",
@@ -74,6 +81,7 @@ __all__ = [
     "entropy_minimization",
     "focal",
     "focal_term",
+    "focal_tversky",
     "gaussian_nll",
     "gce",
     "group_advantages",
@@ -85,6 +93,9 @@ __all__ = [
     "huber",
     "info_nce",
     "ipo",
+    "jaccard",
+    "js_divergence",
+    "jsd",
     "kd",
     "kto",
     "kto_reference_kl",
@@ -95,10 +106,13 @@ __all__ = [
     "lm",
     "log_cosh",
     "log_stablemax",
+    "lovasz_hinge",
+    "lovasz_softmax",
     "mae",
     "mae_regression",
     "mixce",
     "mse",
+    "multi_margin",
     "multi_similarity",
     "nce",
     "nfl",
@@ -107,6 +121,7 @@ __all__ = [
     "ovr",
     "per_sample_entropy",
     "pld",
+    "poisson_nll",
     "policy",
     "poly1",
     "poly_focal",
@@ -122,6 +137,7 @@ __all__ = [
     "sequence_entropy",
     "sequence_logps",
     "sigmoid_focal",
+    "sigmoid_poly1",
     "simpo",
     "spectral_decoupling",
     "spherical_z_loss",

@@ -9,6 +9,7 @@ from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimizati
 from lightning_losses.losses.linear_ce import LinearCrossEntropy
 from lightning_losses.losses.links import LDRKL, SphericalZLoss, StableMaxCrossEntropy
 from lightning_losses.losses.logit_scale import LogitClip, SpectralDecoupling, ZLoss
+from lightning_losses.losses.margin import BiTempered, MultiMargin, PoissonNLL, SigmoidPoly1
 from lightning_losses.losses.metric_learning import Circle, InfoNCE, MultiSimilarity, SupCon, Triplet
 from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, SigmoidFocal, Tversky
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
@@ -25,6 +26,7 @@ from lightning_losses.losses.regression_robust import (
     Quantile,
 )
 from lightning_losses.losses.robust import APL, GCE, MAE, SCE
+from lightning_losses.losses.segmentation import JSD, FocalTversky, Jaccard, LovaszHinge, LovaszSoftmax
 from lightning_losses.losses.surrogates import OVR, CompSum, Poly1, PolyFocal, Squentropy, TaylorCE
 from lightning_losses.losses.token import DCO, EMO, MixCE, TokenCrossEntropy
 
@@ -33,6 +35,7 @@ __all__ = [
     "APL",
     "Asymmetric",
     "BCE",
+    "BiTempered",
     "build_loss",
     "Cauchy",
     "Circle",
@@ -45,6 +48,7 @@ __all__ = [
     "EMO",
     "EntropyMinimization",
     "Focal",
+    "FocalTversky",
     "GaussianNLL",
     "GCE",
     "GRPO",
@@ -53,6 +57,8 @@ __all__ = [
     "Huber",
     "InfoNCE",
     "IPO",
+    "Jaccard",
+    "JSD",
     "KD",
     "KTO",
     "LDRKL",
@@ -62,15 +68,19 @@ __all__ = [
     "LogitClip",
     "Loss",
     "LOSSES",
+    "LovaszHinge",
+    "LovaszSoftmax",
     "MAE",
     "MAERegression",
     "MixCE",
     "MSE",
+    "MultiMargin",
     "MultiSimilarity",
     "NPO",
     "OrdinalWasserstein",
     "OVR",
     "PLD",
+    "PoissonNLL",
     "Poly1",
     "PolyFocal",
     "PPOClip",
@@ -80,6 +90,7 @@ __all__ = [
     "RPO",
     "SCE",
     "SigmoidFocal",
+    "SigmoidPoly1",
     "SimPO",
     "SpectralDecoupling",
     "SphericalZLoss",

@@ -36,6 +36,9 @@ INPUT_OVERRIDES: dict[str, dict] = {
     "rpo": {"chosen_lengths": torch.tensor([1, 2, 3, 4, 5, 6])},
     # memory-efficient token loss (issue 4): hidden states and output weight instead of logits
     "linear_cross_entropy": {"hidden": torch.randn(N, T, D), "weight": torch.randn(C, D)},
+    # AugMix consistency (issue 18): K = 3 views of each sample on axis 1
+    "jsd": {"logits": torch.randn(N, 3, C)},
+    "poisson_nll": {"target": torch.tensor([0.0, 1.0, 2.0, 3.0, 0.0, 5.0])},  # counts
 }
 
 FAMILIES = ("multiclass", "binary", "regression", "embedding", "distillation", "preference", "token", "policy")
