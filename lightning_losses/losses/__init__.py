@@ -1,19 +1,34 @@
-"""Registered loss modules; importing this package registers every built-in loss."""
+"""Registered loss modules; importing this package registers every built-in loss.
+
+The public bases for writing a loss: :class:`Loss` (see its "Writing a loss" section) and the family bases
+:class:`LabelLoss`, :class:`BinaryLoss`, :class:`SetLevelLoss`, :class:`RegressionLoss`, :class:`DistillationLoss`,
+:class:`PreferenceLoss`, :class:`PairedLoss`, :class:`TokenLoss`, :class:`EmbeddingLoss`, :class:`PolicyLoss` and
+:class:`EntropyTerm`.
+"""
 
 # importing each family module registers its losses
-from lightning_losses.losses.base import LOSSES, Loss, build_loss, list_losses
+from lightning_losses.losses.base import FAMILIES, LOSSES, Loss, build_loss, list_losses
 from lightning_losses.losses.binary import BCE
 from lightning_losses.losses.classification import CrossEntropy, Focal
 from lightning_losses.losses.distillation import KD, PLD
-from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimization
+from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimization, EntropyTerm
+from lightning_losses.losses.families import (
+    BinaryLoss,
+    DistillationLoss,
+    LabelLoss,
+    PreferenceLoss,
+    RegressionLoss,
+    SetLevelLoss,
+    TokenLoss,
+)
 from lightning_losses.losses.linear_ce import LinearCrossEntropy
 from lightning_losses.losses.links import LDRKL, SphericalZLoss, StableMaxCrossEntropy
 from lightning_losses.losses.logit_scale import LogitClip, SpectralDecoupling, ZLoss
-from lightning_losses.losses.metric_learning import Circle, InfoNCE, MultiSimilarity, SupCon, Triplet
+from lightning_losses.losses.metric_learning import Circle, EmbeddingLoss, InfoNCE, MultiSimilarity, SupCon, Triplet
 from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, SigmoidFocal, Tversky
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
-from lightning_losses.losses.policy import GRPO, PPOClip
-from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, SimPO
+from lightning_losses.losses.policy import GRPO, PolicyLoss, PPOClip
+from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, PairedLoss, SimPO
 from lightning_losses.losses.regression import MSE
 from lightning_losses.losses.regression_robust import (
     Cauchy,
@@ -33,6 +48,7 @@ __all__ = [
     "APL",
     "Asymmetric",
     "BCE",
+    "BinaryLoss",
     "build_loss",
     "Cauchy",
     "Circle",
@@ -41,9 +57,13 @@ __all__ = [
     "CrossEntropy",
     "DCO",
     "Dice",
+    "DistillationLoss",
     "DPO",
+    "EmbeddingLoss",
     "EMO",
     "EntropyMinimization",
+    "EntropyTerm",
+    "FAMILIES",
     "Focal",
     "GaussianNLL",
     "GCE",
@@ -55,6 +75,7 @@ __all__ = [
     "IPO",
     "KD",
     "KTO",
+    "LabelLoss",
     "LDRKL",
     "LinearCrossEntropy",
     "list_losses",
@@ -70,15 +91,20 @@ __all__ = [
     "NPO",
     "OrdinalWasserstein",
     "OVR",
+    "PairedLoss",
     "PLD",
+    "PolicyLoss",
     "Poly1",
     "PolyFocal",
     "PPOClip",
+    "PreferenceLoss",
     "PseudoHuber",
     "Quantile",
     "RDPO",
+    "RegressionLoss",
     "RPO",
     "SCE",
+    "SetLevelLoss",
     "SigmoidFocal",
     "SimPO",
     "SpectralDecoupling",
@@ -88,6 +114,7 @@ __all__ = [
     "SupCon",
     "TaylorCE",
     "TokenCrossEntropy",
+    "TokenLoss",
     "Triplet",
     "Tversky",
     "ZLoss",

@@ -17,10 +17,10 @@ from lightning_losses._validation import check_bool, check_choice, check_number
 from lightning_losses.functional import metric_learning as MF
 from lightning_losses.losses.base import LOSSES, Loss
 
-__all__ = ["Circle", "InfoNCE", "MultiSimilarity", "SupCon", "Triplet"]
+__all__ = ["Circle", "EmbeddingLoss", "InfoNCE", "MultiSimilarity", "SupCon", "Triplet"]
 
 
-class _EmbeddingLoss(Loss):
+class EmbeddingLoss(Loss):
     """Shared inputs, normalisation / gather options and the valid-anchor mask of the metric losses."""
 
     family: ClassVar[str] = "embedding"
@@ -66,8 +66,11 @@ class _EmbeddingLoss(Loss):
         )
 
 
+_EmbeddingLoss = EmbeddingLoss  # the former private name, kept importable
+
+
 @LOSSES.register("info_nce", aliases=("infonce", "nt_xent", "ntxent"))
-class InfoNCE(_EmbeddingLoss):
+class InfoNCE(EmbeddingLoss):
     r"""InfoNCE / NT-Xent: :math:`\ell_i = \frac{1}{|P_i|}\sum_p -\log\frac{e^{s_{ip}/\tau}}{e^{s_{ip}/\tau} +
     \sum_{n} e^{s_{in}/\tau}}` (Oord et al. 2018; Chen et al. 2020).
 
@@ -116,7 +119,7 @@ class InfoNCE(_EmbeddingLoss):
 
 
 @LOSSES.register("supcon", aliases=("supervised_contrastive", "sup_con"))
-class SupCon(_EmbeddingLoss):
+class SupCon(EmbeddingLoss):
     r"""Supervised contrastive loss: :math:`\ell_i = -\frac{1}{|P_i|}\sum_{p}\log\frac{e^{s_{ip}/\tau}}
     {\sum_{a\ne i}e^{s_{ia}/\tau}}` (Khosla et al., NeurIPS 2020).
 
@@ -151,7 +154,7 @@ class SupCon(_EmbeddingLoss):
 
 
 @LOSSES.register("triplet", aliases=("triplet_margin",))
-class Triplet(_EmbeddingLoss):
+class Triplet(EmbeddingLoss):
     r"""Triplet margin loss :math:`[d_{ip} - d_{in} + m]_+` per anchor, batch-all or batch-hard mining.
 
     See :func:`lightning_losses.functional.metric_learning.triplet`.
@@ -197,7 +200,7 @@ class Triplet(_EmbeddingLoss):
 
 
 @LOSSES.register("multi_similarity", aliases=("ms_loss", "multisimilarity"))
-class MultiSimilarity(_EmbeddingLoss):
+class MultiSimilarity(EmbeddingLoss):
     r"""Multi-Similarity loss (Wang et al., CVPR 2019): :math:`\frac1\alpha\log(1+\sum_p e^{-\alpha(s_{ip}-\lambda)})
     + \frac1\beta\log(1+\sum_n e^{\beta(s_{in}-\lambda)})`.
 
@@ -244,7 +247,7 @@ class MultiSimilarity(_EmbeddingLoss):
 
 
 @LOSSES.register("circle", aliases=("circle_loss",))
-class Circle(_EmbeddingLoss):
+class Circle(EmbeddingLoss):
     r"""Circle loss (Sun et al., CVPR 2020): :math:`\log[1 + \sum_n e^{\gamma\alpha_n(s_n-m)}
     \sum_p e^{-\gamma\alpha_p(s_p-1+m)}]` with detached :math:`\alpha_p=[1+m-s_p]_+,\ \alpha_n=[s_n+m]_+`.
 

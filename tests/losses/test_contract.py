@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lightning_losses as ll
-from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.base import FAMILIES, LOSSES
 
 N, C, D, T = 6, 4, 5, 3
 
@@ -37,8 +37,6 @@ INPUT_OVERRIDES: dict[str, dict] = {
     # memory-efficient token loss (issue 4): hidden states and output weight instead of logits
     "linear_cross_entropy": {"hidden": torch.randn(N, T, D), "weight": torch.randn(C, D)},
 }
-
-FAMILIES = ("multiclass", "binary", "regression", "embedding", "distillation", "preference", "token", "policy")
 
 
 def _family(cls) -> str:
