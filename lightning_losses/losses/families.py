@@ -3,16 +3,18 @@
 Each base only fixes what the whole family has in common (the ``family`` label, shared validated arguments, the
 ``sample_mask``); the member writes ``__init__`` (validated hyperparameters) and ``forward`` (per-sample loss), as
 described in :class:`~lightning_losses.losses.base.Loss`. Bases with more logic live next to their members:
-:class:`~lightning_losses.losses.metric_learning.EmbeddingLoss`, :class:`~lightning_losses.losses.policy.PolicyLoss`
-and :class:`~lightning_losses.losses.entropy.EntropyTerm`.
+:class:`~lightning_losses.losses.policy.PolicyLoss` and :class:`~lightning_losses.losses.entropy.EntropyTerm`.
 """
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
-from lightning_losses._validation import check_choice, check_int, check_number
+from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses._validation.tensors import not_ignored
+from lightning_losses.functional import metric_learning as MF
 from lightning_losses.functional.aggregation import NORMALIZATIONS
 from lightning_losses.functional.multilabel import REDUCTIONS
 from lightning_losses.losses.base import Loss
@@ -20,6 +22,7 @@ from lightning_losses.losses.base import Loss
 __all__ = [
     "BinaryLoss",
     "DistillationLoss",
+    "EmbeddingLoss",
     "LabelLoss",
     "PreferenceLoss",
     "RegressionLoss",
@@ -96,3 +99,52 @@ class TokenLoss(Loss):
     def sample_mask(self, *, target: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
         """Sequences with at least one token that is not ``ignore_index``."""
         return not_ignored(target, self.ignore_index).any(-1)
+
+
+class EmbeddingLoss(Loss):
+    """Metric-learning loss on ``embeddings [N, D]`` and labels ``target [N]`` (optionally ``ref_embeddings`` /
+    ``ref_target``): shared ``normalize`` / ``gather`` options and the valid-anchor :meth:`sample_mask`."""
+
+    family: ClassVar[str] = "embedding"
+    needs_negative: ClassVar[bool] = False
+
+    def __init__(self, normalize: bool, gather: bool, validate_args: bool) -> None:
+        super().__init__(validate_args)
+        self.normalize = check_bool("normalize", normalize)
+        self.gather = check_bool("gather", gather)
+
+    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
+        """Hook of the former private base (``_EmbeddingLoss``), kept for its subclasses; the built-in members write
+        ``forward`` instead."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        target: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self._loss(embeddings, target, ref_embeddings, ref_target)
+
+    def _common(self) -> dict[str, Any]:
+        return {"normalize": self.normalize, "gather": self.gather}
+
+    def sample_mask(
+        self,
+        *,
+        embeddings: torch.Tensor,
+        target: torch.Tensor | None = None,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+        **_: Any,
+    ) -> torch.Tensor | None:
+        """Anchors with a positive (and a negative where the loss needs one); global labels under DDP."""
+        return MF.valid_anchors(
+            embeddings,
+            target,
+            ref_embeddings=ref_embeddings,
+            ref_target=ref_target,
+            needs_negative=self.needs_negative,
+            gather=self.gather,
+        )

@@ -9,61 +9,14 @@ Objective's normaliser. Under DDP (``gather=True``, default) references come fro
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 
-from lightning_losses._validation import check_bool, check_choice, check_number
+from lightning_losses._validation import check_choice, check_number
 from lightning_losses.functional import metric_learning as MF
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.families import EmbeddingLoss
 
 __all__ = ["Circle", "EmbeddingLoss", "InfoNCE", "MultiSimilarity", "SupCon", "Triplet"]
-
-
-class EmbeddingLoss(Loss):
-    """Shared inputs, normalisation / gather options and the valid-anchor mask of the metric losses."""
-
-    family: ClassVar[str] = "embedding"
-    needs_negative: ClassVar[bool] = False
-
-    def __init__(self, normalize: bool, gather: bool, validate_args: bool) -> None:
-        super().__init__(validate_args)
-        self.normalize = check_bool("normalize", normalize)
-        self.gather = check_bool("gather", gather)
-
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(
-        self,
-        embeddings: torch.Tensor,
-        target: torch.Tensor,
-        ref_embeddings: torch.Tensor | None = None,
-        ref_target: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self._loss(embeddings, target, ref_embeddings, ref_target)
-
-    def _common(self) -> dict[str, Any]:
-        return {"normalize": self.normalize, "gather": self.gather}
-
-    def sample_mask(
-        self,
-        *,
-        embeddings: torch.Tensor,
-        target: torch.Tensor | None = None,
-        ref_embeddings: torch.Tensor | None = None,
-        ref_target: torch.Tensor | None = None,
-        **_: Any,
-    ) -> torch.Tensor | None:
-        """Anchors with a positive (and a negative where the loss needs one); global labels under DDP."""
-        return MF.valid_anchors(
-            embeddings,
-            target,
-            ref_embeddings=ref_embeddings,
-            ref_target=ref_target,
-            needs_negative=self.needs_negative,
-            gather=self.gather,
-        )
 
 
 _EmbeddingLoss = EmbeddingLoss  # the former private name, kept importable
@@ -105,9 +58,6 @@ class InfoNCE(EmbeddingLoss):
         ref_embeddings: torch.Tensor | None = None,
         ref_target: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self._loss(embeddings, target, ref_embeddings, ref_target)
-
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
         return MF.info_nce(
             embeddings,
             target,
@@ -142,7 +92,13 @@ class SupCon(EmbeddingLoss):
         super().__init__(normalize, gather, validate_args)
         self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
 
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        target: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return MF.supcon(
             embeddings,
             target,
@@ -187,7 +143,13 @@ class Triplet(EmbeddingLoss):
         self.margin = check_number("margin", margin, low=0.0)
         self.mining = check_choice("mining", mining, MF.MINING)
 
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        target: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return MF.triplet(
             embeddings,
             target,
@@ -233,7 +195,13 @@ class MultiSimilarity(EmbeddingLoss):
         self.beta = check_number("beta", beta, low=0.0, low_open=True)
         self.base = check_number("base", base)
 
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        target: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return MF.multi_similarity(
             embeddings,
             target,
@@ -279,7 +247,13 @@ class Circle(EmbeddingLoss):
         self.m = check_number("m", m, low=0.0, high=1.0)
         self.gamma = check_number("gamma", gamma, low=0.0, low_open=True)
 
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        target: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return MF.circle(
             embeddings,
             target,

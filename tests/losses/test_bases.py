@@ -43,8 +43,9 @@ def test_built_in_losses_use_one_style():
     """Every built-in loss writes (or inherits from its family base) ``forward``; none uses the ``_fn`` hook."""
     for name in L.list_losses():
         cls = LOSSES.get(name)
-        assert "_fn" not in vars(cls) and "_kwargs" not in vars(cls), f"`{name}` uses the `_fn` / `_kwargs` hooks"
-        assert cls.forward is not L.Loss.forward
+        hooks = {"_fn", "_kwargs", "_loss"} & set(vars(cls))
+        assert not hooks, f"`{name}` uses the former hooks {sorted(hooks)} instead of `forward`"
+        assert "forward" in vars(cls) or cls.__base__ in (L.PolicyLoss,), f"`{name}` does not write `forward`"
 
 
 def test_subclass_of_the_former_paired_base_still_works():
@@ -61,6 +62,22 @@ def test_subclass_of_the_former_paired_base_still_works():
     x = torch.tensor([-1.0])
     assert torch.equal(Legacy()(x, x, x, x), L.IPO(beta=0.5)(x, x, x, x))
     assert Legacy.family == "preference" and Legacy.input_names()[0][0] == "chosen_logps"
+
+
+def test_subclass_of_the_former_embedding_base_still_works():
+    """Code written against ``_EmbeddingLoss`` (the ``_loss`` hook) keeps working."""
+    from lightning_losses.functional import metric_learning as MF
+    from lightning_losses.losses.metric_learning import _EmbeddingLoss
+
+    class Legacy(_EmbeddingLoss):
+        def __init__(self) -> None:
+            super().__init__(normalize=True, gather=False, validate_args=True)
+
+        def _loss(self, embeddings, target, ref_embeddings, ref_target):
+            return MF.supcon(embeddings, target, temperature=0.1, normalize=True, gather=False)
+
+    x, y = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 0, 1, 1, 2, 2])
+    assert torch.allclose(Legacy()(x, y), L.SupCon(gather=False)(embeddings=x, target=y))
 
 
 def test_label_loss_masks_ignored_labels():
