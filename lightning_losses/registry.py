@@ -65,6 +65,8 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds, used in messages (``"loss"``, ``"schedule"``, ...).
+        name_attr: if set, :meth:`register` stamps the canonical name on a registered class as this class attribute
+            (the reweighters' ``strategy``), so that a class never writes its name twice.
 
     Example:
         >>> reg = Registry("widget")
@@ -78,8 +80,9 @@ class Registry(Generic[T]):
         ['spinner']
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, name_attr: str | None = None) -> None:
         self.kind = kind
+        self.name_attr = name_attr
         self._entries: dict[str, _Entry[T]] = {}
         self._aliases: dict[str, str] = {}
 
@@ -94,12 +97,26 @@ class Registry(Generic[T]):
                 raise ConfigurationError(f"a {self.kind} needs a non-empty name")
             if canonical in self._entries or canonical in self._aliases:
                 raise ConfigurationError(f"{self.kind} `{canonical}` is already registered")
+            if self.name_attr and inspect.isclass(obj):
+                written = vars(obj).get(self.name_attr)
+                if written not in (None, "", canonical):
+                    raise ConfigurationError(
+                        f"{self.kind} `{canonical}`: the class sets `{self.name_attr}` = {written!r}; leave it out, "
+                        "the registry sets it to the registered name"
+                    )
+                setattr(obj, self.name_attr, canonical)
             self._entries[canonical] = _Entry(canonical, obj, frozenset(tags))
             for alias in aliases:
                 self.alias(alias, canonical)
             return obj
 
         return decorator
+
+    def unregister(self, name: str) -> None:
+        """Remove a registered entry and its aliases (for tests and interactive experiments)."""
+        canonical = self.canonical(name)
+        del self._entries[canonical]
+        self._aliases = {a: t for a, t in self._aliases.items() if t != canonical}
 
     def alias(self, alias: str, name: str) -> None:
         """Make ``alias`` resolve to the registered ``name``."""

@@ -64,12 +64,7 @@ PILLAR_EXCEPTIONS = {
 }
 
 #: private names still imported across modules, with the reason (to be made public or kept inside their module)
-PRIVATE_EXCEPTIONS = {
-    ("losses.links", "losses.classification", "_LabelLoss"): "defined in losses/classification.py: pending",
-    ("losses.margin", "losses.classification", "_LabelLoss"): "defined in losses/classification.py: pending",
-    ("losses.robust", "losses.classification", "_LabelLoss"): "defined in losses/classification.py: pending",
-    ("losses.surrogates", "losses.classification", "_LabelLoss"): "defined in losses/classification.py: pending",
-}
+PRIVATE_EXCEPTIONS: dict[tuple[str, str, str], str] = {}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

@@ -1,20 +1,35 @@
-"""Registered loss modules; importing this package registers every built-in loss."""
+"""Registered loss modules; importing this package registers every built-in loss.
+
+The public bases for writing a loss: :class:`Loss` (see its "Writing a loss" section) and the family bases
+:class:`LabelLoss`, :class:`BinaryLoss`, :class:`SetLevelLoss`, :class:`RegressionLoss`, :class:`DistillationLoss`,
+:class:`PreferenceLoss`, :class:`PairedLoss`, :class:`TokenLoss`, :class:`EmbeddingLoss`, :class:`PolicyLoss` and
+:class:`EntropyTerm`.
+"""
 
 # importing each family module registers its losses
-from lightning_losses.losses.base import LOSSES, Loss, build_loss, list_losses
+from lightning_losses.losses.base import FAMILIES, LOSSES, Loss, build_loss, list_losses
 from lightning_losses.losses.binary import BCE
 from lightning_losses.losses.classification import CrossEntropy, Focal
 from lightning_losses.losses.distillation import KD, PLD
-from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimization
+from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimization, EntropyTerm
+from lightning_losses.losses.families import (
+    BinaryLoss,
+    DistillationLoss,
+    LabelLoss,
+    PreferenceLoss,
+    RegressionLoss,
+    SetLevelLoss,
+    TokenLoss,
+)
 from lightning_losses.losses.linear_ce import LinearCrossEntropy
 from lightning_losses.losses.links import LDRKL, SphericalZLoss, StableMaxCrossEntropy
 from lightning_losses.losses.logit_scale import LogitClip, SpectralDecoupling, ZLoss
 from lightning_losses.losses.margin import BiTempered, MultiMargin, PoissonNLL, SigmoidPoly1
-from lightning_losses.losses.metric_learning import Circle, InfoNCE, MultiSimilarity, SupCon, Triplet
+from lightning_losses.losses.metric_learning import Circle, EmbeddingLoss, InfoNCE, MultiSimilarity, SupCon, Triplet
 from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, SigmoidFocal, Tversky
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
-from lightning_losses.losses.policy import GRPO, PPOClip
-from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, SimPO
+from lightning_losses.losses.policy import GRPO, PolicyLoss, PPOClip
+from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, PairedLoss, SimPO
 from lightning_losses.losses.regression import MSE
 from lightning_losses.losses.regression_robust import (
     Cauchy,
@@ -36,6 +51,7 @@ __all__ = [
     "Asymmetric",
     "BCE",
     "BiTempered",
+    "BinaryLoss",
     "build_loss",
     "Cauchy",
     "Circle",
@@ -44,9 +60,13 @@ __all__ = [
     "CrossEntropy",
     "DCO",
     "Dice",
+    "DistillationLoss",
     "DPO",
+    "EmbeddingLoss",
     "EMO",
     "EntropyMinimization",
+    "EntropyTerm",
+    "FAMILIES",
     "Focal",
     "FocalTversky",
     "GaussianNLL",
@@ -61,6 +81,7 @@ __all__ = [
     "JSD",
     "KD",
     "KTO",
+    "LabelLoss",
     "LDRKL",
     "LinearCrossEntropy",
     "list_losses",
@@ -79,16 +100,21 @@ __all__ = [
     "NPO",
     "OrdinalWasserstein",
     "OVR",
+    "PairedLoss",
     "PLD",
     "PoissonNLL",
+    "PolicyLoss",
     "Poly1",
     "PolyFocal",
     "PPOClip",
+    "PreferenceLoss",
     "PseudoHuber",
     "Quantile",
     "RDPO",
+    "RegressionLoss",
     "RPO",
     "SCE",
+    "SetLevelLoss",
     "SigmoidFocal",
     "SigmoidPoly1",
     "SimPO",
@@ -99,6 +125,7 @@ __all__ = [
     "SupCon",
     "TaylorCE",
     "TokenCrossEntropy",
+    "TokenLoss",
     "Triplet",
     "Tversky",
     "ZLoss",

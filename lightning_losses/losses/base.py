@@ -16,22 +16,67 @@ from torch import nn
 from lightning_losses._validation import check_bool
 from lightning_losses.registry import Registry
 
-__all__ = ["LOSSES", "Loss", "build_loss", "list_losses"]
+__all__ = ["FAMILIES", "LOSSES", "Loss", "build_loss", "list_losses"]
 
 LOSSES: Registry[type[Loss]] = Registry("loss")
+#: the documented values of :attr:`Loss.family`
+FAMILIES = ("multiclass", "binary", "regression", "embedding", "distillation", "preference", "token", "policy")
 _INPUT_NAMES: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
 class Loss(nn.Module):
     """Base class of every registered loss.
 
-    Subclasses implement ``forward(**named_tensors) -> Tensor[N]`` and validate their arguments in ``__init__``.
+    **The contract.** ``forward(**named_tensors) -> Tensor[N]``: the per-sample loss (a scalar for the whole batch
+    when :attr:`batch_level`), taking the library's shared input names as keyword arguments; its signature is the
+    loss's inputs (:meth:`input_names`). :meth:`sample_mask` says which samples count.
+
+    **Writing a loss** (one style for every loss): validate each hyperparameter in ``__init__`` and store it as an
+    attribute of the same name (``repr`` shows them); write ``forward`` with the named inputs it needs, calling the
+    pure function with the stored hyperparameters; set ``family`` (or subclass a family base such as
+    :class:`~lightning_losses.losses.LabelLoss`, which also brings the ``ignore_index`` mask); register it:
+
+    >>> import torch
+    >>> from lightning_losses.losses import LOSSES, LabelLoss, build_loss
+    >>> from lightning_losses._validation import check_int, check_number
+    >>>
+    >>> @LOSSES.register("margin_hinge", aliases=("hinge_margin",))
+    ... class MarginHinge(LabelLoss):
+    ...     # multi-class hinge: max(0, margin + max_{c != y} z_c - z_y) per sample
+    ...     def __init__(self, margin: float = 1.0, ignore_index: int = -100, validate_args: bool = True) -> None:
+    ...         super().__init__(validate_args)
+    ...         self.margin = check_number("margin", margin, low=0.0)
+    ...         self.ignore_index = check_int("ignore_index", ignore_index)
+    ...
+    ...     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    ...         y = target.clamp_min(0).unsqueeze(1)  # ignored labels: masked by sample_mask
+    ...         true = logits.gather(1, y).squeeze(1)
+    ...         other = logits.scatter(1, y, float("-inf")).amax(1)
+    ...         return (self.margin + other - true).clamp_min(0.0)
+    >>> loss = build_loss("hinge_margin", margin=0.5)
+    >>> loss
+    MarginHinge(margin=0.5, ignore_index=-100)
+    >>> loss(logits=torch.tensor([[2.0, 0.0], [0.0, 0.2]]), target=torch.tensor([0, 1]))
+    tensor([0.0000, 0.3000])
+    >>> loss.input_names(), loss.sample_mask(target=torch.tensor([0, -100])).tolist()
+    ((('logits', 'target'), ()), [True, False])
+    >>> LOSSES.unregister("margin_hinge")  # keep the doctest's registry clean
 
     Attributes:
+        family: the kind of inputs and target the loss takes, one of :data:`FAMILIES`: ``"multiclass"``
+            (``logits [N, C]``, integer ``target``), ``"binary"`` (``logits`` and 0 / 1 ``target`` of the same
+            shape), ``"regression"`` (``pred`` / real ``target``), ``"embedding"`` (``embeddings``, ``target``),
+            ``"distillation"`` (``logits``, ``teacher_logits``), ``"preference"`` (per-sequence log-probabilities),
+            ``"token"`` (``logits [N, T, V]``, ``target [N, T]``) and ``"policy"`` (token ``logps``,
+            ``advantages``). It describes the loss for users and tools; the registry-wide contract test
+            (``tests/losses/test_contract.py``) uses it to choose the inputs it calls every registered loss with.
+            ``None`` (the default) lets that test infer it from unambiguous input names. The family bases
+            (:class:`~lightning_losses.losses.LabelLoss`, ...) set it.
         batch_level: ``True`` for set-level losses (global Dice, AnyLoss) whose ``forward`` returns a scalar for the
             whole (global) batch; such terms are added to the objective after reweighting.
     """
 
+    family: ClassVar[str | None] = None
     batch_level: ClassVar[bool] = False
 
     def __init__(self, validate_args: bool = True) -> None:

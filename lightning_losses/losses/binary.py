@@ -8,13 +8,14 @@ import torch
 
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_number, check_probability_vector
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.families import BinaryLoss
 
 __all__ = ["BCE"]
 
 
 @LOSSES.register("bce", aliases=("binary_cross_entropy",))
-class BCE(Loss):
+class BCE(BinaryLoss):
     r"""Binary cross entropy with logits, per sample (mean over labels for ``[N, K]``).
 
     Args:
@@ -25,8 +26,6 @@ class BCE(Loss):
         >>> ll.build_loss("bce")(logits=torch.zeros(4, 3), target=torch.ones(4, 3)).shape
         torch.Size([4])
     """
-
-    family = "binary"
 
     def __init__(self, pos_weight: float | Sequence[float] | None = None, validate_args: bool = True) -> None:
         super().__init__(validate_args)

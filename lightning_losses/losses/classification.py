@@ -9,25 +9,16 @@ import torch
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_int, check_number, check_probability_vector
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.functional._checks import not_ignored
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.families import LabelLoss
 
-__all__ = ["CrossEntropy", "Focal"]
+__all__ = ["CrossEntropy", "Focal", "LabelLoss"]
 
-
-class _LabelLoss(Loss):
-    """Shared ``ignore_index`` handling for losses on integer labels."""
-
-    ignore_index: int
-
-    def sample_mask(self, *, target: torch.Tensor, **_: torch.Tensor) -> torch.Tensor | None:
-        if target.is_floating_point():
-            return None
-        return not_ignored(target, self.ignore_index)
+_LabelLoss = LabelLoss  # the former private name, kept importable
 
 
 @LOSSES.register("cross_entropy", aliases=("ce", "xent"))
-class CrossEntropy(_LabelLoss):
+class CrossEntropy(LabelLoss):
     r"""Per-sample cross entropy: :math:`\ell_i = -\sum_c w_c q_{ic}\log\mathrm{softmax}(z_i)_c`.
 
     See :func:`lightning_losses.functional.cross_entropy` for the formula and the smoothing construction
@@ -45,8 +36,6 @@ class CrossEntropy(_LabelLoss):
         >>> loss(logits=torch.zeros(3, 4), target=torch.tensor([0, 1, 2])).shape
         torch.Size([3])
     """
-
-    family = "multiclass"
 
     def __init__(
         self,
@@ -72,7 +61,7 @@ class CrossEntropy(_LabelLoss):
 
 
 @LOSSES.register("focal", aliases=("focal_loss",))
-class Focal(_LabelLoss):
+class Focal(LabelLoss):
     r"""Softmax focal loss (Lin et al., ICCV 2017): :math:`\ell_i = -\alpha_{y_i}(1-p_{i,y_i})^\gamma\log p_{i,y_i}`.
 
     Stable for any ``gamma >= 0`` at saturated logits (see :func:`lightning_losses.functional.focal_term`).
@@ -88,8 +77,6 @@ class Focal(_LabelLoss):
         >>> ll.build_loss("focal", gamma=2.0)(logits=torch.zeros(2, 3), target=torch.tensor([0, 1])).shape
         torch.Size([2])
     """
-
-    family = "multiclass"
 
     def __init__(
         self,

@@ -10,17 +10,17 @@ import torch
 
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_int, check_number
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.families import DistillationLoss
 
 __all__ = ["KD", "PLD"]
 
 
-class _DistillationLoss(Loss):
-    family = "distillation"
+_DistillationLoss = DistillationLoss  # the former private name, kept importable
 
 
 @LOSSES.register("kd", aliases=("knowledge_distillation",))
-class KD(_DistillationLoss):
+class KD(DistillationLoss):
     r"""Knowledge distillation (Hinton et al., 2015): :math:`(1 - w)T^2\,\mathrm{KL}(p_t^T\|p_s^T) + w\,\mathrm{CE}`.
 
     Args:
@@ -60,7 +60,7 @@ class KD(_DistillationLoss):
 
 
 @LOSSES.register("pld", aliases=("plackett_luce_distillation",))
-class PLD(_DistillationLoss):
+class PLD(DistillationLoss):
     r"""Plackett-Luce distillation (Bassam et al., 2025): a teacher-confidence-weighted list-wise loss over the
     ranking "true label first, then by teacher logit"; replaces CE + KD (no mixing weight).
 

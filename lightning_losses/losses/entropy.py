@@ -20,10 +20,10 @@ from lightning_losses._validation.tensors import not_ignored
 from lightning_losses.functional.entropy import confidence_penalty, entropy_minimization
 from lightning_losses.losses.base import LOSSES, Loss
 
-__all__ = ["ConfidencePenalty", "EntropyMinimization"]
+__all__ = ["ConfidencePenalty", "EntropyMinimization", "EntropyTerm"]
 
 
-class _EntropyTerm(Loss):
+class EntropyTerm(Loss):
     """Shared input handling: ``logits [N, C]`` or ``[N, T, V]`` with an optional ``target`` for the token mask."""
 
     family = "multiclass"
@@ -39,8 +39,11 @@ class _EntropyTerm(Loss):
         return not_ignored(target, self.ignore_index)
 
 
+_EntropyTerm = EntropyTerm  # the former private name, kept importable
+
+
 @LOSSES.register("confidence_penalty", aliases=("entropy_bonus",), tags=("entropy",))
-class ConfidencePenalty(_EntropyTerm):
+class ConfidencePenalty(EntropyTerm):
     r"""Confidence penalty :math:`\ell_i = -\beta H(p_i)` (Pereyra et al., ICLR 2017 workshop): raises entropy.
 
     Equivalent to :math:`\beta\,\mathrm{KL}(p\,\|\,u)` up to a constant (label smoothing adds
@@ -70,7 +73,7 @@ class ConfidencePenalty(_EntropyTerm):
 
 
 @LOSSES.register("entropy_minimization", aliases=("entropy_penalty", "entropy_minimisation"), tags=("entropy",))
-class EntropyMinimization(_EntropyTerm):
+class EntropyMinimization(EntropyTerm):
     r"""Entropy minimisation :math:`\ell_i = +\beta H(p_i)`: lowers entropy (semi-supervised / unlabelled data).
 
     Args:

@@ -7,13 +7,13 @@ import torch
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_bool, check_int, check_number
 from lightning_losses.losses.base import LOSSES
-from lightning_losses.losses.classification import _LabelLoss
+from lightning_losses.losses.families import LabelLoss
 
 __all__ = ["LDRKL", "SphericalZLoss", "StableMaxCrossEntropy"]
 
 
 @LOSSES.register("ldr_kl", aliases=("ldr", "ldr_kl_loss"))
-class LDRKL(_LabelLoss):
+class LDRKL(LabelLoss):
     r"""Label-distributionally-robust loss with KL regulariser (Zhu, Ying, Yang, ICML 2023):
     :math:`\ell_i = \lambda\log\frac1C\sum_k\exp\big((c\,\mathbb 1[k\ne y_i] + f_{ik} - f_{iy_i})/\lambda\big)`.
 
@@ -31,8 +31,6 @@ class LDRKL(_LabelLoss):
         >>> ll.build_loss("ldr_kl", lam=1.0, margin=2.0)(logits=torch.zeros(2, 3), target=torch.tensor([0, 1])).shape
         torch.Size([2])
     """
-
-    family = "multiclass"
 
     def __init__(
         self,
@@ -61,7 +59,7 @@ class LDRKL(_LabelLoss):
 
 
 @LOSSES.register("stablemax_cross_entropy", aliases=("stablemax", "stablemax_ce"))
-class StableMaxCrossEntropy(_LabelLoss):
+class StableMaxCrossEntropy(LabelLoss):
     r"""Cross entropy through StableMax, :math:`s(x) = x + 1` (``x >= 0``), :math:`1/(1-x)` (``x < 0``) (Prieto et
     al., ICLR 2025).
 
@@ -72,8 +70,6 @@ class StableMaxCrossEntropy(_LabelLoss):
         >>> ll.build_loss("stablemax_cross_entropy")(logits=torch.zeros(2, 3), target=torch.tensor([0, 1])).shape
         torch.Size([2])
     """
-
-    family = "multiclass"
 
     def __init__(self, ignore_index: int = -100, validate_args: bool = True) -> None:
         super().__init__(validate_args)
@@ -86,7 +82,7 @@ class StableMaxCrossEntropy(_LabelLoss):
 
 
 @LOSSES.register("spherical_z_loss")
-class SphericalZLoss(_LabelLoss):
+class SphericalZLoss(LabelLoss):
     r"""Spherical Z-loss :math:`\ell_i = \frac1a\mathrm{softplus}(a(b - \zeta_i))`, :math:`\zeta_i` the z-score of
     the target logit (de Brébisson & Vincent, 2016). Not the PaLM ``z_loss``.
 
@@ -102,8 +98,6 @@ class SphericalZLoss(_LabelLoss):
         >>> ll.build_loss("spherical_z_loss", a=1.0, b=2.0)(logits=torch.randn(2, 3), target=torch.tensor([0, 1])).shape
         torch.Size([2])
     """
-
-    family = "multiclass"
 
     def __init__(self, a: float, b: float, ignore_index: int = -100, validate_args: bool = True) -> None:
         super().__init__(validate_args)

@@ -12,13 +12,13 @@ from lightning_losses.functional.margin import multi_margin, poisson_nll
 from lightning_losses.functional.sigmoid_poly import sigmoid_poly1
 from lightning_losses.functional.tempered import bi_tempered
 from lightning_losses.losses.base import LOSSES, Loss
-from lightning_losses.losses.classification import _LabelLoss
+from lightning_losses.losses.families import LabelLoss
 
 __all__ = ["BiTempered", "MultiMargin", "PoissonNLL", "SigmoidPoly1"]
 
 
 @LOSSES.register("multi_margin", aliases=("multi_margin_loss", "multiclass_hinge"))
-class MultiMargin(_LabelLoss):
+class MultiMargin(LabelLoss):
     r"""Multi-class hinge :math:`\ell_i = \frac1C\sum_{j\ne y_i} w_{y_i}\max(0, m - z_{i,y_i} + z_{ij})^p`
     (Weston & Watkins, 1999; ``torch.nn.MultiMarginLoss`` with ``reduction="none"``).
 
@@ -65,7 +65,7 @@ class MultiMargin(_LabelLoss):
 
 
 @LOSSES.register("bi_tempered", aliases=("bi_tempered_logistic", "bitempered"))
-class BiTempered(_LabelLoss):
+class BiTempered(LabelLoss):
     r"""Bi-tempered logistic loss (Amid, Warmuth, Anil & Koren, NeurIPS 2019): the Bregman divergence of
     :math:`\log_{t_1}` between the target and the tempered softmax :math:`\exp_{t_2}(a - \lambda(a))`.
 

@@ -9,65 +9,21 @@ Objective's normaliser. Under DDP (``gather=True``, default) references come fro
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 
-from lightning_losses._validation import check_bool, check_choice, check_number
+from lightning_losses._validation import check_choice, check_number
 from lightning_losses.functional import metric_learning as MF
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.families import EmbeddingLoss
 
-__all__ = ["Circle", "InfoNCE", "MultiSimilarity", "SupCon", "Triplet"]
+__all__ = ["Circle", "EmbeddingLoss", "InfoNCE", "MultiSimilarity", "SupCon", "Triplet"]
 
 
-class _EmbeddingLoss(Loss):
-    """Shared inputs, normalisation / gather options and the valid-anchor mask of the metric losses."""
-
-    family: ClassVar[str] = "embedding"
-    needs_negative: ClassVar[bool] = False
-
-    def __init__(self, normalize: bool, gather: bool, validate_args: bool) -> None:
-        super().__init__(validate_args)
-        self.normalize = check_bool("normalize", normalize)
-        self.gather = check_bool("gather", gather)
-
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(
-        self,
-        embeddings: torch.Tensor,
-        target: torch.Tensor,
-        ref_embeddings: torch.Tensor | None = None,
-        ref_target: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self._loss(embeddings, target, ref_embeddings, ref_target)
-
-    def _common(self) -> dict[str, Any]:
-        return {"normalize": self.normalize, "gather": self.gather}
-
-    def sample_mask(
-        self,
-        *,
-        embeddings: torch.Tensor,
-        target: torch.Tensor | None = None,
-        ref_embeddings: torch.Tensor | None = None,
-        ref_target: torch.Tensor | None = None,
-        **_: Any,
-    ) -> torch.Tensor | None:
-        """Anchors with a positive (and a negative where the loss needs one); global labels under DDP."""
-        return MF.valid_anchors(
-            embeddings,
-            target,
-            ref_embeddings=ref_embeddings,
-            ref_target=ref_target,
-            needs_negative=self.needs_negative,
-            gather=self.gather,
-        )
+_EmbeddingLoss = EmbeddingLoss  # the former private name, kept importable
 
 
 @LOSSES.register("info_nce", aliases=("infonce", "nt_xent", "ntxent"))
-class InfoNCE(_EmbeddingLoss):
+class InfoNCE(EmbeddingLoss):
     r"""InfoNCE / NT-Xent: :math:`\ell_i = \frac{1}{|P_i|}\sum_p -\log\frac{e^{s_{ip}/\tau}}{e^{s_{ip}/\tau} +
     \sum_{n} e^{s_{in}/\tau}}` (Oord et al. 2018; Chen et al. 2020).
 
@@ -102,9 +58,6 @@ class InfoNCE(_EmbeddingLoss):
         ref_embeddings: torch.Tensor | None = None,
         ref_target: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self._loss(embeddings, target, ref_embeddings, ref_target)
-
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
         return MF.info_nce(
             embeddings,
             target,
@@ -116,7 +69,7 @@ class InfoNCE(_EmbeddingLoss):
 
 
 @LOSSES.register("supcon", aliases=("supervised_contrastive", "sup_con"))
-class SupCon(_EmbeddingLoss):
+class SupCon(EmbeddingLoss):
     r"""Supervised contrastive loss: :math:`\ell_i = -\frac{1}{|P_i|}\sum_{p}\log\frac{e^{s_{ip}/\tau}}
     {\sum_{a\ne i}e^{s_{ia}/\tau}}` (Khosla et al., NeurIPS 2020).
 
@@ -139,7 +92,13 @@ class SupCon(_EmbeddingLoss):
         super().__init__(normalize, gather, validate_args)
         self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
 
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        target: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return MF.supcon(
             embeddings,
             target,
@@ -151,7 +110,7 @@ class SupCon(_EmbeddingLoss):
 
 
 @LOSSES.register("triplet", aliases=("triplet_margin",))
-class Triplet(_EmbeddingLoss):
+class Triplet(EmbeddingLoss):
     r"""Triplet margin loss :math:`[d_{ip} - d_{in} + m]_+` per anchor, batch-all or batch-hard mining.
 
     See :func:`lightning_losses.functional.metric_learning.triplet`.
@@ -184,7 +143,13 @@ class Triplet(_EmbeddingLoss):
         self.margin = check_number("margin", margin, low=0.0)
         self.mining = check_choice("mining", mining, MF.MINING)
 
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        target: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return MF.triplet(
             embeddings,
             target,
@@ -197,7 +162,7 @@ class Triplet(_EmbeddingLoss):
 
 
 @LOSSES.register("multi_similarity", aliases=("ms_loss", "multisimilarity"))
-class MultiSimilarity(_EmbeddingLoss):
+class MultiSimilarity(EmbeddingLoss):
     r"""Multi-Similarity loss (Wang et al., CVPR 2019): :math:`\frac1\alpha\log(1+\sum_p e^{-\alpha(s_{ip}-\lambda)})
     + \frac1\beta\log(1+\sum_n e^{\beta(s_{in}-\lambda)})`.
 
@@ -230,7 +195,13 @@ class MultiSimilarity(_EmbeddingLoss):
         self.beta = check_number("beta", beta, low=0.0, low_open=True)
         self.base = check_number("base", base)
 
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        target: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return MF.multi_similarity(
             embeddings,
             target,
@@ -244,7 +215,7 @@ class MultiSimilarity(_EmbeddingLoss):
 
 
 @LOSSES.register("circle", aliases=("circle_loss",))
-class Circle(_EmbeddingLoss):
+class Circle(EmbeddingLoss):
     r"""Circle loss (Sun et al., CVPR 2020): :math:`\log[1 + \sum_n e^{\gamma\alpha_n(s_n-m)}
     \sum_p e^{-\gamma\alpha_p(s_p-1+m)}]` with detached :math:`\alpha_p=[1+m-s_p]_+,\ \alpha_n=[s_n+m]_+`.
 
@@ -276,7 +247,13 @@ class Circle(_EmbeddingLoss):
         self.m = check_number("m", m, low=0.0, high=1.0)
         self.gamma = check_number("gamma", gamma, low=0.0, low_open=True)
 
-    def _loss(self, embeddings, target, ref_embeddings, ref_target) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        target: torch.Tensor,
+        ref_embeddings: torch.Tensor | None = None,
+        ref_target: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return MF.circle(
             embeddings,
             target,

@@ -12,26 +12,18 @@ import torch
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_choice, check_number
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.functional.multilabel import ANYLOSS_METRICS, REDUCTIONS
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.functional.multilabel import ANYLOSS_METRICS
+from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.families import BinaryLoss, SetLevelLoss
 
 __all__ = ["AnyLoss", "Asymmetric", "Dice", "SigmoidFocal", "Tversky"]
 
 
-class _BinaryLoss(Loss):
-    family = "binary"
-
-
-class _SetLevelLoss(_BinaryLoss):
-    """Shared ``reduction`` handling: ``"global"`` makes the loss batch-level."""
-
-    def _set_reduction(self, reduction: str) -> None:
-        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
-        self.batch_level = self.reduction == "global"
+_BinaryLoss, _SetLevelLoss = BinaryLoss, SetLevelLoss  # the former private names, kept importable
 
 
 @LOSSES.register("sigmoid_focal", aliases=("sigmoid_focal_loss", "binary_focal"))
-class SigmoidFocal(_BinaryLoss):
+class SigmoidFocal(BinaryLoss):
     r"""Sigmoid focal loss, torchvision semantics: :math:`\alpha_t(1 - p_t)^\gamma\,\mathrm{BCE}`, mean over labels.
 
     Stable for any ``gamma >= 0`` at saturated logits (log-space modulator, see
@@ -58,7 +50,7 @@ class SigmoidFocal(_BinaryLoss):
 
 
 @LOSSES.register("asymmetric", aliases=("asl", "asymmetric_loss"))
-class Asymmetric(_BinaryLoss):
+class Asymmetric(BinaryLoss):
     r"""Asymmetric loss (ASL, Ridnik et al., ICCV 2021) for multi-label classification.
 
     :math:`-y(1 - p)^{\gamma_+}\log p - (1 - y)p_m^{\gamma_-}\log(1 - p_m)`, :math:`p_m = \max(p - m, 0)`.
@@ -94,7 +86,7 @@ class Asymmetric(_BinaryLoss):
 
 
 @LOSSES.register("dice", aliases=("dice_loss", "self_adjusting_dice"))
-class Dice(_SetLevelLoss):
+class Dice(SetLevelLoss):
     r"""Soft Dice loss, self-adjusting when ``alpha > 0`` (Li et al., ACL 2020).
 
     :math:`1 - (2\sum\tilde p y + s)/(\sum\tilde p + \sum y + s)`, :math:`\tilde p = (1 - p)^\alpha p`.
@@ -134,7 +126,7 @@ class Dice(_SetLevelLoss):
 
 
 @LOSSES.register("tversky", aliases=("tversky_loss",))
-class Tversky(_SetLevelLoss):
+class Tversky(SetLevelLoss):
     r"""Soft Tversky loss (Salehi et al., 2017): :math:`1 - (TP + s)/(TP + \alpha FP + \beta FN + s)`.
 
     Args:
@@ -178,7 +170,7 @@ class Tversky(_SetLevelLoss):
 
 
 @LOSSES.register("anyloss", aliases=("any_loss",))
-class AnyLoss(_SetLevelLoss):
+class AnyLoss(SetLevelLoss):
     r"""AnyLoss (Han et al., KDD 2024): ``1 - metric`` on the soft confusion matrix of :math:`\sigma(L(p - 0.5))`.
 
     Args:

@@ -7,13 +7,14 @@ import torch
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_int, check_number
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.families import RegressionLoss
 
 __all__ = ["HLGauss", "OrdinalWasserstein"]
 
 
 @LOSSES.register("hl_gauss", aliases=("hlgauss", "histogram_loss"))
-class HLGauss(Loss):
+class HLGauss(RegressionLoss):
     r"""HL-Gauss: regression as classification (Farebrother et al., *Stop Regressing*, ICML 2024).
 
     Inputs ``logits [N, num_bins]`` and a real ``target [N]``; the loss is the cross entropy against the Gaussian
@@ -35,8 +36,6 @@ class HLGauss(Loss):
         >>> loss.predict(torch.zeros(1, 4))
         tensor([0.5000])
     """
-
-    family = "regression"
 
     def __init__(
         self, min_value: float = -10.0, max_value: float = 10.0, num_bins: int = 51, sigma: float | None = None
@@ -61,7 +60,7 @@ class HLGauss(Loss):
 
 
 @LOSSES.register("ordinal_wasserstein", aliases=("emd", "wasserstein_ordinal"))
-class OrdinalWasserstein(Loss):
+class OrdinalWasserstein(RegressionLoss):
     r"""Wasserstein / earth mover's loss on ordered classes from CDFs: :math:`\Delta\sum_c |F_q(c) - F_y(c)|^p`.
 
     Inputs ``logits [N, C]`` (classes in their natural order: bins, grades, ages) and ``target [N]`` integer
@@ -78,8 +77,6 @@ class OrdinalWasserstein(Loss):
         >>> loss(logits=torch.tensor([[10.0, 0.0, 0.0]]), target=torch.tensor([2])).round(decimals=3)
         tensor([2.])
     """
-
-    family = "regression"
 
     def __init__(self, p: int = 1, bin_width: float = 1.0, validate_args: bool = True) -> None:
         super().__init__(validate_args)

@@ -29,7 +29,7 @@ from lightning_losses.functional import policy as PF
 from lightning_losses.functional.dual_ascent import dual_ascent_step, entropy_error
 from lightning_losses.losses.base import LOSSES, Loss
 
-__all__ = ["GRPO", "PPOClip"]
+__all__ = ["GRPO", "PolicyLoss", "PPOClip"]
 
 
 def _pair(name: str, value: Sequence[float], low: float = 0.0) -> tuple[float, float]:
@@ -41,7 +41,7 @@ def _pair(name: str, value: Sequence[float], low: float = 0.0) -> tuple[float, f
     return a, b
 
 
-class _PolicyLoss(Loss):
+class PolicyLoss(Loss):
     r"""Shared hyperparameters of :class:`PPOClip` and :class:`GRPO`.
 
     Args:
@@ -166,11 +166,14 @@ class _PolicyLoss(Loss):
         )
 
 
+_PolicyLoss = PolicyLoss  # the former private name, kept importable
+
+
 @LOSSES.register("ppo_clip", aliases=("ppo",))
-class PPOClip(_PolicyLoss):
+class PPOClip(PolicyLoss):
     r"""PPO clipped surrogate per response (Schulman et al., 2017); default global token mean (``"token"``).
 
-    See :class:`_PolicyLoss` for the arguments and :func:`lightning_losses.functional.policy.ppo_clip` for the formula.
+    See :class:`PolicyLoss` for the arguments and :func:`lightning_losses.functional.policy.ppo_clip` for the formula.
 
     Example:
         >>> import lightning_losses as ll
@@ -182,7 +185,7 @@ class PPOClip(_PolicyLoss):
 
 
 @LOSSES.register("grpo")
-class GRPO(_PolicyLoss):
+class GRPO(PolicyLoss):
     r"""GRPO per response (Shao et al., 2024): PPO clipping, token mean within each response (``"sequence"``) and the
     k3 KL to ``ref_logps`` when ``kl_coef > 0``; use :func:`~lightning_losses.functional.policy.group_advantages`.
 

@@ -9,17 +9,17 @@ import torch
 
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_bool, check_choice, check_number
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.families import RegressionLoss
 
 __all__ = ["Cauchy", "GaussianNLL", "Huber", "LogCosh", "MAERegression", "PseudoHuber", "Quantile"]
 
 
-class _RegressionLoss(Loss):
-    family = "regression"
+_RegressionLoss = RegressionLoss  # the former private name, kept importable
 
 
 @LOSSES.register("mae_regression", aliases=("l1", "absolute_error"))
-class MAERegression(_RegressionLoss):
+class MAERegression(RegressionLoss):
     r"""Per-sample absolute error :math:`\frac1D\sum_d |\hat y_d - y_d|` (``l1``; ``mae`` is the classification MAE).
 
     Example:
@@ -33,7 +33,7 @@ class MAERegression(_RegressionLoss):
 
 
 @LOSSES.register("huber", aliases=("huber_loss",))
-class Huber(_RegressionLoss):
+class Huber(RegressionLoss):
     r"""Huber loss: :math:`\tfrac12 r^2` for :math:`|r| \le \delta`, else :math:`\delta(|r| - \tfrac12\delta)`.
 
     Args:
@@ -54,7 +54,7 @@ class Huber(_RegressionLoss):
 
 
 @LOSSES.register("pseudo_huber", aliases=("charbonnier",))
-class PseudoHuber(_RegressionLoss):
+class PseudoHuber(RegressionLoss):
     r"""Pseudo-Huber loss :math:`\delta^2(\sqrt{1 + (r/\delta)^2} - 1)` (smooth Huber).
 
     Args:
@@ -75,7 +75,7 @@ class PseudoHuber(_RegressionLoss):
 
 
 @LOSSES.register("log_cosh", aliases=("logcosh",))
-class LogCosh(_RegressionLoss):
+class LogCosh(RegressionLoss):
     r"""Log-cosh loss :math:`\log\cosh(\hat y - y)`, overflow-free.
 
     Example:
@@ -89,7 +89,7 @@ class LogCosh(_RegressionLoss):
 
 
 @LOSSES.register("quantile", aliases=("pinball",))
-class Quantile(_RegressionLoss):
+class Quantile(RegressionLoss):
     r"""Quantile (pinball) loss :math:`\max(q u, (q - 1)u)`, :math:`u = y - \hat y`.
 
     Args:
@@ -110,7 +110,7 @@ class Quantile(_RegressionLoss):
 
 
 @LOSSES.register("cauchy", aliases=("lorentzian",))
-class Cauchy(_RegressionLoss):
+class Cauchy(RegressionLoss):
     r"""Cauchy / Lorentzian loss :math:`\log(1 + \tfrac12 (r/c)^2)`.
 
     Args:
@@ -131,7 +131,7 @@ class Cauchy(_RegressionLoss):
 
 
 @LOSSES.register("gaussian_nll", aliases=("heteroscedastic_nll",))
-class GaussianNLL(_RegressionLoss):
+class GaussianNLL(RegressionLoss):
     r"""Gaussian negative log-likelihood :math:`\tfrac12(\log\sigma^2 + (y - \hat y)^2/\sigma^2)`.
 
     Inputs: ``pred``, ``target`` and **one** of ``var`` (:math:`\sigma^2`, the default parameterisation) or

@@ -8,13 +8,13 @@ from lightning_losses import functional as LF
 from lightning_losses._validation import check_choice, check_int, check_number
 from lightning_losses.functional.robust import APL_ACTIVE, APL_PASSIVE
 from lightning_losses.losses.base import LOSSES
-from lightning_losses.losses.classification import _LabelLoss
+from lightning_losses.losses.families import LabelLoss
 
 __all__ = ["APL", "GCE", "MAE", "SCE"]
 
 
 @LOSSES.register("gce", aliases=("generalized_cross_entropy",))
-class GCE(_LabelLoss):
+class GCE(LabelLoss):
     r"""Generalized cross entropy :math:`\ell_i = (1 - p_{i,y_i}^{\,q})/q` (Zhang & Sabuncu, NeurIPS 2018).
 
     See :func:`lightning_losses.functional.gce`.
@@ -30,8 +30,6 @@ class GCE(_LabelLoss):
         torch.Size([2])
     """
 
-    family = "multiclass"
-
     def __init__(self, q: float = 0.7, ignore_index: int = -100, validate_args: bool = True) -> None:
         super().__init__(validate_args)
         self.q = check_number("q", q, low=0.0, high=1.0, low_open=True)
@@ -42,7 +40,7 @@ class GCE(_LabelLoss):
 
 
 @LOSSES.register("mae")
-class MAE(_LabelLoss):
+class MAE(LabelLoss):
     r"""Mean absolute error on the softmax, :math:`\ell_i = 1 - p_{i,y_i}` (half the L1 distance to the one-hot).
 
     See :func:`lightning_losses.functional.mae` (the APL authors' reduced form). For regression use the regression
@@ -54,8 +52,6 @@ class MAE(_LabelLoss):
         tensor([0.5000, 0.5000])
     """
 
-    family = "multiclass"
-
     def __init__(self, ignore_index: int = -100, validate_args: bool = True) -> None:
         super().__init__(validate_args)
         self.ignore_index = check_int("ignore_index", ignore_index)
@@ -65,7 +61,7 @@ class MAE(_LabelLoss):
 
 
 @LOSSES.register("sce", aliases=("symmetric_cross_entropy",))
-class SCE(_LabelLoss):
+class SCE(LabelLoss):
     r"""Symmetric cross entropy :math:`\ell_i = \alpha\,\mathrm{CE}_i - \beta A\,(1 - p_{i,y_i})` (Wang et al., ICCV
     2019).
 
@@ -83,8 +79,6 @@ class SCE(_LabelLoss):
         >>> ll.build_loss("sce", alpha=0.1, beta=1.0)(logits=torch.zeros(2, 3), target=torch.tensor([0, 1])).shape
         torch.Size([2])
     """
-
-    family = "multiclass"
 
     def __init__(
         self,
@@ -113,7 +107,7 @@ class SCE(_LabelLoss):
 
 
 @LOSSES.register("apl", aliases=("active_passive",))
-class APL(_LabelLoss):
+class APL(LabelLoss):
     r"""Active-passive loss :math:`\ell_i = \alpha L_{\text{active}} + \beta L_{\text{passive}}` (Ma et al., ICML 2020).
 
     Active: normalized CE (``"nce"``) or normalized focal (``"nfl"``); passive: reverse CE (``"rce"``) or MAE
@@ -134,8 +128,6 @@ class APL(_LabelLoss):
         >>> loss(logits=torch.zeros(2, 3), target=torch.tensor([0, 1])).shape
         torch.Size([2])
     """
-
-    family = "multiclass"
 
     def __init__(
         self,

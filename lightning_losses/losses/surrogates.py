@@ -7,13 +7,13 @@ import torch
 from lightning_losses import functional as LF
 from lightning_losses._validation import check_int, check_number
 from lightning_losses.losses.base import LOSSES
-from lightning_losses.losses.classification import _LabelLoss
+from lightning_losses.losses.families import LabelLoss
 
 __all__ = ["OVR", "CompSum", "Poly1", "PolyFocal", "Squentropy", "TaylorCE"]
 
 
 @LOSSES.register("poly1", aliases=("poly_loss", "poly1_cross_entropy"))
-class Poly1(_LabelLoss):
+class Poly1(LabelLoss):
     r"""Poly-1 loss :math:`\ell_i = \mathrm{CE}_i + \varepsilon(1 - p_{t,i})` (Leng et al., ICLR 2022).
 
     See :func:`lightning_losses.functional.poly1` (composes with label smoothing and soft targets as the paper's code).
@@ -28,8 +28,6 @@ class Poly1(_LabelLoss):
         >>> ll.build_loss("poly1", epsilon=1.0)(logits=torch.zeros(2, 3), target=torch.tensor([0, 1])).shape
         torch.Size([2])
     """
-
-    family = "multiclass"
 
     def __init__(
         self, epsilon: float = 1.0, label_smoothing: float = 0.0, ignore_index: int = -100, validate_args: bool = True
@@ -51,7 +49,7 @@ class Poly1(_LabelLoss):
 
 
 @LOSSES.register("poly_focal", aliases=("poly1_focal",))
-class PolyFocal(_LabelLoss):
+class PolyFocal(LabelLoss):
     r"""Poly-1 focal loss :math:`\ell_i = \mathrm{FL}_\gamma + \varepsilon(1 - p_{i,y_i})^{\gamma+1}` (Leng et al.).
 
     See :func:`lightning_losses.functional.poly_focal` (stable for ``gamma < 1`` at saturated logits).
@@ -66,8 +64,6 @@ class PolyFocal(_LabelLoss):
         >>> ll.build_loss("poly_focal", gamma=0.5)(logits=torch.zeros(2, 3), target=torch.tensor([0, 1])).shape
         torch.Size([2])
     """
-
-    family = "multiclass"
 
     def __init__(
         self, epsilon: float = 1.0, gamma: float = 2.0, ignore_index: int = -100, validate_args: bool = True
@@ -89,7 +85,7 @@ class PolyFocal(_LabelLoss):
 
 
 @LOSSES.register("comp_sum")
-class CompSum(_LabelLoss):
+class CompSum(LabelLoss):
     r"""Comp-sum loss :math:`\ell_\tau = (1 - p_y^{\,\tau-1})/(\tau - 1)`, CE at ``tau = 1`` (Mao, Mohri, Zhong, 2023).
 
     See :func:`lightning_losses.functional.comp_sum`.
@@ -104,8 +100,6 @@ class CompSum(_LabelLoss):
         torch.Size([2])
     """
 
-    family = "multiclass"
-
     def __init__(self, tau: float, ignore_index: int = -100, validate_args: bool = True) -> None:
         super().__init__(validate_args)
         self.tau = check_number("tau", tau, low=0.0)
@@ -118,7 +112,7 @@ class CompSum(_LabelLoss):
 
 
 @LOSSES.register("taylor_ce", aliases=("taylor_cross_entropy",))
-class TaylorCE(_LabelLoss):
+class TaylorCE(LabelLoss):
     r"""Taylor cross entropy :math:`\ell_i = \sum_{j=1}^{t}(1 - p_{i,y_i})^j/j` (Feng et al., IJCAI 2020).
 
     Args:
@@ -130,8 +124,6 @@ class TaylorCE(_LabelLoss):
         >>> ll.build_loss("taylor_ce", order=2)(logits=torch.zeros(2, 2), target=torch.tensor([0, 1]))
         tensor([0.6250, 0.6250])
     """
-
-    family = "multiclass"
 
     def __init__(self, order: int = 2, ignore_index: int = -100, validate_args: bool = True) -> None:
         super().__init__(validate_args)
@@ -145,7 +137,7 @@ class TaylorCE(_LabelLoss):
 
 
 @LOSSES.register("squentropy")
-class Squentropy(_LabelLoss):
+class Squentropy(LabelLoss):
     r"""Squentropy :math:`\ell_i = \mathrm{CE}_i + \frac{1}{C-1}\sum_{j\ne y_i} z_{ij}^2` (Hui, Belkin, Wright, 2023).
 
     No hyperparameters. See :func:`lightning_losses.functional.squentropy`.
@@ -156,8 +148,6 @@ class Squentropy(_LabelLoss):
         torch.Size([2])
     """
 
-    family = "multiclass"
-
     def __init__(self, ignore_index: int = -100, validate_args: bool = True) -> None:
         super().__init__(validate_args)
         self.ignore_index = check_int("ignore_index", ignore_index)
@@ -167,7 +157,7 @@ class Squentropy(_LabelLoss):
 
 
 @LOSSES.register("ovr", aliases=("one_vs_rest", "one_vs_all"))
-class OVR(_LabelLoss):
+class OVR(LabelLoss):
     r"""One-vs-rest logistic loss :math:`\ell_i = \sum_c \log(1 + e^{-s_{ic} z_{ic}})`, ``s = +1`` on the label.
 
     See :func:`lightning_losses.functional.ovr`.
@@ -177,8 +167,6 @@ class OVR(_LabelLoss):
         >>> ll.build_loss("ovr")(logits=torch.zeros(2, 3), target=torch.tensor([0, 1])).shape
         torch.Size([2])
     """
-
-    family = "multiclass"
 
     def __init__(self, ignore_index: int = -100, validate_args: bool = True) -> None:
         super().__init__(validate_args)

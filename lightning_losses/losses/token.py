@@ -20,32 +20,20 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses._validation import check_choice, check_int, check_number
-from lightning_losses._validation.tensors import not_ignored
+from lightning_losses._validation import check_number
 from lightning_losses.functional import lm as LM
 from lightning_losses.functional import token as TK
-from lightning_losses.functional.aggregation import NORMALIZATIONS
-from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.families import TokenLoss
 
 __all__ = ["DCO", "EMO", "MixCE", "TokenCrossEntropy"]
 
 
-class _TokenLoss(Loss):
-    """Shared ``ignore_index`` / ``normalization`` handling and the per-sequence ``sample_mask``."""
-
-    family = "token"
-
-    def __init__(self, ignore_index: int = -100, normalization: str = "token", validate_args: bool = True) -> None:
-        super().__init__(validate_args)
-        self.ignore_index = check_int("ignore_index", ignore_index)
-        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
-
-    def sample_mask(self, *, target: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
-        return not_ignored(target, self.ignore_index).any(-1)
+_TokenLoss = TokenLoss  # the former private name, kept importable
 
 
 @LOSSES.register("token_cross_entropy", aliases=("token_ce", "lm_cross_entropy"))
-class TokenCrossEntropy(_TokenLoss):
+class TokenCrossEntropy(TokenLoss):
     r"""Token cross entropy per sequence, with label smoothing and z-loss (see
     :func:`lightning_losses.functional.token_cross_entropy`).
 
@@ -88,7 +76,7 @@ class TokenCrossEntropy(_TokenLoss):
 
 
 @LOSSES.register("dco", aliases=("direct_coverage_optimization",))
-class DCO(_TokenLoss):
+class DCO(TokenLoss):
     r"""DCO pass@N coverage loss :math:`-\log(1-(1-p)^N)` of each whole sequence, ``p`` its probability from the token
     log-probs (:func:`lightning_losses.functional.sequence_logps`, summed over the valid tokens); see
     :func:`lightning_losses.functional.dco`. ``normalization`` does not apply (the loss is per sequence).
@@ -114,7 +102,7 @@ class DCO(_TokenLoss):
 
 
 @LOSSES.register("mixce", aliases=("mix_ce",))
-class MixCE(_TokenLoss):
+class MixCE(TokenLoss):
     r"""MixCE token loss :math:`(\eta + (1-\eta)\,\mathrm{sg}(q_{y_t}))\cdot(-\log q_{y_t})` (Zhang et al., ACL 2023);
     see :func:`lightning_losses.functional.mixce`.
 
@@ -148,7 +136,7 @@ class MixCE(_TokenLoss):
 
 
 @LOSSES.register("emo", aliases=("earth_mover_distance_optimization",))
-class EMO(_TokenLoss):
+class EMO(TokenLoss):
     r"""EMO token loss :math:`\tfrac12(\mathrm{MLE} + \mathrm{sg}(\mathrm{MLE}/\mathrm{DEMD})\,\mathrm{DEMD})` with the
     transport cost from a frozen, L2-normalised ``cost_embedding [V, D]`` (an input: the model's output embedding
     weight, detached inside); see :func:`lightning_losses.functional.emo`. The dynamic weight is per token, as in the

@@ -80,8 +80,8 @@ class GroupDRO(Reweighter):
         tensor([0.2689, 0.7311])
     """
 
-    strategy = "group_dro"
     requires = ("group",)
+    hparams_exclude = ("group_counts",)  # shown through `num_groups` (its length)
 
     def __init__(
         self,
@@ -107,7 +107,7 @@ class GroupDRO(Reweighter):
         if self.adjustment > 0 and counts is None:
             raise ConfigurationError("`adjustment` > 0 needs `group_counts` (the training-set size of each group)")
         self.group_counts = counts
-        self.hparams = {"step_size": self.step_size, "adjustment": self.adjustment, "num_groups": num_groups}
+        self.hparams = self.capture_hparams(locals())
         self.statistics.update(group_loss="sum", group_count="sum")
         q = torch.full((num_groups,), 1.0 / num_groups) if num_groups else torch.zeros(0)
         self.add_state("q", q.to(torch.float64))
@@ -196,7 +196,6 @@ class ClassBalanced(Reweighter):
         tensor([1.4996, 0.5004, 0.5004])
     """
 
-    strategy = "class_balanced"
     requires = ("target",)
     missing_hints = {"index": ", or give the training-set class counts as `samples_per_class`"}
 
@@ -216,7 +215,7 @@ class ClassBalanced(Reweighter):
                 f"`num_classes` ({self.num_classes}) must equal the length of `samples_per_class` ({counts.numel()})"
             )
         self.fixed = counts is not None
-        self.hparams = {"beta": self.beta, "samples_per_class": samples_per_class, "num_classes": num_classes}
+        self.hparams = self.capture_hparams(locals())
         self.add_state("class_count", counts.to(torch.float64) if counts is not None else torch.zeros(0))
         if not self.fixed:
             self.requires = ("target", "index")  # counting each sample once needs its dataset index
@@ -274,7 +273,6 @@ class EMAClassLoss(Reweighter):
         tensor([0.5379, 1.4621])
     """
 
-    strategy = "ema_class_loss"
     requires = ("target",)
 
     def __init__(self, momentum: float = 0.9, temperature: float = 1.0, num_classes: int | None = None) -> None:
@@ -282,7 +280,7 @@ class EMAClassLoss(Reweighter):
         self.momentum = check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
         self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, low=1)
-        self.hparams = {"momentum": self.momentum, "temperature": self.temperature, "num_classes": num_classes}
+        self.hparams = self.capture_hparams(locals())
         self.statistics.update(class_loss="sum", class_count="sum")
         self.add_state("ema", torch.zeros(0, dtype=torch.float64))
         self.add_state("initialised", torch.zeros(0, dtype=torch.bool))

@@ -71,12 +71,10 @@ class LossSoftmax(GlobalLossReweighter):
         tensor([1., 1.])
     """
 
-    strategy = "loss_softmax"
-
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
         self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
-        self.hparams = {"temperature": self.temperature}
+        self.hparams = self.capture_hparams(locals())
 
     def global_weights(self, losses, mask=None):
         return F.loss_softmax_weights(losses, self.temperature, mask)
@@ -90,7 +88,7 @@ class _MinMaxSoftmax(GlobalLossReweighter):
         self.delta = check_number("delta", delta, low=0.0, low_open=True)
         self.temperature = check_number("temperature", temperature, low=0.0, low_open=True)
         self.warmup_steps = check_int("warmup_steps", warmup_steps, low=0)
-        self.hparams = {"delta": self.delta, "temperature": self.temperature, "warmup_steps": self.warmup_steps}
+        self.hparams = self.capture_hparams(locals())
 
     def global_weights(self, losses, mask=None):
         weights = type(self)._fn(losses, self.delta, self.temperature, mask)
@@ -128,7 +126,6 @@ class LinUpper(_MinMaxSoftmax):
         name="lin_upper",
         example="tensor([0.4661, 1.2670, 1.2670])",
     )
-    strategy = "lin_upper"
     _fn = staticmethod(F.lin_upper_weights)
 
 
@@ -140,7 +137,6 @@ class Quadratic(_MinMaxSoftmax):
         name="quadratic",
         example="tensor([0.6358, 1.7284, 0.6358])",
     )
-    strategy = "quadratic"
     _fn = staticmethod(F.quadratic_weights)
 
 
@@ -149,7 +145,6 @@ class Extremes(_MinMaxSoftmax):
     __doc__ = _LOSS_BASED_DOC.format(
         title="Extremes", formula=r"|\tilde\ell|", name="extremes", example="tensor([1.2670, 0.4661, 1.2670])"
     )
-    strategy = "extremes"
     _fn = staticmethod(F.extremes_weights)
 
 
@@ -167,12 +162,10 @@ class CVaR(GlobalLossReweighter):
         tensor([0., 2., 2., 0.])
     """
 
-    strategy = "cvar"
-
     def __init__(self, alpha: float) -> None:
         super().__init__()
         self.alpha = check_number("alpha", alpha, low=0.0, high=1.0, low_open=True)
-        self.hparams = {"alpha": self.alpha}
+        self.hparams = self.capture_hparams(locals())
 
     def global_weights(self, losses, mask=None):
         return F.cvar_weights(losses, self.alpha, mask)
@@ -190,12 +183,10 @@ class TopK(GlobalLossReweighter):
         tensor([0., 2., 2., 0.])
     """
 
-    strategy = "top_k"
-
     def __init__(self, k: int) -> None:
         super().__init__()
         self.k = check_int("k", k, low=1)
-        self.hparams = {"k": self.k}
+        self.hparams = self.capture_hparams(locals())
 
     def global_weights(self, losses, mask=None):
         return F.top_k_weights(losses, self.k, mask)
@@ -214,15 +205,13 @@ class SpectralRisk(GlobalLossReweighter):
         tensor([2., 0., 1.])
     """
 
-    strategy = "spectral_risk"
-
     def __init__(self, spectrum: Sequence[float]) -> None:
         super().__init__()
         tensor = check_probability_vector("spectrum", spectrum, allow_none=False)
         if float(tensor.sum()) <= 0:
             raise ConfigurationError(f"`spectrum` must have a positive sum, got {list(spectrum)!r}")
         self.spectrum = tensor.to(torch.float64)
-        self.hparams = {"spectrum": [float(v) for v in tensor]}
+        self.hparams = self.capture_hparams(locals())
 
     def global_weights(self, losses, mask=None):
         return F.spectral_risk_weights(losses, self.spectrum, mask)
@@ -242,12 +231,10 @@ class LossTruncation(GlobalLossReweighter):
         tensor([1., 0., 1., 1.])
     """
 
-    strategy = "loss_truncation"
-
     def __init__(self, drop_fraction: float) -> None:
         super().__init__()
         self.drop_fraction = check_number("drop_fraction", drop_fraction, low=0.0, high=1.0, high_open=True)
-        self.hparams = {"drop_fraction": self.drop_fraction}
+        self.hparams = self.capture_hparams(locals())
 
     def global_weights(self, losses, mask=None):
         return F.truncation_weights(losses, self.drop_fraction, mask)

@@ -46,7 +46,6 @@ class PerSampleEMA(Reweighter):
         tensor([3., 2.])
     """
 
-    strategy = "per_sample_ema"
     requires = ("index",)
 
     def __init__(self, momentum: float = 0.9, temperature: float | None = None, num_samples: int | None = None):
@@ -55,7 +54,7 @@ class PerSampleEMA(Reweighter):
         self.temperature = (
             None if temperature is None else check_number("temperature", temperature, low=0.0, low_open=True)
         )
-        self.hparams = {"momentum": self.momentum, "temperature": self.temperature}
+        self.hparams = self.capture_hparams(locals())
         self.statistics.update(index="cat", losses="cat")
         self.add_store(
             "store", PerSampleStore({"ema": (torch.float32, 0.0)}, _optional_int("num_samples", num_samples))
@@ -105,14 +104,13 @@ class JTT(Reweighter):
         tensor([1., 5.])
     """
 
-    strategy = "jtt"
     requires = ("index", "logits", "target")
 
     def __init__(self, upweight: float, stage_epochs: int, num_samples: int | None = None) -> None:
         super().__init__()
         self.upweight = check_number("upweight", upweight, low=1.0)
         self.stage_epochs = check_int("stage_epochs", stage_epochs, low=1)
-        self.hparams = {"upweight": self.upweight, "stage_epochs": self.stage_epochs}
+        self.hparams = self.capture_hparams(locals())
         self.statistics.update(index="cat", error="cat")
         self.add_store(
             "store", PerSampleStore({"error": (torch.bool, False)}, _optional_int("num_samples", num_samples))

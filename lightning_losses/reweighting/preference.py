@@ -45,14 +45,13 @@ class WPO(Reweighter):
             answers; ``alignment="none"`` gives the plain length-normalised probability variant).
     """
 
-    strategy = "wpo"
     requires = ("chosen_logw", "rejected_logw")
     finite_inputs = ("chosen_logw", "rejected_logw")  # a NaN / inf log-weight leaves the pair out, as a NaN loss
 
     def __init__(self, max_weight: float | None = 1.0) -> None:
         super().__init__()
         self.max_weight = None if max_weight is None else check_number("max_weight", max_weight, low=0.0, low_open=True)
-        self.hparams = {"max_weight": self.max_weight}
+        self.hparams = self.capture_hparams(locals())
         self.statistics["logw"] = "cat"
         self.mean_weight = torch.zeros((), dtype=torch.float64)
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lightning_losses as ll
-from lightning_losses.losses.base import LOSSES
+from lightning_losses.losses.base import FAMILIES, LOSSES
 
 N, C, D, T = 6, 4, 5, 3
 
@@ -40,8 +40,6 @@ INPUT_OVERRIDES: dict[str, dict] = {
     "jsd": {"logits": torch.randn(N, 3, C)},
     "poisson_nll": {"target": torch.tensor([0.0, 1.0, 2.0, 3.0, 0.0, 5.0])},  # counts
 }
-
-FAMILIES = ("multiclass", "binary", "regression", "embedding", "distillation", "preference", "token", "policy")
 
 
 def _family(cls) -> str:

@@ -183,7 +183,7 @@ def test_bi_tempered_ignores_samples():
     logits, target = _data()
     target[0] = -100
     loss = ll.build_loss("bi_tempered")
-    out, mask = loss.forward_with_mask(logits=logits, target=target)
+    out, mask = loss(logits=logits, target=target), loss.sample_mask(logits=logits, target=target)
     assert out[0] == 0 and mask.tolist() == [False] + [True] * 6
 
 

@@ -167,7 +167,7 @@ def test_pixel_losses_mask_samples_without_any_counted_pixel():
     target[2] = -100
     for name in ("jaccard", "focal_tversky", "lovasz_softmax"):
         loss = ll.build_loss(name)
-        out, mask = loss.forward_with_mask(logits=logits, target=target)
+        out, mask = loss(logits=logits, target=target), loss.sample_mask(logits=logits, target=target)
         assert out.shape == (3,) and torch.isfinite(out).all()
         assert mask.tolist() == [True, True, False], name
     assert ll.build_loss("jaccard").sample_mask(
