@@ -40,6 +40,38 @@ CHECKS = textwrap.dedent(
         with pytest.raises(ll.ConfigurationError, match="`beta` must be a number >= 0, got -1"):
             LogitNormPenalty(beta=-1)
         print("checked logit_norm_penalty")
+    if "margin_hinge" in BLOCKS:
+        torch.manual_seed(0)
+        logits, target = torch.randn(6, 4, dtype=torch.float64), torch.tensor([0, 3, 1, -100, 2, 2])
+        loss = ll.build_loss("margin_hinge", margin=0.5)
+        out, mask = loss(logits=logits, target=target), loss.sample_mask(logits=logits, target=target)
+        for i in range(6):  # explicit loop over the formula
+            if target[i] < 0:
+                continue
+            y = int(target[i])
+            other = max(float(logits[i, c]) for c in range(4) if c != y)
+            assert abs(float(out[i]) - max(0.0, 0.5 + other - float(logits[i, y]))) < 1e-12
+        assert mask.tolist() == [True, True, True, False, True, True]
+        value = ll.Objective({"margin_hinge": {"margin": 0.5}})({"logits": logits, "target": target}).loss
+        assert abs(float(value) - float(out[mask].mean())) < 1e-12
+        with pytest.raises(ll.ConfigurationError, match="`margin` must be a number >= 0, got -1"):
+            ll.build_loss("margin_hinge", margin=-1)
+        print("checked margin_hinge")
+    if "above_mean" in BLOCKS:
+        r = ll.build_reweighter("above_mean", temperature=2.0)
+        assert (repr(r), r.strategy) == ("AboveMean(temperature=2.0)", "above_mean")
+        first = r(losses=torch.tensor([1.0, 3.0]))
+        second = r(losses=torch.tensor([2.0, float("nan"), 6.0]))
+        mean = (1 + 3 + 2 + 6) / 4  # the NaN sample is left out of the state and gets weight 0
+        torch.testing.assert_close(first, torch.exp((torch.tensor([1.0, 3.0]) - 2.0) / 2))
+        torch.testing.assert_close(second, torch.tensor([(2 - mean) / 2, float("-inf"), (6 - mean) / 2]).exp())
+        assert int(r.nonfinite) == 1
+        copy = ll.build_reweighter("above_mean", temperature=2.0)
+        copy.load_state_dict(r.state_dict())
+        assert float(copy.loss_sum) == 12.0 and float(copy.count) == 4.0
+        trainer = fit(ll.SampleReweighting("above_mean"))
+        assert "reweight/ess" in trainer.callback_metrics
+        print("checked above_mean")
     """
 )
 
@@ -52,8 +84,10 @@ def _blocks() -> list[str]:
 
 def test_readme_extending_blocks_run_as_written(tmp_path):
     blocks = _blocks()
-    assert len(blocks) >= 2
-    names = [name for name in ("layer_sam", "logit_norm_penalty") if any(name in b for b in blocks)]
+    assert len(blocks) >= 4
+    names = [
+        n for n in ("layer_sam", "logit_norm_penalty", "margin_hinge", "above_mean") if any(n in b for b in blocks)
+    ]
     script = "\n".join(blocks) + f"\nBLOCKS = {names!r}\n" + CHECKS
     path = tmp_path / "extending.py"
     path.write_text(script)
