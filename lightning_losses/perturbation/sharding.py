@@ -16,7 +16,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["ShardSum", "is_sharded", "local", "shard_sum_for", "to_global"]
+__all__ = [
+    "SUPPORTED_STRATEGIES",
+    "ShardSum",
+    "check_strategy",
+    "is_sharded",
+    "local",
+    "shard_sum_for",
+    "to_global",
+]
 
 try:  # torch >= 2.4 exposes DTensor publicly
     from torch.distributed.tensor import DTensor
@@ -86,3 +94,45 @@ def shard_sum_for(tensors: Sequence[Tensor]) -> ShardSum | None:
     if not any(is_sharded(t) for t in tensors):
         return None
     return ShardSum(tensors)
+
+
+#: the strategies the perturbation callbacks support, as the errors name them
+SUPPORTED_STRATEGIES = (
+    "one device (`SingleDeviceStrategy`), DDP (`DDPStrategy`: `ddp`, `ddp_spawn`, `ddp_fork`, ...) and FSDP2 / "
+    "tensor parallelism (`ModelParallelStrategy`, with `sync_ascent=True`)"
+)
+
+
+def _named_in_mro(obj: Any, name: str) -> bool:
+    return any(cls.__name__ == name for cls in type(obj).__mro__)
+
+
+def check_strategy(strategy: Any, what: str, sync_ascent: bool) -> None:
+    """Raise a :class:`~lightning_losses.errors.ConfigurationError` naming ``strategy`` when the perturbation
+    ``what`` cannot run exactly under it.
+
+    DeepSpeed owns the optimizer step (the closure the perturbation wraps never reaches it); Lightning's
+    ``FSDPStrategy`` (FSDP1) perturbs flat parameters whose norms are not the model's; other strategies are untested.
+    Under ``ModelParallelStrategy`` the gradients are reduced over the data-parallel group in ``backward`` and each
+    rank holds a shard of every weight, so there is no per-replica ascent: ``sync_ascent`` must be ``True``.
+    """
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+
+    from lightning_losses.errors import ConfigurationError
+
+    name = type(strategy).__name__
+    if _named_in_mro(strategy, "DeepSpeedStrategy"):
+        raise ConfigurationError(
+            f"{what} does not support the `{name}` strategy: DeepSpeed owns the optimizer step, so the perturbed "
+            f"passes cannot run inside it; supported: {SUPPORTED_STRATEGIES}"
+        )
+    if isinstance(strategy, ModelParallelStrategy):
+        if not sync_ascent:
+            raise ConfigurationError(
+                f"{what} under `{name}` needs `sync_ascent=True`, got sync_ascent=False: FSDP2 reduces the gradients "
+                f"over the data-parallel group in `backward` and each rank holds only a shard of every weight, so a "
+                f"per-replica ascent cannot be formed"
+            )
+        return
+    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        raise ConfigurationError(f"{what} does not support the `{name}` strategy; supported: {SUPPORTED_STRATEGIES}")
