@@ -88,8 +88,11 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def fit(strategy: str, callbacks: list[Any], steps: int = 3, tied: bool = False, **model_kw: Any) -> dict:
-    """One fit of :class:`Net` under ``"fsdp2"`` or ``"ddp"``; returns the full weights afterwards."""
+def fit(
+    strategy: str, callbacks: list[Any], steps: int = 3, tied: bool = False, indexed: bool = False, **model_kw: Any
+) -> dict:
+    """One fit of :class:`Net` under ``"fsdp2"`` or ``"ddp"`` (``indexed``: batches carry the sample index);
+    returns the full weights afterwards."""
     with _lightning_env():
         if strategy == "fsdp2":
             strat: Any = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
@@ -99,5 +102,5 @@ def fit(strategy: str, callbacks: list[Any], steps: int = 3, tied: bool = False,
         classes = 6 if tied else 3
         model = Net(tied=tied, **model_kw)
         t = quiet_trainer(callbacks, max_steps=steps, strategy=strat, devices=2, use_distributed_sampler=True)
-        t.fit(model, data(classes=classes, features=features, indexed=model_kw.get("objective") is not None))
+        t.fit(model, data(classes=classes, features=features, indexed=indexed))
         return full_weights(model)
