@@ -104,3 +104,41 @@ def fit(
         t = quiet_trainer(callbacks, max_steps=steps, strategy=strat, devices=2, use_distributed_sampler=True)
         t.fit(model, data(classes=classes, features=features, indexed=indexed))
         return full_weights(model)
+
+
+class SaveMidStep(L.Callback):
+    """Writes one checkpoint from ``on_after_backward`` of a perturbed pass and records, as full tensors, the
+    weights before the step and the state dict the checkpoint got (after the perturbation callback's hook)."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.before, self.saved = path, None, None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.saved is None:
+            self.before = full_weights(pl_module)
+
+    def on_after_backward(self, trainer, pl_module):
+        if pl_module.objective_logging_suppressed and self.saved is None:
+            trainer.save_checkpoint(self.path)  # written while the weights are perturbed
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        state = checkpoint["state_dict"]
+        self.saved = {
+            k: (v.full_tensor() if hasattr(v, "full_tensor") else v).double().clone()
+            for k, v in sorted(state.items())
+            if k in self.before
+        }
+
+
+def mid_step_checkpoint(tmp: str, distributed_checkpoint: bool) -> tuple[dict, dict]:
+    """``(weights before the step, checkpointed weights)`` of a SAM step under FSDP2 with a mid-step checkpoint."""
+    import lightning_losses as ll
+
+    saver = SaveMidStep(os.path.join(tmp, f"mid-{distributed_checkpoint}-{rank()}"))
+    with _lightning_env():
+        strat = ModelParallelStrategy(
+            data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=distributed_checkpoint
+        )
+        t = quiet_trainer([ll.SAM(rho=0.5, sync_ascent=True), saver], max_steps=1, strategy=strat, devices=2)
+        t.fit(Net(), data())
+    return saver.before, saver.saved

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 import lightning_losses as ll
 
@@ -76,3 +77,13 @@ def test_tied_weight_under_fsdp2_equals_ddp(ddp):
     two units) is perturbed once, as under DDP."""
     for name, (diff, moved, _) in ddp.run(_compare, ["sam", "awp"], True)[0].items():
         assert diff < ATOL and moved > 1e-4, (name, diff, moved)
+
+
+@pytest.mark.parametrize("distributed_checkpoint", [True, False])
+def test_checkpoint_written_mid_step_has_original_weights(ddp, tmp_path, distributed_checkpoint):
+    """A checkpoint written inside a perturbed step holds the unperturbed weights: the original shards as DTensors
+    in a distributed checkpoint, the gathered originals in a full one (rank 0 holds its state dict)."""
+    before, saved = ddp.run(_fsdp2.mid_step_checkpoint, str(tmp_path), distributed_checkpoint)[0]
+    assert set(saved) == set(before)
+    for k, v in before.items():
+        assert torch.equal(saved[k], v), k
