@@ -89,10 +89,16 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def fit(
-    strategy: str, callbacks: list[Any], steps: int = 3, tied: bool = False, indexed: bool = False, **model_kw: Any
+    strategy: str,
+    callbacks: list[Any],
+    steps: int = 3,
+    tied: bool = False,
+    indexed: bool = False,
+    trainer_kw: dict | None = None,
+    **model_kw: Any,
 ) -> dict:
-    """One fit of :class:`Net` under ``"fsdp2"`` or ``"ddp"`` (``indexed``: batches carry the sample index);
-    returns the full weights afterwards."""
+    """One fit of :class:`Net` under ``"fsdp2"`` or ``"ddp"`` (``indexed``: batches carry the sample index;
+    ``trainer_kw``: more ``Trainer`` arguments); returns the full weights afterwards."""
     with _lightning_env():
         if strategy == "fsdp2":
             strat: Any = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
@@ -101,7 +107,7 @@ def fit(
         features = 6 if tied else 8
         classes = 6 if tied else 3
         model = Net(tied=tied, **model_kw)
-        t = quiet_trainer(callbacks, max_steps=steps, strategy=strat, devices=2, use_distributed_sampler=True)
+        t = quiet_trainer(callbacks, max_steps=steps, strategy=strat, devices=2, **(trainer_kw or {}))
         t.fit(model, data(classes=classes, features=features, indexed=indexed))
         return full_weights(model)
 

@@ -35,6 +35,11 @@ CASES = {
     "sam_every_2": (lambda: [ll.SAM(rho=0.5, every_n_steps=2, **_SYNC)], {}),
     "looksam": (lambda: [ll.SAM(rho=0.5, every_n_steps=2, reuse_alpha=0.7, **_SYNC)], {}),
     "randomised": (lambda: [ll.SAM(rho=0.5, probability=0.5, seed=3, **_SYNC)], {"steps": 6}),
+    "sam_clip_norm": (lambda: [ll.SAM(rho=0.5, **_SYNC)], {"trainer_kw": {"gradient_clip_val": 0.05}}),
+    "sam_clip_value": (
+        lambda: [ll.SAM(rho=0.5, **_SYNC)],
+        {"trainer_kw": {"gradient_clip_val": 0.01, "gradient_clip_algorithm": "value"}},
+    ),
     "saf": (lambda: [ll.SAF(epochs_ago=1, start_epoch=1, coefficient=1.0)], {"steps": 12, "indexed": True}),
     "reweighting": (lambda: [ll.SampleReweighting("loss_softmax")], {"indexed": True}),
     "reweighting_sam": (lambda: [ll.SampleReweighting("loss_softmax"), ll.SAM(rho=0.5, **_SYNC)], {"indexed": True}),
@@ -48,11 +53,11 @@ def _max_diff(a: dict, b: dict) -> float:
 def _compare(names: list[str], tied: bool = False) -> dict[str, tuple[float, float, float]]:
     """``name -> (|fsdp2 - ddp|, |ddp - plain ddp|, seconds)`` for each case; ``"looksam_vs_every_2"``: how far
     LookSAM's FSDP2 run is from the same schedule without its extrapolated steps."""
-    plain: dict[tuple, dict] = {}
+    plain: dict[str, dict] = {}
     out, sharded_runs = {}, {}
     for name in names:
         callbacks, kwargs = CASES[name]
-        key = tuple(sorted(kwargs.items()))
+        key = repr(sorted(kwargs.items()))
         if key not in plain:
             plain[key] = _fsdp2.fit("ddp", [], tied=tied, **kwargs)
         start = time.perf_counter()
