@@ -240,6 +240,11 @@ class Perturbation:
         with ascent_ctx():
             loss0 = forward_backward("first")
         run = StepState.after_first_pass(named_params, forward_backward, zero_grad, ascent_ctx)
+        if run.shard_sum is not None and not self.sync_ascent:  # same decision on every rank: all hold shards
+            raise ConfigurationError(
+                "sharded parameters (FSDP2 DTensors) need `sync_ascent=True`, got sync_ascent=False: their gradients "
+                "are reduced over the data-parallel group in `backward`, so a per-replica ascent cannot be formed"
+            )
         if not run.params or (skip_on_none and loss0 is None):  # a skipped batch: nothing to perturb
             self.last_stats = {}
             return loss0

@@ -92,3 +92,36 @@ def test_checkpoint_written_mid_step_has_original_weights(ddp, tmp_path, distrib
     assert set(saved) == set(before)
     for k, v in before.items():
         assert torch.equal(saved[k], v), k
+
+
+def _manual_fsdp2(sync_ascent):
+    """The manual helper on a ``fully_shard``-ed model (no Lightning): weights restored exactly after the step."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from lightning_losses.perturbation import build_perturbation, perturbed_backward
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    fully_shard(model, mesh=init_device_mesh("cpu", (2,)))
+    before = _fsdp2.full_weights(model)
+    sam = build_perturbation("sam", rho=0.5, sync_ascent=sync_ascent)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(dist_rank()))
+    try:
+        perturbed_backward(sam, model, lambda: model(x).square().mean())
+    except Exception as err:  # noqa: BLE001 - returned to the test
+        return repr(err)
+    after = _fsdp2.full_weights(model)
+    return all(torch.equal(before[k], after[k]) for k in before), sam.perturbed_steps
+
+
+def dist_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank()
+
+
+def test_manual_helper_on_fsdp2_shards(ddp):
+    assert ddp.run(_manual_fsdp2, True) == [(True, 1), (True, 1)]
+    for message in ddp.run(_manual_fsdp2, False):
+        assert "ConfigurationError" in message and "need `sync_ascent=True`, got sync_ascent=False" in message
