@@ -5,6 +5,7 @@ tensor-parallel group share a batch). Checked on the 2-process pool with one-pro
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -13,6 +14,8 @@ from lightning_losses import distributed
 from lightning_losses.sync import sync_statistics
 
 from . import _fsdp2
+
+pytestmark = pytest.mark.ddp
 
 
 def _reductions_in_own_group():
