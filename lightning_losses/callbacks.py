@@ -5,8 +5,9 @@ library's callbacks (reweighting, perturbation, entropy control) register themse
 
 The library's callbacks that plug into a :class:`~lightning_losses.LossesMixin` slot derive from
 :class:`MixinCallback`: it checks the module (:func:`require_mixin`), attaches the plug-in in ``setup`` and detaches
-it in ``teardown``, and builds the checkpoint ``state_key`` once. The slots' plug-in protocols are in
-:mod:`lightning_losses.slots`.
+it in ``teardown`` (registering the strategy's data-parallel group for the library's reductions in between:
+:func:`lightning_losses.distributed.use_strategy`), and builds the checkpoint ``state_key`` once. The slots'
+plug-in protocols are in :mod:`lightning_losses.slots`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from typing_extensions import override
 
+from lightning_losses import distributed
 from lightning_losses._compat import should_update_logs, state_key
 from lightning_losses._validation import qualify
 from lightning_losses.errors import ConfigurationError
@@ -113,9 +115,12 @@ class MixinCallback(Callback):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         require_mixin(self, pl_module)
         self.check_module(pl_module)
+        if trainer is not None:  # reductions go over the strategy's data-parallel group (not the world under 2-D)
+            distributed.use_strategy(trainer.strategy)
         pl_module.attach(self.slot, self.slot_plugin(pl_module))
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        distributed.set_data_parallel_group(None)
         if hasattr(pl_module, "detach"):
             pl_module.detach(self.slot, self.slot_plugin(pl_module))

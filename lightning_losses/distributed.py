@@ -3,9 +3,17 @@
 Every function is a no-op (identity) when no process group is initialised, so the same code runs in one process and
 under DDP. Collectives are only issued where the library documents a sync point (one packed ``all_reduce`` per
 training step in :func:`lightning_losses.reduction.weighted_mean`, plus whatever a component declares).
+
+Every reduction goes over the **data-parallel group**: the processes that see different samples of the global batch.
+It is the world under DDP and the ``data_parallel`` dimension of the device mesh under Lightning's
+``ModelParallelStrategy`` (FSDP2 / tensor parallelism), where the ranks of a tensor-parallel group share one batch.
+The library's callbacks register it in ``setup`` (:func:`use_strategy`) and drop it in ``teardown``;
+:func:`set_data_parallel_group` sets it directly. Unregistered, it is the world.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -13,33 +21,65 @@ import torch.distributed as dist
 __all__ = [
     "all_gather_with_grad",
     "all_reduce_sum_with_grad",
+    "data_parallel_group",
+    "data_parallel_group_of",
     "global_sum",
     "is_distributed",
     "rank",
+    "set_data_parallel_group",
+    "use_strategy",
     "world_size",
 ]
 
+_AVAILABLE = dist.is_available()  # fixed for the build of torch
+_DATA_PARALLEL_GROUP: Any = None  # None: the default group (the world)
+
+
+def set_data_parallel_group(group: Any) -> None:
+    """Make ``group`` (a ``ProcessGroup``; ``None``: the world) the group every reduction of the library goes over."""
+    global _DATA_PARALLEL_GROUP
+    _DATA_PARALLEL_GROUP = group
+
+
+def data_parallel_group() -> Any:
+    """The registered data-parallel process group (``None``: the default group, the world)."""
+    return _DATA_PARALLEL_GROUP
+
+
+def data_parallel_group_of(strategy: Any) -> Any:
+    """The data-parallel group of a Lightning strategy: the ``data_parallel`` dimension of its device mesh
+    (``ModelParallelStrategy``), ``None`` (the world) for strategies without one (DDP, one device)."""
+    try:
+        mesh = getattr(strategy, "device_mesh", None)
+    except RuntimeError:  # ModelParallelStrategy before its processes are initialised
+        return None
+    if mesh is None or "data_parallel" not in (getattr(mesh, "mesh_dim_names", None) or ()):
+        return None
+    return mesh["data_parallel"].get_group()
+
+
+def use_strategy(strategy: Any) -> None:
+    """Register the data-parallel group of a Lightning ``strategy`` (:func:`data_parallel_group_of`)."""
+    set_data_parallel_group(data_parallel_group_of(strategy))
+
 
 def is_distributed() -> bool:
-    """True when a default process group with more than one process is initialised."""
-    return _AVAILABLE and dist.is_initialized() and dist.get_world_size() > 1
-
-
-_AVAILABLE = dist.is_available()  # fixed for the build of torch
+    """True when a process group is initialised and the data-parallel group has more than one process."""
+    return _AVAILABLE and dist.is_initialized() and dist.get_world_size(_DATA_PARALLEL_GROUP) > 1
 
 
 def world_size() -> int:
-    """Number of processes in the default group (1 without one)."""
-    return dist.get_world_size() if is_distributed() else 1
+    """Number of processes in the data-parallel group (1 without a process group)."""
+    return dist.get_world_size(_DATA_PARALLEL_GROUP) if is_distributed() else 1
 
 
 def rank() -> int:
-    """Rank of this process in the default group (0 without one)."""
-    return dist.get_rank() if is_distributed() else 0
+    """Rank of this process in the data-parallel group (0 without a process group)."""
+    return dist.get_rank(_DATA_PARALLEL_GROUP) if is_distributed() else 0
 
 
 def global_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all processes (a detached copy; no gradient flows through the collective).
+    """Sum ``tensor`` over the data-parallel group (a detached copy; no gradient flows through the collective).
 
     Example:
         >>> global_sum(torch.tensor([1.0, 2.0]))  # one process: unchanged
@@ -47,7 +87,7 @@ def global_sum(tensor: torch.Tensor) -> torch.Tensor:
     """
     out = tensor.detach().clone()
     if is_distributed():
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=_DATA_PARALLEL_GROUP)
     return out
 
 
@@ -58,28 +98,29 @@ class _AllGatherWithGrad(torch.autograd.Function):
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.size = tensor.shape[0]
         sizes = torch.tensor([tensor.shape[0]], device=tensor.device)
-        all_sizes = [torch.zeros_like(sizes) for _ in range(dist.get_world_size())]
-        dist.all_gather(all_sizes, sizes)
+        ctx.group = group = _DATA_PARALLEL_GROUP
+        all_sizes = [torch.zeros_like(sizes) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(all_sizes, sizes, group=group)
         all_sizes_int = [int(s) for s in all_sizes]
         ctx.sizes = all_sizes_int
-        ctx.rank = dist.get_rank()
+        ctx.rank = dist.get_rank(group)
         max_size = max(all_sizes_int)
         padded = tensor.new_zeros((max_size, *tensor.shape[1:]))
         padded[: tensor.shape[0]] = tensor
         gathered = [torch.empty_like(padded) for _ in all_sizes_int]
-        dist.all_gather(gathered, padded.contiguous())
+        dist.all_gather(gathered, padded.contiguous(), group=group)
         return torch.cat([g[:s] for g, s in zip(gathered, all_sizes_int)], dim=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         start = sum(ctx.sizes[: ctx.rank])
         return grad[start : start + ctx.size]
 
 
 def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from all ranks along dim 0 (sizes may differ), keeping gradients.
+    """Concatenate ``tensor`` from the data-parallel ranks along dim 0 (sizes may differ), keeping gradients.
 
     The backward sums the upstream gradient over ranks and returns this rank's slice: with a loss computed on the
     gathered batch and scaled as a per-rank share, DDP's gradient average equals one process on the concatenated
@@ -95,19 +136,20 @@ class _AllReduceSumWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = _DATA_PARALLEL_GROUP
         out = tensor.contiguous().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=ctx.group)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
         return grad
 
 
 def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
-    r"""Sum ``tensor`` over all processes, keeping gradients (for set-level losses: soft TP/FP/FN counts).
+    r"""Sum ``tensor`` over the data-parallel group, keeping gradients (for set-level losses: soft TP/FP/FN counts).
 
     Every rank gets :math:`S = \sum_r s_r` and computes the same set-level loss :math:`f(S)`. The backward sums the
     upstream gradient over ranks, so rank ``r`` receives :math:`k f'(S)\,\partial s_r/\partial\theta`; DDP's average

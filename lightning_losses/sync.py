@@ -1,4 +1,5 @@
-"""Reduce per-step statistics over ranks, identically on every rank (the one sync point of a reweighting step).
+"""Reduce per-step statistics over the data-parallel ranks, identically on every rank (the one sync point of a
+reweighting step).
 
 Shared by the pillars that keep state over the global batch (reweighters, SAF's trajectory table).
 :func:`sync_statistics` takes local statistics (a dict of tensors) with a declared reduction each:
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
-from lightning_losses.distributed import is_distributed, rank, world_size
+from lightning_losses.distributed import data_parallel_group, is_distributed, rank, world_size
 
 __all__ = ["REDUCTIONS", "sync_statistics"]
 
@@ -64,7 +65,7 @@ def sync_statistics(
     if cat_names:
         local_size = torch.tensor([n_local], dtype=torch.int64, device=device)
         all_sizes_t = [torch.zeros_like(local_size) for _ in range(ranks)]
-        dist.all_gather(all_sizes_t, local_size)
+        dist.all_gather(all_sizes_t, local_size, group=data_parallel_group())
         all_sizes = [int(s) for s in torch.cat(all_sizes_t).tolist()]
     else:
         all_sizes = [0] * ranks
@@ -79,7 +80,7 @@ def sync_statistics(
     padded[:n_local] = per_sample
     flat = torch.cat([*fixed, padded.reshape(-1)]) if fixed or padded.numel() else padded.reshape(-1)
     gathered = [torch.empty_like(flat) for _ in range(ranks)]
-    dist.all_gather(gathered, flat.contiguous())
+    dist.all_gather(gathered, flat.contiguous(), group=data_parallel_group())
     stacked = torch.stack(gathered)  # [ranks, L]
     out: dict[str, torch.Tensor] = {}
     pos = 0

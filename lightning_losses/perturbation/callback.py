@@ -59,6 +59,7 @@ from lightning_losses.perturbation.passes import (
     suppressed_logging,
 )
 from lightning_losses.perturbation.presets import PRESETS, Preset, build_perturbation
+from lightning_losses.perturbation.sharding import check_strategy
 
 __all__ = [
     "ASAM",
@@ -146,6 +147,8 @@ class WeightPerturbation(MixinCallback):
 
     @override
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if trainer is not None:  # DeepSpeed, FSDP1 and untested strategies, sync_ascent=False under FSDP2: refused
+            check_strategy(trainer.strategy, type(self).__name__, self.engine.sync_ascent)
         super().setup(trainer, pl_module, stage)  # attach raises when a Lightning `optimizer_step` hides the mixin's
         self._named = None
         self._hook_ran = False

@@ -11,6 +11,13 @@ A perturbed step (see :meth:`Perturbation.step`; steps 2, 3 and 4 are its ``_asc
 
 A non-finite ascent gradient skips the perturbation (:math:`\delta = 0`, counted in :attr:`Perturbation.skipped`);
 the descent pass still runs so every rank issues the same collectives. Deciding this costs one host sync per step.
+
+Sharded parameters (``DTensor``: FSDP2 through Lightning's ``ModelParallelStrategy``) are perturbed through their
+local shards (:mod:`~lightning_losses.perturbation.sharding`): norms are those of the full tensors (local sums of
+squares all-reduced over each parameter's shard group), the ascent is applied in place on the shards, and the
+originals are saved and restored per shard. The gradients FSDP2 leaves after ``backward`` are already reduced over
+the data-parallel group, so the ascent is always the synchronised one there (``sync_ascent=True``; the callback
+refuses ``sync_ascent=False`` under a sharding strategy).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
 from lightning_losses.perturbation.passes import batchnorm_modules, frozen_batchnorm, restored_buffers
 from lightning_losses.perturbation.selection import check_patterns, matches, select_parameters
+from lightning_losses.perturbation.sharding import local, to_global
 from lightning_losses.perturbation.step_state import StepState, saved_copy
 from lightning_losses.schedules import Schedule, build_schedule
 
@@ -178,7 +186,8 @@ class Perturbation:
         parameters and, during a perturbed pass with ``freeze_bn``, the BatchNorm buffers it is changing."""
         if self._saved is None:
             return {}
-        return {**self._frozen_buffers, **{id(p): s for p, s in zip(self._active_params, self._saved)}}
+        saved = {id(p): to_global(s, p) for p, s in zip(self._active_params, self._saved)}
+        return {**self._frozen_buffers, **saved}
 
     def _frozen_bn(self, modules: Sequence[nn.Module]) -> contextlib.AbstractContextManager:
         """:func:`frozen_batchnorm` that also exposes the snapshots to :meth:`original_weights`."""
@@ -231,6 +240,11 @@ class Perturbation:
         with ascent_ctx():
             loss0 = forward_backward("first")
         run = StepState.after_first_pass(named_params, forward_backward, zero_grad, ascent_ctx)
+        if run.shard_sum is not None and not self.sync_ascent:  # same decision on every rank: all hold shards
+            raise ConfigurationError(
+                "sharded parameters (FSDP2 DTensors) need `sync_ascent=True`, got sync_ascent=False: their gradients "
+                "are reduced over the data-parallel group in `backward`, so a per-replica ascent cannot be formed"
+            )
         if not run.params or (skip_on_none and loss0 is None):  # a skipped batch: nothing to perturb
             self.last_stats = {}
             return loss0
@@ -239,12 +253,12 @@ class Perturbation:
         run.frozen = bn_modules if self.freeze_bn else ()
         self._active_params = run.params
         with torch.no_grad():
-            self._saved = self._buffers = saved_copy(run.params, self._buffers)
+            self._saved = self._buffers = saved_copy(run.shards, self._buffers)
         try:
             perturbed = self._ascend(run)
             loss1 = self._descend(run, perturbed)
         finally:
-            self._restore(run.params)
+            self._restore(run.shards)
         self.perturbed_steps += perturbed
         self._finish(run, loss0, loss1)
         return loss0
@@ -259,10 +273,10 @@ class Perturbation:
         for i in range(self.inner_steps):
             # the ascent gradients are discarded after this iteration: unscaled and turned into the step in their
             # own storage (no per-step allocation of a parameter-sized list)
-            grads = [p.grad.detach() for p in params]
+            grads = [local(p.grad).detach() for p in params]
             if run.inv_scale is not None:
                 torch._foreach_mul_(grads, run.inv_scale.to(grads[0].device))
-            norms = F.tensor_norms(grads)
+            norms = F.tensor_norms(grads, run.shard_sum)
             gnorm = torch.linalg.vector_norm(norms) if grads else torch.zeros(())
             if i == 0:
                 stats["grad_norm"] = gnorm
@@ -286,14 +300,15 @@ class Perturbation:
                     eps=self.eps,
                     grad_norms=norms,
                     inplace=True,
+                    shard_sum=run.shard_sum,
                 )
                 if i > 0:  # the first step starts from w itself
-                    torch._foreach_copy_(params, self._saved)
-                if any(d.dtype != p.dtype for d, p in zip(delta, params)):
-                    delta = [d.to(p.dtype) for d, p in zip(delta, params)]
-                torch._foreach_add_(params, delta)
+                    torch._foreach_copy_(run.shards, self._saved)
+                if any(d.dtype != p.dtype for d, p in zip(delta, run.shards)):
+                    delta = [d.to(p.dtype) for d, p in zip(delta, run.shards)]
+                torch._foreach_add_(run.shards, delta)
                 if self.collect_stats:
-                    stats["norm"] = F.global_norm(delta)
+                    stats["norm"] = F.global_norm(delta, run.shard_sum)
             grads = None  # release the old gradients before the next backward (cache-friendly reuse)
             run.zero_grad()
             if i + 1 < self.inner_steps:
@@ -306,28 +321,28 @@ class Perturbation:
         ascent was skipped), BatchNorm statistics frozen. Returns that loss."""
         if not perturbed:
             with torch.no_grad():
-                torch._foreach_copy_(run.params, self._saved)
+                torch._foreach_copy_(run.shards, self._saved)
             run.zero_grad()
             run.stats["norm"] = torch.zeros(())
         with self._frozen_bn(run.frozen):
             return run.forward_backward("descent")
 
-    def _restore(self, params: list[Tensor]) -> None:
-        """Put the saved :math:`w` back (exact copy) and leave the perturbed state."""
+    def _restore(self, shards: list[Tensor]) -> None:
+        """Put the saved :math:`w` back (exact copy, into the local shards) and leave the perturbed state."""
         with torch.no_grad():
-            torch._foreach_copy_(params, self._saved)
+            torch._foreach_copy_(shards, self._saved)
         self._saved = None
 
     def _finish(self, run: StepState, loss0: Tensor | None, loss1: Tensor | None) -> None:
         """LookSAM's stored direction and the step's statistics (:attr:`last_stats`)."""
         params, stats, inv_scale = run.params, run.stats, run.inv_scale
         if run.first_grads is not None and params:
-            self.orthogonal = looksam.orthogonal(run.first_grads, params, inv_scale)
+            self.orthogonal = looksam.orthogonal(run.first_grads, params, inv_scale, run.shard_sum)
         if self.collect_stats:
             if loss0 is not None and loss1 is not None:
                 stats["sharpness"] = (loss1.detach() - loss0.detach()).float()
             if params and all(p.grad is not None for p in params):
-                g1 = F.global_norm([p.grad for p in params])
+                g1 = F.global_norm([local(p.grad) for p in params], run.shard_sum)
                 stats["grad_norm_perturbed"] = g1 if inv_scale is None else g1 * inv_scale.to(g1.device)
             stats["radius"] = torch.tensor(run.radius)
             stats["skipped"] = torch.tensor(float(self.skipped))

@@ -15,7 +15,9 @@ then :math:`\delta` is projected back onto the ball :math:`\|T^{-1}\delta\| \le 
 (``"adaptive_p2"``, the davda54/sam ``adaptive=True`` variant) or :math:`T = 1` (``None``).
 
 All functions are pure (inputs are not modified; :func:`ascent_step` can be asked to work in place) and use
-``torch._foreach_*`` kernels; none synchronises with the host.
+``torch._foreach_*`` kernels; none synchronises with the host. On sharded tensors (FSDP2) they take the local shards
+and a ``shard_sum`` (:class:`~lightning_losses.perturbation.sharding.ShardSum`) that sums each tensor's local sums of
+squares / inner products over its shard group, so every norm is that of the full tensor.
 """
 
 from __future__ import annotations
@@ -50,23 +52,28 @@ RADIUS_MODES = ("global", "per_tensor", "layer_relative")
 SCALINGS = (None, "adaptive", "adaptive_p2")
 
 
-def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
-    """L2 norm of each tensor, stacked into a 1-D float32 (or float64) tensor."""
+ShardSumFn = Callable[[Tensor], Tensor]  #: per-tensor local sums -> per-tensor totals over the shard groups
+
+
+def tensor_norms(tensors: Sequence[Tensor], shard_sum: ShardSumFn | None = None) -> Tensor:
+    """L2 norm of each tensor, stacked into a 1-D float32 (or float64) tensor; with ``shard_sum`` the tensors are
+    local shards and each norm is that of the full tensor (local sums of squares summed over its shards)."""
     if not tensors:
         return torch.zeros(0)
     norms = torch._foreach_norm(list(tensors))
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
-    return torch.stack([n.to(dtype) for n in norms])
+    stacked = torch.stack([n.to(dtype) for n in norms])
+    return stacked if shard_sum is None else shard_sum(stacked.square()).sqrt()
 
 
-def global_norm(tensors: Sequence[Tensor]) -> Tensor:
-    r"""One L2 norm over all tensors, :math:`\sqrt{\sum_l \|t_l\|^2}` (0-d tensor).
+def global_norm(tensors: Sequence[Tensor], shard_sum: ShardSumFn | None = None) -> Tensor:
+    r"""One L2 norm over all tensors, :math:`\sqrt{\sum_l \|t_l\|^2}` (0-d tensor; ``shard_sum``: of local shards).
 
     Example:
         >>> float(global_norm([torch.tensor([3.0]), torch.tensor([4.0])]))
         5.0
     """
-    return torch.linalg.vector_norm(tensor_norms(tensors))
+    return torch.linalg.vector_norm(tensor_norms(tensors, shard_sum))
 
 
 def scaling_factors(
@@ -90,9 +97,9 @@ def scaling_factors(
     return absolute
 
 
-def _radii(radius: float | Tensor, mode: str, params: Sequence[Tensor]) -> Tensor:
+def _radii(radius: float | Tensor, mode: str, params: Sequence[Tensor], shard_sum: ShardSumFn | None) -> Tensor:
     if mode == "layer_relative":
-        return tensor_norms(params) * radius
+        return tensor_norms(params, shard_sum) * radius
     return torch.as_tensor(radius, dtype=torch.float64 if params and params[0].dtype == torch.float64 else None)
 
 
@@ -111,8 +118,8 @@ def _scale_by(tensors: list[Tensor], factors: Tensor, mode: str, inplace: bool =
     return _mul(tensors, [f.to(t.dtype) for f, t in zip(factors.unbind(0), tensors)], inplace)
 
 
-def _norms(tensors: list[Tensor], mode: str) -> Tensor:
-    return global_norm(tensors) if mode == "global" else tensor_norms(tensors)
+def _norms(tensors: list[Tensor], mode: str, shard_sum: ShardSumFn | None = None) -> Tensor:
+    return global_norm(tensors, shard_sum) if mode == "global" else tensor_norms(tensors, shard_sum)
 
 
 def _project(
@@ -123,6 +130,7 @@ def _project(
     eps: float,
     inplace: bool = False,
     norms: Tensor | None = None,
+    shard_sum: ShardSumFn | None = None,
 ) -> list[Tensor]:
     r"""Scale ``delta`` by :math:`\min(1, R / (\|T^{-1}\delta\| + \epsilon))` (globally or per tensor); ``norms``
     are those of :math:`T^{-1}\delta` when the caller knows them."""
@@ -130,7 +138,7 @@ def _project(
         measured = delta
         if scale is not None:
             measured = [torch.nan_to_num(d / t, nan=0.0, posinf=0.0, neginf=0.0) for d, t in zip(delta, scale)]
-        norms = _norms(measured, mode)
+        norms = _norms(measured, mode, shard_sum)
     factors = torch.clamp(radii / (norms + eps), max=1.0)
     return _scale_by(delta, factors, mode, inplace)
 
@@ -144,10 +152,11 @@ def _normalise_rule(
     eps: float,
     inplace: bool,
     known: Tensor | None,
+    shard_sum: ShardSumFn | None = None,
 ) -> tuple[list[Tensor], Tensor | None]:
     r"""Step :math:`s R T^2 g / \|T g\|` (``direction`` is :math:`T g`, ``known`` its norms when the caller has
     them). A first step already lies on the sphere of radius :math:`R`: no norms to return, no projection."""
-    factors = radii * step_size / ((known if known is not None else _norms(direction, mode)) + eps)
+    factors = radii * step_size / ((known if known is not None else _norms(direction, mode, shard_sum)) + eps)
     return _scale_by(direction if scale is None else _mul(direction, scale, inplace), factors, mode, inplace), None
 
 
@@ -160,6 +169,7 @@ def _clip_rule(
     eps: float,
     inplace: bool,
     known: Tensor | None,
+    shard_sum: ShardSumFn | None = None,
 ) -> tuple[list[Tensor], Tensor | None]:
     r"""Step :math:`s\,\zeta\,T^2 g` (unnormalised); returns the step's norms when they follow from ``known`` (a
     first clipped step is :math:`\zeta g`), so its projection needs no pass over it."""
@@ -173,7 +183,8 @@ class AscentRule:
 
     Attributes:
         step: ``fn(direction, scale, radii, step_size, radius_mode, eps, inplace, known_norms) -> (step, norms)``;
-            ``norms`` are the first step's projection norms when known, ``None`` otherwise.
+            ``norms`` are the first step's projection norms when known, ``None`` otherwise. On sharded parameters it
+            is also given ``shard_sum=`` (a keyword: norms of local shards are summed with it).
         on_sphere: a first step lies on the ball's sphere already (no projection).
         step_size: ``fn(inner_lr, inner_steps)``, the ``step_size`` the engine passes.
     """
@@ -206,6 +217,7 @@ def ascent_step(
     eps: float = 1e-12,
     grad_norms: Tensor | None = None,
     inplace: bool = False,
+    shard_sum: ShardSumFn | None = None,
 ) -> list[Tensor]:
     r"""One ascent step on the perturbation, then projection onto its ball (see the module docstring).
 
@@ -223,6 +235,9 @@ def ascent_step(
             without a scaling the step's norms follow from them, and are not computed again.
         inplace: compute in the storage of ``grads`` (overwritten, and returned as the step) and of ``delta``
             (updated) instead of allocating: for callers that discard the gradients afterwards, as the engine does.
+        shard_sum: ``grads``, ``params`` and ``delta`` are local shards; this sums per-tensor local sums of squares
+            over each tensor's shards (:class:`~lightning_losses.perturbation.sharding.ShardSum`). Default: whole
+            tensors.
 
     Example:
         >>> g = [torch.tensor([3.0, 4.0])]
@@ -235,13 +250,14 @@ def ascent_step(
     if rule not in ASCENT_RULES:
         raise ValueError(f"`rule` must be one of {tuple(ASCENT_RULES)}, got {rule!r}")
     scale = scaling_factors(params, scaling, eta, scale_mask)
-    radii = _radii(radius, radius_mode, params)
+    radii = _radii(radius, radius_mode, params, shard_sum)
     direction = grads if scale is None else _mul(grads, scale, inplace)  # T g
     known = None  # the norms of `direction` (= g without a scaling), as `_norms` would compute them
     if grad_norms is not None and scale is None:
         known = torch.linalg.vector_norm(grad_norms) if radius_mode == "global" else grad_norms
     ascent = ASCENT_RULES[rule]
-    step, step_norms = ascent.step(direction, scale, radii, step_size, radius_mode, eps, inplace, known)
+    sharded = {} if shard_sum is None else {"shard_sum": shard_sum}  # a rule need not know shards until it meets one
+    step, step_norms = ascent.step(direction, scale, radii, step_size, radius_mode, eps, inplace, known, **sharded)
     if delta is None:
         new = step
     elif inplace:
@@ -251,7 +267,7 @@ def ascent_step(
         new = list(torch._foreach_add(list(delta), step))
     if delta is None and ascent.on_sphere:
         return new  # a single normalised step already lies on the sphere of radius R
-    return _project(new, radii, radius_mode, scale, eps, inplace, step_norms if delta is None else None)
+    return _project(new, radii, radius_mode, scale, eps, inplace, step_norms if delta is None else None, shard_sum)
 
 
 def sam_epsilon(grads: Sequence[Tensor], rho: float, eps: float = 1e-12) -> list[Tensor]:
@@ -299,19 +315,27 @@ def awp_perturbation(
     return ascent_step(None, direction, params, radius_mode="layer_relative", radius=gamma, eps=eps)
 
 
-def looksam_orthogonal(grads: Sequence[Tensor], perturbed_grads: Sequence[Tensor], eps: float = 1e-12) -> list[Tensor]:
+def looksam_orthogonal(
+    grads: Sequence[Tensor], perturbed_grads: Sequence[Tensor], eps: float = 1e-12, shard_sum: ShardSumFn | None = None
+) -> list[Tensor]:
     r"""LookSAM (Liu et al., CVPR 2022): the part of the SAM gradient :math:`g_s` orthogonal to :math:`g`,
-    :math:`g_v = g_s - \frac{\langle g_s, g\rangle}{\|g\|^2} g` (global inner products)."""
+    :math:`g_v = g_s - \frac{\langle g_s, g\rangle}{\|g\|^2} g` (global inner products; ``shard_sum``: of
+    local shards)."""
     g, gs = list(grads), list(perturbed_grads)
-    dot = torch.stack([(a.double() * b.double()).sum() for a, b in zip(g, gs)]).sum()
-    coef = dot / (global_norm(g).double() ** 2 + eps)
+    dots = torch.stack([(a.double() * b.double()).sum() for a, b in zip(g, gs)])
+    dot = (dots if shard_sum is None else shard_sum(dots)).sum()
+    coef = dot / (global_norm(g, shard_sum).double() ** 2 + eps)
     return [b - coef.to(b.dtype) * a for a, b in zip(g, gs)]
 
 
 def looksam_extrapolate(
-    grads: Sequence[Tensor], orthogonal: Sequence[Tensor], alpha: float, eps: float = 1e-12
+    grads: Sequence[Tensor],
+    orthogonal: Sequence[Tensor],
+    alpha: float,
+    eps: float = 1e-12,
+    shard_sum: ShardSumFn | None = None,
 ) -> list[Tensor]:
     r"""LookSAM's cheap step: :math:`g + \alpha\,\frac{\|g\|}{\|g_v\|} g_v` with the stored :math:`g_v`."""
     g, gv = list(grads), list(orthogonal)
-    factor = alpha * global_norm(g) / (global_norm(gv) + eps)
+    factor = alpha * global_norm(g, shard_sum) / (global_norm(gv, shard_sum) + eps)
     return list(torch._foreach_add(g, torch._foreach_mul(gv, factor.to(g[0].dtype))))

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_losses.perturbation.sharding import ShardSum, local, shard_sum_for
+
 __all__ = ["StepState", "saved_copy"]
 
 
@@ -25,7 +27,13 @@ class StepState:
     inv_scale: Tensor | None = None
     frozen: Sequence[nn.Module] = ()
     stats: dict[str, Tensor] = field(default_factory=dict)
-    first_grads: list[Tensor] | None = None  # LookSAM: the unscaled ascent gradient at w
+    first_grads: list[Tensor] | None = None  # LookSAM: the unscaled ascent gradient at w (local shards)
+    shards: list[Tensor] = field(default_factory=list)  # the local shards of `params` (themselves when not sharded)
+    shard_sum: ShardSum | None = None  # sums per-tensor local pieces over the shard groups (None: not sharded)
+
+    def __post_init__(self) -> None:
+        self.shards = [local(p.detach()) for p in self.params]
+        self.shard_sum = shard_sum_for(self.params)
 
     @classmethod
     def after_first_pass(

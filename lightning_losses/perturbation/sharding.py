@@ -1,0 +1,138 @@
+"""Sharded parameters (FSDP2 / tensor parallelism): the engine works on local shards.
+
+A parameter that is a ``torch.distributed.tensor.DTensor`` is perturbed through its local shard
+(:func:`local`): every element-wise operation is local, and every norm or inner product is a sum of local pieces
+all-reduced over the groups that shard the tensor (:class:`ShardSum`: the mesh dimensions whose placement is a
+``Shard``; a ``Replicate`` dimension already holds the whole value and is not summed over). Plain tensors (one
+process, DDP) pass through unchanged and cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = [
+    "SUPPORTED_STRATEGIES",
+    "ShardSum",
+    "check_strategy",
+    "is_sharded",
+    "local",
+    "shard_sum_for",
+    "to_global",
+]
+
+try:  # torch >= 2.4 exposes DTensor publicly
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - builds without distributed
+    DTensor = None  # type: ignore[assignment,misc]
+
+
+def is_sharded(tensor: Any) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a parameter or gradient of FSDP2 / tensor parallelism)."""
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
+def local(tensor: Tensor) -> Tensor:
+    """This process's shard of ``tensor`` (the tensor itself when it is not a ``DTensor``); shares its storage."""
+    return tensor.to_local() if is_sharded(tensor) else tensor
+
+
+def to_global(shard: Tensor, like: Tensor) -> Tensor:
+    """``shard`` (a local piece of ``like``) as a ``DTensor`` laid out as ``like``; ``shard`` itself otherwise."""
+    if not is_sharded(like):
+        return shard
+    return DTensor.from_local(shard, like.device_mesh, like.placements, shape=like.shape, stride=like.stride())
+
+
+def _shard_groups(tensor: Tensor) -> tuple[Any, ...]:
+    if not is_sharded(tensor):
+        return ()
+    mesh = tensor.device_mesh
+    return tuple(mesh.get_group(dim) for dim, p in enumerate(tensor.placements) if p.is_shard())
+
+
+class ShardSum:
+    """Sum per-tensor local values (sums of squares, inner products) over the groups that shard each tensor.
+
+    Called with a 1-D tensor holding one local value per tensor (in the order given to :func:`shard_sum_for`), it
+    returns the per-tensor totals: one ``all_reduce`` per distinct set of shard groups (one for FSDP2 on a 1-D
+    mesh), no host sync.
+    """
+
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        keyed: dict[tuple[int, ...], tuple[tuple[Any, ...], list[int]]] = {}
+        for i, t in enumerate(tensors):
+            groups = _shard_groups(t)
+            if groups:
+                keyed.setdefault(tuple(id(g) for g in groups), (groups, []))[1].append(i)
+        self.n = len(tensors)
+        self.blocks = list(keyed.values())
+
+    def __call__(self, values: Tensor) -> Tensor:
+        if values.shape[0] != self.n:
+            raise ValueError(f"ShardSum expects {self.n} per-tensor values, got {tuple(values.shape)}")
+        out = values.clone()
+        for groups, indices in self.blocks:
+            if len(indices) == self.n:
+                part = out
+            else:
+                part = out[torch.tensor(indices, device=out.device)].contiguous()
+            for group in groups:
+                dist.all_reduce(part, op=dist.ReduceOp.SUM, group=group)
+            if part is not out:
+                out[torch.tensor(indices, device=out.device)] = part
+        return out
+
+
+def shard_sum_for(tensors: Sequence[Tensor]) -> ShardSum | None:
+    """A :class:`ShardSum` for ``tensors`` when one of them is sharded, ``None`` (nothing to reduce) otherwise."""
+    if not any(is_sharded(t) for t in tensors):
+        return None
+    return ShardSum(tensors)
+
+
+#: the strategies the perturbation callbacks support, as the errors name them
+SUPPORTED_STRATEGIES = (
+    "one device (`SingleDeviceStrategy`), DDP (`DDPStrategy`: `ddp`, `ddp_spawn`, `ddp_fork`, ...) and FSDP2 / "
+    "tensor parallelism (`ModelParallelStrategy`, with `sync_ascent=True`)"
+)
+
+
+def _named_in_mro(obj: Any, name: str) -> bool:
+    return any(cls.__name__ == name for cls in type(obj).__mro__)
+
+
+def check_strategy(strategy: Any, what: str, sync_ascent: bool) -> None:
+    """Raise a :class:`~lightning_losses.errors.ConfigurationError` naming ``strategy`` when the perturbation
+    ``what`` cannot run exactly under it.
+
+    DeepSpeed owns the optimizer step (the closure the perturbation wraps never reaches it); Lightning's
+    ``FSDPStrategy`` (FSDP1) perturbs flat parameters whose norms are not the model's; other strategies are untested.
+    Under ``ModelParallelStrategy`` the gradients are reduced over the data-parallel group in ``backward`` and each
+    rank holds a shard of every weight, so there is no per-replica ascent: ``sync_ascent`` must be ``True``.
+    """
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+
+    from lightning_losses.errors import ConfigurationError
+
+    name = type(strategy).__name__
+    if _named_in_mro(strategy, "DeepSpeedStrategy"):
+        raise ConfigurationError(
+            f"{what} does not support the `{name}` strategy: DeepSpeed owns the optimizer step, so the perturbed "
+            f"passes cannot run inside it; supported: {SUPPORTED_STRATEGIES}"
+        )
+    if isinstance(strategy, ModelParallelStrategy):
+        if not sync_ascent:
+            raise ConfigurationError(
+                f"{what} under `{name}` needs `sync_ascent=True`, got sync_ascent=False: FSDP2 reduces the gradients "
+                f"over the data-parallel group in `backward` and each rank holds only a shard of every weight, so a "
+                f"per-replica ascent cannot be formed"
+            )
+        return
+    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        raise ConfigurationError(f"{what} does not support the `{name}` strategy; supported: {SUPPORTED_STRATEGIES}")

@@ -1,0 +1,60 @@
+"""Strategies the perturbation callbacks refuse, with errors naming the strategy and what is supported."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+
+import lightning_losses as ll
+from lightning_losses.errors import ConfigurationError
+from lightning_losses.perturbation.sharding import check_strategy
+from tests.perturbation._lightning import Tiny
+
+SUPPORTED = r"supported: one device \(`SingleDeviceStrategy`\), DDP \(`DDPStrategy`"
+
+
+class DeepSpeedStrategy(DDPStrategy):
+    """A stand-in named as Lightning's (DeepSpeed itself is not installed): matched by name in the class's bases."""
+
+
+class OwnStep:
+    """Any other strategy (one that may own the optimizer step); only its type is looked at."""
+
+
+def _setup(callback, strategy):
+    callback.setup(SimpleNamespace(strategy=strategy), Tiny(), "fit")
+
+
+def test_deepspeed_is_refused_at_setup_naming_it():
+    with pytest.raises(ConfigurationError, match=rf"SAM does not support the `DeepSpeedStrategy` strategy: DeepSpeed "
+                       rf"owns the optimizer step, .*; {SUPPORTED}"):  # fmt: skip
+        _setup(ll.SAM(), DeepSpeedStrategy())
+
+
+def test_unknown_strategy_is_refused_at_setup_naming_it():
+    with pytest.raises(ConfigurationError, match=rf"AWP does not support the `OwnStep` strategy; {SUPPORTED}"):
+        _setup(ll.AWP(), OwnStep())
+
+
+def test_fsdp1_is_refused_by_name():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with pytest.raises(ConfigurationError, match=r"does not support the `FSDPStrategy` strategy"):
+        check_strategy(FSDPStrategy(), "SAM", sync_ascent=True)
+
+
+def test_fsdp2_needs_sync_ascent():
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    with pytest.raises(ConfigurationError, match=r"SAM under `ModelParallelStrategy` needs `sync_ascent=True`, got "
+                       r"sync_ascent=False: FSDP2 reduces the gradients"):  # fmt: skip
+        _setup(ll.SAM(), strategy)
+    check_strategy(strategy, "SAM", sync_ascent=True)  # accepted
+
+
+def test_supported_strategies_pass():
+    import torch
+
+    check_strategy(SingleDeviceStrategy(torch.device("cpu")), "SAM", sync_ascent=False)
+    check_strategy(DDPStrategy(), "SAM", sync_ascent=False)
