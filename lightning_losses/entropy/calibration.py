@@ -27,6 +27,7 @@ from typing_extensions import override
 
 from lightning_losses._validation import check_int, check_state_keys
 from lightning_losses.callbacks import CALLBACKS
+from lightning_losses.diagnostics import log_scalars
 from lightning_losses.distributed import all_gather_with_grad
 from lightning_losses.entropy._batch import ForwardFn, batch_logits, batch_target, check_forward_args, check_target_key
 from lightning_losses.errors import ConfigurationError
@@ -180,8 +181,7 @@ class TemperatureScaling(L.Callback):
             "calibration/val_ece_before": self.ece_before,
             "calibration/val_ece_after": self.ece_after,
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_scalars(trainer, pl_module, metrics, own_interval=True)  # in callback_metrics too; `log` is refused here
 
     @override
     def state_dict(self) -> dict[str, Any]:

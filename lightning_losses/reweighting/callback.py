@@ -34,10 +34,11 @@ import torch
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_losses._compat import attached_trainer, logger_connector
+from lightning_losses._compat import attached_trainer
 from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
+from lightning_losses.diagnostics import log_scalars
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
 from lightning_losses.reweighting.metrics import GroupAccuracy, global_weight_stats
@@ -257,14 +258,9 @@ class SampleReweighting(MixinCallback):
             metrics["reweight/worst_group_acc"] = stats["worst_acc"]
         if not metrics:
             return
-        if self.log_every_n_steps is None:
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False)
-        else:  # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's
-            # later logging steps, or drop it when they do not coincide)
-            trainer.callback_metrics.update(metrics)
-            connector = logger_connector(trainer)
-            if connector is not None:
-                connector.log_metrics(metrics)
+        # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's later
+        # logging steps, or drop it when they do not coincide)
+        log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
 
     # ------------------------------------------------------------------ checkpointing
     @override
