@@ -23,12 +23,14 @@ import torch
 
 from lightning_losses._compat import log_step, logger_connector
 from lightning_losses._validation import check_int
+from lightning_losses.distributed import global_sum
 
 __all__ = [
     "MediaCadence",
     "calibration_bins",
     "log_histogram",
     "log_image",
+    "log_reliability",
     "log_scalars",
     "log_table",
     "media_loggers",
@@ -112,14 +114,15 @@ class MediaCadence:
     """When to log media, in optimizer steps.
 
     Args:
-        every: ``None`` (default): at the first logging opportunity of each training epoch (about once per epoch);
-            ``0``: never; ``N``: every ``N`` optimizer steps.
+        every: ``None`` (default): at the first call of each training epoch (about once per epoch); ``0``: never;
+            ``N``: at the first call at or after each multiple of ``N`` optimizer steps (exactly every ``N`` steps
+            for a caller that asks after every step; at its next logging step for one that asks only then).
         name: the argument's name, for the error message.
 
     Example:
         >>> c = MediaCadence(2)
-        >>> [c.due(step, epoch=0) for step in (1, 2, 3, 4)]
-        [False, True, False, True]
+        >>> [c.due(step, epoch=0) for step in (1, 2, 3, 4, 7, 8)]
+        [False, True, False, True, True, True]
         >>> c = MediaCadence(None)
         >>> [c.due(step, epoch) for step, epoch in ((1, 0), (2, 0), (3, 1))]
         [True, False, True]
@@ -128,6 +131,7 @@ class MediaCadence:
     def __init__(self, every: int | None, name: str = "media_every_n_steps") -> None:
         self.every = None if every is None else check_int(name, every, low=0)
         self._epoch = -1
+        self._next = self.every or 0  # the next multiple of `every` not yet served
 
     def due(self, step: int, epoch: int) -> bool:
         """Whether media are due at optimizer step ``step`` (``global_step`` after the step) of epoch ``epoch``."""
@@ -136,7 +140,10 @@ class MediaCadence:
                 return False
             self._epoch = epoch
             return True
-        return self.every > 0 and step % self.every == 0
+        if self.every == 0 or step < self._next:
+            return False
+        self._next = (step // self.every + 1) * self.every
+        return True
 
 
 def calibration_bins(
@@ -145,7 +152,7 @@ def calibration_bins(
     """Per equal-width confidence bin: sample count, sum of confidences, sum of correct (float64, ``[n_bins]``).
 
     Example:
-        >>> counts, conf, acc = calibration_bins(torch.tensor([0.55, 0.95, 0.97]), torch.tensor([0, 1, 1]), 2)
+        >>> counts, conf, acc = calibration_bins(torch.tensor([0.45, 0.95, 0.97]), torch.tensor([0, 1, 1]), 2)
         >>> counts.tolist(), acc.tolist()
         ([1.0, 2.0], [0.0, 2.0])
     """
@@ -186,3 +193,15 @@ def reliability_diagram(
     ax.legend(loc="upper left")
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def log_reliability(
+    trainer: Any, key: str, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int, title: str = ""
+) -> bool:
+    """Log the reliability diagram of this rank's ``confidence`` / ``correct`` (``[N]``), binned and summed over
+    ranks (one collective), to the media loggers. Call it on every rank: the decision (whether the Trainer has a
+    media logger) is the same on all of them. ``True`` when a logger took it."""
+    if not media_loggers(trainer):
+        return False
+    counts, conf, acc = global_sum(torch.stack(calibration_bins(confidence, correct, n_bins))).unbind(0)
+    return log_image(trainer, key, lambda: reliability_diagram(counts, conf, acc, title), caption=title or None)

@@ -34,14 +34,14 @@ import torch
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_losses._compat import attached_trainer
+from lightning_losses._compat import attached_trainer, log_step
 from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
-from lightning_losses.diagnostics import log_scalars
+from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, log_table, media_loggers
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
-from lightning_losses.reweighting.metrics import GroupAccuracy, global_weight_stats
+from lightning_losses.reweighting.metrics import GroupAccuracy, GroupTable, global_weight_stats, group_weights
 from lightning_losses.sync import sync_statistics
 
 __all__ = ["SampleReweighting"]
@@ -120,6 +120,10 @@ class SampleReweighting(MixinCallback):
         log_every_n_steps: log weight / group statistics every this many optimizer steps (0 = never), written to
             the Trainer's loggers on exactly those steps, whatever ``Trainer(log_every_n_steps=...)`` is. Default
             ``None``: on the steps where the Trainer writes its step logs (through ``LightningModule.log``).
+        media_every_n_steps: W&B media at the first logging step at or after every this many optimizer steps:
+            histograms ``reweight/weights`` and ``reweight/losses`` (per-sample, the batch of rank 0) and, with
+            groups, the table ``reweight/groups`` (:class:`~lightning_losses.reweighting.metrics.GroupTable`). Default
+            ``None``: about once per epoch; ``0``: never. Loggers without media (CSV) get none of it.
         **kwargs: the strategy's arguments (e.g. ``step_size=0.01`` for ``group_dro``).
 
     Example:
@@ -129,13 +133,19 @@ class SampleReweighting(MixinCallback):
     """
 
     def __init__(
-        self, strategy: str | Reweighter = "loss_softmax", log_every_n_steps: int | None = None, **kwargs: Any
+        self,
+        strategy: str | Reweighter = "loss_softmax",
+        log_every_n_steps: int | None = None,
+        media_every_n_steps: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
         self.reweighter = build_reweighter(strategy, **kwargs)
         if log_every_n_steps is not None:
             log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, low=0)
         self.log_every_n_steps = log_every_n_steps
+        self.media = MediaCadence(media_every_n_steps)
+        self.group_table = GroupTable()
         self._attached: _Attached | None = None
         self._group_metric: GroupAccuracy | None = None
         self._last_logged_step = -1
@@ -242,6 +252,7 @@ class SampleReweighting(MixinCallback):
         self._last_logged_step = step
         output = getattr(pl_module, "objective_output", None)
         metrics: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor] | None = None
         if output is not None and output.weights.numel():
             pending = {"nonfinite": self.reweighter.take_unsynced_nonfinite()}  # summed in the same collective
             weight_stats = global_weight_stats(output.weights, extra=pending)
@@ -261,6 +272,23 @@ class SampleReweighting(MixinCallback):
         # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's later
         # logging steps, or drop it when they do not coincide)
         log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
+        if media_loggers(trainer) and self.media.due(step, trainer.current_epoch):
+            self._log_media(trainer, output, last, stats)
+
+    def _log_media(self, trainer: Any, output: Any, last: dict[str, Any], stats: dict[str, Any] | None) -> None:
+        weights = None if output is None else output.weights
+        if isinstance(weights, torch.Tensor) and weights.numel():
+            log_histogram(trainer, "reweight/weights", weights)
+        if isinstance(last.get("losses"), torch.Tensor):
+            log_histogram(trainer, "reweight/losses", last["losses"])
+        group = last.get("group")
+        if stats is not None and isinstance(group, torch.Tensor) and isinstance(weights, torch.Tensor):
+            num_groups = stats["acc"].numel()
+            per_sample = weights if weights.shape == group.shape else torch.ones_like(group, dtype=torch.float32)
+            self.group_table.add(
+                log_step(trainer), stats, group_weights(self.reweighter, per_sample, group, num_groups)
+            )
+            log_table(trainer, "reweight/groups", GroupTable.columns, self.group_table.rows)
 
     # ------------------------------------------------------------------ checkpointing
     @override
