@@ -54,6 +54,26 @@ def test_csv_only_run_with_every_diagnostic_on_does_not_fail(tmp_path):
     with open(f"{logger.log_dir}/metrics.csv") as f:
         columns = set(next(csv.reader(f)))
     expected = {"entropy/mean", "reweight/ess", "reweight/worst_group_acc", "perturbation/perturbed_fraction"}
+    expected |= {"perturbation/cos_delta_grad", "perturbation/sharpness", "perturbation/skipped"}
     assert expected | {"val/ece", "calibration/temperature"} <= columns
     assert float(trainer.callback_metrics["perturbation/perturbed_fraction"]) == 0.5  # every 2nd step perturbed
     assert not any("reliability" in c or "per_sample" in c or c == "reweight/weights" for c in columns)
+
+
+def test_sam_logs_the_cosine_between_the_gradients_at_w_and_w_plus_delta():
+    """On L(w) = w^T A w / 2 the gradients are A w and A (w + delta), delta = rho A w / |A w| (SAM)."""
+    from lightning_losses.perturbation.manual import perturbed_backward
+    from lightning_losses.perturbation.presets import build_perturbation
+
+    a = torch.tensor([1.0, 10.0])
+    w = torch.nn.Parameter(torch.tensor([10.0, 1.0]))
+    module = torch.nn.Module()
+    module.w = w
+    engine = build_perturbation("sam", rho=1.0)
+    perturbed_backward(engine, module, lambda: 0.5 * (a * w * w).sum())
+    g0 = a * w.detach()
+    g1 = a * (w.detach() + g0 / g0.norm())
+    expected = torch.dot(g0, g1) / (g0.norm() * g1.norm())
+    assert float(expected) < 0.98  # a cosine that tells
+    torch.testing.assert_close(engine.last_stats["cos_delta_grad"], expected)
+    torch.testing.assert_close(w.grad, g1)

@@ -89,7 +89,9 @@ class WeightPerturbation(MixinCallback):
 
     Logged every step (``perturbation/...``, this rank's values): ``norm`` :math:`\|\delta\|`, ``sharpness``
     :math:`L(w+\delta) - L(w)` (same batch), ``grad_norm`` / ``grad_norm_perturbed`` (unscaled), ``radius``,
-    ``skipped`` (non-finite ascent gradients so far), ``perturbed_fraction`` (perturbed optimizer steps over all
+    ``cos_delta_grad`` (cosine between :math:`\delta` and the gradient at :math:`w + \delta`; for SAM the cosine between
+    the gradients at :math:`w` and :math:`w + \delta`), ``skipped`` (non-finite ascent gradients so far),
+    ``perturbed_fraction`` (perturbed optimizer steps over all
     optimizer steps so far; with ``every_n_steps`` / ``probability`` / LookSAM reuse the unperturbed steps log only
     ``skipped`` and ``perturbed_fraction``).
 
