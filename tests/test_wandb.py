@@ -117,7 +117,7 @@ def test_wandb_offline_run_holds_the_diagnostics_media(tmp_path, monkeypatch):
     tables = [r for r in rows if "reweight/groups/_type" in r]
     assert [(r["trainer/global_step"], r["reweight/groups/nrows"]) for r in tables] == [(1, 2), (3, 4), (5, 6)]
     last = json.loads((run_file.parent / "files" / tables[-1]["reweight/groups/path"]).read_text())
-    assert last["columns"] == list(GroupTable.columns) and len(last["data"]) == 6
+    assert last["columns"] == list(GroupTable().columns) and len(last["data"]) == 6
     assert [row[:2] for row in last["data"]] == [[s, g] for s in train_steps for g in (0, 1)]
     # reliability diagrams: one per validation epoch, then before / after temperature scaling
     for key, count in (
@@ -133,3 +133,32 @@ def test_wandb_offline_run_holds_the_diagnostics_media(tmp_path, monkeypatch):
             assert name.startswith("media/images/") and (run_file.parent / "files" / name).stat().st_size > 1000
     val_epochs = _steps(rows, "val/ece")
     assert _steps(rows, "val/reliability/_type") == val_epochs  # at the step of the epoch's `val/ece`
+
+
+def test_wandb_reweighting_without_groups_logs_a_per_class_table(tmp_path, monkeypatch):
+    import lightning as L
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(project="ll-test", save_dir=str(tmp_path), offline=True)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        callbacks=[ll.SampleReweighting("loss_softmax", media_every_n_steps=4)], logger=logger, max_steps=8,
+        log_every_n_steps=2, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(DigitsClassifier(dropout=0.0, cosine_schedule=False), DigitsDataModule(batch_size=64))
+    logger.experiment.finish()
+    (run_file,) = finished_run_files(tmp_path)
+    rows = read_history(run_file)
+    tables = [r for r in rows if "reweight/classes/_type" in r]
+    assert [r["trainer/global_step"] for r in tables] == [3, 7]  # after optimizer steps 4 and 8
+    assert "reweight/groups/_type" not in {k for r in rows for k in r}
+    table = json.loads((run_file.parent / "files" / tables[-1]["reweight/classes/path"]).read_text())
+    assert table["columns"] == ["step", "class", "count", "loss", "acc", "weight"]
+    first = [row for row in table["data"] if row[0] == 3]
+    assert sum(row[2] for row in first) == 2 * 64  # the two batches since the last log, every class counted once
+    assert {row[1] for row in first} <= set(range(10)) and all(row[5] > 0 for row in first)

@@ -34,14 +34,20 @@ import torch
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_losses._compat import attached_trainer, log_step
+from lightning_losses._compat import attached_trainer
 from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
-from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, log_table, media_loggers
+from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, media_loggers
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
-from lightning_losses.reweighting.metrics import GroupAccuracy, GroupTable, global_weight_stats, group_weights
+from lightning_losses.reweighting.metrics import (
+    GroupAccuracy,
+    GroupTable,
+    class_labels,
+    global_weight_stats,
+    log_group_table,
+)
 from lightning_losses.sync import sync_statistics
 
 __all__ = ["SampleReweighting"]
@@ -122,7 +128,8 @@ class SampleReweighting(MixinCallback):
             ``None``: on the steps where the Trainer writes its step logs (through ``LightningModule.log``).
         media_every_n_steps: W&B media at the first logging step at or after every this many optimizer steps:
             histograms ``reweight/weights`` and ``reweight/losses`` (per-sample, the batch of rank 0) and, with
-            groups, the table ``reweight/groups`` (:class:`~lightning_losses.reweighting.metrics.GroupTable`). Default
+            groups, the table ``reweight/groups`` (:class:`~lightning_losses.reweighting.metrics.GroupTable`), else,
+            with integer class targets, ``reweight/classes`` (per class, over the steps since the last log). Default
             ``None``: about once per epoch; ``0``: never. Loggers without media (CSV) get none of it.
         **kwargs: the strategy's arguments (e.g. ``step_size=0.01`` for ``group_dro``).
 
@@ -148,6 +155,8 @@ class SampleReweighting(MixinCallback):
         self.group_table = GroupTable()
         self._attached: _Attached | None = None
         self._group_metric: GroupAccuracy | None = None
+        self._class_metric: GroupAccuracy | None = None  # per class, for the media table of a run without groups
+        self.class_table = GroupTable("class")
         self._last_logged_step = -1
         self._undo: dict[str, Any] | None = None  # the reweighter's state at the start of the micro-batch
         self._committed = False  # an optimizer step committed the state during this micro-batch
@@ -242,6 +251,12 @@ class SampleReweighting(MixinCallback):
         if track_groups and logits.ndim == 2 and target.ndim == 1:
             metric = self._group_metric_for(group, trainer)
             metric.update(logits, target, group, last.get("losses"), mask=last.get("sample_mask"))
+        elif self.media.every != 0 and class_labels(logits, target) is not None and media_loggers(trainer):
+            if self._class_metric is None:
+                self._class_metric = GroupAccuracy(logits.shape[-1]).to(logits.device)
+            labels, valid = class_labels(logits, target)
+            mask = valid if last.get("sample_mask") is None else valid & last["sample_mask"]
+            self._class_metric.update(logits, labels, labels, last.get("losses"), mask=mask)
         step = trainer.global_step
         if self.log_every_n_steps is None:
             due = step_logs_due(trainer)
@@ -260,6 +275,10 @@ class SampleReweighting(MixinCallback):
             metrics.update({f"reweight/{k}": v for k, v in weight_stats.items()})
         metrics["reweight/nonfinite"] = self.reweighter.nonfinite_count().detach().float()
         metrics.update({f"reweight/{k}": v.detach().float() for k, v in self.reweighter.log_values().items()})
+        class_stats = None
+        if self._class_metric is not None:
+            class_stats = self._class_metric.compute()
+            self._class_metric.reset()
         if self._group_metric is not None:
             stats = self._group_metric.compute()
             self._group_metric.reset()
@@ -274,6 +293,11 @@ class SampleReweighting(MixinCallback):
         log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
         if media_loggers(trainer) and self.media.due(step, trainer.current_epoch):
             self._log_media(trainer, output, last, stats)
+            if class_stats is not None:
+                labels = class_labels(last["logits"], last["target"])[0]
+                log_group_table(
+                    trainer, "reweight/classes", self.class_table, class_stats, output, labels, self.reweighter
+                )
 
     def _log_media(self, trainer: Any, output: Any, last: dict[str, Any], stats: dict[str, Any] | None) -> None:
         weights = None if output is None else output.weights
@@ -282,13 +306,8 @@ class SampleReweighting(MixinCallback):
         if isinstance(last.get("losses"), torch.Tensor):
             log_histogram(trainer, "reweight/losses", last["losses"])
         group = last.get("group")
-        if stats is not None and isinstance(group, torch.Tensor) and isinstance(weights, torch.Tensor):
-            num_groups = stats["acc"].numel()
-            per_sample = weights if weights.shape == group.shape else torch.ones_like(group, dtype=torch.float32)
-            self.group_table.add(
-                log_step(trainer), stats, group_weights(self.reweighter, per_sample, group, num_groups)
-            )
-            log_table(trainer, "reweight/groups", GroupTable.columns, self.group_table.rows)
+        if stats is not None and isinstance(group, torch.Tensor):
+            log_group_table(trainer, "reweight/groups", self.group_table, stats, output, group, self.reweighter)
 
     # ------------------------------------------------------------------ checkpointing
     @override
