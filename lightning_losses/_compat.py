@@ -23,6 +23,7 @@ __all__ = [
     "attached_trainer",
     "closure_parts",
     "closure_result",
+    "log_step",
     "logger_connector",
     "metric_snapshot",
     "norm_layer_types",
@@ -97,6 +98,14 @@ def should_update_logs(trainer: Any) -> bool:
     if connector is not None and hasattr(connector, "should_update_logs"):
         return bool(connector.should_update_logs)
     return trainer.global_step % max(int(trainer.log_every_n_steps), 1) == 0
+
+
+@_reads("Trainer.fit_loop.epoch_loop._batches_that_stepped")
+def log_step(trainer: Any) -> int:
+    """The step the Trainer's own step logs (``train/*``) are written at now (``trainer/global_step`` in W&B): the
+    optimizer steps finished before this batch's logs. Fallback: ``trainer.global_step``."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
 
 
 @_reads("LightningModule._trainer")

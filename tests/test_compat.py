@@ -133,9 +133,14 @@ def _norm_layer_types(trainer, module):
     assert not isinstance(nn.LayerNorm(2), types)
 
 
+def _log_step(trainer, module):
+    assert _compat.log_step(trainer) == trainer.fit_loop.epoch_loop._batches_that_stepped == 4
+    assert _compat.log_step(type("T", (), {"global_step": 7})()) == 7  # fallback without the loop
+
+
 CHECKS = {f.__name__[1:]: f for f in (_closure_parts, _closure_result, _logger_connector, _should_update_logs)}
 CHECKS |= {f.__name__[1:]: f for f in (_attached_trainer, _state_key, _takes_batch_idx, _metric_snapshot)}
-CHECKS |= {f.__name__[1:]: f for f in (_norm_layer_types,)}
+CHECKS |= {f.__name__[1:]: f for f in (_norm_layer_types, _log_step)}
 
 
 def test_every_accessor_is_checked():

@@ -49,7 +49,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
     ("functional", ("functional",)),
     ("losses", ("losses",)),
     ("objective", ("_objective_spec", "_objective_reduce", "objective", "mixin")),
-    ("callback base", ("callbacks",)),
+    ("callback base", ("callbacks", "diagnostics")),
     ("callback pillars", ("reweighting", "perturbation", "entropy")),
     ("recipes", ("_recipe_checks", "_loggers", "config", "demo", "recipes")),
     ("package", ("",)),  # lightning_losses/__init__.py

@@ -80,3 +80,85 @@ def test_build_logger_wandb_offline_rules(tmp_path, monkeypatch):
         ll.ConfigurationError, match=r"`logger` \(wandb\) got an unexpected argument `projct`; did you mean `project`\?"
     ):
         build_logger({"name": "wandb", "projct": "x"}, str(tmp_path))
+
+
+def _steps(rows, key):
+    return [r["trainer/global_step"] for r in rows if key in r]
+
+
+def test_wandb_offline_run_holds_the_diagnostics_media(tmp_path, monkeypatch):
+    """Histograms, the group table and the reliability diagrams land in the offline run at the steps of ``train/*``;
+    ``entropy/*`` and the perturbation statistics are scalars on those steps too."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_losses.reweighting.metrics import GroupTable
+    from tests.test_diagnostics import _fit_all_diagnostics
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(project="ll-test", save_dir=str(tmp_path), offline=True)
+    trainer = _fit_all_diagnostics(logger, tmp_path, max_epochs=2, limit_train_batches=3, log_every_n_steps=2)
+    logger.experiment.finish()
+    (run_file,) = finished_run_files(tmp_path)
+    rows = read_history(run_file)
+    train_steps = _steps(rows, "train/loss")
+    assert train_steps == [1, 3, 5] and trainer.global_step == 6
+    for key in ("entropy/mean", "reweight/ess", "reweight/worst_group_acc", "perturbation/perturbed_fraction"):
+        assert _steps(rows, key) == train_steps, key
+    assert "entropy/mean" in trainer.callback_metrics
+    # histograms: 64 bins; entropy every optimizer step (media_every_n_steps=1), reweighting on its logging steps
+    for key, steps in (("entropy/per_sample", list(range(6))), ("reweight/weights", train_steps)):
+        hist = [r for r in rows if f"{key}/_type" in r]
+        assert [r["trainer/global_step"] for r in hist] == steps, key
+        assert all(r[f"{key}/_type"] == "histogram" and len(r[f"{key}/values"]) == 64 for r in hist)
+        assert all(len(r[f"{key}/bins"]) == 65 and sum(r[f"{key}/values"]) == 64 for r in hist)  # batch of 64
+    assert _steps(rows, "reweight/losses/_type") == train_steps
+    # the group table grows by one row per group at each of its steps; its file is under files/media/
+    tables = [r for r in rows if "reweight/groups/_type" in r]
+    assert [(r["trainer/global_step"], r["reweight/groups/nrows"]) for r in tables] == [(1, 2), (3, 4), (5, 6)]
+    last = json.loads((run_file.parent / "files" / tables[-1]["reweight/groups/path"]).read_text())
+    assert last["columns"] == list(GroupTable().columns) and len(last["data"]) == 6
+    assert [row[:2] for row in last["data"]] == [[s, g] for s in train_steps for g in (0, 1)]
+    # reliability diagrams: one per validation epoch, then before / after temperature scaling
+    for key, count in (
+        ("val/reliability", 2),
+        ("calibration/reliability_before", 1),
+        ("calibration/reliability_after", 1),
+    ):
+        images = [r for r in rows if f"{key}/_type" in r]
+        assert len(images) == count, key
+        for r in images:
+            assert (r[f"{key}/width"], r[f"{key}/height"], r[f"{key}/count"]) == (320, 320, 1)
+            (name,) = r[f"{key}/filenames"]
+            assert name.startswith("media/images/") and (run_file.parent / "files" / name).stat().st_size > 1000
+    val_epochs = _steps(rows, "val/ece")
+    assert _steps(rows, "val/reliability/_type") == val_epochs  # at the step of the epoch's `val/ece`
+
+
+def test_wandb_reweighting_without_groups_logs_a_per_class_table(tmp_path, monkeypatch):
+    import lightning as L
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(project="ll-test", save_dir=str(tmp_path), offline=True)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        callbacks=[ll.SampleReweighting("loss_softmax", media_every_n_steps=4)], logger=logger, max_steps=8,
+        log_every_n_steps=2, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(DigitsClassifier(dropout=0.0, cosine_schedule=False), DigitsDataModule(batch_size=64))
+    logger.experiment.finish()
+    (run_file,) = finished_run_files(tmp_path)
+    rows = read_history(run_file)
+    tables = [r for r in rows if "reweight/classes/_type" in r]
+    assert [r["trainer/global_step"] for r in tables] == [3, 7]  # after optimizer steps 4 and 8
+    assert "reweight/groups/_type" not in {k for r in rows for k in r}
+    table = json.loads((run_file.parent / "files" / tables[-1]["reweight/classes/path"]).read_text())
+    assert table["columns"] == ["step", "class", "count", "loss", "acc", "weight"]
+    first = [row for row in table["data"] if row[0] == 3]
+    assert sum(row[2] for row in first) == 2 * 64  # the two batches since the last log, every class counted once
+    assert {row[1] for row in first} <= set(range(10)) and all(row[5] > 0 for row in first)

@@ -9,9 +9,13 @@ then predicts with :math:`z/T`: accuracy is unchanged (the argmax is), confidenc
 * :func:`fit_temperature`, :func:`expected_calibration_error`: pure functions.
 * :class:`TemperatureScaling`: a callback that fits ``T`` on the validation data when ``fit`` ends (gathered over
   DDP ranks, so every rank holds the same ``T``) and installs a forward hook that divides the module's output by
-  ``T``; logs ``calibration/temperature`` and the validation ECE before / after; ``T`` is checkpointed.
+  ``T``; logs ``calibration/temperature`` and the validation ECE before / after (in ``trainer.callback_metrics``
+  too) and, to W&B loggers, the reliability diagrams ``calibration/reliability_before`` / ``_after``; ``T`` is
+  checkpointed.
 * :class:`CalibrationMonitor`: logs ``{stage}/ece`` for validation and test epochs (the logits are captured from the
-  module's own forward call, so no extra forward is needed when ``*_step`` calls ``self(...)``).
+  module's own forward call, so no extra forward is needed when ``*_step`` calls ``self(...)``) and, to W&B loggers,
+  the reliability diagram ``{stage}/reliability`` of the epoch (an image rendered from the metric's bins; loggers
+  without media get none, with no error).
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import lightning as L
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 from torchmetrics.functional.classification import multiclass_calibration_error
+from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
 from lightning_losses._validation import check_int, check_state_keys
 from lightning_losses.callbacks import CALLBACKS
+from lightning_losses.diagnostics import log_reliability, log_scalars
 from lightning_losses.distributed import all_gather_with_grad
 from lightning_losses.entropy._batch import ForwardFn, batch_logits, batch_target, check_forward_args, check_target_key
 from lightning_losses.errors import ConfigurationError
@@ -180,8 +186,12 @@ class TemperatureScaling(L.Callback):
             "calibration/val_ece_before": self.ece_before,
             "calibration/val_ece_after": self.ece_after,
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_scalars(trainer, pl_module, metrics, own_interval=True)  # in callback_metrics too; `log` is refused here
+        for when, scaled in (("before", logits), ("after", logits / self.temperature)):
+            conf, pred = torch.softmax(scaled.float(), -1).max(-1)
+            ece = self.ece_before if when == "before" else self.ece_after
+            title = f"val, T={self.temperature if when == 'after' else 1.0:.2f}, ECE={ece:.4f}"
+            log_reliability(trainer, f"calibration/reliability_{when}", conf, pred == target, self.n_bins, title)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -248,10 +258,16 @@ class CalibrationMonitor(L.Callback):
         self.metric = self.metric.to(logits.device)
         self.metric.update(torch.softmax(logits.detach().float(), -1), batch_target(batch, self.target_key))
 
-    def _end_epoch(self, pl_module: L.LightningModule, stage: str) -> None:
+    def _end_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.metric is None:
             return
         ece = self.metric.compute()  # synchronised over ranks by torchmetrics
+        if self.metric.confidences:  # this rank's states (empty on a rank without batches: it still joins the sum)
+            conf, acc = dim_zero_cat(self.metric.confidences), dim_zero_cat(self.metric.accuracies)
+        else:
+            conf = acc = torch.zeros(0, device=ece.device)
+        title = f"{stage} ECE={float(ece):.4f}"
+        log_reliability(trainer, f"{stage}/reliability", conf, acc, self.n_bins, title)
         self.metric.reset()
         self.last[stage] = float(ece)
         pl_module.log(f"{stage}/ece", ece, on_step=False, on_epoch=True)
@@ -269,7 +285,7 @@ class CalibrationMonitor(L.Callback):
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "val" in self.stages and not trainer.sanity_checking:
-            self._end_epoch(pl_module, "val")
+            self._end_epoch(trainer, pl_module, "val")
 
     @override
     def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
@@ -284,4 +300,4 @@ class CalibrationMonitor(L.Callback):
     @override
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "test" in self.stages:
-            self._end_epoch(pl_module, "test")
+            self._end_epoch(trainer, pl_module, "test")

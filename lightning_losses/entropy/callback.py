@@ -10,12 +10,16 @@ to the objective before reweighting and the global normalisation. ``beta`` is si
   updates ``beta`` after every optimizer step from the mean entropy of the global batch (all ranks, all
   micro-batches of the step): one ``all_reduce`` of two numbers per step, no host sync.
 
-Every ``log_every_n_steps`` optimizer steps it sends ``{name}/mean`` (mean entropy of the samples seen since the
+On the Trainer's logging steps (``Trainer(log_every_n_steps=...)``), or every ``log_every_n_steps`` optimizer
+steps when that is given, it logs ``{name}/mean`` (mean entropy of the samples seen since the
 last log, global), ``{name}/beta``, ``{name}/target`` (controller; for a band its midpoint, plus
 ``{name}/band_low`` and ``{name}/band_high``) and, with ``per_class=True``, ``{name}/class_{c}`` (mean entropy per
-true class, or per predicted class without integer targets) straight to the trainer's loggers at that step (one
-extra collective and host sync per log step), and ``{name}/nonfinite``: the samples (or tokens) whose entropy was
-NaN / inf so far, left out of the controller's mean and of every logged statistic (summed over ranks).
+true class, or per predicted class without integer targets) and ``{name}/nonfinite``: the samples (or tokens) whose
+entropy was NaN / inf so far, left out of the controller's mean and of every logged statistic (summed over ranks). The
+values go through Lightning (:func:`~lightning_losses.diagnostics.log_scalars`): they reach
+``trainer.callback_metrics`` (``EarlyStopping(monitor="entropy/mean")`` works) and are written at the step of the
+Trainer's ``train/*`` logs (one extra collective and host sync per log step). At ``media_every_n_steps`` a W&B logger
+also gets ``{name}/per_sample``: a histogram of the per-sample entropies of the batch (rank 0's).
 
 A ``training_step`` that returns ``None`` (e.g. for a non-finite loss) skips the step here too: that micro-batch's
 entropies leave the controller's accumulators and the logging window, so ``beta`` and the dual variable move as if
@@ -33,7 +37,8 @@ from typing_extensions import override
 from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
 from lightning_losses._validation.tensors import not_ignored
-from lightning_losses.callbacks import CALLBACKS, MixinCallback
+from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
+from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, media_loggers
 from lightning_losses.distributed import global_sum
 from lightning_losses.entropy.controller import EntropyController
 from lightning_losses.errors import ConfigurationError
@@ -67,7 +72,9 @@ class EntropyControl(MixinCallback):
             :math:`-\beta` times the **global** token-mean entropy the controller measures, as the token losses'
             ``"token"`` normalisation; one all-reduce per call). The controller always measures the global token mean.
         per_class: also log the mean entropy per class. Default False.
-        log_every_n_steps: logging period in optimizer steps. Default 50.
+        log_every_n_steps: logging period in optimizer steps. Default ``None``: the Trainer's logging steps.
+        media_every_n_steps: period of the per-sample entropy histogram (W&B loggers) in optimizer steps; default
+            ``None``: about once per epoch; ``0``: never.
         name: metric prefix and term name (``{name}_bonus``); give each instance its own. Default ``"entropy"``.
 
     Example:
@@ -92,8 +99,9 @@ class EntropyControl(MixinCallback):
         ignore_index: int = -100,
         normalization: str = "sequence",
         per_class: bool = False,
-        log_every_n_steps: int = 50,
+        log_every_n_steps: int | None = None,
         name: str = "entropy",
+        media_every_n_steps: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.isidentifier():
             raise ConfigurationError(f"`name` must be an identifier-like string such as 'entropy', got {name!r}")
@@ -104,7 +112,11 @@ class EntropyControl(MixinCallback):
         self.ignore_index = check_int("ignore_index", ignore_index)
         self.normalization = check_choice("normalization", normalization, ("sequence", "token"))
         self.per_class = check_bool("per_class", per_class)
-        self.log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, low=1)
+        self.log_every_n_steps = (
+            None if log_every_n_steps is None else check_int("log_every_n_steps", log_every_n_steps, low=1)
+        )
+        self.media = MediaCadence(media_every_n_steps)
+        self._last_per_sample: torch.Tensor | None = None  # the last batch's per-sample entropies (for the histogram)
         self.controller: EntropyController | None = None
         if target is None and band is None:
             controller_only = {
@@ -198,6 +210,7 @@ class EntropyControl(MixinCallback):
             if self.controller is not None:
                 self.controller.observe(h, mask)
             self._accumulate_window(h, mask, tensors[self.input], tensors.get("target"))
+            self._last_per_sample = per_sample.detach()
         beta = self.beta(step)
         if isinstance(beta, torch.Tensor):
             beta = beta.to(per_sample.device, per_sample.dtype)
@@ -208,11 +221,13 @@ class EntropyControl(MixinCallback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         controller = None if self.controller is None else self.controller.snapshot()
         self._undo = (controller, self._window)
+        self._last_per_sample = None
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._undo is not None and step_skipped(pl_module, args[0] if args else None):
             controller, self._window = self._undo  # the skipped micro-batch's entropies never happened
+            self._last_per_sample = None
             if self.controller is not None:
                 self.controller.restore(controller)
         self._undo = None
@@ -220,7 +235,8 @@ class EntropyControl(MixinCallback):
         if step == self._last_step:  # accumulating: no optimizer step in this batch
             return
         self._last_step = step
-        log_now = step % self.log_every_n_steps == 0
+        own = self.log_every_n_steps is not None
+        log_now = step % self.log_every_n_steps == 0 if own else step_logs_due(trainer)
         window = self._window if log_now else None
         reduced: torch.Tensor | None = None
         if self.controller is not None:
@@ -231,11 +247,15 @@ class EntropyControl(MixinCallback):
         elif window is not None:
             reduced = global_sum(window)
         if log_now and reduced is not None:
-            self._log(trainer, step, reduced)
+            self._log(trainer, pl_module, step, reduced)
         if log_now:
             self._window = None
+        due = self._last_per_sample is not None and media_loggers(trainer)
+        if due and self.media.due(step, trainer.current_epoch):
+            log_histogram(trainer, f"{self.name}/per_sample", self._last_per_sample)
+        self._last_per_sample = None
 
-    def _log(self, trainer: L.Trainer, step: int, reduced: torch.Tensor) -> None:
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, reduced: torch.Tensor) -> None:
         beta = self.beta(step)
         self.nonfinite = self.nonfinite.to(reduced.device) + reduced[2].to(torch.float64)
         metrics: dict[str, float] = {
@@ -254,8 +274,7 @@ class EntropyControl(MixinCallback):
             present = (counts > 0).tolist()
             metrics.update({f"{self.name}/class_{c}": v for c, (v, p) in enumerate(zip(per_class, present)) if p})
         self.last_metrics = metrics
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
 
     # ------------------------------------------------------------------ checkpointing
     @override

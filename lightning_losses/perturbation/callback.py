@@ -90,7 +90,11 @@ class WeightPerturbation(MixinCallback):
 
     Logged every step (``perturbation/...``, this rank's values): ``norm`` :math:`\|\delta\|`, ``sharpness``
     :math:`L(w+\delta) - L(w)` (same batch), ``grad_norm`` / ``grad_norm_perturbed`` (unscaled), ``radius``,
-    ``skipped`` (non-finite ascent gradients so far).
+    ``cos_delta_grad`` (cosine between :math:`\delta` and the gradient at :math:`w + \delta`; for SAM the cosine between
+    the gradients at :math:`w` and :math:`w + \delta`), ``skipped`` (non-finite ascent gradients so far),
+    ``perturbed_fraction`` (perturbed optimizer steps over all
+    optimizer steps so far; with ``every_n_steps`` / ``probability`` / LookSAM reuse the unperturbed steps log only
+    ``skipped`` and ``perturbed_fraction``).
 
     Example:
         >>> import lightning as L
@@ -182,8 +186,10 @@ class WeightPerturbation(MixinCallback):
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._new_stats and self.engine.last_stats and step_logs_due(trainer):
+        if self._new_stats and step_logs_due(trainer):  # also on a step left unperturbed (no statistics then)
             stats = {f"perturbation/{k}": v for k, v in self.engine.last_stats.items()}
+            stats["perturbation/perturbed_fraction"] = self.engine.perturbed_steps / max(trainer.global_step, 1)
+            stats["perturbation/skipped"] = float(self.engine.skipped)
             pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=1)
         self._new_stats = False
 

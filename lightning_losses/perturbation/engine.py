@@ -325,7 +325,10 @@ class Perturbation:
             run.zero_grad()
             run.stats["norm"] = torch.zeros(())
         with self._frozen_bn(run.frozen):
-            return run.forward_backward("descent")
+            loss = run.forward_backward("descent")
+        if perturbed and self.collect_stats:  # before `_restore`: delta = params - saved, no copy
+            run.stats["cos_delta_grad"] = F.delta_grad_cosine(run.params, self._saved)
+        return loss
 
     def _restore(self, shards: list[Tensor]) -> None:
         """Put the saved :math:`w` back (exact copy, into the local shards) and leave the perturbed state."""

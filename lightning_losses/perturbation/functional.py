@@ -40,6 +40,7 @@ __all__ = [
     "asam_p2_epsilon",
     "ascent_step",
     "awp_perturbation",
+    "delta_grad_cosine",
     "global_norm",
     "looksam_extrapolate",
     "looksam_orthogonal",
@@ -74,6 +75,30 @@ def global_norm(tensors: Sequence[Tensor], shard_sum: ShardSumFn | None = None) 
         5.0
     """
     return torch.linalg.vector_norm(tensor_norms(tensors, shard_sum))
+
+
+def delta_grad_cosine(params: Sequence[Tensor], saved: Sequence[Tensor]) -> Tensor:
+    r"""Cosine between the perturbation :math:`\delta` = ``params - saved`` and the gradient in ``params``' ``.grad``
+    (the gradient at :math:`w + \delta`), float32 0-d. For SAM, whose :math:`\delta` lies along the gradient at
+    :math:`w`, this is the cosine between the gradients at :math:`w` and :math:`w + \delta`. Reuses the step's
+    tensors: one tensor-sized temporary at a time, no parameter-sized copy; invariant to a gradient scale.
+
+    Example:
+        >>> p = torch.tensor([1.0, 1.0], requires_grad=True)
+        >>> p.grad = torch.tensor([0.0, 2.0])
+        >>> round(float(delta_grad_cosine([p], [torch.tensor([0.0, 0.0])])), 4)  # delta (1, 1) vs grad (0, 2)
+        0.7071
+    """
+    dot = dd = gg = None
+    for p, s in zip(params, saved):
+        if p.grad is None:
+            continue
+        d, g = p.detach().float() - s.float(), p.grad.detach().float()
+        terms = ((d * g).sum(), d.square().sum(), g.square().sum())
+        dot, dd, gg = terms if dot is None else (dot + terms[0], dd + terms[1], gg + terms[2])
+    if dot is None:
+        return torch.tensor(float("nan"))
+    return dot / (dd.sqrt() * gg.sqrt()).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def scaling_factors(

@@ -34,13 +34,20 @@ import torch
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_losses._compat import attached_trainer, logger_connector
+from lightning_losses._compat import attached_trainer
 from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
+from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, media_loggers
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
-from lightning_losses.reweighting.metrics import GroupAccuracy, global_weight_stats
+from lightning_losses.reweighting.metrics import (
+    GroupAccuracy,
+    GroupTable,
+    class_labels,
+    global_weight_stats,
+    log_group_table,
+)
 from lightning_losses.sync import sync_statistics
 
 __all__ = ["SampleReweighting"]
@@ -119,6 +126,11 @@ class SampleReweighting(MixinCallback):
         log_every_n_steps: log weight / group statistics every this many optimizer steps (0 = never), written to
             the Trainer's loggers on exactly those steps, whatever ``Trainer(log_every_n_steps=...)`` is. Default
             ``None``: on the steps where the Trainer writes its step logs (through ``LightningModule.log``).
+        media_every_n_steps: W&B media at the first logging step at or after every this many optimizer steps:
+            histograms ``reweight/weights`` and ``reweight/losses`` (per-sample, the batch of rank 0) and, with
+            groups, the table ``reweight/groups`` (:class:`~lightning_losses.reweighting.metrics.GroupTable`), else,
+            with integer class targets, ``reweight/classes`` (per class, over the steps since the last log). Default
+            ``None``: about once per epoch; ``0``: never. Loggers without media (CSV) get none of it.
         **kwargs: the strategy's arguments (e.g. ``step_size=0.01`` for ``group_dro``).
 
     Example:
@@ -128,15 +140,23 @@ class SampleReweighting(MixinCallback):
     """
 
     def __init__(
-        self, strategy: str | Reweighter = "loss_softmax", log_every_n_steps: int | None = None, **kwargs: Any
+        self,
+        strategy: str | Reweighter = "loss_softmax",
+        log_every_n_steps: int | None = None,
+        media_every_n_steps: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
         self.reweighter = build_reweighter(strategy, **kwargs)
         if log_every_n_steps is not None:
             log_every_n_steps = check_int("log_every_n_steps", log_every_n_steps, low=0)
         self.log_every_n_steps = log_every_n_steps
+        self.media = MediaCadence(media_every_n_steps)
+        self.group_table = GroupTable()
         self._attached: _Attached | None = None
         self._group_metric: GroupAccuracy | None = None
+        self._class_metric: GroupAccuracy | None = None  # per class, for the media table of a run without groups
+        self.class_table = GroupTable("class")
         self._last_logged_step = -1
         self._undo: dict[str, Any] | None = None  # the reweighter's state at the start of the micro-batch
         self._committed = False  # an optimizer step committed the state during this micro-batch
@@ -231,6 +251,12 @@ class SampleReweighting(MixinCallback):
         if track_groups and logits.ndim == 2 and target.ndim == 1:
             metric = self._group_metric_for(group, trainer)
             metric.update(logits, target, group, last.get("losses"), mask=last.get("sample_mask"))
+        elif self.media.every != 0 and class_labels(logits, target) is not None and media_loggers(trainer):
+            if self._class_metric is None:
+                self._class_metric = GroupAccuracy(logits.shape[-1]).to(logits.device)
+            labels, valid = class_labels(logits, target)
+            mask = valid if last.get("sample_mask") is None else valid & last["sample_mask"]
+            self._class_metric.update(logits, labels, labels, last.get("losses"), mask=mask)
         step = trainer.global_step
         if self.log_every_n_steps is None:
             due = step_logs_due(trainer)
@@ -241,6 +267,7 @@ class SampleReweighting(MixinCallback):
         self._last_logged_step = step
         output = getattr(pl_module, "objective_output", None)
         metrics: dict[str, torch.Tensor] = {}
+        stats: dict[str, torch.Tensor] | None = None
         if output is not None and output.weights.numel():
             pending = {"nonfinite": self.reweighter.take_unsynced_nonfinite()}  # summed in the same collective
             weight_stats = global_weight_stats(output.weights, extra=pending)
@@ -248,6 +275,10 @@ class SampleReweighting(MixinCallback):
             metrics.update({f"reweight/{k}": v for k, v in weight_stats.items()})
         metrics["reweight/nonfinite"] = self.reweighter.nonfinite_count().detach().float()
         metrics.update({f"reweight/{k}": v.detach().float() for k, v in self.reweighter.log_values().items()})
+        class_stats = None
+        if self._class_metric is not None:
+            class_stats = self._class_metric.compute()
+            self._class_metric.reset()
         if self._group_metric is not None:
             stats = self._group_metric.compute()
             self._group_metric.reset()
@@ -257,14 +288,26 @@ class SampleReweighting(MixinCallback):
             metrics["reweight/worst_group_acc"] = stats["worst_acc"]
         if not metrics:
             return
-        if self.log_every_n_steps is None:
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False)
-        else:  # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's
-            # later logging steps, or drop it when they do not coincide)
-            trainer.callback_metrics.update(metrics)
-            connector = logger_connector(trainer)
-            if connector is not None:
-                connector.log_metrics(metrics)
+        # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's later
+        # logging steps, or drop it when they do not coincide)
+        log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
+        if media_loggers(trainer) and self.media.due(step, trainer.current_epoch):
+            self._log_media(trainer, output, last, stats)
+            if class_stats is not None:
+                labels = class_labels(last["logits"], last["target"])[0]
+                log_group_table(
+                    trainer, "reweight/classes", self.class_table, class_stats, output, labels, self.reweighter
+                )
+
+    def _log_media(self, trainer: Any, output: Any, last: dict[str, Any], stats: dict[str, Any] | None) -> None:
+        weights = None if output is None else output.weights
+        if isinstance(weights, torch.Tensor) and weights.numel():
+            log_histogram(trainer, "reweight/weights", weights)
+        if isinstance(last.get("losses"), torch.Tensor):
+            log_histogram(trainer, "reweight/losses", last["losses"])
+        group = last.get("group")
+        if stats is not None and isinstance(group, torch.Tensor):
+            log_group_table(trainer, "reweight/groups", self.group_table, stats, output, group, self.reweighter)
 
     # ------------------------------------------------------------------ checkpointing
     @override

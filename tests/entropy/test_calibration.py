@@ -75,6 +75,8 @@ def test_temperature_scaling_callback_reduces_ece_and_resumes(tmp_path):
     )
     trainer.fit(model, dm)
     assert ts.temperature > 1.5 and ts.ece_after < ts.ece_before, (ts.temperature, ts.ece_before, ts.ece_after)
+    logged = {k: float(trainer.callback_metrics[f"calibration/{k}"]) for k in ("temperature", "val_ece_after")}
+    assert logged == pytest.approx({"temperature": ts.temperature, "val_ece_after": ts.ece_after})  # monitorable
     x = dm.datasets["test"].tensors["x"][:8]
     model.eval()
     torch.testing.assert_close(model(x), model.net(x) * 5.0 / ts.temperature)  # the hook divides by T

@@ -36,6 +36,17 @@ class _MemoryLogger(Logger):
         pass
 
 
+def _fake_trainer(logger):
+    """A stand-in Trainer whose logger connector writes to ``logger`` (what ``diagnostics.log_scalars`` uses)."""
+
+    def log_metrics(metrics, step=None):
+        logger.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    return SimpleNamespace(
+        global_step=0, loggers=[logger], callback_metrics={}, _logger_connector=SimpleNamespace(log_metrics=log_metrics)
+    )
+
+
 def _batch(n=12, c=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, c, generator=g) * 2, torch.randint(0, c, (n,), generator=g)
@@ -76,7 +87,7 @@ def test_perturbed_passes_are_not_observed():
 def test_logging_window_per_class_and_controller_update():
     cb = ll.EntropyControl(target=1.0, lr=0.5, per_class=True, log_every_n_steps=2)
     logger = _MemoryLogger()
-    trainer = SimpleNamespace(global_step=0, loggers=[logger])
+    trainer = _fake_trainer(logger)
     module = SimpleNamespace(objective_logging_suppressed=False)
     batches = [_batch(seed=s) for s in range(4)]
     # step 0: two micro-batches, step 1: two micro-batches (log after step 1 -> global_step 2)
@@ -110,7 +121,7 @@ def test_logging_without_controller_and_with_a_band():
         ll.EntropyControl(band=[0.4, 0.6], log_every_n_steps=3),
     ):
         logger = _MemoryLogger()
-        trainer = SimpleNamespace(global_step=0, loggers=[logger])
+        trainer = _fake_trainer(logger)
         for i, (z, y) in enumerate(batches):  # one micro-batch per optimizer step; log after the third
             cb.extra_terms(module, {"logits": z, "target": y}, trainer.global_step)
             trainer.global_step += 1

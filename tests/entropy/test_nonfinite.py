@@ -40,8 +40,10 @@ def _logits(n=6, c=4, seed=0):
 def test_callback_counts_and_logs_nonfinite_entropies(kwargs):
     module = SimpleNamespace(objective_logging_suppressed=False, automatic_optimization=True)
     rows = []
-    logger = SimpleNamespace(log_metrics=lambda metrics, step=None: rows.append(dict(metrics)))
-    trainer = SimpleNamespace(global_step=0, loggers=[logger])
+    connector = SimpleNamespace(
+        log_metrics=lambda metrics, step=None: rows.append({k: float(v) for k, v in metrics.items()})
+    )
+    trainer = SimpleNamespace(global_step=0, loggers=[], callback_metrics={}, _logger_connector=connector)
     cb = ll.EntropyControl(log_every_n_steps=2, per_class=True, **kwargs)
     for i in range(2):
         z = _logits(seed=i)
@@ -62,7 +64,8 @@ def test_skipped_micro_batch_leaves_the_controller_as_it_was():
     """Micro-batch 1 returns ``None`` from ``training_step``: beta and the dual variable equal a run without it."""
     module = SimpleNamespace(objective_logging_suppressed=False, automatic_optimization=True)
     skipping, reference = ll.EntropyControl(target=0.8, lr=0.5), ll.EntropyControl(target=0.8, lr=0.5)
-    runs = {skipping: SimpleNamespace(global_step=0, loggers=[]), reference: SimpleNamespace(global_step=0, loggers=[])}
+    trainers = [SimpleNamespace(global_step=0, loggers=[], log_every_n_steps=50) for _ in range(2)]
+    runs = dict(zip((skipping, reference), trainers))
     for i in range(3):
         for cb, trainer in runs.items():
             skipped = cb is skipping and i == 1

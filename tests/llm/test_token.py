@@ -351,7 +351,7 @@ def _entropy_control_run(batches, sizes=None):
         tensors = {"logits": logits, "target": target}
         res = obj(tensors, step=step, extra_terms=cb.extra_terms(module, tensors, step))
         res.loss.backward()
-        cb.on_train_batch_end(SimpleNamespace(global_step=step + 1, loggers=[]), module)
+        cb.on_train_batch_end(SimpleNamespace(global_step=step + 1, loggers=[], log_every_n_steps=50), module)
         out.append((float(cb.controller.beta), float(cb.last_entropy), float(res.value), logits.grad))
     return out
 

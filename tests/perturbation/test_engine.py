@@ -237,8 +237,8 @@ def test_collect_stats_off_keeps_the_step_and_skips_the_diagnostics():
         perturbed_backward(engine, model, lambda m=model: nn.functional.cross_entropy(m(x), y))
         grads[collect] = [p.grad.clone() for p in model.parameters()]
         keys = set(engine.last_stats)
-        assert keys == ({"grad_norm", "norm", "sharpness", "grad_norm_perturbed", "radius", "skipped"} if collect
-                        else {"grad_norm"})  # fmt: skip
+        full = {"grad_norm", "norm", "sharpness", "grad_norm_perturbed", "radius", "skipped", "cos_delta_grad"}
+        assert keys == (full if collect else {"grad_norm"})
     for a, b in zip(grads[True], grads[False]):
         assert torch.equal(a, b)
 

@@ -1,0 +1,207 @@
+"""Diagnostics shared by the library's callbacks: scalars through Lightning, media for the loggers that take it.
+
+* :func:`log_scalars`: step statistics go through ``LightningModule.log_dict`` on the Trainer's logging steps, or,
+  for a callback with its own ``log_every_n_steps``, into ``trainer.callback_metrics`` and the Trainer's loggers at
+  the step the Trainer's own ``train/*`` logs are written at. Either way every value can be monitored
+  (``EarlyStopping``, ``ModelCheckpoint``) and lines up with ``train/*``.
+* :func:`log_histogram`, :func:`log_table`, :func:`log_image`: W&B loggers (``WandbLogger``) get a
+  ``wandb.Histogram`` / ``wandb.Table`` / ``wandb.Image`` through the logger's documented API at the same step;
+  loggers without media (CSV, ...) are skipped without error and the values are not even moved to the host. ``wandb``
+  is imported only when a W&B logger is there; W&B itself logs from rank 0 only.
+* :class:`MediaCadence`: when a callback logs media (``media_every_n_steps``: ``None`` about once per epoch, ``0``
+  never, ``N`` every ``N`` optimizer steps).
+* :func:`calibration_bins`, :func:`reliability_diagram`: the bins of a reliability diagram and its picture
+  (matplotlib, Agg canvas, imported lazily).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from lightning_losses._compat import log_step, logger_connector
+from lightning_losses._validation import check_int
+from lightning_losses.distributed import global_sum
+
+__all__ = [
+    "MediaCadence",
+    "calibration_bins",
+    "log_histogram",
+    "log_image",
+    "log_reliability",
+    "log_scalars",
+    "log_table",
+    "media_loggers",
+    "reliability_diagram",
+]
+
+
+def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own_interval: bool) -> None:
+    """Log step statistics (tensors or numbers, already global) from ``on_train_batch_end``.
+
+    ``own_interval=False``: the caller logs on the Trainer's logging steps; ``pl_module.log_dict(on_step=True)``.
+    ``own_interval=True``: the caller has its own period, off the Trainer's logging steps, where ``log_dict`` would
+    reach no logger: the values go to ``trainer.callback_metrics`` and to every logger now, at :func:`log_step`.
+    """
+    if not metrics:
+        return
+    connector = logger_connector(trainer) if own_interval else None
+    if connector is None:
+        pl_module.log_dict(dict(metrics), on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
+        return
+    values = {
+        k: v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
+        for k, v in metrics.items()
+    }
+    trainer.callback_metrics.update(values)
+    connector.log_metrics(values, step=log_step(trainer))
+
+
+def media_loggers(trainer: Any) -> list[Any]:
+    """The Trainer's loggers that take media (W&B); empty when there is none (no ``wandb`` import then)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg for lg in getattr(trainer, "loggers", ()) if isinstance(lg, WandbLogger)]
+
+
+def _step(trainer: Any, step: int | None) -> int:
+    return log_step(trainer) if step is None else int(step)
+
+
+def log_histogram(trainer: Any, key: str, values: torch.Tensor, *, step: int | None = None, bins: int = 64) -> bool:
+    """Log a histogram of ``values`` (non-finite values left out) to the media loggers; ``True`` when one took it."""
+    loggers = media_loggers(trainer)
+    if not loggers:
+        return False
+    import wandb
+
+    flat = values.detach().flatten().float()
+    flat = flat[torch.isfinite(flat)].cpu()
+    if not flat.numel():
+        return False
+    hist = wandb.Histogram(flat.numpy(), num_bins=bins)
+    for logger in loggers:
+        logger.log_metrics({key: hist}, step=_step(trainer, step))
+    return True
+
+
+def log_table(
+    trainer: Any, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, step: int | None = None
+) -> bool:
+    """Log a table (``columns``, one list per row) to the media loggers; ``True`` when one took it."""
+    loggers = media_loggers(trainer)
+    for logger in loggers:
+        logger.log_table(key, columns=list(columns), data=[list(r) for r in rows], step=_step(trainer, step))
+    return bool(loggers)
+
+
+def log_image(trainer: Any, key: str, image: Any, *, step: int | None = None, caption: str | None = None) -> bool:
+    """Log one image (``[H, W, 3]`` uint8 array, or a zero-argument callable returning one, called only when a
+    media logger is there) to the media loggers; ``True`` when one took it."""
+    loggers = media_loggers(trainer)
+    if not loggers:
+        return False
+    picture = image() if callable(image) else image
+    extra = {} if caption is None else {"caption": [caption]}
+    for logger in loggers:
+        logger.log_image(key, [picture], step=_step(trainer, step), **extra)
+    return True
+
+
+class MediaCadence:
+    """When to log media, in optimizer steps.
+
+    Args:
+        every: ``None`` (default): at the first call of each training epoch (about once per epoch); ``0``: never;
+            ``N``: at the first call at or after each multiple of ``N`` optimizer steps (exactly every ``N`` steps
+            for a caller that asks after every step; at its next logging step for one that asks only then).
+        name: the argument's name, for the error message.
+
+    Example:
+        >>> c = MediaCadence(2)
+        >>> [c.due(step, epoch=0) for step in (1, 2, 3, 4, 7, 8)]
+        [False, True, False, True, True, True]
+        >>> c = MediaCadence(None)
+        >>> [c.due(step, epoch) for step, epoch in ((1, 0), (2, 0), (3, 1))]
+        [True, False, True]
+    """
+
+    def __init__(self, every: int | None, name: str = "media_every_n_steps") -> None:
+        self.every = None if every is None else check_int(name, every, low=0)
+        self._epoch = -1
+        self._next = self.every or 0  # the next multiple of `every` not yet served
+
+    def due(self, step: int, epoch: int) -> bool:
+        """Whether media are due at optimizer step ``step`` (``global_step`` after the step) of epoch ``epoch``."""
+        if self.every is None:
+            if epoch == self._epoch:
+                return False
+            self._epoch = epoch
+            return True
+        if self.every == 0 or step < self._next:
+            return False
+        self._next = (step // self.every + 1) * self.every
+        return True
+
+
+def calibration_bins(
+    confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = 15
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per equal-width confidence bin: sample count, sum of confidences, sum of correct (float64, ``[n_bins]``).
+
+    Example:
+        >>> counts, conf, acc = calibration_bins(torch.tensor([0.45, 0.95, 0.97]), torch.tensor([0, 1, 1]), 2)
+        >>> counts.tolist(), acc.tolist()
+        ([1.0, 2.0], [0.0, 2.0])
+    """
+    conf = confidence.detach().double().flatten()
+    idx = (conf * n_bins).long().clamp_(0, n_bins - 1)
+    zeros = torch.zeros(n_bins, dtype=torch.float64, device=conf.device)
+    counts = zeros.index_add(0, idx, torch.ones_like(conf))
+    return counts, zeros.index_add(0, idx, conf), zeros.index_add(0, idx, correct.detach().double().flatten())
+
+
+def reliability_diagram(
+    counts: torch.Tensor, confidence_sums: torch.Tensor, correct_sums: torch.Tensor, title: str = ""
+) -> Any:
+    """Render a reliability diagram (accuracy per confidence bin against the diagonal) as a ``[H, W, 3]`` uint8 array.
+
+    Uses matplotlib's Agg canvas directly (no ``pyplot`` state, no backend switch).
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = counts.double().cpu()
+    n_bins = n.numel()
+    acc = (correct_sums.double().cpu() / n.clamp_min(1.0)).numpy()
+    conf = (confidence_sums.double().cpu() / n.clamp_min(1.0)).numpy()
+    present = (n > 0).numpy()
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    fig = Figure(figsize=(4, 4), dpi=80)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.bar(edges[:-1][present], acc[present], width=1.0 / n_bins, align="edge", edgecolor="k", label="accuracy")
+    ax.bar(
+        edges[:-1][present], (conf - acc)[present], bottom=acc[present], width=1.0 / n_bins, align="edge",
+        color="tab:red", alpha=0.3, label="gap",
+    )  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
+    ax.legend(loc="upper left")
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def log_reliability(
+    trainer: Any, key: str, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int, title: str = ""
+) -> bool:
+    """Log the reliability diagram of this rank's ``confidence`` / ``correct`` (``[N]``), binned and summed over
+    ranks (one collective), to the media loggers. Call it on every rank: the decision (whether the Trainer has a
+    media logger) is the same on all of them. ``True`` when a logger took it."""
+    if not media_loggers(trainer):
+        return False
+    counts, conf, acc = global_sum(torch.stack(calibration_bins(confidence, correct, n_bins))).unbind(0)
+    return log_image(trainer, key, lambda: reliability_diagram(counts, conf, acc, title), caption=title or None)
