@@ -327,7 +327,8 @@ class Perturbation:
         with self._frozen_bn(run.frozen):
             loss = run.forward_backward("descent")
         if perturbed and self.collect_stats:  # before `_restore`: delta = params - saved, no copy
-            run.stats["cos_delta_grad"] = F.delta_grad_cosine(run.params, self._saved)
+            grads = [None if p.grad is None else local(p.grad) for p in run.params]
+            run.stats["cos_delta_grad"] = F.delta_grad_cosine(run.shards, self._saved, grads, run.shard_sum)
         return loss
 
     def _restore(self, shards: list[Tensor]) -> None:

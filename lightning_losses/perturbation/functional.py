@@ -77,27 +77,36 @@ def global_norm(tensors: Sequence[Tensor], shard_sum: ShardSumFn | None = None) 
     return torch.linalg.vector_norm(tensor_norms(tensors, shard_sum))
 
 
-def delta_grad_cosine(params: Sequence[Tensor], saved: Sequence[Tensor]) -> Tensor:
-    r"""Cosine between the perturbation :math:`\delta` = ``params - saved`` and the gradient in ``params``' ``.grad``
-    (the gradient at :math:`w + \delta`), float32 0-d. For SAM, whose :math:`\delta` lies along the gradient at
-    :math:`w`, this is the cosine between the gradients at :math:`w` and :math:`w + \delta`. Reuses the step's
-    tensors: one tensor-sized temporary at a time, no parameter-sized copy; invariant to a gradient scale.
+def delta_grad_cosine(
+    shards: Sequence[Tensor],
+    saved: Sequence[Tensor],
+    grads: Sequence[Tensor | None],
+    shard_sum: ShardSumFn | None = None,
+) -> Tensor:
+    r"""Cosine between the perturbation :math:`\delta` = ``shards - saved`` and ``grads`` (the gradient at
+    :math:`w + \delta`), float32 0-d. For SAM, whose :math:`\delta` lies along the gradient at :math:`w`, this is the
+    cosine between the gradients at :math:`w` and :math:`w + \delta`. Reuses the step's tensors: one tensor-sized
+    temporary at a time, no parameter-sized copy; invariant to a gradient scale. Sharded tensors (FSDP2): ``shards``,
+    ``saved`` and ``grads`` are the local pieces and ``shard_sum`` sums the per-tensor dot products and squared norms
+    over the groups that shard each tensor. A tensor without gradient is left out.
 
     Example:
-        >>> p = torch.tensor([1.0, 1.0], requires_grad=True)
-        >>> p.grad = torch.tensor([0.0, 2.0])
-        >>> round(float(delta_grad_cosine([p], [torch.tensor([0.0, 0.0])])), 4)  # delta (1, 1) vs grad (0, 2)
-        0.7071
+        >>> delta_grad_cosine([torch.tensor([1.0, 1.0])], [torch.tensor([0.0, 0.0])], [torch.tensor([0.0, 2.0])])
+        tensor(0.7071)
     """
-    dot = dd = gg = None
-    for p, s in zip(params, saved):
-        if p.grad is None:
+    rows = []  # per tensor: <d, g>, |d|^2, |g|^2 of the local piece (zeros without gradient: one row per tensor)
+    for x, s, g in zip(shards, saved, grads):
+        if g is None:
+            rows.append(torch.zeros(3, device=x.device))
             continue
-        d, g = p.detach().float() - s.float(), p.grad.detach().float()
-        terms = ((d * g).sum(), d.square().sum(), g.square().sum())
-        dot, dd, gg = terms if dot is None else (dot + terms[0], dd + terms[1], gg + terms[2])
-    if dot is None:
+        d, g = x.detach().float() - s.float(), g.detach().float()
+        rows.append(torch.stack(((d * g).sum(), d.square().sum(), g.square().sum())))
+    if all(g is None for g in grads):
         return torch.tensor(float("nan"))
+    terms = torch.stack(rows)  # [tensors, 3]
+    if shard_sum is not None:
+        terms = torch.stack([shard_sum(terms[:, j].contiguous()) for j in range(3)], dim=1)
+    dot, dd, gg = terms.sum(0)
     return dot / (dd.sqrt() * gg.sqrt()).clamp_min(torch.finfo(torch.float32).tiny)
 
 

@@ -125,3 +125,22 @@ def test_manual_helper_on_fsdp2_shards(ddp):
     assert ddp.run(_manual_fsdp2, True) == [(True, 1), (True, 1)]
     for message in ddp.run(_manual_fsdp2, False):
         assert "ConfigurationError" in message and "need `sync_ascent=True`, got sync_ascent=False" in message
+
+
+def _step_statistics() -> dict[str, dict[str, float]]:
+    """The last step's perturbation statistics (collected every step) under FSDP2 and DDP."""
+    out = {}
+    for strategy in ("fsdp2", "ddp"):
+        sam = ll.SAM(rho=0.5, **_SYNC)
+        _fsdp2.fit(strategy, [sam], trainer_kw={"log_every_n_steps": 1})
+        out[strategy] = {k: float(v) for k, v in sam.engine.last_stats.items()}
+    return out
+
+
+def test_step_statistics_under_fsdp2_equal_ddp(ddp):
+    """Norms and the cosine between the perturbation and the gradient at w + e are over the full tensors, not the
+    local shards."""
+    for stats in ddp.run(_step_statistics):
+        assert {"norm", "grad_norm", "cos_delta_grad"} <= set(stats["fsdp2"])
+        for key in ("norm", "grad_norm", "grad_norm_perturbed", "cos_delta_grad"):
+            assert abs(stats["fsdp2"][key] - stats["ddp"][key]) < 1e-5, (key, stats)
