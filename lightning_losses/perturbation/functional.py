@@ -24,10 +24,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
+
+from lightning_losses.perturbation.norms import (
+    RADIUS_MODES,
+    SCALINGS,
+    ShardSumFn,
+    ball_radii,
+    delta_grad_cosine,
+    foreach_mul,
+    global_norm,
+    mode_norms,
+    project_to_ball,
+    scale_by,
+    scaling_factors,
+    tensor_norms,
+)
 
 __all__ = [
     "ASCENT_RULES",
@@ -49,133 +63,6 @@ __all__ = [
     "tensor_norms",
 ]
 
-RADIUS_MODES = ("global", "per_tensor", "layer_relative")
-SCALINGS = (None, "adaptive", "adaptive_p2")
-
-
-ShardSumFn = Callable[[Tensor], Tensor]  #: per-tensor local sums -> per-tensor totals over the shard groups
-
-
-def tensor_norms(tensors: Sequence[Tensor], shard_sum: ShardSumFn | None = None) -> Tensor:
-    """L2 norm of each tensor, stacked into a 1-D float32 (or float64) tensor; with ``shard_sum`` the tensors are
-    local shards and each norm is that of the full tensor (local sums of squares summed over its shards)."""
-    if not tensors:
-        return torch.zeros(0)
-    norms = torch._foreach_norm(list(tensors))
-    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
-    stacked = torch.stack([n.to(dtype) for n in norms])
-    return stacked if shard_sum is None else shard_sum(stacked.square()).sqrt()
-
-
-def global_norm(tensors: Sequence[Tensor], shard_sum: ShardSumFn | None = None) -> Tensor:
-    r"""One L2 norm over all tensors, :math:`\sqrt{\sum_l \|t_l\|^2}` (0-d tensor; ``shard_sum``: of local shards).
-
-    Example:
-        >>> float(global_norm([torch.tensor([3.0]), torch.tensor([4.0])]))
-        5.0
-    """
-    return torch.linalg.vector_norm(tensor_norms(tensors, shard_sum))
-
-
-def delta_grad_cosine(
-    shards: Sequence[Tensor],
-    saved: Sequence[Tensor],
-    grads: Sequence[Tensor | None],
-    shard_sum: ShardSumFn | None = None,
-) -> Tensor:
-    r"""Cosine between the perturbation :math:`\delta` = ``shards - saved`` and ``grads`` (the gradient at
-    :math:`w + \delta`), float32 0-d. For SAM, whose :math:`\delta` lies along the gradient at :math:`w`, this is the
-    cosine between the gradients at :math:`w` and :math:`w + \delta`. Reuses the step's tensors: one tensor-sized
-    temporary at a time, no parameter-sized copy; invariant to a gradient scale. Sharded tensors (FSDP2): ``shards``,
-    ``saved`` and ``grads`` are the local pieces and ``shard_sum`` sums the per-tensor dot products and squared norms
-    over the groups that shard each tensor. A tensor without gradient is left out.
-
-    Example:
-        >>> delta_grad_cosine([torch.tensor([1.0, 1.0])], [torch.tensor([0.0, 0.0])], [torch.tensor([0.0, 2.0])])
-        tensor(0.7071)
-    """
-    rows = []  # per tensor: <d, g>, |d|^2, |g|^2 of the local piece (zeros without gradient: one row per tensor)
-    for x, s, g in zip(shards, saved, grads):
-        if g is None:
-            rows.append(torch.zeros(3, device=x.device))
-            continue
-        d, g = x.detach().float() - s.float(), g.detach().float()
-        rows.append(torch.stack(((d * g).sum(), d.square().sum(), g.square().sum())))
-    if all(g is None for g in grads):
-        return torch.tensor(float("nan"))
-    terms = torch.stack(rows)  # [tensors, 3]
-    if shard_sum is not None:
-        terms = torch.stack([shard_sum(terms[:, j].contiguous()) for j in range(3)], dim=1)
-    dot, dd, gg = terms.sum(0)
-    return dot / (dd.sqrt() * gg.sqrt()).clamp_min(torch.finfo(torch.float32).tiny)
-
-
-def scaling_factors(
-    params: Sequence[Tensor], scaling: str | None, eta: float = 0.0, scale_mask: Sequence[bool] | None = None
-) -> list[Tensor] | None:
-    r"""The element-wise scaling :math:`T` (``None`` for plain SAM).
-
-    ``"adaptive"``: :math:`T = |w| + \eta` where ``scale_mask`` is True (the ASAM authors apply it to parameters whose
-    name contains ``weight``), :math:`T = 1` elsewhere. ``"adaptive_p2"``: :math:`T = |w|` on every tensor.
-    """
-    if scaling is None:
-        return None
-    absolute = list(torch._foreach_abs(list(params)))
-    if scaling == "adaptive_p2":
-        return absolute
-    if scaling != "adaptive":
-        raise ValueError(f"`scaling` must be one of {SCALINGS}, got {scaling!r}")
-    torch._foreach_add_(absolute, eta)
-    if scale_mask is not None:
-        absolute = [a if m else torch.ones_like(a) for a, m in zip(absolute, scale_mask)]
-    return absolute
-
-
-def _radii(radius: float | Tensor, mode: str, params: Sequence[Tensor], shard_sum: ShardSumFn | None) -> Tensor:
-    if mode == "layer_relative":
-        return tensor_norms(params, shard_sum) * radius
-    return torch.as_tensor(radius, dtype=torch.float64 if params and params[0].dtype == torch.float64 else None)
-
-
-def _mul(tensors: list[Tensor], other: Any, inplace: bool) -> list[Tensor]:
-    """``tensors * other`` (a list of tensors or a scalar), written into ``tensors`` when ``inplace``."""
-    if inplace:
-        torch._foreach_mul_(tensors, other)
-        return tensors
-    return list(torch._foreach_mul(tensors, other))
-
-
-def _scale_by(tensors: list[Tensor], factors: Tensor, mode: str, inplace: bool = False) -> list[Tensor]:
-    """Multiply by a scalar (``global``) or one factor per tensor (into ``tensors`` themselves if ``inplace``)."""
-    if mode == "global":
-        return _mul(tensors, factors.to(tensors[0].dtype), inplace)
-    return _mul(tensors, [f.to(t.dtype) for f, t in zip(factors.unbind(0), tensors)], inplace)
-
-
-def _norms(tensors: list[Tensor], mode: str, shard_sum: ShardSumFn | None = None) -> Tensor:
-    return global_norm(tensors, shard_sum) if mode == "global" else tensor_norms(tensors, shard_sum)
-
-
-def _project(
-    delta: list[Tensor],
-    radii: Tensor,
-    mode: str,
-    scale: list[Tensor] | None,
-    eps: float,
-    inplace: bool = False,
-    norms: Tensor | None = None,
-    shard_sum: ShardSumFn | None = None,
-) -> list[Tensor]:
-    r"""Scale ``delta`` by :math:`\min(1, R / (\|T^{-1}\delta\| + \epsilon))` (globally or per tensor); ``norms``
-    are those of :math:`T^{-1}\delta` when the caller knows them."""
-    if norms is None:
-        measured = delta
-        if scale is not None:
-            measured = [torch.nan_to_num(d / t, nan=0.0, posinf=0.0, neginf=0.0) for d, t in zip(delta, scale)]
-        norms = _norms(measured, mode, shard_sum)
-    factors = torch.clamp(radii / (norms + eps), max=1.0)
-    return _scale_by(delta, factors, mode, inplace)
-
 
 def _normalise_rule(
     direction: list[Tensor],
@@ -190,8 +77,9 @@ def _normalise_rule(
 ) -> tuple[list[Tensor], Tensor | None]:
     r"""Step :math:`s R T^2 g / \|T g\|` (``direction`` is :math:`T g`, ``known`` its norms when the caller has
     them). A first step already lies on the sphere of radius :math:`R`: no norms to return, no projection."""
-    factors = radii * step_size / ((known if known is not None else _norms(direction, mode, shard_sum)) + eps)
-    return _scale_by(direction if scale is None else _mul(direction, scale, inplace), factors, mode, inplace), None
+    factors = radii * step_size / ((known if known is not None else mode_norms(direction, mode, shard_sum)) + eps)
+    scaled = direction if scale is None else foreach_mul(direction, scale, inplace)
+    return scale_by(scaled, factors, mode, inplace), None
 
 
 def _clip_rule(
@@ -207,7 +95,7 @@ def _clip_rule(
 ) -> tuple[list[Tensor], Tensor | None]:
     r"""Step :math:`s\,\zeta\,T^2 g` (unnormalised); returns the step's norms when they follow from ``known`` (a
     first clipped step is :math:`\zeta g`), so its projection needs no pass over it."""
-    step = _mul(direction if scale is None else _mul(direction, scale, inplace), step_size, inplace)
+    step = foreach_mul(direction if scale is None else foreach_mul(direction, scale, inplace), step_size, inplace)
     return step, (step_size * known if known is not None else None)
 
 
@@ -284,9 +172,9 @@ def ascent_step(
     if rule not in ASCENT_RULES:
         raise ValueError(f"`rule` must be one of {tuple(ASCENT_RULES)}, got {rule!r}")
     scale = scaling_factors(params, scaling, eta, scale_mask)
-    radii = _radii(radius, radius_mode, params, shard_sum)
-    direction = grads if scale is None else _mul(grads, scale, inplace)  # T g
-    known = None  # the norms of `direction` (= g without a scaling), as `_norms` would compute them
+    radii = ball_radii(radius, radius_mode, params, shard_sum)
+    direction = grads if scale is None else foreach_mul(grads, scale, inplace)  # T g
+    known = None  # the norms of `direction` (= g without a scaling), as `mode_norms` would compute them
     if grad_norms is not None and scale is None:
         known = torch.linalg.vector_norm(grad_norms) if radius_mode == "global" else grad_norms
     ascent = ASCENT_RULES[rule]
@@ -301,7 +189,8 @@ def ascent_step(
         new = list(torch._foreach_add(list(delta), step))
     if delta is None and ascent.on_sphere:
         return new  # a single normalised step already lies on the sphere of radius R
-    return _project(new, radii, radius_mode, scale, eps, inplace, step_norms if delta is None else None, shard_sum)
+    known_norms = step_norms if delta is None else None
+    return project_to_ball(new, radii, radius_mode, scale, eps, inplace, known_norms, shard_sum)
 
 
 def sam_epsilon(grads: Sequence[Tensor], rho: float, eps: float = 1e-12) -> list[Tensor]:
