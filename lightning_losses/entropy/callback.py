@@ -36,14 +36,12 @@ from typing_extensions import override
 
 from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
-from lightning_losses._validation.tensors import not_ignored
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, media_loggers
 from lightning_losses.distributed import global_sum
 from lightning_losses.entropy.controller import EntropyController
+from lightning_losses.entropy.window import class_means, entropies, merge_window, upgrade_window, window_statistics
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.functional.aggregation import aggregate_tokens
-from lightning_losses.functional.entropy import entropy as entropy_fn
 from lightning_losses.schedules import build_schedule
 
 __all__ = ["EntropyControl"]
@@ -167,41 +165,10 @@ class EntropyControl(MixinCallback):
         if self.input not in tensors:
             given = ", ".join(f"`{k}`" for k in tensors) or "none"
             raise ValueError(f"{self.name}: EntropyControl needs `{self.input}` in compute_loss(...); got {given}")
-        logits = tensors[self.input]
-        target = tensors.get("target")
-        if logits.ndim == 2:
-            h = entropy_fn(logits)
-            return h, h, None
-        if logits.ndim != 3:
-            raise ValueError(f"`{self.input}` must have shape [N, C] or [N, T, V], got {list(logits.shape)}")
-        tokens = entropy_fn(logits)
-        mask = None
-        if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == tokens.shape:
-            mask = not_ignored(target, self.ignore_index)
-        m = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
-        return aggregate_tokens(tokens, m, self.normalization), tokens, mask
+        return entropies(tensors[self.input], tensors.get("target"), self.ignore_index, self.normalization, self.input)
 
     def _accumulate_window(self, h: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor, target: Any):
-        h = h.detach()
-        finite = torch.isfinite(h)
-        counted = finite if mask is None else mask & finite
-        bad = (~finite if mask is None else mask & ~finite).sum().to(h.dtype)
-        h, m = torch.where(finite, h, 0.0), counted.to(h.dtype)
-        stats = [(h * m).sum().reshape(1), m.sum().reshape(1), bad.reshape(1)]
-        if self.per_class and logits.ndim == 2:
-            num_classes = logits.shape[-1]
-            use_target = isinstance(target, torch.Tensor) and not target.is_floating_point() and target.ndim == 1
-            labels = target.long() if use_target else logits.detach().argmax(-1)
-            valid = (labels >= 0) & (labels < num_classes) & finite
-            labels = torch.where(valid, labels, torch.zeros_like(labels))
-            w = valid.to(h.dtype)
-            sums = torch.zeros(num_classes, dtype=h.dtype, device=h.device).index_add_(0, labels, h * w)
-            counts = torch.zeros(num_classes, dtype=h.dtype, device=h.device).index_add_(0, labels, w)
-            stats += [sums, counts]
-        stats_t = torch.cat(stats)
-        self._window = (
-            stats_t if self._window is None or self._window.shape != stats_t.shape else self._window + stats_t
-        )
+        self._window = merge_window(self._window, window_statistics(h, mask, logits, target, self.per_class))
 
     def extra_terms(self, module: Any, tensors: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """The mixin's ``"terms"`` hook: ``{f"{name}_bonus": -beta * H}`` per sample; observes H for the controller."""
@@ -267,12 +234,7 @@ class EntropyControl(MixinCallback):
             metrics[f"{self.name}/target"] = self.controller.target_at(step)
             if self.controller.band is not None:  # the target is the band's midpoint; log the edges too
                 metrics[f"{self.name}/band_low"], metrics[f"{self.name}/band_high"] = self.controller.band
-        if reduced.numel() > 3:
-            num_classes = (reduced.numel() - 3) // 2
-            sums, counts = reduced[3 : 3 + num_classes], reduced[3 + num_classes :]
-            per_class = (sums / counts.clamp_min(1.0)).tolist()
-            present = (counts > 0).tolist()
-            metrics.update({f"{self.name}/class_{c}": v for c, (v, p) in enumerate(zip(per_class, present)) if p})
+        metrics.update(class_means(self.name, reduced))
         self.last_metrics = metrics
         log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
 
@@ -305,7 +267,7 @@ class EntropyControl(MixinCallback):
         self._last_step = int(state_dict["last_step"])
         window = state_dict["window"]
         if window is not None and "nonfinite" not in state_dict:  # [sum, count, ...] -> [sum, count, 0, ...]
-            window = torch.cat([window[:2], window.new_zeros(1), window[2:]])
+            window = upgrade_window(window)
         self._window = None if window is None else window.clone()
         self.nonfinite = torch.as_tensor(state_dict.get("nonfinite", 0.0), dtype=torch.float64).clone()
 

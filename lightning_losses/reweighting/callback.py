@@ -31,15 +31,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_losses._compat import attached_trainer
 from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, media_loggers
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.reweighting.attached import AttachedReweighter, datamodule_groups, dataset_length
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
 from lightning_losses.reweighting.metrics import (
     GroupAccuracy,
@@ -52,68 +51,7 @@ from lightning_losses.sync import sync_statistics
 
 __all__ = ["SampleReweighting"]
 
-
-class _Attached:
-    """What the mixin calls: the reweighter in passes at the unperturbed weights; in a suppressed (perturbed) pass,
-    the weights that the same ``compute_loss`` call of the optimizer step got at :math:`w`.
-
-    The weights of every call at :math:`w` since the step began are kept in order (one per micro-batch under gradient
-    accumulation, or more when ``training_step`` calls ``compute_loss`` several times); each perturbed pass (a new
-    value of the module's ``objective_suppressed_passes``) re-runs the step's calls in that order and call ``i`` gets
-    the ``i``-th weights. The reweighter's state therefore advances once per call at :math:`w` and no collective runs
-    in a perturbed pass.
-    """
-
-    plugin_name = "SampleReweighting"
-
-    def __init__(self, reweighter: Reweighter, module: Any) -> None:
-        self.reweighter, self.module = reweighter, module
-        self.recorded: list[torch.Tensor] = []  # this step's weights at w, in call order
-        self._step: Any = None
-        self._pass: int | None = None  # the suppressed pass being replayed (None: the last call was at w)
-        self._cursor = 0
-
-    def __call__(self, losses: torch.Tensor, **inputs: Any) -> torch.Tensor:
-        module = self.module
-        if getattr(module, "objective_logging_suppressed", False) and self.recorded:
-            return self._replayed(losses, getattr(module, "objective_suppressed_passes", 0))
-        trainer = attached_trainer(module)
-        step = None if trainer is None else trainer.global_step  # None outside a Trainer: keep the last call only
-        if step is None or step != self._step or self._pass is not None:
-            self.recorded.clear()
-        self._step, self._pass = step, None
-        weights = self.reweighter(losses=losses, **inputs)
-        self.recorded.append(weights)
-        return weights
-
-    def _replayed(self, losses: torch.Tensor, pass_id: int) -> torch.Tensor:
-        if pass_id != self._pass:  # a new perturbed pass starts again at the step's first call
-            self._pass, self._cursor = pass_id, 0
-        if self._cursor >= len(self.recorded):  # a pass that was not announced (a hand-written loop): wrap around
-            self._cursor = 0
-        weights = self.recorded[self._cursor]
-        if weights.shape != losses.shape:
-            raise ValueError(
-                f"SampleReweighting: call {self._cursor} of `compute_loss` in a perturbed pass has losses of shape "
-                f"{list(losses.shape)}, but the same call at the unperturbed weights had {list(weights.shape)}; a "
-                "perturbed pass must repeat the optimizer step's `compute_loss` calls in the same order"
-            )
-        self._cursor += 1
-        return weights
-
-
-def _dataset_length(loader: Any) -> int | None:
-    """Length of a single training DataLoader's dataset, or ``None`` (several loaders, iterable dataset)."""
-    try:
-        return len(loader.dataset) if isinstance(loader, DataLoader) else None
-    except TypeError:
-        return None
-
-
-def _datamodule_groups(trainer: Any) -> int | None:
-    """The attached datamodule's ``num_groups`` (a positive int), or ``None``."""
-    value = getattr(getattr(trainer, "datamodule", None), "num_groups", None)
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+_Attached = AttachedReweighter  # the former name (tests and old imports)
 
 
 @CALLBACKS.register("sample_reweighting", aliases=("reweighting",))
@@ -153,7 +91,7 @@ class SampleReweighting(MixinCallback):
         self.log_every_n_steps = log_every_n_steps
         self.media = MediaCadence(media_every_n_steps)
         self.group_table = GroupTable()
-        self._attached: _Attached | None = None
+        self._attached: AttachedReweighter | None = None
         self._group_metric: GroupAccuracy | None = None
         self._class_metric: GroupAccuracy | None = None  # per class, for the media table of a run without groups
         self.class_table = GroupTable("class")
@@ -170,10 +108,10 @@ class SampleReweighting(MixinCallback):
 
     # ------------------------------------------------------------------ wiring
     @override
-    def slot_plugin(self, pl_module: Any) -> _Attached:
+    def slot_plugin(self, pl_module: Any) -> AttachedReweighter:
         """The reweighter bound to ``pl_module`` (one per module, kept across ``setup`` calls)."""
         if self._attached is None or self._attached.module is not pl_module:
-            self._attached = _Attached(self.reweighter, pl_module)
+            self._attached = AttachedReweighter(self.reweighter, pl_module)
         return self._attached
 
     @override
@@ -188,10 +126,10 @@ class SampleReweighting(MixinCallback):
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        size = _dataset_length(getattr(trainer, "train_dataloader", None))
+        size = dataset_length(getattr(trainer, "train_dataloader", None))
         if size:
             self.reweighter.size_stores(size)
-        groups = _datamodule_groups(trainer)
+        groups = datamodule_groups(trainer)
         if groups:
             self.reweighter.size_groups(groups)
         missing = self.reweighter.unsized()
@@ -234,7 +172,7 @@ class SampleReweighting(MixinCallback):
     # ------------------------------------------------------------------ logging
     def _group_metric_for(self, group: torch.Tensor, trainer: Any) -> GroupAccuracy:
         if self._group_metric is None:
-            size = getattr(self.reweighter, "num_groups", 0) or _datamodule_groups(trainer)
+            size = getattr(self.reweighter, "num_groups", 0) or datamodule_groups(trainer)
             if not size:  # one collective, once
                 local = group.max().reshape(1) if group.numel() else group.new_full((1,), -1)
                 size = int(sync_statistics({"m": local}, {"m": "max"})[0]["m"]) + 1

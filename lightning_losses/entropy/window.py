@@ -1,0 +1,86 @@
+"""The per-sample entropies that :class:`~lightning_losses.entropy.EntropyControl` adds to the objective, and its
+logging window: the local statistics of the samples seen since the last log, packed in one tensor
+``[sum, count, nonfinite, class sums..., class counts...]`` so that one ``all_reduce`` makes them global.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lightning_losses._validation.tensors import not_ignored
+from lightning_losses.functional.aggregation import aggregate_tokens
+from lightning_losses.functional.entropy import entropy as entropy_fn
+
+__all__ = ["class_means", "entropies", "merge_window", "upgrade_window", "window_statistics"]
+
+
+def entropies(
+    logits: torch.Tensor, target: Any, ignore_index: int, normalization: str, input: str = "logits"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(per_sample, h, mask)``: the per-sample entropies (``[N, T, V]`` token entropies aggregated with
+    ``normalization``, tokens whose integer ``target`` is ``ignore_index`` left out), the entropies the controller
+    measures (``[N]`` or ``[N, T]``) and their mask (``None``: all count). ``input`` names the tensor in errors."""
+    if logits.ndim == 2:
+        h = entropy_fn(logits)
+        return h, h, None
+    if logits.ndim != 3:
+        raise ValueError(f"`{input}` must have shape [N, C] or [N, T, V], got {list(logits.shape)}")
+    tokens = entropy_fn(logits)
+    mask = None
+    if isinstance(target, torch.Tensor) and not target.is_floating_point() and target.shape == tokens.shape:
+        mask = not_ignored(target, ignore_index)
+    m = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask
+    return aggregate_tokens(tokens, m, normalization), tokens, mask
+
+
+def window_statistics(
+    h: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor, target: Any, per_class: bool
+) -> torch.Tensor:
+    """The local window statistics of one batch of entropies ``h`` (NaN / inf counted apart and left out); with
+    ``per_class`` and ``[N, C]`` logits, also the sums and counts per true class (integer ``target [N]``) or else per
+    predicted class.
+
+    Example:
+        >>> window_statistics(torch.tensor([0.5, float("nan")]), None, torch.zeros(2, 3), None, per_class=False)
+        tensor([0.5000, 1.0000, 1.0000])
+    """
+    h = h.detach()
+    finite = torch.isfinite(h)
+    counted = finite if mask is None else mask & finite
+    bad = (~finite if mask is None else mask & ~finite).sum().to(h.dtype)
+    h, m = torch.where(finite, h, 0.0), counted.to(h.dtype)
+    stats = [(h * m).sum().reshape(1), m.sum().reshape(1), bad.reshape(1)]
+    if per_class and logits.ndim == 2:
+        num_classes = logits.shape[-1]
+        use_target = isinstance(target, torch.Tensor) and not target.is_floating_point() and target.ndim == 1
+        labels = target.long() if use_target else logits.detach().argmax(-1)
+        valid = (labels >= 0) & (labels < num_classes) & finite
+        labels = torch.where(valid, labels, torch.zeros_like(labels))
+        w = valid.to(h.dtype)
+        sums = torch.zeros(num_classes, dtype=h.dtype, device=h.device).index_add_(0, labels, h * w)
+        counts = torch.zeros(num_classes, dtype=h.dtype, device=h.device).index_add_(0, labels, w)
+        stats += [sums, counts]
+    return torch.cat(stats)
+
+
+def merge_window(window: torch.Tensor | None, stats: torch.Tensor) -> torch.Tensor:
+    """``window + stats``; ``stats`` alone when there is no window yet or its layout changed."""
+    return stats if window is None or window.shape != stats.shape else window + stats
+
+
+def class_means(name: str, reduced: torch.Tensor) -> dict[str, float]:
+    """``{f"{name}/class_{c}": mean entropy}`` for the classes present in the (global) window ``reduced``."""
+    if reduced.numel() <= 3:
+        return {}
+    num_classes = (reduced.numel() - 3) // 2
+    sums, counts = reduced[3 : 3 + num_classes], reduced[3 + num_classes :]
+    per_class = (sums / counts.clamp_min(1.0)).tolist()
+    present = (counts > 0).tolist()
+    return {f"{name}/class_{c}": v for c, (v, p) in enumerate(zip(per_class, present)) if p}
+
+
+def upgrade_window(window: torch.Tensor) -> torch.Tensor:
+    """A window from a checkpoint before the non-finite count, ``[sum, count, ...]``, as ``[sum, count, 0, ...]``."""
+    return torch.cat([window[:2], window.new_zeros(1), window[2:]])
