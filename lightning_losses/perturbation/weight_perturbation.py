@@ -183,7 +183,8 @@ class WeightPerturbation(MixinCallback):
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         """Raise before the first optimizer step that took Lightning's closure unwrapped (an ``optimizer_step``
         override that does not call ``LossesMixin.optimizer_step``): the step would silently be a plain one."""
-        if not self._hook_ran:
+        slots = pl_module.__dict__.get("_ll_plugin_slots") or {}
+        if not self._hook_ran and slots.get("step") is self:  # only while attached (a plug-in may be swapped out)
             cls = type(pl_module).__name__
             raise ConfigurationError(
                 f"{type(self).__name__} did not run: `{cls}.optimizer_step` overrides `LossesMixin.optimizer_step` "

@@ -289,6 +289,25 @@ def test_perturbation_raises_when_an_override_skips_the_mixins_optimizer_step():
     assert model.calls == 8  # 4 optimizer steps, 2 passes each
 
 
+class _DetachEverySecondStep(Callback):
+    """Takes the perturbation callback out of the mixin's slot on odd steps (as a schedule of plug-ins may)."""
+
+    def __init__(self, sam):
+        self.sam = sam
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx % 2:
+            pl_module.detach("step", self.sam)
+        else:
+            pl_module.attach("step", self.sam)
+
+
+def test_the_hook_check_applies_only_while_the_callback_is_attached():
+    sam = ll.SAM(rho=0.1)
+    fit([sam, _DetachEverySecondStep(sam)], max_steps=4)  # no "did not run" error on the detached steps
+    assert sam.engine.perturbed_steps == 2
+
+
 @pytest.mark.parametrize(
     "make",
     [
