@@ -43,6 +43,14 @@ CASES = {
     "saf": (lambda: [ll.SAF(epochs_ago=1, start_epoch=1, coefficient=1.0)], {"steps": 12, "indexed": True}),
     "reweighting": (lambda: [ll.SampleReweighting("loss_softmax")], {"indexed": True}),
     "reweighting_sam": (lambda: [ll.SampleReweighting("loss_softmax"), ll.SAM(rho=0.5, **_SYNC)], {"indexed": True}),
+    "per_sample_ema_sam_entropy_k2": (  # combined: reweighting state + perturbation replay + controller, accumulating
+        lambda: [
+            ll.SampleReweighting("per_sample_ema"),
+            ll.SAM(rho=0.5, **_SYNC),
+            ll.EntropyControl(target=0.5, lr=0.1),
+        ],
+        {"indexed": True, "steps": 3, "trainer_kw": {"accumulate_grad_batches": 2}},
+    ),
 }
 
 
