@@ -30,6 +30,20 @@ from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, Sigmoi
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
 from lightning_losses.losses.policy import GRPO, PolicyLoss, PPOClip
 from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, PairedLoss, SimPO
+from lightning_losses.losses.preference_reference_free import CPO, ORPO, AlphaPO
+from lightning_losses.losses.preference_trl import (
+    AOT,
+    AOTUnpaired,
+    APODown,
+    APOZero,
+    BCOPair,
+    DiscoPOP,
+    ExoPair,
+    Hinge,
+    NCAPair,
+    SPPOHard,
+)
+from lightning_losses.losses.preference_unpaired import APOZeroUnpaired
 from lightning_losses.losses.regression import MSE
 from lightning_losses.losses.regression_robust import (
     Cauchy,
@@ -46,10 +60,17 @@ from lightning_losses.losses.surrogates import OVR, CompSum, Poly1, PolyFocal, S
 from lightning_losses.losses.token import DCO, EMO, MixCE, TokenCrossEntropy
 
 __all__ = [
+    "AlphaPO",
     "AnyLoss",
+    "AOT",
+    "AOTUnpaired",
+    "APODown",
+    "APOZero",
+    "APOZeroUnpaired",
     "APL",
     "Asymmetric",
     "BCE",
+    "BCOPair",
     "BiTempered",
     "BinaryLoss",
     "build_loss",
@@ -57,15 +78,18 @@ __all__ = [
     "Circle",
     "CompSum",
     "ConfidencePenalty",
+    "CPO",
     "CrossEntropy",
     "DCO",
     "Dice",
+    "DiscoPOP",
     "DistillationLoss",
     "DPO",
     "EmbeddingLoss",
     "EMO",
     "EntropyMinimization",
     "EntropyTerm",
+    "ExoPair",
     "FAMILIES",
     "Focal",
     "FocalTversky",
@@ -73,6 +97,7 @@ __all__ = [
     "GCE",
     "GRPO",
     "HDPO",
+    "Hinge",
     "HLGauss",
     "Huber",
     "InfoNCE",
@@ -97,7 +122,9 @@ __all__ = [
     "MSE",
     "MultiMargin",
     "MultiSimilarity",
+    "NCAPair",
     "NPO",
+    "ORPO",
     "OrdinalWasserstein",
     "OVR",
     "PairedLoss",
@@ -118,6 +145,7 @@ __all__ = [
     "SigmoidFocal",
     "SigmoidPoly1",
     "SimPO",
+    "SPPOHard",
     "SpectralDecoupling",
     "SphericalZLoss",
     "Squentropy",

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import torch
+from torch import Tensor as T
 
 from lightning_losses._validation import check_choice, check_number
 from lightning_losses.functional import preference as P
@@ -41,6 +42,12 @@ class PairedLoss(PreferenceLoss):
     """
 
     _fn = staticmethod(P.dpo)
+
+    def _set_divergence(self, divergence: str, f_alpha: float) -> None:
+        """Validate and keep f-DPO's ``divergence`` and ``f_alpha`` (see :func:`~lightning_losses.functional.preference
+        .divergence_score`)."""
+        self.divergence = check_choice("divergence", divergence, P.DIVERGENCES)
+        self.f_alpha = check_number("f_alpha", f_alpha, low=0.0, low_open=True)
 
     def _kwargs(self) -> dict:
         return {"beta": self.beta}
@@ -66,6 +73,9 @@ class DPO(PairedLoss):
     Args:
         beta: ``β > 0``. Default 0.1 (paper).
         label_smoothing: cDPO ``ε`` in ``[0, 0.5]``. Default 0.
+        divergence: f-DPO's f-divergence, one of ``reverse_kl`` (DPO), ``forward_kl``, ``js_divergence``,
+            ``alpha_divergence`` (TRL's ``f_divergence_type``). Default ``"reverse_kl"``.
+        f_alpha: ``α > 0`` of ``alpha_divergence`` (TRL's ``f_alpha_divergence_coef``). Default 0.5.
 
     Example:
         >>> import lightning_losses as ll
@@ -76,9 +86,17 @@ class DPO(PairedLoss):
         tensor([0.6931])
     """
 
-    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0, validate_args: bool = True) -> None:
+    def __init__(
+        self,
+        beta: float = 0.1,
+        label_smoothing: float = 0.0,
+        divergence: str = "reverse_kl",
+        f_alpha: float = 0.5,
+        validate_args: bool = True,
+    ) -> None:
         super().__init__(beta, validate_args)
         self.label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=0.5)
+        self._set_divergence(divergence, f_alpha)
 
     def forward(
         self,
@@ -94,12 +112,15 @@ class DPO(PairedLoss):
             ref_rejected_logps,
             beta=self.beta,
             label_smoothing=self.label_smoothing,
+            divergence=self.divergence,
+            f_alpha=self.f_alpha,
         )
 
 
 @LOSSES.register("ipo")
 class IPO(PairedLoss):
-    r"""IPO :math:`(\Delta - 1/(2\beta))^2` (Azar et al., 2024). Default ``β = 0.1``.
+    r"""IPO :math:`(\Delta - 1/(2\beta))^2` (Azar et al., 2024). Default ``β = 0.1``; ``divergence`` / ``f_alpha`` as
+    in :class:`DPO`.
 
     Example:
         >>> import lightning_losses as ll
@@ -108,17 +129,15 @@ class IPO(PairedLoss):
         tensor([1.])
     """
 
-    def __init__(self, beta: float = 0.1, validate_args: bool = True) -> None:
+    def __init__(
+        self, beta: float = 0.1, divergence: str = "reverse_kl", f_alpha: float = 0.5, validate_args: bool = True
+    ) -> None:
         super().__init__(beta, validate_args)
+        self._set_divergence(divergence, f_alpha)
 
-    def forward(
-        self,
-        chosen_logps: torch.Tensor,
-        rejected_logps: torch.Tensor,
-        ref_chosen_logps: torch.Tensor,
-        ref_rejected_logps: torch.Tensor,
-    ) -> torch.Tensor:
-        return P.ipo(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=self.beta)
+    def forward(self, chosen_logps: T, rejected_logps: T, ref_chosen_logps: T, ref_rejected_logps: T) -> T:
+        kw = {"divergence": self.divergence, "f_alpha": self.f_alpha}
+        return P.ipo(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=self.beta, **kw)
 
 
 @LOSSES.register("rdpo", aliases=("robust_dpo",))
@@ -128,6 +147,7 @@ class RDPO(PairedLoss):
     Args:
         beta: ``β > 0``. Default 0.1.
         eps: flip rate in ``[0, 0.5)``. Default 0.1.
+        divergence, f_alpha: f-DPO's divergence, as in :class:`DPO`.
 
     Example:
         >>> import lightning_losses as ll
@@ -138,18 +158,21 @@ class RDPO(PairedLoss):
         tensor([0.6931])
     """
 
-    def __init__(self, beta: float = 0.1, eps: float = 0.1, validate_args: bool = True) -> None:
+    def __init__(
+        self,
+        beta: float = 0.1,
+        eps: float = 0.1,
+        divergence: str = "reverse_kl",
+        f_alpha: float = 0.5,
+        validate_args: bool = True,
+    ) -> None:
         super().__init__(beta, validate_args)
         self.eps = check_number("eps", eps, low=0.0, high=0.5, high_open=True)
+        self._set_divergence(divergence, f_alpha)
 
-    def forward(
-        self,
-        chosen_logps: torch.Tensor,
-        rejected_logps: torch.Tensor,
-        ref_chosen_logps: torch.Tensor,
-        ref_rejected_logps: torch.Tensor,
-    ) -> torch.Tensor:
-        return P.rdpo(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=self.beta, eps=self.eps)
+    def forward(self, chosen_logps: T, rejected_logps: T, ref_chosen_logps: T, ref_rejected_logps: T) -> T:
+        kw = {"eps": self.eps, "divergence": self.divergence, "f_alpha": self.f_alpha}
+        return P.rdpo(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=self.beta, **kw)
 
 
 @LOSSES.register("hdpo", aliases=("h_dpo",))

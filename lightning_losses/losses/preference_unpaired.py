@@ -1,4 +1,4 @@
-"""Registered unpaired preference and unlearning losses: ``kto`` and ``npo`` (inputs: see
+"""Registered unpaired preference and unlearning losses: ``kto``, ``apo_zero_unpaired`` and ``npo`` (inputs: see
 :mod:`lightning_losses.losses.preference`)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from lightning_losses.functional import preference as P
 from lightning_losses.losses.base import LOSSES
 from lightning_losses.losses.families import PreferenceLoss
 
-__all__ = ["KTO", "NPO"]
+__all__ = ["KTO", "NPO", "APOZeroUnpaired"]
 
 
 @LOSSES.register("kto")
@@ -90,3 +90,36 @@ class NPO(PreferenceLoss):
 
     def forward(self, logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
         return P.npo(logps, ref_logps, beta=self.beta)
+
+
+@LOSSES.register("apo_zero_unpaired")
+class APOZeroUnpaired(PreferenceLoss):
+    r"""APO-zero on unpaired completions (TRL ``KTOTrainer`` ``loss_type="apo_zero_unpaired"``): KTO with its
+    reference point at 0, so it needs no mismatched completions. Inputs ``logps``, ``ref_logps``, ``target``.
+
+    Args:
+        beta: ``β > 0``. Default 0.1.
+        desirable_weight: :math:`\lambda_D > 0`. Default 1.0.
+        undesirable_weight: :math:`\lambda_U > 0`. Default 1.0.
+
+    Example:
+        >>> import lightning_losses as ll
+        >>> x = torch.tensor([-1.0, -1.0])
+        >>> ll.build_loss("apo_zero_unpaired")(logps=x, ref_logps=x, target=torch.tensor([1, 0]))
+        tensor([0.5000, 0.5000])
+    """
+
+    def __init__(
+        self,
+        beta: float = 0.1,
+        desirable_weight: float = 1.0,
+        undesirable_weight: float = 1.0,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__(beta, validate_args)
+        self.desirable_weight = check_number("desirable_weight", desirable_weight, low=0.0, low_open=True)
+        self.undesirable_weight = check_number("undesirable_weight", undesirable_weight, low=0.0, low_open=True)
+
+    def forward(self, logps: torch.Tensor, ref_logps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        kw = {"desirable_weight": self.desirable_weight, "undesirable_weight": self.undesirable_weight}
+        return P.apo_zero_unpaired(logps, ref_logps, target, beta=self.beta, **kw)

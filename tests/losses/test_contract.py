@@ -34,6 +34,7 @@ INPUT_OVERRIDES: dict[str, dict] = {
     # preference family (issue 4): optional inputs these losses need
     "kto": {"kl_logps": -torch.rand(N), "ref_kl_logps": -torch.rand(N)},
     "rpo": {"chosen_lengths": torch.tensor([1, 2, 3, 4, 5, 6])},
+    "cpo": {"chosen_lengths": torch.tensor([1, 2, 3, 4, 5, 6])},
     # memory-efficient token loss (issue 4): hidden states and output weight instead of logits
     "linear_cross_entropy": {"hidden": torch.randn(N, T, D), "weight": torch.randn(C, D)},
     # AugMix consistency (issue 18): K = 3 views of each sample on axis 1
