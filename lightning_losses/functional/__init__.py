@@ -6,6 +6,7 @@ from lightning_losses.functional.binary import bce
 from lightning_losses.functional.classification import cross_entropy, focal, focal_term
 from lightning_losses.functional.consistency import js_divergence, jsd
 from lightning_losses.functional.distillation import kd, pld
+from lightning_losses.functional.distillation_heads import binary_kl_norm, dual_head_kd, self_distillation
 from lightning_losses.functional.entropy import (
     confidence_penalty,
     entropy,
@@ -58,6 +59,7 @@ from lightning_losses.functional.preference import (
     sppo_hard,
     wpo_log_weights,
 )
+from lightning_losses.functional.ranking import auc_pairwise
 from lightning_losses.functional.regression import mse
 from lightning_losses.functional.regression_robust import (
     cauchy,
@@ -68,6 +70,7 @@ from lightning_losses.functional.regression_robust import (
     pseudo_huber,
     quantile,
 )
+from lightning_losses.functional.representation import vne, von_neumann_entropy
 from lightning_losses.functional.robust import apl, gce, mae, nce, nfl, rce, sce
 from lightning_losses.functional.segmentation import focal_tversky, jaccard
 from lightning_losses.functional.sigmoid_poly import sigmoid_poly1
@@ -86,9 +89,11 @@ __all__ = [
     "apo_zero",
     "apo_zero_unpaired",
     "asymmetric",
+    "auc_pairwise",
     "bce",
     "bco_pair",
     "bi_tempered",
+    "binary_kl_norm",
     "cauchy",
     "circle",
     "clamped_entropy",
@@ -102,6 +107,7 @@ __all__ = [
     "discopop",
     "divergence_score",
     "dpo",
+    "dual_head_kd",
     "emo",
     "entropy",
     "entropy_minimization",
@@ -165,6 +171,7 @@ __all__ = [
     "reweighting",
     "rpo",
     "sce",
+    "self_distillation",
     "sequence_entropy",
     "sequence_logps",
     "sigmoid_focal",
@@ -184,6 +191,8 @@ __all__ = [
     "triplet",
     "tsallis_entropy",
     "tversky",
+    "vne",
+    "von_neumann_entropy",
     "wpo_log_weights",
     "z_loss",
 ]

@@ -15,7 +15,8 @@ from lightning_losses.functional.classification import cross_entropy
 __all__ = ["kd", "pld"]
 
 
-def _check_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+def check_teacher(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Validate ``teacher_logits`` (floating, the shape of ``logits``) and return it detached and upcast."""
     require_tensor("teacher_logits", teacher_logits)
     if not teacher_logits.is_floating_point() or teacher_logits.shape != logits.shape:
         raise ValueError(
@@ -53,7 +54,7 @@ def kd(
     require_tensor("logits", logits)
     if logits.ndim != 2 or not logits.is_floating_point():
         raise ValueError(f"`logits` must be a floating tensor of shape [N, C], got {logits.dtype} {shape_str(logits)}")
-    teacher = _check_teacher(logits, teacher_logits)
+    teacher = check_teacher(logits, teacher_logits)
     log_s = torch.log_softmax(_upcast(logits) / temperature, dim=-1)
     log_t = torch.log_softmax(teacher / temperature, dim=-1)
     p_t = log_t.exp()
@@ -99,7 +100,7 @@ def pld(
     check_multiclass(logits, target, validate_args=validate_args)
     if target.is_floating_point():
         raise ValueError("`pld` takes integer labels `target [N]`; soft targets are not supported")
-    teacher = _check_teacher(logits, teacher_logits)
+    teacher = check_teacher(logits, teacher_logits)
     target = as_index(target)
     z = _upcast(logits)
     # ranking: true label first (pushed to +inf), then the rest by decreasing teacher logit

@@ -108,7 +108,8 @@ def preference_margin(
     return chosen - divergence_score(alpha * r - rr.detach(), divergence, f_alpha)
 
 
-def _smoothed_logistic(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+def smoothed_logistic(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    r"""``−(1 − ε) log σ(z) − ε log σ(−z)``: the logistic loss of a margin with label smoothing ``ε`` (cDPO, AOT)."""
     loss = -F.logsigmoid(z)
     if label_smoothing:
         loss = (1.0 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-z)
@@ -144,7 +145,7 @@ def dpo(
     delta = preference_margin(
         chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, divergence=divergence, f_alpha=f_alpha
     )
-    return _smoothed_logistic(beta * delta, label_smoothing)
+    return smoothed_logistic(beta * delta, label_smoothing)
 
 
 def rdpo(

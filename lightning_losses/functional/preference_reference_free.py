@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lightning_losses.functional.preference_pairwise import _smoothed_logistic, check_sequence_logps
+from lightning_losses.functional.preference_pairwise import check_sequence_logps, smoothed_logistic
 
 __all__ = ["alphapo", "cpo", "ld_sequence_logps", "orpo"]
 
@@ -44,7 +44,7 @@ def cpo(
         tensor([2.6931])
     """
     c, r = check_sequence_logps(chosen_logps=chosen_logps, rejected_logps=rejected_logps)
-    loss = _smoothed_logistic(beta * (c - r), label_smoothing)
+    loss = smoothed_logistic(beta * (c - r), label_smoothing)
     if alpha == 0:
         return loss
     if chosen_lengths is None:
@@ -112,7 +112,7 @@ def alphapo(
         rw, rl = w, lo
     else:
         rw, rl = -torch.expm1(-alpha * w) / alpha, -torch.expm1(-alpha * lo) / alpha
-    return _smoothed_logistic(beta * (rw - rl) - gamma, label_smoothing)
+    return smoothed_logistic(beta * (rw - rl) - gamma, label_smoothing)
 
 
 def ld_sequence_logps(

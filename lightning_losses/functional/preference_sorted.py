@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from lightning_losses.distributed import all_gather_with_grad, is_distributed, rank
-from lightning_losses.functional.preference_pairwise import _smoothed_logistic, check_sequence_logps
+from lightning_losses.functional.preference_pairwise import check_sequence_logps, smoothed_logistic
 
 __all__ = ["aot", "aot_unpaired"]
 
@@ -46,7 +46,7 @@ def aot(c, r, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0) -> tor
     """
     c, r, rc, rr = check_sequence_logps(chosen_logps=c, rejected_logps=r, ref_chosen_logps=rc, ref_rejected_logps=rr)
     d = _sorted_gap(c - r, (rc - rr).detach())
-    return _smoothed_logistic(beta * d, label_smoothing)
+    return smoothed_logistic(beta * d, label_smoothing)
 
 
 def aot_unpaired(c, r, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -60,4 +60,4 @@ def aot_unpaired(c, r, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.
     """
     c, r, rc, rr = check_sequence_logps(chosen_logps=c, rejected_logps=r, ref_chosen_logps=rc, ref_rejected_logps=rr)
     d = _sorted_gap(c - rc.detach(), r - rr.detach())
-    return _smoothed_logistic(beta * d, label_smoothing)
+    return smoothed_logistic(beta * d, label_smoothing)

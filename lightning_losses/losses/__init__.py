@@ -10,7 +10,7 @@ The public bases for writing a loss: :class:`Loss` (see its "Writing a loss" sec
 from lightning_losses.losses.base import FAMILIES, LOSSES, Loss, build_loss, list_losses
 from lightning_losses.losses.binary import BCE
 from lightning_losses.losses.classification import CrossEntropy, Focal
-from lightning_losses.losses.distillation import KD, PLD
+from lightning_losses.losses.distillation import KD, PLD, BinaryKLNorm, DualHeadKD, SelfDistillation
 from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimization, EntropyTerm
 from lightning_losses.losses.families import (
     BinaryLoss,
@@ -44,6 +44,7 @@ from lightning_losses.losses.preference_trl import (
     SPPOHard,
 )
 from lightning_losses.losses.preference_unpaired import APOZeroUnpaired
+from lightning_losses.losses.ranking import VNE, AUCPairwise
 from lightning_losses.losses.regression import MSE
 from lightning_losses.losses.regression_robust import (
     Cauchy,
@@ -62,6 +63,7 @@ from lightning_losses.losses.token import DCO, EMO, MixCE, TokenCrossEntropy
 __all__ = [
     "AlphaPO",
     "AnyLoss",
+    "AUCPairwise",
     "AOT",
     "AOTUnpaired",
     "APODown",
@@ -72,6 +74,7 @@ __all__ = [
     "BCE",
     "BCOPair",
     "BiTempered",
+    "BinaryKLNorm",
     "BinaryLoss",
     "build_loss",
     "Cauchy",
@@ -85,6 +88,7 @@ __all__ = [
     "DiscoPOP",
     "DistillationLoss",
     "DPO",
+    "DualHeadKD",
     "EmbeddingLoss",
     "EMO",
     "EntropyMinimization",
@@ -141,6 +145,7 @@ __all__ = [
     "RegressionLoss",
     "RPO",
     "SCE",
+    "SelfDistillation",
     "SetLevelLoss",
     "SigmoidFocal",
     "SigmoidPoly1",
@@ -153,6 +158,7 @@ __all__ = [
     "SupCon",
     "TaylorCE",
     "TokenCrossEntropy",
+    "VNE",
     "TokenLoss",
     "Triplet",
     "Tversky",
