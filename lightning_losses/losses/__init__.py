@@ -11,7 +11,7 @@ from lightning_losses.losses.base import FAMILIES, LOSSES, Loss, build_loss, lis
 from lightning_losses.losses.binary import BCE
 from lightning_losses.losses.classification import CrossEntropy, Focal
 from lightning_losses.losses.distillation import KD, PLD, BinaryKLNorm, DualHeadKD, SelfDistillation
-from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimization, EntropyTerm
+from lightning_losses.losses.entropy import EMFT, ConfidencePenalty, EntropyMinimization, EntropyTerm
 from lightning_losses.losses.families import (
     BinaryLoss,
     DistillationLoss,
@@ -90,6 +90,7 @@ __all__ = [
     "DPO",
     "DualHeadKD",
     "EmbeddingLoss",
+    "EMFT",
     "EMO",
     "EntropyMinimization",
     "EntropyTerm",

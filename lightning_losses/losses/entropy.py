@@ -20,7 +20,7 @@ from lightning_losses._validation.tensors import not_ignored
 from lightning_losses.functional.entropy import confidence_penalty, entropy_minimization
 from lightning_losses.losses.base import LOSSES, Loss
 
-__all__ = ["ConfidencePenalty", "EntropyMinimization", "EntropyTerm"]
+__all__ = ["ConfidencePenalty", "EMFT", "EntropyMinimization", "EntropyTerm"]
 
 
 class EntropyTerm(Loss):
@@ -91,3 +91,30 @@ class EntropyMinimization(EntropyTerm):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         return entropy_minimization(logits, self.beta, mask=self._mask(logits, target))
+
+
+@LOSSES.register("em_ft", tags=("entropy",))
+class EMFT(EntropyMinimization):
+    r"""EM-FT (Agarwal et al., *The Unreasonable Effectiveness of Entropy Minimization in LLM Reasoning*, 2025):
+    fine-tune on the model's **own** samples with the mean token entropy as the only loss, no labels.
+
+    :math:`\ell_i = \beta\,\frac{1}{|T_i|}\sum_{t \in T_i} H(p_{i,t})` over the generated tokens :math:`T_i`: pass the
+    token ``logits [N, T, V]`` of sampled completions and ``target [N, T]`` holding the sampled tokens with the prompt
+    and padding set to ``ignore_index`` (only the mask is read). :class:`EntropyMinimization` with ``β = 1``.
+
+    Args:
+        beta: strength ``>= 0``. Default 1.0.
+        ignore_index: label of the tokens left out (prompt, padding). Default -100.
+
+    Example:
+        >>> import lightning_losses as ll
+        >>> logits, tokens = torch.zeros(1, 3, 4), torch.tensor([[-100, 2, 1]])
+        >>> ll.build_loss("em_ft")(logits=logits, target=tokens).round(decimals=4)  # uniform over 4: log 4
+        tensor([1.3863])
+    """
+
+    def __init__(self, beta: float = 1.0, ignore_index: int = -100, validate_args: bool = True) -> None:
+        super().__init__(beta, ignore_index, validate_args)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(logits, target)

@@ -202,3 +202,18 @@ def test_errors():
         LF.vne(torch.zeros(3))
     with pytest.raises(ValueError, match=r"`teacher_logits` must be a floating tensor with the shape of `logits`"):
         LF.binary_kl_norm(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_em_ft_is_the_mean_entropy_of_the_generated_tokens():
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(3, 5, 6, generator=g, dtype=torch.float64)
+    tokens = torch.tensor([[-100, -100, 1, 2, 3], [-100, 4, 0, -100, -100], [5, 5, 5, 5, 5]])
+    out = ll.build_loss("em_ft")(logits=logits, target=tokens)
+    for i in range(3):
+        ents = []
+        for t in range(5):
+            if int(tokens[i, t]) == -100:
+                continue
+            p = torch.softmax(logits[i, t], -1).tolist()
+            ents.append(-sum(q * math.log(q) for q in p))
+        assert math.isclose(float(out[i]), sum(ents) / len(ents), rel_tol=1e-12)
