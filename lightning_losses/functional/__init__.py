@@ -7,6 +7,7 @@ from lightning_losses.functional.classification import cross_entropy, focal, foc
 from lightning_losses.functional.consistency import js_divergence, jsd
 from lightning_losses.functional.distillation import kd, pld
 from lightning_losses.functional.distillation_heads import binary_kl_norm, dual_head_kd, self_distillation
+from lightning_losses.functional.ensemble import ens_loss
 from lightning_losses.functional.entropy import (
     confidence_penalty,
     entropy,
@@ -109,6 +110,7 @@ __all__ = [
     "dpo",
     "dual_head_kd",
     "emo",
+    "ens_loss",
     "entropy",
     "entropy_minimization",
     "exo_pair",

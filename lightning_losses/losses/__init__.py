@@ -44,7 +44,7 @@ from lightning_losses.losses.preference_trl import (
     SPPOHard,
 )
 from lightning_losses.losses.preference_unpaired import APOZeroUnpaired
-from lightning_losses.losses.ranking import VNE, AUCPairwise
+from lightning_losses.losses.ranking import VNE, AUCPairwise, EnsLoss
 from lightning_losses.losses.regression import MSE
 from lightning_losses.losses.regression_robust import (
     Cauchy,
@@ -92,6 +92,7 @@ __all__ = [
     "EmbeddingLoss",
     "EMFT",
     "EMO",
+    "EnsLoss",
     "EntropyMinimization",
     "EntropyTerm",
     "ExoPair",

@@ -1,4 +1,5 @@
-"""Registered ranking and representation losses: ``auc_pairwise`` (binary scores) and ``vne`` (embeddings).
+"""Registered ranking, ensemble and representation losses: ``auc_pairwise``, ``ens_loss`` (binary scores) and
+``vne`` (embeddings).
 
 Example:
     >>> import torch
@@ -11,15 +12,17 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
-from lightning_losses._validation import check_bool, check_choice, check_number
+from lightning_losses._validation import check_bool, check_choice, check_int, check_number
+from lightning_losses.functional import ensemble as LFE
 from lightning_losses.functional import ranking as LFR
 from lightning_losses.functional import representation as LFV
 from lightning_losses.losses.base import LOSSES, Loss
 from lightning_losses.losses.families import BinaryLoss
 
-__all__ = ["VNE", "AUCPairwise"]
+__all__ = ["VNE", "AUCPairwise", "EnsLoss"]
 
 
 @LOSSES.register("auc_pairwise", aliases=("pairwise_auc", "mann_whitney"))
@@ -74,3 +77,38 @@ class VNE(Loss):
 
     def forward(self, embeddings: Tensor) -> Tensor:
         return LFV.vne(embeddings, sync=self.sync)
+
+
+@LOSSES.register("ens_loss", aliases=("ensloss",))
+class EnsLoss(BinaryLoss):
+    r"""EnsLoss (Dai, 2024): each call draws a random convex, calibrated loss derivative and applies it to the sorted
+    margins of the (global) batch, a loss ensemble in one run (see :func:`~lightning_losses.functional.ensemble
+    .ens_loss`). Binary ``logits [N]`` and 0 / 1 ``target``.
+
+    The draws come from a generator seeded with ``(seed, number of calls)``, so every DDP rank draws the same values
+    and a resumed run continues the sequence (the call count is saved in the module's ``state_dict``).
+
+    Args:
+        lam: Box-Cox ``λ`` of the derivative distribution (0: :math:`-e^{\epsilon}`). Default 0.0 (the authors').
+        seed: base seed ``>= 0`` of the draws. Default 0.
+        gather: sort the margins of every rank together under DDP. Default True.
+    """
+
+    def __init__(self, lam: float = 0.0, seed: int = 0, gather: bool = True, validate_args: bool = True) -> None:
+        super().__init__(validate_args)
+        self.lam = check_number("lam", lam)
+        self.seed = check_int("seed", seed, low=0)
+        self.gather = check_bool("gather", gather)
+        self.calls = 0
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.calls)
+        self.calls += 1
+        kw = {"lam": self.lam, "generator": generator, "gather": self.gather}
+        return LFE.ens_loss(logits, target, validate_args=self.validate_args, **kw)
+
+    def get_extra_state(self) -> dict:
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.calls = int(state["calls"])

@@ -41,6 +41,7 @@ INPUT_OVERRIDES: dict[str, dict] = {
     "jsd": {"logits": torch.randn(N, 3, C)},
     "poisson_nll": {"target": torch.tensor([0.0, 1.0, 2.0, 3.0, 0.0, 5.0])},  # counts
     "dual_head_kd": {"aux_logits": torch.randn(N, C)},  # the auxiliary head (issue 20)
+    "ens_loss": {"logits": torch.randn(N), "target": torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])},  # binary only
 }
 
 

@@ -217,3 +217,68 @@ def test_em_ft_is_the_mean_entropy_of_the_generated_tokens():
             p = torch.softmax(logits[i, t], -1).tolist()
             ents.append(-sum(q * math.log(q) for q in p))
         assert math.isclose(float(out[i]), sum(ents) / len(ents), rel_tol=1e-12)
+
+
+def _ens_reference(scores, labels, draws, lam=0.0):
+    """The authors' algorithm step by step on plain lists (one process)."""
+    s = [(2 * y - 1) * z for z, y in zip(scores, labels)]
+    inv = [math.exp(e) if lam == 0 else max(1 + lam * e, 0.0) ** (1 / lam) for e in draws]
+    g_sorted = sorted(max(-v, -1.0) for v in inv)
+    order = sorted(range(len(s)), key=lambda i: s[i])
+    g = [0.0] * len(s)
+    for k, i in enumerate(order):
+        g[i] = g_sorted[k]
+    g = [(gi / si if si > 1 else gi) - 1e-6 for gi, si in zip(g, s)]
+    return [gi * si for gi, si in zip(g, s)], g
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_ens_loss_follows_the_authors_algorithm(lam):
+    gen = torch.Generator().manual_seed(8)
+    z = torch.randn(10, generator=gen, dtype=torch.float64) * 2
+    y = (torch.rand(10, generator=gen) > 0.5).double()
+    draws = torch.randn(10, generator=torch.Generator().manual_seed(3), dtype=torch.float64).tolist()
+    out = LF.ens_loss(z.requires_grad_(), y, lam=lam, generator=torch.Generator().manual_seed(3))
+    values, g = _ens_reference(z.tolist(), y.tolist(), draws, lam)
+    torch.testing.assert_close(out, torch.tensor(values, dtype=torch.float64))
+    (grad,) = torch.autograd.grad(out.sum(), z)  # d(g_i s_i)/dz_i = g_i (2 y_i - 1): g is not differentiated
+    torch.testing.assert_close(grad, torch.tensor(g, dtype=torch.float64) * (2 * y - 1))
+
+
+def test_ens_loss_module_draws_a_new_loss_per_call_and_resumes():
+    loss = ll.build_loss("ens_loss", seed=4)
+    z, y = torch.tensor([0.3, -2.0, 1.5, 0.1]), torch.tensor([1.0, 0.0, 0.0, 1.0])
+    first, second = loss(logits=z, target=y), loss(logits=z, target=y)
+    assert not torch.equal(first, second)
+    state = loss.state_dict()
+    third = loss(logits=z, target=y)
+    resumed = ll.build_loss("ens_loss", seed=4)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed(logits=z, target=y), third)
+
+
+def _ens_rank(parts):
+    z, y = (p[rank()] for p in parts)
+    z = z.clone().requires_grad_(True)
+    out = LF.ens_loss(z, y, generator=torch.Generator().manual_seed(11))
+    out.sum().backward()
+    return out.detach(), z.grad
+
+
+def test_ens_loss_sorts_the_global_batch_under_ddp(ddp):
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(9, generator=g, dtype=torch.float64)
+    y = torch.tensor([1, 0, 0, 1, 1, 0, 1, 0, 0], dtype=torch.float64)
+    results = ddp.run(_ens_rank, [[t[:4], t[4:]] for t in (z, y)])
+    one = z.clone().requires_grad_(True)
+    expected = LF.ens_loss(one, y, generator=torch.Generator().manual_seed(11))
+    expected.sum().backward()
+    torch.testing.assert_close(torch.cat([results[0][0], results[1][0]]), expected.detach())
+    torch.testing.assert_close(torch.cat([results[0][1], results[1][1]]), one.grad)
+
+
+def test_ens_loss_errors():
+    with pytest.raises(ll.ConfigurationError, match=r"`seed` must be an integer >= 0, got -1"):
+        ll.build_loss("ens_loss", seed=-1)
+    with pytest.raises(ValueError, match=r"`ens_loss` takes binary `logits \[N\]`, got shape \[2, 3\]"):
+        LF.ens_loss(torch.zeros(2, 3), torch.zeros(2, 3))
