@@ -8,16 +8,19 @@ beside ``checkpoints/``, and hands the same mapping to every logger (CSV ``hpara
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning_losses._checkpoints import resolve_ckpt_path
+from lightning_losses._cli_parser import SUBCOMMANDS
 
 __all__ = ["SUBCOMMANDS", "run", "run_fit"]
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: intra-op threads for the bundled demo model when ``OMP_NUM_THREADS`` is unset (a user's model keeps torch's)
+DEMO_THREADS = 1
 
 
 def _format_table(rows: list[tuple[str, str]], title: str) -> str:
@@ -74,6 +77,7 @@ def run(
     cfg = load_recipe(config, overrides)
     built = build_run(cfg, extra_callbacks=[SaveRecipe(cfg, subcommand=subcommand, ckpt_path=ckpt_path)])
     trainer, model, datamodule = built.trainer, built.model, built.datamodule
+    _demo_threads(model)
     ckpt = resolve_ckpt_path(ckpt_path, trainer.default_root_dir)
     results: dict[str, Any] = {}
     if subcommand == "fit":
@@ -114,6 +118,18 @@ def run(
             title = f"\n{'Results' if subcommand == 'fit' else subcommand.capitalize()} ({terms}; "
             print(_format_table(rows, f"{title}{trainer.world_size} device(s))"), flush=True)
     return results
+
+
+def _demo_threads(model: Any) -> None:
+    """The demo's small matrix products run faster on one thread than on torch's default (one per core): measured
+    5.6 s against 48-95 s for 5 epochs on a loaded 2-core machine. Only for the bundled demo model, and only when
+    ``OMP_NUM_THREADS`` does not say otherwise."""
+    from lightning_losses.demo import DigitsClassifier
+
+    if type(model) is DigitsClassifier and not os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        torch.set_num_threads(DEMO_THREADS)
 
 
 def run_fit(config: Any = None, overrides: Sequence[str] = (), *, print_results: bool = True) -> dict[str, Any]:

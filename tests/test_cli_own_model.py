@@ -126,21 +126,55 @@ def test_recipes_merge_in_order_and_a_new_class_replaces_the_section(tmp_path):
     assert dict(back.model) == {"class_path": "lightning_losses.demo.DigitsClassifier", "init_args": {}}
 
 
-@pytest.mark.ddp
-def test_no_sync_dist_warning_for_the_mixins_own_epoch_logs_under_ddp(tmp_path):
-    """2 processes (`ddp_spawn`): the mixin's `val/loss`, `test/loss` (global already) raise no "use sync_dist"
-    warning; the fixture model's own unsynced `test/acc` still does (the check has teeth)."""
-    import os
-    import subprocess
-    import sys
+def _sync_dist_warnings_on_rank(root: str) -> list[str]:
+    """Validate and test the fixture model inside the initialised process group; the "sync_dist" warnings raised."""
+    import warnings
 
+    import lightning as L
+
+    from tests.helpers.own_model import OwnNet, TinyData
+
+    data = TinyData()
+    model = OwnNet(num_features=data.num_features, num_classes=data.num_classes)
+    model.configure_objective({"cross_entropy": {}, "focal": {"gamma": 1.0}})  # `val/loss` and one key per term
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.validate(model, datamodule=data, verbose=False)
+        trainer.test(model, datamodule=data, verbose=False)
+    return [str(w.message) for w in caught if "sync_dist=True" in str(w.message)]
+
+
+@pytest.mark.ddp
+def test_no_sync_dist_warning_for_the_mixins_own_epoch_logs_under_ddp(ddp, tmp_path):
+    """In a 2-process group, the mixin's epoch-level `val/loss`, `val/<term>`, `test/...` (global already) raise no
+    "use sync_dist" warning; the fixture model's own unsynced `test/acc` still does (the check has teeth)."""
+    for caught in ddp.run(_sync_dist_warnings_on_rank, str(tmp_path)):
+        assert any("self.log('test/acc'" in m for m in caught), caught
+        mixin_keys = [f"{s}/{k}" for s in ("val", "test") for k in ("loss", "cross_entropy", "focal")]
+        assert not [m for m in caught if any(f"self.log('{key}'" in m for key in mixin_keys)], caught
+
+
+def test_one_thread_for_the_demo_only_when_omp_num_threads_is_unset(tmp_path, monkeypatch):
+    from lightning_losses.runner import run
+
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.yaml").write_text(RECIPE)
-    ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp_spawn", "--trainer.max_epochs", "1"]
-    cmd = [sys.executable, "-m", "lightning_losses.cli", "fit", "-c", "mine.yaml", *ddp, "--callbacks", "{}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    env.pop("PYTHONWARNINGS", None)
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "self.log('test/acc', ..., sync_dist=True)" in proc.stderr  # a user's own unsynced log still warns
-    for key in ("val/loss", "test/loss"):
-        assert f"self.log('{key}'" not in proc.stderr, proc.stderr[-3000:]
+    quick = ["trainer.max_steps=1", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1", "logger=none"]
+    before = torch.get_num_threads()
+    try:
+        for env, recipe, want in (("", None, 1), ("", "mine.yaml", 2), ("2", None, 2)):
+            monkeypatch.setenv("OMP_NUM_THREADS", env) if env else monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+            torch.set_num_threads(2)
+            run("fit", recipe, [*quick, f"trainer.default_root_dir=r{want}{env}"], print_results=False)
+            assert torch.get_num_threads() == want, (env, recipe)
+    finally:
+        torch.set_num_threads(before)
