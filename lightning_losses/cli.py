@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from lightning_losses._cli_parser import SUBCOMMANDS, UsageError, build_parser
+from lightning_losses._validation import suggest
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.runner import run, run_fit  # re-exported here
 
@@ -74,7 +75,15 @@ def _list(what: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-losses`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in (*SUBCOMMANDS, "list", "compare", "-h", "--help", "--version"):
+    commands = (*SUBCOMMANDS, "compare", "list")
+    if argv and argv[0] not in commands and not argv[0].startswith("-") and "=" not in argv[0]:
+        valid = ", ".join(f"`{c}`" for c in commands)
+        print(
+            f"lightning-losses: error: unknown command `{argv[0]}`{suggest(argv[0], commands)} Commands: {valid}",
+            file=sys.stderr,
+        )
+        return 2
+    if not argv or argv[0] not in (*commands, "-h", "--help", "--version"):
         argv = ["fit", *argv]
     import lightning_losses
 

@@ -49,6 +49,11 @@ def test_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
     assert err == "lightning-losses: error: `data.label_noise` must be in [0.0, 1.0), got 1.5\n"
     assert main(["fit", "--objective", "{focall: {}}"]) == 2
     assert "did you mean `focal`?" in capsys.readouterr().err
+    assert main(["fitt", "--trainer.max_epochs", "1"]) == 2
+    assert capsys.readouterr().err == (
+        "lightning-losses: error: unknown command `fitt`; did you mean `fit`? Commands: `fit`, `validate`, `test`, "
+        "`predict`, `compare`, `list`\n"
+    )
     assert main(["list", "widgets"]) == 2
     assert "`list` takes one of `losses`" in capsys.readouterr().err
 
