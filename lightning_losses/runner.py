@@ -122,8 +122,8 @@ def run(
 
 def _demo_threads(model: Any) -> None:
     """The demo's small matrix products run faster on one thread than on torch's default (one per core): measured
-    5.6 s against 48-95 s for 5 epochs on a loaded 2-core machine. Only for the bundled demo model, and only when
-    ``OMP_NUM_THREADS`` does not say otherwise."""
+    5.6-11 s against 48-95 s (torch default: 2 threads) for 5 epochs on a 2-core machine at load average 13-16.
+    Only for the bundled demo model, and only when ``OMP_NUM_THREADS`` does not say otherwise."""
     from lightning_losses.demo import DigitsClassifier
 
     if type(model) is DigitsClassifier and not os.environ.get("OMP_NUM_THREADS"):
