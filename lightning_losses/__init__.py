@@ -10,7 +10,15 @@ Example:
     True
 """
 
+# ruff: noqa: E402 (the console script's `--help` is answered before the heavy imports below)
 from collections.abc import Callable
+
+__version__ = "0.1.0.dev0"
+
+# the console script asked only for `--help` / `--version`: answer before importing torch and Lightning (seconds)
+from lightning_losses._cli_parser import answer_help_or_version
+
+answer_help_or_version(__version__)
 
 from lightning_losses import functional
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, build_callbacks, list_callbacks
@@ -53,8 +61,6 @@ from lightning_losses.reweighting import (
     list_reweighters,
 )
 from lightning_losses.schedules import SCHEDULES, Schedule, build_schedule
-
-__version__ = "0.1.0.dev0"
 
 _EXTRA_LISTINGS: dict[str, Callable[[], list[str]]] = {}
 

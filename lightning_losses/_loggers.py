@@ -19,7 +19,7 @@ from lightning_losses._validation import check_bool, check_choice, qualify, sugg
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import check_kwargs
 
-__all__ = ["LOGGERS", "build_logger"]
+__all__ = ["LOGGERS", "build_logger", "build_loggers"]
 
 LOGGERS = ("csv", "wandb", "none")
 WANDB_ONLINE_MODES = ("online", "shared", "run")  # W&B modes that send the run to the server
@@ -143,3 +143,32 @@ def _settings_mode(settings: Any, wandb: Any) -> str | None:
             ) from None
         raise ConfigurationError(f"`logger.settings`: {' '.join(str(err).split())}") from None
     return settings.get("mode")
+
+
+def build_loggers(spec: Any, save_dir: str) -> Any:
+    """The recipe's ``logger``: :func:`build_logger`'s forms, ``{class_path: ..., init_args: ...}`` (any Lightning
+    logger; ``save_dir`` defaults to the trainer's root folder) or a list of these. ``False`` for no logger."""
+    from lightning_losses._classpath import import_class, split_class_spec
+    from lightning_losses._recipe_checks import check_writable
+
+    if isinstance(spec, DictConfig) or type(spec).__name__ == "ListConfig":
+        spec = OmegaConf.to_container(spec, resolve=True)
+    if isinstance(spec, list):
+        built = [build_loggers(item, save_dir) for item in spec]
+        return [logger for logger in built if logger is not False] or False
+    if isinstance(spec, Mapping) and "class_path" in spec:
+        from lightning.pytorch.loggers import Logger
+
+        path, kwargs = split_class_spec(spec, "logger")
+        cls = import_class(path, "logger.class_path", base=Logger)
+        if "save_dir" in inspect.signature(cls.__init__).parameters:
+            kwargs.setdefault("save_dir", save_dir)
+        check_kwargs(cls.__init__, kwargs, what=f"`logger` ({cls.__name__})")
+        try:
+            return cls(**kwargs)
+        except Exception as err:  # noqa: BLE001 - the logger's own argument checks
+            raise ConfigurationError(" ".join(str(qualify("logger", err)).split())) from None
+    for key in ("save_dir", "dir"):
+        if isinstance(spec, Mapping) and spec.get(key) is not None:
+            check_writable(f"logger.{key}", spec[key])
+    return build_logger(spec, save_dir)

@@ -13,9 +13,28 @@ from typing import Any
 from lightning_losses._validation import check_int, check_number, suggest
 from lightning_losses.errors import ConfigurationError
 
-__all__ = ["callback_keys", "check_callbacks", "check_term_names", "check_trainer", "check_writable"]
+__all__ = [
+    "RECIPE_KEYS",
+    "callback_keys",
+    "check_callbacks",
+    "check_term_names",
+    "check_trainer",
+    "check_top_level",
+    "check_writable",
+]
 
+RECIPE_KEYS = ("seed", "vars", "data", "model", "objective", "callbacks", "trainer", "logger")
 SAF_TABLE_LIMIT_BYTES = 2**31  # SAF's trajectory table: samples x (epochs_ago + 1) x classes float32 (+ int32 stamps)
+
+
+def check_top_level(cfg: Any, where: str) -> None:
+    """Every top-level key of a recipe is one of :data:`RECIPE_KEYS` (else: the nearest one and the list)."""
+    for key in cfg:
+        if key not in RECIPE_KEYS:
+            valid = ", ".join(f"`{k}`" for k in RECIPE_KEYS)
+            raise ConfigurationError(
+                f"unknown recipe key `{key}` in {where}{suggest(str(key), RECIPE_KEYS)} Valid keys: {valid}"
+            )
 
 
 def check_term_names(objective: dict[str, Any]) -> None:
@@ -105,10 +124,16 @@ def callback_keys(spec: Any) -> list[str]:
 
 
 def check_callbacks(
-    keys: list[str], callbacks: list[Any], *, num_samples: int, num_classes: int, trainer_kwargs: dict[str, Any]
+    keys: list[str],
+    callbacks: list[Any],
+    *,
+    num_samples: int | None,
+    num_classes: int | None,
+    trainer_kwargs: dict[str, Any],
 ) -> None:
     """Callback arguments against the run: SAF's ``epochs_ago`` against the epochs and the memory it needs, an
-    entropy target against the largest entropy over ``num_classes`` classes (``log C``)."""
+    entropy target against the largest entropy over ``num_classes`` classes (``log C``). A check whose size the
+    datamodule does not tell (``None``) is skipped."""
     from lightning_losses.entropy.callback import EntropyControl
     from lightning_losses.perturbation.trajectory import SAF
 
@@ -123,6 +148,8 @@ def check_callbacks(
                     f"`{name}` must be less than `trainer.max_epochs` = {max_epochs} (the term compares with outputs "
                     f"recorded `epochs_ago` epochs back, which must exist within the run), got {cb.epochs_ago}"
                 )
+            if not (cb.num_samples or num_samples) or not num_classes:
+                continue
             rows = (cb.num_samples or num_samples) * (cb.epochs_ago + 1)
             size = rows * (num_classes * 4 + 4)
             if size > SAF_TABLE_LIMIT_BYTES:
@@ -130,7 +157,7 @@ def check_callbacks(
                     f"`{name}` = {cb.epochs_ago} needs a trajectory table of {size / 2**30:.1f} GiB (samples x "
                     f"(epochs_ago + 1) x classes); at most {SAF_TABLE_LIMIT_BYTES / 2**30:.0f} GiB, got {cb.epochs_ago}"
                 )
-        if isinstance(cb, EntropyControl) and cb.controller is not None:
+        if isinstance(cb, EntropyControl) and cb.controller is not None and num_classes:
             limit = math.log(num_classes)
             ctl = cb.controller
             if ctl.band is not None:

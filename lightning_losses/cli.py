@@ -1,32 +1,37 @@
-"""The ``lightning-losses`` command: train the digits demo with any recipe and print a results table.
+"""The ``lightning-losses`` command: run a recipe (the digits demo, or any model and data by import path).
 
 Usage::
 
-    lightning-losses                                   # = fit on the embedded default recipe
+    lightning-losses                                   # = fit on the embedded default recipe (the digits demo)
     lightning-losses fit --config configs/focal.yaml --trainer.devices 2 --trainer.strategy ddp
-    lightning-losses fit --objective.cross_entropy.label_smoothing 0.1 --logger wandb
+    lightning-losses fit -c base.yaml -c mine.yaml     # several recipes, merged in order
+    lightning-losses fit --model.class_path my_pkg.MyNet --model.init_args.width 64 --data my_pkg.MyData
+    lightning-losses fit --config mine.yaml --ckpt_path last      # resume the newest checkpoint
+    lightning-losses validate|test|predict --config mine.yaml --ckpt_path best
     lightning-losses fit --print_config                # validate, show the resolved recipe and exit
     lightning-losses list losses                       # registered names (losses, schedules, callbacks)
-    lightning-losses compare configs/a.yaml configs/b.yaml --seeds 3 --out runs/compare
+    lightning-losses compare configs/a.yaml configs/b.yaml --seeds 3 --workers 2 --out runs/compare
 
 Overrides follow LightningCLI's conventions: ``--section.key value`` or ``--section.key=value`` (``key=value``
-without dashes works too). Bad input exits with status 2 and a one-line ``error:`` message, no traceback; an error
+without dashes works too); ``--model.key`` sets ``model.init_args.key`` of a model given by ``class_path``.
+Bad input exits with status 2 and a one-line ``error:`` message, no traceback; an error
 raised while training exits with status 1, also in one line (set ``LIGHTNING_LOSSES_TRACEBACK=1`` to see the
 traceback).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
+from lightning_losses._cli_parser import SUBCOMMANDS, UsageError, build_parser
+from lightning_losses._validation import suggest
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.runner import run_fit  # moved to lightning_losses.runner; re-exported here
+from lightning_losses.runner import run, run_fit  # re-exported here
 
-__all__ = ["main", "parse_overrides", "run_fit"]
+__all__ = ["build_parser", "main", "parse_overrides", "run", "run_fit"]
 
 
 def parse_overrides(args: Sequence[str]) -> list[str]:
@@ -67,47 +72,25 @@ def _list(what: str) -> list[str]:
     return tables[what]()
 
 
-class _UsageError(Exception):
-    """An argument the parser rejects (reported in one line, exit status 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """``argparse`` that reports a bad argument in one line (no usage block) and lets :func:`main` exit."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise _UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="lightning-losses",
-        description="Train the offline digits demo with a lightning_losses recipe and print a results table.",
-        epilog="Overrides: --section.key value (e.g. --trainer.devices 2 --trainer.strategy ddp).",
-    )
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    fit = sub.add_parser("fit", help="train, test and print results (the default command)")
-    fit.add_argument("--config", "-c", help="recipe YAML (merged onto the embedded default)")
-    fit.add_argument("--logger", help="csv | wandb | none, or a mapping such as '{name: wandb, project: p}'")
-    fit.add_argument("--print_config", action="store_true", help="validate, print the resolved recipe and exit")
-    cmp = sub.add_parser("compare", help="train several recipes over several seeds; table of mean and std + plot")
-    cmp.add_argument("recipes", nargs="+", help="recipe paths (label them with name=path)")
-    cmp.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
-    cmp.add_argument("--metrics", default="test/acc,test/nll", help="comma-separated result keys")
-    cmp.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
-    lst = sub.add_parser("list", help="list registered components")
-    lst.add_argument("what", nargs="?", default="losses")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-losses`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("fit", "list", "compare", "-h", "--help"):
+    commands = (*SUBCOMMANDS, "compare", "list")
+    if argv and argv[0] not in commands and not argv[0].startswith("-") and "=" not in argv[0]:
+        valid = ", ".join(f"`{c}`" for c in commands)
+        print(
+            f"lightning-losses: error: unknown command `{argv[0]}`{suggest(argv[0], commands)} Commands: {valid}",
+            file=sys.stderr,
+        )
+        return 2
+    if not argv or argv[0] not in (*commands, "-h", "--help", "--version"):
         argv = ["fit", *argv]
-    parser = build_parser()
+    import lightning_losses
+
+    parser = build_parser(lightning_losses.__version__)
     try:
         args, rest = parser.parse_known_args(argv)
-    except _UsageError as err:
+    except UsageError as err:
         print(f"lightning-losses: error: {err}", file=sys.stderr)
         return 2
     try:
@@ -121,21 +104,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lightning_losses.compare import compare
 
             metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-            compare(args.recipes, seeds=args.seeds, metrics=metrics, overrides=overrides, out=args.out)
+            compare(
+                args.recipes,
+                seeds=args.seeds,
+                metrics=metrics,
+                overrides=overrides,
+                out=args.out,
+                workers=args.workers,
+                wandb=args.wandb,
+            )
             return 0
         if args.logger:
             overrides.append(f"logger={args.logger}")
         if args.print_config:
             from omegaconf import OmegaConf
 
+            from lightning_losses._checkpoints import resolve_ckpt_path
             from lightning_losses.config import build_run, load_recipe
 
             cfg = load_recipe(args.config, overrides)
+            resolve_ckpt_path(args.ckpt_path, cfg.trainer.get("default_root_dir", "runs"))
             logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no Trainer banner around the YAML
             build_run(cfg)  # validated as `fit` would, before printing: nothing trains
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
-        run_fit(args.config, overrides)
+        run(args.command, args.config, overrides, ckpt_path=args.ckpt_path)
     except ConfigurationError as err:
         print(f"lightning-losses: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

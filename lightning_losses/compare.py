@@ -1,20 +1,24 @@
 """``lightning-losses compare``: train several recipes over several seeds and tabulate mean and std.
 
-Each recipe runs once per seed with ``seed`` and ``data.seed`` set to that seed (so model initialisation, data order,
-split and any label noise all vary), the progress bar off and no logger. Every file a run writes (its
-``results.json``, checkpoints) goes under ``OUT/<recipe>/seed<k>/`` (its ``trainer.default_root_dir``); the summary
-goes to ``OUT/results.json``, a Markdown table to stdout and ``OUT/table.md``, and a bar chart with standard-deviation
-error bars to ``OUT/compare.png`` (matplotlib, if installed).
+Recipes are any recipes ``lightning-losses fit`` takes (the demo, or a model and data by import path). Each runs once
+per seed with ``seed`` set to that seed, and ``data.seed`` too where the datamodule takes one (so model
+initialisation, data order, split and any label noise all vary), the progress bar off. Every file a run writes goes
+under ``OUT/<recipe>/seed<k>/`` (its ``trainer.default_root_dir``): ``metrics.csv`` (a ``CSVLogger`` writing there
+directly), ``config.yaml``, ``results.json``, ``checkpoints/`` and, with ``wandb=True``, an offline W&B run in the
+group named after ``OUT``. The summary goes to ``OUT/results.json``, a Markdown table to stdout and ``OUT/table.md``,
+and a bar chart with standard-deviation error bars to ``OUT/compare.png``. ``workers > 1`` runs that many trainings
+at once, each in its own process (with ``OMP_NUM_THREADS`` unset, each process gets ``cores // workers`` threads).
 
 Example::
 
-    lightning-losses compare configs/noisy_labels.yaml configs/noisy/gce.yaml --seeds 3 --out runs/compare
+    lightning-losses compare configs/noisy_labels.yaml configs/noisy/gce.yaml --seeds 3 --workers 2 --out runs/compare
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -27,7 +31,7 @@ from lightning_losses.errors import ConfigurationError
 
 __all__ = ["compare", "format_table", "summarize"]
 
-QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]], metrics: Sequence[str]) -> dict[str, dict[str, tuple]]:
@@ -85,6 +89,56 @@ def _plot(summary: dict[str, dict[str, tuple]], metric: str, path: Path) -> bool
     return True
 
 
+def _loggers(root: Path, group: str, name: str, seed: int, wandb: bool) -> str:
+    """The ``logger`` override of one run: a CSVLogger writing ``metrics.csv`` into ``root`` (+ offline W&B)."""
+    csv = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": str(root), "name": "", "version": ""},
+    }
+    loggers: list = [csv]
+    if wandb:
+        loggers.append(
+            {
+                "name": "wandb",
+                "offline": True,
+                "group": group,
+                "job_type": name,
+                "tags": [name, f"seed{seed}"],
+                "save_dir": str(root),
+            }
+        )
+    return f"logger={json.dumps(loggers)}"
+
+
+def _takes_seed(path: str, overrides: Sequence[str]) -> bool:
+    """Whether the recipe's datamodule takes a ``seed`` argument (the demo's does)."""
+    import inspect
+
+    from lightning_losses._classpath import has_class_path, import_class, split_class_spec
+    from lightning_losses.config import load_recipe
+
+    data = load_recipe(path, overrides).get("data")
+    if data is None:
+        return False
+    if not has_class_path(data):
+        return True
+    cls = import_class(split_class_spec(data, "data")[0], "data.class_path")
+    return "seed" in inspect.signature(cls.__init__).parameters
+
+
+def _one_run(path: str, overrides: list[str], threads: int | None) -> dict[str, Any]:
+    """One training (in this process, or in a worker process of ``compare(workers > 1)``)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    start = time.perf_counter()
+    result = runner.run_fit(path, overrides, print_results=False)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
 def compare(
     recipes: Sequence[str],
     *,
@@ -92,6 +146,8 @@ def compare(
     metrics: Sequence[str] = ("test/acc", "test/nll"),
     overrides: Sequence[str] = (),
     out: str | Path = "runs/compare",
+    workers: int = 1,
+    wandb: bool = False,
 ) -> dict[str, dict[str, tuple]]:
     """Run every recipe for ``seeds`` seeds (0, 1, ...) and return the summary (also written under ``out``).
 
@@ -101,8 +157,11 @@ def compare(
         metrics: result keys to tabulate (the first one is plotted).
         overrides: dot-list overrides applied to every run.
         out: output folder; run ``k`` of recipe ``name`` writes under ``out/name/seed{k}``.
+        workers: trainings run at once, each in its own process (1: one after the other, in this process).
+        wandb: also log every run to offline W&B, in one group named after ``out``.
     """
     check_int("seeds", seeds, low=1)
+    check_int("workers", workers, low=1)
     if not recipes:
         raise ConfigurationError("`compare` needs at least one recipe path")
     named: dict[str, str] = {}
@@ -122,40 +181,63 @@ def compare(
     from lightning_losses.config import build_run, load_recipe
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    group = Path(out).resolve().name
+    seeded: dict[str, bool] = {}
 
     def run_overrides(name: str, seed: int) -> list[str]:  # every file of the run under out/name/seed{seed}
         root = Path(out) / name / f"seed{seed}"
+        data_seed = [f"data.seed={seed}"] if seeded[name] else []
         return [
             *overrides,
             *QUIET,
+            _loggers(root, group, name, seed, wandb),
             f"seed={seed}",
-            f"data.seed={seed}",
+            *data_seed,
             f"trainer.default_root_dir={json.dumps(str(root))}",
         ]
 
     for name, path in named.items():  # every recipe is checked before the first one trains
         try:
+            seeded[name] = _takes_seed(path, overrides)
             build_run(load_recipe(path, run_overrides(name, 0)))
         except ConfigurationError as err:
             raise ConfigurationError(f"recipe `{name}` ({path}): {err}") from None
+    # seeds outermost: interleaved, so machine drift hits every recipe alike
+    jobs = [(name, seed) for seed in range(seeds) for name in named]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in named}
-    for seed in range(seeds):  # seeds outermost: interleaved, so machine drift hits every recipe alike
-        for name, path in named.items():
-            start = time.perf_counter()
-            result = runner.run_fit(path, run_overrides(name, seed), print_results=False)
-            result["seconds"] = time.perf_counter() - start
-            unknown = [m for m in metrics if m not in result]
-            if unknown:
-                known = ", ".join(f"`{k}`" for k in sorted(result))
-                raise ConfigurationError(
-                    f"unknown metric(s) {', '.join(f'`{m}`' for m in unknown)}; a run gives {known}"
-                )
-            runs[name].append(result)
-            print(
-                f"[compare] {name} seed={seed}: "
-                + ", ".join(f"{m}={result.get(m, float('nan')):.4f}" for m in metrics),
-                flush=True,
-            )
+
+    def record(name: str, seed: int, result: dict[str, Any]) -> None:
+        unknown = [m for m in metrics if m not in result]
+        if unknown:
+            known = ", ".join(f"`{k}`" for k in sorted(result))
+            raise ConfigurationError(f"unknown metric(s) {', '.join(f'`{m}`' for m in unknown)}; a run gives {known}")
+        result["seed"] = seed
+        root = Path(out) / name / f"seed{seed}"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "results.json").write_text(json.dumps(result, indent=2, default=str))
+        runs[name].append(result)
+        print(
+            f"[compare] {name} seed={seed}: " + ", ".join(f"{m}={result.get(m, float('nan')):.4f}" for m in metrics),
+            flush=True,
+        )
+
+    if workers == 1:
+        for name, seed in jobs:
+            record(name, seed, _one_run(named[name], run_overrides(name, seed), None))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [
+                (name, seed, pool.submit(_one_run, named[name], run_overrides(name, seed), threads))
+                for name, seed in jobs
+            ]
+            for name, seed, future in futures:
+                record(name, seed, future.result())
+    for results in runs.values():
+        results.sort(key=lambda r: r["seed"])
     summary = summarize(runs, metrics)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

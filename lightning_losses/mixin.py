@@ -149,6 +149,10 @@ class LossesMixin:
         self.__dict__["objective_output"] = out  # plain attribute: skip nn.Module.__setattr__ on the hot path
         # Lightning allows no logging in predict
         if attached and stage != "predict" and not self.objective_logging_suppressed:
+            muted = state.get("_ll_sync_warning_muted")
+            if not training and (muted is None or stage not in muted):
+                _mute_sync_dist_warning([_LOSS_KEYS[stage], *(f"{stage}/{k}" for k in out.terms)])
+                state["_ll_sync_warning_muted"] = {stage, *(muted or ())}
             options = {"on_step": training, "on_epoch": not training, "batch_size": out.size or 1}
             if len(out.terms) == 1 and next(iter(out.terms.values())) is out.value:  # the term is the loss: log it once
                 self.log(_LOSS_KEYS[stage], out.value, sync_dist=False, **options)
@@ -173,6 +177,21 @@ class LossesMixin:
         if state.get("_ll_check_loss") and optimizer_closure is not None:
             optimizer_closure = _loss_checked(self, optimizer_closure)
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
+
+
+def _mute_sync_dist_warning(names: list[str]) -> None:
+    """Silence Lightning's "It is recommended to use `self.log(name, ..., sync_dist=True)`" for these exact names.
+
+    The mixin's epoch-level values are global already (every rank computes the same value from all-reduced sums),
+    so syncing them again would cost collectives and change nothing; Lightning cannot know that and warns at every
+    evaluation epoch end under DDP. Only these names are silenced (a user's own unsynced logs still warn); called in
+    each process (the first evaluation step there), since spawned ranks do not inherit the parent's filters.
+    """
+    import re
+    import warnings
+
+    for name in names:
+        warnings.filterwarnings("ignore", message=re.escape(f"It is recommended to use `self.log({name!r}, ..., "))
 
 
 def _check_optimizer_step(cls: type, plugin: Any) -> None:

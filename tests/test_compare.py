@@ -101,3 +101,35 @@ def test_compare_rejects_an_unknown_metric_after_the_first_run(tmp_path):
     tiny += ["trainer.limit_test_batches=1", f"trainer.default_root_dir={tmp_path}"]
     with pytest.raises(ConfigurationError, match=r"^unknown metric\(s\) `test/nope`; a run gives .*`test/acc`"):
         compare([str(CONFIGS / "default.yaml")], seeds=1, metrics=["test/nope"], overrides=tiny, out=str(tmp_path))
+
+
+def test_compare_in_parallel_processes_with_wandb_keeps_every_file_under_out(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from tests.helpers.wandb_reader import finished_run_files, read_records
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    own = tmp_path / "own.yaml"
+    own.write_text(
+        "model: {class_path: tests.helpers.own_model.OwnNet}\n"
+        "data: {class_path: tests.helpers.own_model.TinyData, init_args: {seed: 0}}\n"
+    )
+    out = tmp_path / "cmp"
+    tiny = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    argv = ["compare", f"ce={CONFIGS / 'default.yaml'}", str(own), "--seeds", "2", "--workers", "2", "--wandb"]
+    assert main([*argv, "--metrics", "test/loss", "--out", str(out), *tiny]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp", "own.yaml"]  # nothing outside `--out`
+    for name in ("ce", "own"):
+        for seed in (0, 1):
+            run_dir = out / name / f"seed{seed}"
+            (metrics,) = run_dir.glob("**/metrics.csv")  # the contract with lightning_losses.report
+            assert metrics.parent == run_dir and "test/loss" in metrics.read_text().splitlines()[0]
+            assert json.loads((run_dir / "results.json").read_text())["seed"] == seed
+            assert (run_dir / "config.yaml").is_file()
+    own_losses = [r["test/loss"] for r in json.loads((out / "results.json").read_text())["runs"]["own"]]
+    assert own_losses[0] != own_losses[1]  # `data.seed` reaches a user's datamodule that takes one
+    files = finished_run_files(out)
+    assert len(files) == 4
+    groups = {r.run.run_group for f in files for r in read_records(f) if r.WhichOneof("record_type") == "run"}
+    assert groups == {"cmp"}

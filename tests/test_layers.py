@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
         "foundation",
         (
             "errors",
+            "_cli_parser",
             "_compat",
             "_validation",
             "registry",
@@ -51,9 +52,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
     ("objective", ("_objective_spec", "_objective_reduce", "objective", "mixin")),
     ("callback base", ("callbacks", "diagnostics")),
     ("callback pillars", ("reweighting", "perturbation", "entropy")),
-    ("recipes", ("_recipe_checks", "_loggers", "config", "demo", "recipes")),
+    (
+        "recipes",
+        ("_recipe_checks", "_classpath", "_checkpoints", "_loggers", "_recipe_build", "config", "demo", "recipes"),
+    ),
     ("package", ("",)),  # lightning_losses/__init__.py
-    ("commands", ("runner", "compare", "cli")),
+    ("commands", ("_save_recipe", "runner", "compare", "cli")),
 ]
 
 PILLARS = ("losses", "reweighting", "perturbation", "entropy")

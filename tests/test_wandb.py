@@ -44,6 +44,8 @@ def test_wandb_offline_run_holds_logged_metrics(tmp_path, monkeypatch):
     assert configs, "the recipe's hyperparameters reach the W&B config"
     keys = {u.key for c in configs for u in c.config.update}
     assert "objective" in keys or any("objective" in k for k in keys), keys
+    # the whole resolved recipe, not only the model's arguments
+    assert {"data", "trainer", "callbacks", "objective", "seed", "versions", "logger"} <= keys, keys
 
 
 def test_history_reader_rejects_other_files(tmp_path):
