@@ -15,6 +15,7 @@ from collections.abc import Callable
 from lightning_losses import functional
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, build_callbacks, list_callbacks
 from lightning_losses.config import build_run, load_recipe
+from lightning_losses.curvature import CurvatureMonitor
 from lightning_losses.entropy import (
     CalibrationMonitor,
     EntropyControl,
@@ -113,4 +114,11 @@ __all__ = [
     "perturbed_backward",
     "register_preset",
 ]
-__all__ += ["CalibrationMonitor", "EntropyControl", "EntropyController", "TemperatureScaling", "Tent"]
+__all__ += [
+    "CalibrationMonitor",
+    "CurvatureMonitor",
+    "EntropyControl",
+    "EntropyController",
+    "TemperatureScaling",
+    "Tent",
+]
