@@ -12,6 +12,7 @@ from lightning_losses.losses.binary import BCE
 from lightning_losses.losses.classification import CrossEntropy, Focal
 from lightning_losses.losses.distillation import KD, PLD
 from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimization, EntropyTerm
+from lightning_losses.losses.environment import CORAL, IRMv1, VREx
 from lightning_losses.losses.families import (
     BinaryLoss,
     DistillationLoss,
@@ -46,6 +47,9 @@ from lightning_losses.losses.surrogates import OVR, CompSum, Poly1, PolyFocal, S
 from lightning_losses.losses.token import DCO, EMO, MixCE, TokenCrossEntropy
 
 __all__ = [
+    "CORAL",
+    "IRMv1",
+    "VREx",
     "AnyLoss",
     "APL",
     "Asymmetric",
