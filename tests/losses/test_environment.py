@@ -194,3 +194,19 @@ def test_two_processes_equal_one_process_on_the_global_batch(ddp):
             torch.testing.assert_close(out[name][0], value.detach(), msg=name)
             rows = slice(0, cut) if rank == 0 else slice(cut, None)
             torch.testing.assert_close(out[name][1], grad[rows], msg=name)
+
+
+def test_demo_model_passes_penultimate_features_to_coral():
+    from lightning_losses.demo import DigitsClassifier
+
+    torch.manual_seed(0)
+    plain = DigitsClassifier(num_features=74, hidden_dim=8, dropout=0.0)
+    assert not plain.wants_embeddings() and "embeddings" not in plain.objective_tensors(torch.zeros(2, 10), {})
+    model = DigitsClassifier(
+        num_features=74, hidden_dim=8, dropout=0.0, objective={"cross_entropy": {}, "coral": {"num_groups": 2}}
+    )
+    batch = {"x": torch.randn(6, 74), "target": torch.arange(6), "group": torch.tensor([0, 1, 0, 1, 0, 1])}
+    tensors = model.objective_tensors(model(batch["x"]), batch)
+    torch.testing.assert_close(tensors["embeddings"], model.net[:-1](batch["x"]))
+    model.loss_from_batch(model(batch["x"]), batch).backward()
+    assert model.net[0].weight.grad is not None
