@@ -211,3 +211,21 @@ def test_two_processes_equal_one_process_on_the_probe(ddp):
         assert set(out) == set(single)
         for key in single:
             torch.testing.assert_close(out[key], single[key], msg=key)
+
+
+def _ddp_probe(batches):
+    import torch.distributed as dist
+
+    cb = ll.CurvatureMonitor(probe_size=5)
+    cb._take_probe(batches[dist.get_rank()])
+    return cb.probe
+
+
+@pytest.mark.ddp
+def test_probe_is_the_global_batch_on_every_rank(ddp):
+    batches = [{"x": torch.randn(3, 2), "target": torch.arange(3)}, {"x": torch.randn(4, 2), "target": torch.arange(4)}]
+    probes = ddp.run(_ddp_probe, batches)
+    expected = torch.cat([batches[0]["x"], batches[1]["x"]])[:5]
+    for probe in probes:
+        torch.testing.assert_close(probe["x"], expected)
+        assert probe["target"].tolist() == [0, 1, 2, 0, 1]
