@@ -229,3 +229,16 @@ def test_probe_is_the_global_batch_on_every_rank(ddp):
     for probe in probes:
         torch.testing.assert_close(probe["x"], expected)
         assert probe["target"].tolist() == [0, 1, 2, 0, 1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_measure_on_cuda_equals_cpu():
+    batch = next(iter(DigitsDataModule(batch_size=16).train_dataloader()))
+    cb = ll.CurvatureMonitor(probe_size=16, power_iters=30, tol=0.0, hutchinson_samples=3)
+    cb._take_probe(batch)
+    model = _model().double()
+    cb.probe = {k: v.double() if v.is_floating_point() else v for k, v in cb.probe.items()}
+    cpu = cb.measure(model, step=1)
+    cuda = cb.measure(model.cuda(), step=1)
+    for key in cpu:
+        torch.testing.assert_close(cuda[key], cpu[key], rtol=1e-6, atol=1e-8, msg=key)
