@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from lightning_losses import distributed
 from lightning_losses._validation import check_choice, check_int
-from lightning_losses._validation.tensors import not_ignored, shape_str
+from lightning_losses._validation.tensors import not_ignored, shape_str, upcast_half
 from lightning_losses.functional import environment as EF
 from lightning_losses.losses.base import LOSSES, Loss
 
@@ -104,6 +104,7 @@ class IRMv1(_RiskPenalty):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         num_groups, mask = self._inputs(logits, target, group)
+        logits = upcast_half(logits)
         return EF.irm_v1_penalty(logits, target, group, num_groups, mask).to(logits.dtype)
 
 
@@ -136,7 +137,9 @@ class VREx(_RiskPenalty):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         num_groups, mask = self._inputs(logits, target, group)
-        return EF.vrex_penalty(EF.per_sample_risk(logits, target), group, num_groups, mask).to(logits.dtype)
+        logits = upcast_half(logits)
+        risk = EF.per_sample_risk(logits, target)
+        return EF.vrex_penalty(risk, group, num_groups, mask).to(logits.dtype)
 
 
 @LOSSES.register("coral", aliases=("causirl_coral",))
@@ -181,4 +184,4 @@ class CORAL(_EnvironmentPenalty):
             cut = torch.full((num_groups,), 0.5, dtype=torch.float64)
         else:
             cut = torch.rand(num_groups, dtype=torch.float64)
-        return EF.coral_penalty(embeddings, group, num_groups, cut).to(embeddings.dtype)
+        return EF.coral_penalty(embeddings, group, num_groups, cut).to(upcast_half(embeddings).dtype)

@@ -210,3 +210,12 @@ def test_demo_model_passes_penultimate_features_to_coral():
     torch.testing.assert_close(tensors["embeddings"], model.net[:-1](batch["x"]))
     model.loss_from_batch(model(batch["x"]), batch).backward()
     assert model.net[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("name", ["irm_v1", "vrex"])
+def test_half_logits_are_computed_in_float32(name):
+    logits, target, group, _ = _data()
+    loss = ll.build_loss(name, num_groups=3)
+    half = loss(logits=logits.to(torch.bfloat16), target=target, group=group)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, loss(logits=logits.to(torch.bfloat16).float(), target=target, group=group))
