@@ -31,19 +31,19 @@ and one forward for the logits; 0 on the other steps. The README gives the measu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 from typing_extensions import override
 
 from lightning_losses import distributed
 from lightning_losses._validation import check_bool, check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS
+from lightning_losses.curvature.probe import FunctionModule, num_rows, rows, sum_over_ranks
 from lightning_losses.diagnostics import log_scalars
 from lightning_losses.entropy._batch import ForwardFn, batch_logits, batch_target, check_forward_args, check_target_key
 from lightning_losses.errors import ConfigurationError
@@ -59,53 +59,6 @@ def _check_callable(name: str, fn: Any, signature: str) -> Any:
     if fn is not None and not callable(fn):
         raise ConfigurationError(f"`{name}` must be callable as {signature}, got {fn!r}")
     return fn
-
-
-def _rows(batch: Any, select: Callable[[torch.Tensor], torch.Tensor], keep_scalars: bool = False) -> Any:
-    """``batch`` with ``select`` applied to every tensor that has the batch's leading dimension (others dropped;
-    ``keep_scalars``: 0-d tensors too, as one sample's entries are inside ``vmap``)."""
-
-    def keep(v: Any) -> bool:
-        return isinstance(v, torch.Tensor) and (keep_scalars or v.ndim > 0)
-
-    if isinstance(batch, torch.Tensor):
-        return select(batch)
-    if isinstance(batch, Mapping):
-        return {k: select(v) for k, v in batch.items() if keep(v)}
-    if isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
-        return [select(v) for v in batch if keep(v)]
-    raise TypeError(f"CurvatureMonitor cannot take a probe from a batch of type {type(batch).__name__}")
-
-
-def _num_rows(batch: Any) -> int:
-    first = (
-        batch if isinstance(batch, torch.Tensor) else next(iter(batch.values() if isinstance(batch, dict) else batch))
-    )
-    return int(first.shape[0])
-
-
-def _sum_over_ranks(tensors: Sequence[torch.Tensor], op: Any = None) -> list[torch.Tensor]:
-    """The tensors summed (or ``op``-reduced) over the data-parallel group, in one flat collective."""
-    if not distributed.is_distributed():
-        return list(tensors)
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
-    dist.all_reduce(flat, op=op or dist.ReduceOp.SUM, group=distributed.data_parallel_group())
-    out, start = [], 0
-    for t in tensors:
-        out.append(flat[start : start + t.numel()].reshape(t.shape).to(t.dtype))
-        start += t.numel()
-    return out
-
-
-class _Wrapped(nn.Module):
-    """``fn(module, batch)`` as a module, so ``torch.func.functional_call`` can swap ``module``'s parameters."""
-
-    def __init__(self, module: nn.Module, fn: Callable[[Any, Any], torch.Tensor]) -> None:
-        super().__init__()
-        self.module, self.fn = module, fn
-
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.fn(self.module, batch)
 
 
 @CALLBACKS.register("curvature_monitor", aliases=("curvature",))
@@ -182,10 +135,10 @@ class CurvatureMonitor(L.Callback):
     # ------------------------------------------------------------------ probe
     def _take_probe(self, batch: Any) -> None:
         """The first ``probe_size`` rows of the global batch (gathered over ranks, identical on every rank)."""
-        local = _rows(batch, lambda t: t.detach())
+        local = rows(batch, lambda t: t.detach())
         with torch.no_grad():
-            gathered = _rows(local, distributed.all_gather_with_grad)
-        self.probe = _rows(gathered, lambda t: t[: self.probe_size].cpu())
+            gathered = rows(local, distributed.all_gather_with_grad)
+        self.probe = rows(gathered, lambda t: t[: self.probe_size].cpu())
 
     def _logits(self, module: Any, batch: Any) -> torch.Tensor:
         return batch_logits(module, batch, self.input_key, self.forward_fn)
@@ -203,8 +156,8 @@ class CurvatureMonitor(L.Callback):
             raise ConfigurationError("CurvatureMonitor has no probe batch yet: it is taken from the first train batch")
         device = next(pl_module.parameters()).device
         world, rank = distributed.world_size(), distributed.rank()
-        n = _num_rows(self.probe)
-        batch = _rows(self.probe, lambda t: t[rank::world].to(device))
+        n = num_rows(self.probe)
+        batch = rows(self.probe, lambda t: t[rank::world].to(device))
         params = [p for p in pl_module.parameters() if p.requires_grad]
         modes = {m: m.training for m in pl_module.modules()}
         pl_module.eval()
@@ -229,7 +182,7 @@ class CurvatureMonitor(L.Callback):
         local_hvp = C.hessian_vector_product(loss, params)
 
         def hvp(v: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-            return _sum_over_ranks(local_hvp(v))
+            return sum_over_ranks(local_hvp(v))
 
         generator = torch.Generator().manual_seed(self.seed + step)
         value, _, used = C.power_iteration(hvp, params, iters=self.power_iters, tol=self.tol, generator=generator)
@@ -243,19 +196,19 @@ class CurvatureMonitor(L.Callback):
     def _coherence(self, module: Any, batch: Any, params: list[torch.Tensor], n: int) -> dict[str, torch.Tensor]:
         from torch.func import functional_call, grad, vmap
 
-        wrapped = _Wrapped(module, lambda m, b: self._losses(m, b).sum())
+        wrapped = FunctionModule(module, lambda m, b: self._losses(m, b).sum())
         names = [name for name, p in wrapped.named_parameters() if p.requires_grad]
         values = {name: p.detach() for name, p in wrapped.named_parameters() if p.requires_grad}
         frozen = {name: p for name, p in wrapped.named_parameters() if not p.requires_grad}
         buffers = {**dict(wrapped.named_buffers()), **frozen}
 
         def one(p: dict[str, torch.Tensor], sample: Any) -> torch.Tensor:
-            single = _rows(sample, lambda t: t.unsqueeze(0), keep_scalars=True)
+            single = rows(sample, lambda t: t.unsqueeze(0), keep_scalars=True)
             return functional_call(wrapped, (p, buffers), (single,))
 
         per_sample = vmap(grad(one), in_dims=(None, 0))(values, batch)
         flat = torch.cat([per_sample[name].reshape(per_sample[name].shape[0], -1).double() for name in names], 1)
-        total, sq = _sum_over_ranks([flat.sum(0), flat.pow(2).sum()])
+        total, sq = sum_over_ranks([flat.sum(0), flat.pow(2).sum()])
         mean_sq = sq / n
         return {
             "curvature/grad_norm": (total / n).norm(),
@@ -268,14 +221,14 @@ class CurvatureMonitor(L.Callback):
         for logps in (chosen, rejected):
             g = torch.autograd.grad(logps.sum() / n, params, allow_unused=True, retain_graph=True)
             grads.append([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, params)])
-        g_w = _sum_over_ranks(grads[0])
-        g_l = _sum_over_ranks(grads[1])
+        g_w = sum_over_ranks(grads[0])
+        g_l = sum_over_ranks(grads[1])
         return C.cosine(g_w, g_l)
 
     def _health(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         h = C.logit_health(logits)
-        count, norm, top, collapsed = _sum_over_ranks([h["count"], h["norm_sum"], h["max_softmax_sum"], h["collapsed"]])
-        (max_logit,) = _sum_over_ranks([h["max_logit"]], op=dist.ReduceOp.MAX if distributed.is_distributed() else None)
+        count, norm, top, collapsed = sum_over_ranks([h["count"], h["norm_sum"], h["max_softmax_sum"], h["collapsed"]])
+        (max_logit,) = sum_over_ranks([h["max_logit"]], op=dist.ReduceOp.MAX if distributed.is_distributed() else None)
         count = count.clamp_min(1.0)
         return {
             "logit_health/max_logit": max_logit,
