@@ -242,3 +242,17 @@ def test_measure_on_cuda_equals_cpu():
     cuda = cb.measure(model.cuda(), step=1)
     for key in cpu:
         torch.testing.assert_close(cuda[key], cpu[key], rtol=1e-6, atol=1e-8, msg=key)
+
+
+def test_loss_fn_must_return_per_sample_losses():
+    batch = next(iter(DigitsDataModule(batch_size=8).train_dataloader()))
+    mean_loss = ll.CurvatureMonitor(loss_fn=lambda m, b: F.cross_entropy(m(b["x"]), b["target"]))
+    mean_loss._take_probe(batch)
+    with pytest.raises(ValueError, match=r"`loss_fn` must return per-sample losses \[N\], got shape \[\]"):
+        mean_loss.measure(_model())
+    per_sample = ll.CurvatureMonitor(loss_fn=lambda m, b: F.cross_entropy(m(b["x"]), b["target"], reduction="none"))
+    per_sample._take_probe(batch)
+    default = ll.CurvatureMonitor()
+    default._take_probe(batch)
+    model = _model()
+    torch.testing.assert_close(per_sample.measure(model), default.measure(model))

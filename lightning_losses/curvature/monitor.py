@@ -145,7 +145,11 @@ class CurvatureMonitor(L.Callback):
 
     def _losses(self, module: Any, batch: Any) -> torch.Tensor:
         if self.loss_fn is not None:
-            return self.loss_fn(module, batch)
+            out = self.loss_fn(module, batch)
+            if not isinstance(out, torch.Tensor) or out.ndim != 1:
+                got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"`loss_fn` must return per-sample losses [N], got {got}")
+            return out
         logits = self._logits(module, batch)
         return F.cross_entropy(logits.float(), batch_target(batch, self.target_key), reduction="none")
 
