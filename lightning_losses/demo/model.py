@@ -102,7 +102,12 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
             logits = self.net[-1](embeddings)
         else:
             logits = self(batch["x"])
-        loss = self.loss_from_batch(logits, batch, embeddings)
+        # (subclasses may override `loss_from_batch(logits, batch)` without `embeddings`)
+        loss = (
+            self.loss_from_batch(logits, batch)
+            if embeddings is None
+            else self.loss_from_batch(logits, batch, embeddings)
+        )
         if not self.objective_logging_suppressed:
             acc = self.accuracy[stage + "_"]
             acc(logits.detach(), batch["target"])

@@ -219,3 +219,18 @@ def test_half_logits_are_computed_in_float32(name):
     half = loss(logits=logits.to(torch.bfloat16), target=target, group=group)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, loss(logits=logits.to(torch.bfloat16).float(), target=target, group=group))
+
+
+def test_demo_step_still_calls_a_two_argument_loss_from_batch_override():
+    """``bench/overhead.py`` overrides ``loss_from_batch(self, logits, batch)``: without an embeddings term, the demo's
+    step calls it with two arguments."""
+    from lightning_losses.demo import DigitsClassifier
+
+    class Plain(DigitsClassifier):
+        def loss_from_batch(self, logits, batch):
+            return F.cross_entropy(logits, batch["target"])
+
+    model = Plain(hidden_dim=8)
+    model.log = lambda *args, **kwargs: None
+    batch = {"x": torch.randn(4, 64), "target": torch.tensor([0, 1, 2, 3])}
+    assert model._step(batch, "train").ndim == 0
