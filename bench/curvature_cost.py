@@ -69,6 +69,7 @@ def main() -> None:
     print(f"device={args.device} epochs={args.epochs} every_n_steps={args.every} repeats={args.repeats}")
     print(f"fit without monitor: {b:.2f} s (median), with: {m:.2f} s, ratio {m / b:.3f}")
     print(f"monitor runs per fit: {len(runs) // args.repeats}, one run: {1000 * per_run:.1f} ms (mean)")
+    print("runs (ms):", ", ".join(f"{1000 * r:.0f}" for r in runs))
 
 
 if __name__ == "__main__":
