@@ -1,6 +1,7 @@
 """Demo runs of sample reweighting on the offline digits data (3 seeds each), printed as a markdown table.
 
-* spurious digits (``data.spurious``): ERM vs ``group_dro``, worst-group and mean test accuracy, with plain
+* spurious digits (``data.spurious``): ERM vs ``group_dro`` (and, with plain shuffling, the environment penalties
+  ``irm_v1`` / ``vrex`` / ``coral`` over the same groups), worst-group and mean test accuracy, with plain
   shuffling, group-balanced oversampling (``data.sampler=balanced_groups``, the Group DRO paper's setting) and
   group-balanced subsampling (``data.sampler_mode=subsample``);
 * imbalanced digits (``data.imbalance``): ERM vs ``class_balanced`` / ``ema_class_loss``, balanced test accuracy.
@@ -21,8 +22,15 @@ import time
 
 from lightning_losses.runner import run_fit
 
+#: environment penalties (objective terms over the batch's groups), DomainBed-style anneal at step 100 of ~440
+PENALTIES = {
+    "irm_v1": "irm_v1: {num_groups: 2, coefficient: {name: step, value: 1.0, milestones: [100], gamma: 100.0}}",
+    "vrex": "vrex: {num_groups: 2, coefficient: {name: step, value: 1.0, milestones: [100], gamma: 10.0}}",
+    "coral": "coral: {num_groups: 2, coefficient: 1.0}",
+}
+
 SETUPS = {
-    "spurious": (["data.spurious=0.95"], "test/worst_group_acc", ["erm", "group_dro"]),
+    "spurious": (["data.spurious=0.95"], "test/worst_group_acc", ["erm", "group_dro", *PENALTIES]),
     # group-balanced sampling (oversampling, as Group DRO's --reweight_groups), with and without group DRO
     "spurious+balanced": (
         ["data.spurious=0.95", "data.sampler=balanced_groups"],
@@ -39,7 +47,12 @@ SETUPS = {
 
 
 def _run(overrides: list[str], strategy: str, seed: int, epochs: int) -> dict[str, float]:
-    callbacks = "callbacks={}" if strategy == "erm" else f"callbacks={{sample_reweighting: {{strategy: {strategy}}}}}"
+    if strategy in PENALTIES:
+        callbacks = f"objective={{cross_entropy: {{}}, {PENALTIES[strategy]}}}"
+    elif strategy == "erm":
+        callbacks = "callbacks={}"
+    else:
+        callbacks = f"callbacks={{sample_reweighting: {{strategy: {strategy}}}}}"
     common = [
         f"seed={seed}",
         f"trainer.max_epochs={epochs}",
@@ -57,11 +70,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--setups", nargs="+", default=list(SETUPS))
+    parser.add_argument("--strategies", nargs="+", default=None, help="only these strategies (default: all)")
     args = parser.parse_args()
     rows = []
     for setup in args.setups:
         overrides, key, strategies = SETUPS[setup]
         for strategy in strategies:
+            if args.strategies and strategy not in args.strategies:
+                continue
             start = time.perf_counter()
             results = [_run(overrides, strategy, s, args.epochs) for s in args.seeds]
             main_metric = [r[key] for r in results]

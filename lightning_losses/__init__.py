@@ -23,6 +23,7 @@ answer_help_or_version(__version__)
 from lightning_losses import functional
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, build_callbacks, list_callbacks
 from lightning_losses.config import build_run, load_recipe
+from lightning_losses.curvature import CurvatureMonitor
 from lightning_losses.entropy import (
     CalibrationMonitor,
     EntropyControl,
@@ -119,4 +120,11 @@ __all__ = [
     "perturbed_backward",
     "register_preset",
 ]
-__all__ += ["CalibrationMonitor", "EntropyControl", "EntropyController", "TemperatureScaling", "Tent"]
+__all__ += [
+    "CalibrationMonitor",
+    "CurvatureMonitor",
+    "EntropyControl",
+    "EntropyController",
+    "TemperatureScaling",
+    "Tent",
+]

@@ -51,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
     ("losses", ("losses",)),
     ("objective", ("_objective_spec", "_objective_reduce", "objective", "mixin")),
     ("callback base", ("callbacks", "diagnostics")),
-    ("callback pillars", ("reweighting", "perturbation", "entropy")),
+    ("callback pillars", ("reweighting", "perturbation", "entropy", "curvature")),
     (
         "recipes",
         ("_recipe_checks", "_classpath", "_checkpoints", "_loggers", "_recipe_build", "config", "demo", "recipes"),

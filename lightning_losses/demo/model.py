@@ -96,8 +96,18 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         return self.net(x)
 
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["x"])
-        loss = self.loss_from_batch(logits, batch)
+        embeddings = None
+        if self.wants_embeddings():  # one pass: the penultimate features, then the last layer
+            embeddings = self.net[:-1](batch["x"])
+            logits = self.net[-1](embeddings)
+        else:
+            logits = self(batch["x"])
+        # (subclasses may override `loss_from_batch(logits, batch)` without `embeddings`)
+        loss = (
+            self.loss_from_batch(logits, batch)
+            if embeddings is None
+            else self.loss_from_batch(logits, batch, embeddings)
+        )
         if not self.objective_logging_suppressed:
             acc = self.accuracy[stage + "_"]
             acc(logits.detach(), batch["target"])
@@ -113,13 +123,31 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
                 self.group_accuracy[stage].update(logits.detach(), batch["target"], batch["group"])
         return loss
 
-    def objective_tensors(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """What the objective is given: ``logits`` plus the batch's ``target``, ``index`` and ``group``."""
-        return {"logits": logits, **{k: v for k, v in batch.items() if k in ("target", "index", "group")}}
+    def wants_embeddings(self) -> bool:
+        """Whether a term of the objective reads ``embeddings`` (e.g. ``coral``): then the penultimate features are
+        passed under that name (cached per objective: checked once, not every step)."""
+        objective = self.objective
+        cached = self.__dict__.get("_wants_embeddings")
+        if cached is None or cached[0] is not objective:
+            wants = any(t.source(a) == "embeddings" for t in objective.terms for a in sum(t.loss.input_names(), ()))
+            cached = self.__dict__["_wants_embeddings"] = (objective, wants)
+        return cached[1]
 
-    def loss_from_batch(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def objective_tensors(
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor], embeddings: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """What the objective is given: ``logits`` plus the batch's ``target``, ``index`` and ``group``, and the
+        penultimate features ``embeddings`` when a term reads them (computed from ``batch["x"]`` if not given)."""
+        out = {"logits": logits, **{k: v for k, v in batch.items() if k in ("target", "index", "group")}}
+        if self.wants_embeddings():
+            out["embeddings"] = self.net[:-1](batch["x"]) if embeddings is None else embeddings
+        return out
+
+    def loss_from_batch(
+        self, logits: torch.Tensor, batch: dict[str, torch.Tensor], embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The objective on this batch (:meth:`objective_tensors`)."""
-        return self.compute_loss(**self.objective_tensors(logits, batch))
+        return self.compute_loss(**self.objective_tensors(logits, batch, embeddings))
 
     def group_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         """This epoch's ``{stage}/acc_group{g}`` for every group seen (on any rank) and ``{stage}/worst_group_acc``;

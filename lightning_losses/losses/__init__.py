@@ -12,6 +12,7 @@ from lightning_losses.losses.binary import BCE
 from lightning_losses.losses.classification import CrossEntropy, Focal
 from lightning_losses.losses.distillation import KD, PLD, BinaryKLNorm, DualHeadKD, SelfDistillation
 from lightning_losses.losses.entropy import EMFT, ConfidencePenalty, EntropyMinimization, EntropyTerm
+from lightning_losses.losses.environment import CORAL, IRMv1, VREx
 from lightning_losses.losses.families import (
     BinaryLoss,
     DistillationLoss,
@@ -62,6 +63,9 @@ from lightning_losses.losses.token import DCO, EMO, MixCE, TokenCrossEntropy
 
 __all__ = [
     "AlphaPO",
+    "CORAL",
+    "IRMv1",
+    "VREx",
     "AnyLoss",
     "AUCPairwise",
     "AOT",

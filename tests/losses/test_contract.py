@@ -42,6 +42,10 @@ INPUT_OVERRIDES: dict[str, dict] = {
     "poisson_nll": {"target": torch.tensor([0.0, 1.0, 2.0, 3.0, 0.0, 5.0])},  # counts
     "dual_head_kd": {"aux_logits": torch.randn(N, C)},  # the auxiliary head (issue 20)
     "ens_loss": {"logits": torch.randn(N), "target": torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])},  # binary only
+    # environment penalties (issue 20): per-sample environment ids
+    "irm_v1": {"group": torch.tensor([0, 1, 0, 1, 1, 0])},
+    "vrex": {"group": torch.tensor([0, 1, 0, 1, 1, 0])},
+    "coral": {"group": torch.tensor([0, 1, 0, 1, 1, 0])},
 }
 
 
@@ -184,7 +188,14 @@ def test_not_ignored_does_not_wrap_an_ignore_index_the_dtype_cannot_hold():
     assert torch.equal(not_ignored(torch.tensor([-100, 1]), -100), torch.tensor([False, True]))
 
 
-@pytest.mark.parametrize("name", [n for n in INTEGER_LABEL_LOSSES if _family(LOSSES.get(n)) == "multiclass"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in INTEGER_LABEL_LOSSES
+        if _family(LOSSES.get(n)) == "multiclass" and set(LOSSES.get(n).input_names()[0]) <= {"logits", "target"}
+    ],
+)
 def test_uint8_label_156_is_a_class_not_ignore_index(name):
     """With ignore_index -100, a uint8 label 156 is a class (torch would compare it with -100 cast to uint8 = 156)."""
     loss = ll.build_loss(name, **REQUIRED_ARGS.get(name, {}))
