@@ -42,6 +42,7 @@ from lightning_losses.functional.preference import (
     simpo,
     wpo_log_weights,
 )
+from lightning_losses.functional.proxy import arcface, cosface, proxy_anchor
 from lightning_losses.functional.regression import mse
 from lightning_losses.functional.regression_robust import (
     cauchy,
@@ -63,6 +64,7 @@ __all__ = [
     "aggregate_tokens",
     "anyloss",
     "apl",
+    "arcface",
     "asymmetric",
     "bce",
     "bi_tempered",
@@ -72,6 +74,7 @@ __all__ = [
     "clip_logits",
     "comp_sum",
     "confidence_penalty",
+    "cosface",
     "cross_entropy",
     "dco",
     "dice",
@@ -127,6 +130,7 @@ __all__ = [
     "poly_focal",
     "ppo_clip",
     "preference",
+    "proxy_anchor",
     "pseudo_huber",
     "quantile",
     "rce",

@@ -2,8 +2,8 @@
 
 The public bases for writing a loss: :class:`Loss` (see its "Writing a loss" section) and the family bases
 :class:`LabelLoss`, :class:`BinaryLoss`, :class:`SetLevelLoss`, :class:`RegressionLoss`, :class:`DistillationLoss`,
-:class:`PreferenceLoss`, :class:`PairedLoss`, :class:`TokenLoss`, :class:`EmbeddingLoss`, :class:`PolicyLoss` and
-:class:`EntropyTerm`.
+:class:`PreferenceLoss`, :class:`PairedLoss`, :class:`TokenLoss`, :class:`EmbeddingLoss`, :class:`ProxyLoss`,
+:class:`PolicyLoss` and :class:`EntropyTerm`.
 """
 
 # importing each family module registers its losses
@@ -30,6 +30,7 @@ from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, Sigmoi
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
 from lightning_losses.losses.policy import GRPO, PolicyLoss, PPOClip
 from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, PairedLoss, SimPO
+from lightning_losses.losses.proxy import ArcFace, CosFace, ProxyAnchor, ProxyLoss, SubCenterArcFace
 from lightning_losses.losses.regression import MSE
 from lightning_losses.losses.regression_robust import (
     Cauchy,
@@ -48,15 +49,17 @@ from lightning_losses.losses.token import DCO, EMO, MixCE, TokenCrossEntropy
 __all__ = [
     "AnyLoss",
     "APL",
+    "ArcFace",
     "Asymmetric",
     "BCE",
-    "BiTempered",
     "BinaryLoss",
+    "BiTempered",
     "build_loss",
     "Cauchy",
     "Circle",
     "CompSum",
     "ConfidencePenalty",
+    "CosFace",
     "CrossEntropy",
     "DCO",
     "Dice",
@@ -108,6 +111,8 @@ __all__ = [
     "PolyFocal",
     "PPOClip",
     "PreferenceLoss",
+    "ProxyAnchor",
+    "ProxyLoss",
     "PseudoHuber",
     "Quantile",
     "RDPO",
@@ -122,6 +127,7 @@ __all__ = [
     "SphericalZLoss",
     "Squentropy",
     "StableMaxCrossEntropy",
+    "SubCenterArcFace",
     "SupCon",
     "TaylorCE",
     "TokenCrossEntropy",

@@ -24,6 +24,11 @@ REQUIRED_ARGS: dict[str, dict] = {
     "comp_sum": {"tau": 1.5},
     "spherical_z_loss": {"a": 1.0, "b": 2.0},
     "spectral_decoupling": {"lam": 0.1},
+    # proxy losses (issue 18): the proxies' shape
+    "arcface": {"num_classes": C, "embedding_size": D},
+    "cosface": {"num_classes": C, "embedding_size": D},
+    "sub_center_arcface": {"num_classes": C, "embedding_size": D},
+    "proxy_anchor": {"num_classes": C, "embedding_size": D},
 }
 
 # Inputs for losses whose family pool does not fit (extra optional inputs they need, other shapes).
