@@ -75,7 +75,7 @@ class _AngularMargin(_MarginSoftmax):
         self.scale = check_number("scale", scale, low=0.0, low_open=True)
         self.ignore_index = check_int("ignore_index", ignore_index)
 
-    def forward(self, embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _arcface(self, embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return PF.arcface(
             embeddings,
             target,
@@ -122,6 +122,9 @@ class ArcFace(_AngularMargin):
     ) -> None:
         super().__init__(num_classes, embedding_size, 1, margin, scale, ignore_index, validate_args)
 
+    def forward(self, embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self._arcface(embeddings, target)
+
 
 @LOSSES.register("sub_center_arcface", aliases=("subcenter_arcface", "sub_center_arc_face"))
 class SubCenterArcFace(_AngularMargin):
@@ -155,6 +158,9 @@ class SubCenterArcFace(_AngularMargin):
         validate_args: bool = True,
     ) -> None:
         super().__init__(num_classes, embedding_size, sub_centers, margin, scale, ignore_index, validate_args)
+
+    def forward(self, embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self._arcface(embeddings, target)
 
 
 @LOSSES.register("cosface", aliases=("cos_face", "large_margin_cosine", "lmcl"))
