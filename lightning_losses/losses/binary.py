@@ -31,7 +31,9 @@ class BCE(BinaryLoss):
         super().__init__(validate_args)
         if isinstance(pos_weight, (int, float)) and not isinstance(pos_weight, bool):
             pos_weight = [check_number("pos_weight", pos_weight, low=0.0)]
-        self.register_buffer("pos_weight", check_probability_vector("pos_weight", pos_weight, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "pos_weight", check_probability_vector("pos_weight", pos_weight, dtype=torch.float64), persistent=False
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return LF.bce(logits, target, pos_weight=self.pos_weight, validate_args=self.validate_args)

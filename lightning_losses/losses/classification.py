@@ -47,7 +47,9 @@ class CrossEntropy(LabelLoss):
         super().__init__(validate_args)
         self.label_smoothing = check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
         self.ignore_index = check_int("ignore_index", ignore_index)
-        self.register_buffer("weight", check_probability_vector("weight", weight, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "weight", check_probability_vector("weight", weight, dtype=torch.float64), persistent=False
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return LF.cross_entropy(
@@ -89,7 +91,11 @@ class Focal(LabelLoss):
         self.gamma = check_number("gamma", gamma, low=0.0)
         self.ignore_index = check_int("ignore_index", ignore_index)
         if alpha is None or isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
-            alpha_t = None if alpha is None else torch.tensor(check_number("alpha", alpha, low=0.0, low_open=True), dtype=torch.float64)
+            alpha_t = (
+                None
+                if alpha is None
+                else torch.tensor(check_number("alpha", alpha, low=0.0, low_open=True), dtype=torch.float64)
+            )
         elif isinstance(alpha, Sequence) and not isinstance(alpha, str):
             alpha_t = check_probability_vector("alpha", alpha, dtype=torch.float64)
         else:

@@ -49,7 +49,9 @@ class MultiMargin(LabelLoss):
         super().__init__(validate_args)
         self.p = check_int("p", p, low=1, high=2)
         self.margin = check_number("margin", margin, low=0.0)
-        self.register_buffer("weight", check_probability_vector("weight", weight, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "weight", check_probability_vector("weight", weight, dtype=torch.float64), persistent=False
+        )
         self.ignore_index = check_int("ignore_index", ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -137,7 +139,9 @@ class SigmoidPoly1(Loss):
     ) -> None:
         super().__init__(validate_args)
         self.epsilon = check_number("epsilon", epsilon, low=-1.0)
-        self.register_buffer("pos_weight", check_probability_vector("pos_weight", pos_weight, dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "pos_weight", check_probability_vector("pos_weight", pos_weight, dtype=torch.float64), persistent=False
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return sigmoid_poly1(
