@@ -188,7 +188,9 @@ def tversky(
               TP = \sum p y,\ FP = \sum p(1 - y),\ FN = \sum (1 - p)y
 
     ``alpha`` weighs false positives, ``beta`` false negatives (defaults 0.3 / 0.7, the paper's best: recall
-    favoured); ``alpha = beta = 0.5`` is Dice. Sums as in :func:`dice` (``reduction``, ``sync``).
+    favoured). Sums as in :func:`dice` (``reduction``, ``sync``). With ``alpha = beta = 0.5`` the denominator is
+    :math:`\tfrac12(\sum p + \sum y) + s`, so the loss is :math:`1 - (2TP + 2s)/(\sum p + \sum y + 2s)`: Dice with
+    ``smooth = 2s``, which is :func:`dice` with the same ``smooth`` only when ``smooth = 0``.
 
     Example:
         >>> tversky(torch.tensor([10.0, -10.0]), torch.tensor([1.0, 0.0])).round(decimals=4)

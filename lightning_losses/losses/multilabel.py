@@ -131,8 +131,9 @@ class Tversky(SetLevelLoss):
 
     Args:
         alpha: weight of false positives ``>= 0``. Default 0.3.
-        beta: weight of false negatives ``>= 0``. Default 0.7 (the paper's best; ``alpha = beta = 0.5`` is Dice).
-        smooth: ``s >= 0``. Default 1.0.
+        beta: weight of false negatives ``>= 0``. Default 0.7 (the paper's best).
+        smooth: ``s >= 0``. Default 1.0. ``alpha = beta = 0.5`` gives ``dice`` with ``smooth = 2s`` (the two agree at
+            equal ``smooth`` only when ``smooth = 0``).
         reduction: ``"global"`` (default, batch-level) or ``"sample"`` (``[N]``), as for ``dice``.
 
     Example:
