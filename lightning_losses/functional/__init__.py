@@ -19,7 +19,7 @@ from lightning_losses.functional.links import ldr_kl, log_stablemax, spherical_z
 from lightning_losses.functional.lm import dco, emo, mixce
 from lightning_losses.functional.logit_scale import clip_logits, spectral_decoupling, z_loss
 from lightning_losses.functional.lovasz import lovasz_hinge, lovasz_softmax
-from lightning_losses.functional.margin import multi_margin, poisson_nll
+from lightning_losses.functional.margin import ldam, multi_margin, poisson_nll
 from lightning_losses.functional.metric_learning import circle, info_nce, multi_similarity, supcon, triplet
 from lightning_losses.functional.multilabel import anyloss, asymmetric, dice, sigmoid_focal, tversky
 from lightning_losses.functional.ordinal import hl_gauss, hl_gauss_predict, hl_gauss_target, ordinal_wasserstein
@@ -102,6 +102,7 @@ __all__ = [
     "kd",
     "kto",
     "kto_reference_kl",
+    "ldam",
     "ldr_kl",
     "linear_cross_entropy",
     "linear_entropy",

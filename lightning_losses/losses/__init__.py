@@ -24,7 +24,7 @@ from lightning_losses.losses.families import (
 from lightning_losses.losses.linear_ce import LinearCrossEntropy
 from lightning_losses.losses.links import LDRKL, SphericalZLoss, StableMaxCrossEntropy
 from lightning_losses.losses.logit_scale import LogitClip, SpectralDecoupling, ZLoss
-from lightning_losses.losses.margin import BiTempered, MultiMargin, PoissonNLL, SigmoidPoly1
+from lightning_losses.losses.margin import LDAM, BiTempered, MultiMargin, PoissonNLL, SigmoidPoly1
 from lightning_losses.losses.metric_learning import Circle, EmbeddingLoss, InfoNCE, MultiSimilarity, SupCon, Triplet
 from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, SigmoidFocal, Tversky
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
@@ -85,6 +85,7 @@ __all__ = [
     "KD",
     "KTO",
     "LabelLoss",
+    "LDAM",
     "LDRKL",
     "LinearCrossEntropy",
     "list_losses",

@@ -29,6 +29,7 @@ REQUIRED_ARGS: dict[str, dict] = {
     "cosface": {"num_classes": C, "embedding_size": D},
     "sub_center_arcface": {"num_classes": C, "embedding_size": D},
     "proxy_anchor": {"num_classes": C, "embedding_size": D},
+    "ldam": {"samples_per_class": [100, 20, 5, 1]},  # issue 18: the class counts set the margins
 }
 
 # Inputs for losses whose family pool does not fit (extra optional inputs they need, other shapes).
