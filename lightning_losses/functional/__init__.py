@@ -23,6 +23,7 @@ from lightning_losses.functional.margin import ldam, multi_margin, poisson_nll
 from lightning_losses.functional.metric_learning import circle, info_nce, multi_similarity, supcon, triplet
 from lightning_losses.functional.multilabel import anyloss, asymmetric, dice, sigmoid_focal, tversky
 from lightning_losses.functional.ordinal import hl_gauss, hl_gauss_predict, hl_gauss_target, ordinal_wasserstein
+from lightning_losses.functional.overlap import soft_f1, softmax_dice
 from lightning_losses.functional.policy import (
     clamped_entropy,
     group_advantages,
@@ -145,6 +146,8 @@ __all__ = [
     "sigmoid_poly1",
     "simpo",
     "spectral_decoupling",
+    "soft_f1",
+    "softmax_dice",
     "spherical_z_loss",
     "squentropy",
     "stablemax_cross_entropy",

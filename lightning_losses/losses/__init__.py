@@ -26,7 +26,7 @@ from lightning_losses.losses.links import LDRKL, SphericalZLoss, StableMaxCrossE
 from lightning_losses.losses.logit_scale import LogitClip, SpectralDecoupling, ZLoss
 from lightning_losses.losses.margin import LDAM, BiTempered, MultiMargin, PoissonNLL, SigmoidPoly1
 from lightning_losses.losses.metric_learning import Circle, EmbeddingLoss, InfoNCE, MultiSimilarity, SupCon, Triplet
-from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, SigmoidFocal, Tversky
+from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, SigmoidFocal, SoftF1, Tversky
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
 from lightning_losses.losses.policy import GRPO, PolicyLoss, PPOClip
 from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, PairedLoss, SimPO
@@ -124,6 +124,7 @@ __all__ = [
     "SigmoidFocal",
     "SigmoidPoly1",
     "SimPO",
+    "SoftF1",
     "SpectralDecoupling",
     "SphericalZLoss",
     "Squentropy",

@@ -140,3 +140,161 @@ def test_class_balanced_start_epoch_validation():
 def test_ldam_margins_need_one_per_class():
     with pytest.raises(ValueError, match=r"`margins` must have shape \[C\] = \[5\], got \[4\]"):
         LF.ldam(torch.zeros(2, 5), torch.tensor([0, 1]), torch.ones(4))
+
+
+# ---------------------------------------------------------------- multi-class (softmax) Dice, soft F1
+
+
+def _seg(n=3, c=4, h=3, w=5, seed=0, ignore=True):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, h, w, generator=g, dtype=torch.float64) * 2
+    target = torch.randint(0, c - 1, (n, h, w), generator=g)  # class c - 1 absent
+    if ignore:
+        target[0, 0, :2] = -100
+    return logits, target
+
+
+def _smp_dice_loop(logits, target, smooth, ignore_index=-100, eps=1e-7):
+    """segmentation-models-pytorch 0.3's ``DiceLoss(mode="multiclass", from_logits=True)``, written out per class."""
+    n, c = logits.shape[:2]
+    probs = torch.softmax(logits, dim=1).reshape(n, c, -1)
+    labels = target.reshape(n, -1)
+    losses = []
+    for k in range(c):
+        inter = card = true = 0.0
+        for i in range(n):
+            for j in range(labels.shape[1]):
+                if int(labels[i, j]) == ignore_index:
+                    continue
+                p, y = probs[i, k, j], float(int(labels[i, j]) == k)
+                inter, card, true = inter + p * y, card + p + y, true + y
+        score = max((2 * inter + smooth) / (card + smooth), eps)
+        losses.append((1.0 - score) * (true > 0))
+    return sum(losses) / c
+
+
+def _dice_sample_loop(logits, target, smooth, ignore_index=-100):
+    n, c = logits.shape[:2]
+    probs, labels = torch.softmax(logits, dim=1).reshape(n, c, -1), target.reshape(n, -1)
+    out = []
+    for i in range(n):
+        keep = labels[i] != ignore_index
+        per_class = []
+        for k in range(c):
+            p, y = probs[i, k][keep], (labels[i][keep] == k).double()
+            per_class.append(1 - (2 * (p * y).sum() + smooth) / (p.sum() + y.sum() + smooth))
+        out.append(sum(per_class) / c)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+def test_softmax_dice_matches_segmentation_models_pytorch(smooth):
+    logits, target = _seg()
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss = ll.build_loss("dice", smooth=smooth)
+    ours, ref = loss(logits=a, target=target), _smp_dice_loop(b, target, smooth)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    # one pixel per sample: logits [N, C], target [N]
+    flat_logits, flat_target = _multiclass(n=9, c=3, seed=2)
+    torch.testing.assert_close(
+        LF.dice(flat_logits, flat_target, smooth=smooth),
+        _smp_dice_loop(flat_logits[:, :, None], flat_target[:, None], smooth),
+    )
+
+
+def test_softmax_dice_per_sample():
+    logits, target = _seg(seed=1)
+    out = ll.build_loss("dice", reduction="sample", smooth=1.0)(logits=logits, target=target)
+    torch.testing.assert_close(out, _dice_sample_loop(logits, target, 1.0), rtol=1e-12, atol=1e-12)
+
+
+def test_softmax_dice_rejects_self_adjusting_alpha():
+    logits, target = _seg()
+    with pytest.raises(
+        ValueError, match=r"`alpha` \(self-adjusting Dice\) must be 0 with integer class labels, got 0.5"
+    ):
+        LF.dice(logits, target, alpha=0.5)
+
+
+def _soft_f1_loop(p, y, eps, double):
+    """Macro (double) soft-F1 over columns of ``p`` / ``y`` [M, K]."""
+    out = []
+    for k in range(p.shape[1]):
+        tp = fp = fn = tn = 0.0
+        for i in range(p.shape[0]):
+            tp, fp = tp + p[i, k] * y[i, k], fp + p[i, k] * (1 - y[i, k])
+            fn, tn = fn + (1 - p[i, k]) * y[i, k], tn + (1 - p[i, k]) * (1 - y[i, k])
+        cost = 1 - 2 * tp / (2 * tp + fn + fp + eps)
+        if double:
+            cost = 0.5 * (cost + 1 - 2 * tn / (2 * tn + fn + fp + eps))
+        out.append(cost)
+    return sum(out) / p.shape[1]
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_soft_f1_matches_the_formula(double):
+    logits, target = _binary(n=8, k=3)
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    ours = ll.build_loss("soft_f1", double=double)(logits=a, target=target)
+    ref = _soft_f1_loop(torch.sigmoid(b), target, 1e-16, double)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    # per sample: the sample's labels are its elements
+    per_sample = ll.build_loss("soft_f1", double=double, reduction="sample")(logits=logits, target=target)
+    rows = [_soft_f1_loop(torch.sigmoid(logits[i])[:, None], target[i][:, None], 1e-16, double) for i in range(8)]
+    torch.testing.assert_close(per_sample, torch.stack(rows), rtol=1e-12, atol=1e-12)
+    # softmax mode: one-hot classes, pixels with ignore_index left out
+    seg_logits, seg_target = _seg(seed=3)
+    keep = (seg_target != -100).reshape(-1)
+    p = torch.softmax(seg_logits, 1).permute(0, 2, 3, 1).reshape(-1, 4)[keep]
+    y = torch.nn.functional.one_hot(seg_target.reshape(-1)[keep], 4).double()
+    torch.testing.assert_close(
+        LF.soft_f1(seg_logits, seg_target, double=double), _soft_f1_loop(p, y, 1e-16, double), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_soft_f1_without_double_is_dice_without_smoothing():
+    logits, target = _binary(n=8, k=3, seed=4)
+    torch.testing.assert_close(LF.soft_f1(logits, target, eps=0.0), LF.dice(logits, target, smooth=0.0))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("soft_f1", {"eps": 0.0}, r"`eps` must be > 0.0, got 0.0"),
+        ("soft_f1", {"double": 1}, r"`double` must be a bool \(True or False\), got 1"),
+        ("soft_f1", {"reduction": "mean"}, r"`reduction` must be one of `global`, `sample`, got 'mean'"),
+        ("dice", {"ignore_index": 1.5}, r"`ignore_index` must be an integer, got 1.5"),
+    ],
+)
+def test_overlap_argument_validation(name, kwargs, match):
+    with pytest.raises(ll.ConfigurationError, match=match):
+        ll.build_loss(name, **kwargs)
+
+
+def _ddp_overlap(name, kwargs, logits, targets):
+    from lightning_losses.distributed import rank
+
+    z = logits[rank()].clone().requires_grad_()
+    out = ll.build_loss(name, **kwargs)(logits=z, target=targets[rank()])
+    out.backward()
+    return out.detach(), z.grad
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [("dice", {"smooth": 0.5}), ("soft_f1", {"double": True})])
+def test_softmax_overlap_ddp_equals_one_process(ddp, name, kwargs):
+    logits, target = _seg(n=4, seed=5)
+    parts, targets = [logits[:1], logits[1:]], [target[:1], target[1:]]
+    results = ddp.run(_ddp_overlap, name, kwargs, parts, targets)
+    z = logits.clone().requires_grad_()
+    expected = ll.build_loss(name, **kwargs)(logits=z, target=target)
+    expected.backward()
+    for r, (value, grad) in enumerate(results):
+        torch.testing.assert_close(value, expected.detach())
+        rows = slice(0, 1) if r == 0 else slice(1, 4)
+        torch.testing.assert_close(grad / 2, z.grad[rows])  # all-reduce backward: k x; DDP averages over k = 2
