@@ -3,7 +3,7 @@
 from lightning_losses.functional import lm, policy, preference, reweighting, token
 from lightning_losses.functional.aggregation import aggregate_tokens
 from lightning_losses.functional.binary import bce
-from lightning_losses.functional.classification import cross_entropy, focal, focal_term
+from lightning_losses.functional.classification import asymmetric_single_label, cross_entropy, focal, focal_term
 from lightning_losses.functional.consistency import js_divergence, jsd
 from lightning_losses.functional.distillation import kd, pld
 from lightning_losses.functional.entropy import (
@@ -67,6 +67,7 @@ __all__ = [
     "apl",
     "arcface",
     "asymmetric",
+    "asymmetric_single_label",
     "bce",
     "bi_tempered",
     "cauchy",

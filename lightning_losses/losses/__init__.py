@@ -9,7 +9,7 @@ The public bases for writing a loss: :class:`Loss` (see its "Writing a loss" sec
 # importing each family module registers its losses
 from lightning_losses.losses.base import FAMILIES, LOSSES, Loss, build_loss, list_losses
 from lightning_losses.losses.binary import BCE
-from lightning_losses.losses.classification import CrossEntropy, Focal
+from lightning_losses.losses.classification import AsymmetricSingleLabel, CrossEntropy, Focal
 from lightning_losses.losses.distillation import KD, PLD
 from lightning_losses.losses.entropy import ConfidencePenalty, EntropyMinimization, EntropyTerm
 from lightning_losses.losses.families import (
@@ -51,6 +51,7 @@ __all__ = [
     "APL",
     "ArcFace",
     "Asymmetric",
+    "AsymmetricSingleLabel",
     "BCE",
     "BinaryLoss",
     "BiTempered",

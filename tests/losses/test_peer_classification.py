@@ -298,3 +298,87 @@ def test_softmax_overlap_ddp_equals_one_process(ddp, name, kwargs):
         torch.testing.assert_close(value, expected.detach())
         rows = slice(0, 1) if r == 0 else slice(1, 4)
         torch.testing.assert_close(grad / 2, z.grad[rows])  # all-reduce backward: k x; DDP averages over k = 2
+
+
+# ---------------------------------------------------------------- single-label ASL, BCE label smoothing
+
+
+def _asl_single_label_reference(logits, target, gamma_pos, gamma_neg, eps):
+    """The authors' ``ASLSingleLabel.forward`` (reduction none), step by step."""
+    num_classes = logits.shape[-1]
+    log_preds = torch.log_softmax(logits, dim=-1)
+    targets = torch.zeros_like(logits).scatter_(1, target.long().unsqueeze(1), 1)
+    anti_targets = 1 - targets
+    xs_pos = torch.exp(log_preds)
+    xs_neg = 1 - xs_pos
+    xs_pos, xs_neg = xs_pos * targets, xs_neg * anti_targets
+    asymmetric_w = torch.pow(1 - xs_pos - xs_neg, gamma_pos * targets + gamma_neg * anti_targets)
+    log_preds = log_preds * asymmetric_w
+    targets_classes = targets.mul(1 - eps).add(eps / num_classes)
+    return -targets_classes.mul(log_preds).sum(-1)
+
+
+@pytest.mark.parametrize(("gamma_pos", "gamma_neg", "eps"), [(0.0, 4.0, 0.1), (1.0, 2.0, 0.0), (0.5, 0.0, 0.2)])
+def test_asymmetric_single_label_matches_the_authors(gamma_pos, gamma_neg, eps):
+    logits, target = _multiclass(n=9, c=5, seed=6)
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss = ll.build_loss("asymmetric_single_label", gamma_pos=gamma_pos, gamma_neg=gamma_neg, label_smoothing=eps)
+    ours, ref = loss(logits=a, target=target), _asl_single_label_reference(b, target, gamma_pos, gamma_neg, eps)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    ours.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_asymmetric_single_label_edges():
+    logits, target = _multiclass(n=4, c=3, seed=7)
+    plain = LF.asymmetric_single_label(logits, target, gamma_pos=0.0, gamma_neg=0.0, label_smoothing=0.1)
+    torch.testing.assert_close(plain, LF.cross_entropy(logits, target, label_smoothing=0.1))
+    saturated = torch.tensor([[200.0, -200.0, 0.0]], requires_grad=True)  # p_y = 1 exactly
+    out = LF.asymmetric_single_label(saturated, torch.tensor([0]), gamma_pos=0.5)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(saturated.grad).all()
+    target[2] = -100
+    loss = ll.build_loss("asymmetric_single_label")
+    assert loss(logits=logits, target=target)[2] == 0 and not loss.sample_mask(target=target)[2]
+    with pytest.raises(ll.ConfigurationError, match=r"`gamma_neg` must be >= 0.0, got -1.0"):
+        ll.build_loss("asymmetric_single_label", gamma_neg=-1.0)
+    with pytest.raises(ll.ConfigurationError, match=r"`label_smoothing` must be in \[0.0, 1.0\], got 1.5"):
+        ll.build_loss("asymmetric_single_label", label_smoothing=1.5)
+
+
+def _timm_bce_targets(target, num_classes, smoothing):
+    """timm's ``BinaryCrossEntropy``: dense targets ``off = s / C``, ``on = 1 - s + off``, element by element."""
+    off, on = smoothing / num_classes, 1.0 - smoothing + smoothing / num_classes
+    return torch.tensor(
+        [[on if j == int(target[i]) else off for j in range(num_classes)] for i in range(target.shape[0])],
+        dtype=torch.float64,
+    )
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_bce_label_smoothing_of_integer_labels_matches_timm(smoothing):
+    logits, target = _multiclass(n=6, c=5, seed=8)
+    dense = _timm_bce_targets(target, 5, smoothing)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, dense, reduction="none").mean(-1)
+    out = ll.build_loss("bce", label_smoothing=smoothing)(logits=logits, target=target)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_bce_label_smoothing_of_binary_targets_goes_to_one_half(smoothing):
+    logits, target = _binary(seed=9)
+    smoothed = target * (1 - smoothing) + smoothing / 2  # Keras' BinaryCrossentropy(label_smoothing)
+    pos_weight = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, smoothed, pos_weight=pos_weight, reduction="none"
+    ).mean(-1)
+    out = ll.build_loss("bce", label_smoothing=smoothing, pos_weight=[0.5, 2.0, 1.0])(logits=logits, target=target)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_bce_label_validation():
+    with pytest.raises(ll.ConfigurationError, match=r"`label_smoothing` must be in \[0.0, 1.0\], got -0.1"):
+        ll.build_loss("bce", label_smoothing=-0.1)
+    with pytest.raises(ValueError, match=r"`target` labels must be in \[0, 2\] \(or `ignore_index`\), got \[3\]"):
+        LF.bce(torch.zeros(2, 3), torch.tensor([0, 3]))
