@@ -373,3 +373,50 @@ def test_ddp_training_keeps_proxies_in_sync_and_equal_to_one_process(ddp, name):
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)  # identical on both ranks
     torch.testing.assert_close(results[0][0], one[0])
     torch.testing.assert_close(results[0][1], one[1])
+
+
+def _fit_embedder(name, batch_size):
+    g = torch.Generator().manual_seed(3)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 6, generator=g), torch.randint(0, C, (16,), generator=g))
+    model = _Embedder(name)
+    distributed = torch.distributed.is_initialized()
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        devices=2 if distributed else 1,
+        strategy="ddp" if distributed else "auto",
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    # rank r reads samples r, r + 2, ...: each step's two shards together are the 1-process batch of 8
+    sampler = torch.utils.data.DistributedSampler(data, shuffle=False) if distributed else None
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=sampler))
+    return model.objective.losses[name].proxies.detach().clone(), model.net.weight.detach().clone()
+
+
+def _ddp_fit(name):
+    import os
+
+    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29556")  # unused: the group already exists
+    try:
+        return _fit_embedder(name, batch_size=4)
+    finally:
+        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+            os.environ.pop(key, None)
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("name", ["arcface", "proxy_anchor"])
+def test_lightning_ddp_trains_the_proxies_in_sync_as_one_process(ddp, name):
+    """A 2-process Lightning DDP fit (4 samples per rank and step) leaves the same proxies on both ranks, equal to a
+    1-process fit on the 8-sample global batches."""
+    (p0, w0), (p1, w1) = ddp.run(_ddp_fit, name)
+    torch.testing.assert_close(p0, p1, rtol=0, atol=0)
+    one_p, one_w = _fit_embedder(name, batch_size=8)
+    assert not torch.equal(one_p, _Embedder(name).objective.losses[name].proxies.detach())  # they were trained
+    torch.testing.assert_close(p0, one_p)
+    torch.testing.assert_close(w0, one_w)
