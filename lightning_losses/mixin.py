@@ -62,7 +62,13 @@ class LossesMixin:
     objective_suppressed_passes: int = 0
 
     def configure_objective(self, spec: Any) -> Objective:
-        """Set the objective from a mapping, a YAML path, a ``DictConfig`` or an :class:`Objective`."""
+        """Set the objective from a mapping, a YAML path, a ``DictConfig`` or an :class:`Objective`.
+
+        The objective becomes the submodule ``self.objective``: losses with parameters of their own (the class proxies
+        of ``arcface``, ``cosface``, ``sub_center_arcface``, ``proxy_anchor``) are then in ``self.parameters()``, so the
+        optimizer of ``configure_optimizers`` trains them, checkpoints save them and DDP keeps them in sync. Call it
+        in ``__init__`` after ``super().__init__()``.
+        """
         self.objective = spec if isinstance(spec, Objective) else Objective(spec)
         return self.objective
 

@@ -228,14 +228,20 @@ def check_choice(name: str, value: Any, options: Sequence[str]) -> str:
     return value
 
 
-def check_probability_vector(name: str, value: Any, *, allow_none: bool = True) -> torch.Tensor | None:
-    """Validate an optional 1-D sequence of non-negative finite numbers (class weights) and return a float tensor."""
+def check_probability_vector(
+    name: str, value: Any, *, allow_none: bool = True, dtype: torch.dtype = torch.float32
+) -> torch.Tensor | None:
+    """Validate an optional 1-D sequence of non-negative finite numbers (class weights) and return a ``dtype`` tensor.
+
+    Losses keep their weights in float64 (``dtype=torch.float64``) and cast them to the input's dtype where used, so a
+    ``.double()`` loss computes with the exact digits the user gave (a float32 buffer would have lost them).
+    """
     if value is None:
         if allow_none:
             return None
         raise ConfigurationError(f"`{name}` must be a sequence of non-negative numbers, got None")
     try:
-        tensor = torch.as_tensor(value, dtype=torch.float32).detach().clone()
+        tensor = torch.as_tensor(value, dtype=dtype).detach().clone()
     except (TypeError, ValueError, RuntimeError):
         raise ConfigurationError(f"`{name}` must be a sequence of non-negative numbers, got {value!r}") from None
     if tensor.ndim != 1 or tensor.numel() == 0 or not torch.isfinite(tensor).all() or (tensor < 0).any():

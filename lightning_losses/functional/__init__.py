@@ -3,7 +3,7 @@
 from lightning_losses.functional import lm, policy, preference, reweighting, token
 from lightning_losses.functional.aggregation import aggregate_tokens
 from lightning_losses.functional.binary import bce
-from lightning_losses.functional.classification import cross_entropy, focal, focal_term
+from lightning_losses.functional.classification import asymmetric_single_label, cross_entropy, focal, focal_term
 from lightning_losses.functional.consistency import js_divergence, jsd
 from lightning_losses.functional.distillation import kd, pld
 from lightning_losses.functional.distillation_heads import binary_kl_norm, dual_head_kd, self_distillation
@@ -21,10 +21,11 @@ from lightning_losses.functional.links import ldr_kl, log_stablemax, spherical_z
 from lightning_losses.functional.lm import dco, emo, mixce
 from lightning_losses.functional.logit_scale import clip_logits, spectral_decoupling, z_loss
 from lightning_losses.functional.lovasz import lovasz_hinge, lovasz_softmax
-from lightning_losses.functional.margin import multi_margin, poisson_nll
+from lightning_losses.functional.margin import ldam, multi_margin, poisson_nll
 from lightning_losses.functional.metric_learning import circle, info_nce, multi_similarity, supcon, triplet
 from lightning_losses.functional.multilabel import anyloss, asymmetric, dice, sigmoid_focal, tversky
 from lightning_losses.functional.ordinal import hl_gauss, hl_gauss_predict, hl_gauss_target, ordinal_wasserstein
+from lightning_losses.functional.overlap import soft_f1, softmax_dice
 from lightning_losses.functional.policy import (
     clamped_entropy,
     group_advantages,
@@ -60,6 +61,7 @@ from lightning_losses.functional.preference import (
     sppo_hard,
     wpo_log_weights,
 )
+from lightning_losses.functional.proxy import arcface, cosface, proxy_anchor
 from lightning_losses.functional.ranking import auc_pairwise
 from lightning_losses.functional.regression import mse
 from lightning_losses.functional.regression_robust import (
@@ -89,7 +91,9 @@ __all__ = [
     "apo_down",
     "apo_zero",
     "apo_zero_unpaired",
+    "arcface",
     "asymmetric",
+    "asymmetric_single_label",
     "auc_pairwise",
     "bce",
     "bco_pair",
@@ -101,6 +105,7 @@ __all__ = [
     "clip_logits",
     "comp_sum",
     "confidence_penalty",
+    "cosface",
     "cpo",
     "cross_entropy",
     "dco",
@@ -136,6 +141,7 @@ __all__ = [
     "kto",
     "kto_reference_kl",
     "ld_sequence_logps",
+    "ldam",
     "ldr_kl",
     "linear_cross_entropy",
     "linear_entropy",
@@ -166,6 +172,7 @@ __all__ = [
     "poly_focal",
     "ppo_clip",
     "preference",
+    "proxy_anchor",
     "pseudo_huber",
     "quantile",
     "rce",
@@ -179,6 +186,8 @@ __all__ = [
     "sigmoid_focal",
     "sigmoid_poly1",
     "simpo",
+    "soft_f1",
+    "softmax_dice",
     "spectral_decoupling",
     "spherical_z_loss",
     "sppo_hard",

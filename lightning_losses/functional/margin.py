@@ -1,7 +1,7 @@
-r"""Per-sample margin and count losses with a PyTorch counterpart: multi-class margin (hinge) and Poisson NLL.
+r"""Per-sample margin and count losses: multi-class margin (hinge), LDAM and Poisson NLL.
 
-Both return ``[N]`` and match ``torch.nn.functional`` with ``reduction="none"`` (for ``poisson_nll`` averaged over
-the non-batch dimensions). Half-precision inputs are computed in float32.
+Each returns ``[N]``; ``multi_margin`` and ``poisson_nll`` match ``torch.nn.functional`` with ``reduction="none"`` (for
+``poisson_nll`` averaged over the non-batch dimensions). Half-precision inputs are computed in float32.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from lightning_losses._validation.tensors import upcast_half as _upcast
 from lightning_losses.functional._labels import masked
 from lightning_losses.functional.regression import per_sample_mean
 
-__all__ = ["multi_margin", "poisson_nll"]
+__all__ = ["ldam", "ldam_margins", "multi_margin", "poisson_nll"]
 
 
 def multi_margin(
@@ -62,6 +62,53 @@ def multi_margin(
     if weight is not None:
         check_per_class("weight", weight, z.shape[-1])
         loss = loss * weight.to(device=z.device, dtype=z.dtype)[safe]
+    return masked(loss, valid)
+
+
+def ldam_margins(samples_per_class: torch.Tensor, max_margin: float) -> torch.Tensor:
+    r"""LDAM's per-class margins :math:`m_c = m_{max}\, n_c^{-1/4} / \max_j n_j^{-1/4}` (float64; the rarest class
+    gets ``max_margin``; counts below 1 count as 1).
+
+    Example:
+        >>> ldam_margins(torch.tensor([16.0, 1.0]), 0.5)
+        tensor([0.2500, 0.5000], dtype=torch.float64)
+    """
+    raw = samples_per_class.to(torch.float64).clamp_min(1.0).pow(-0.25)
+    return raw * (max_margin / raw.max())
+
+
+def ldam(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    margins: torch.Tensor,
+    *,
+    scale: float = 30.0,
+    ignore_index: int = -100,
+    validate_args: bool = True,
+) -> torch.Tensor:
+    r"""Per-sample label-distribution-aware margin loss (Cao, Wei, Gaidon, Arechiga & Ma, *Learning Imbalanced
+    Datasets with Label-Distribution-Aware Margin Loss*, NeurIPS 2019):
+
+    .. math:: \ell_i = -\log\frac{e^{s(z_{iy} - m_y)}}{e^{s(z_{iy} - m_y)} + \sum_{j\ne y} e^{s z_{ij}}}
+
+    with per-class margins ``margins [C]`` (:func:`ldam_margins`: :math:`m_c \propto n_c^{-1/4}`) and scale ``s``
+    applied to every logit, as the authors' code (which feeds cosine logits of a normalised last layer; ``s = 30``).
+    Samples labelled ``ignore_index`` get 0. The deferred re-weighting (DRW) of the paper is the ``class_balanced``
+    reweighter with ``start_epoch``.
+
+    Example:
+        >>> ldam(torch.zeros(2, 2), torch.tensor([0, 1]), torch.tensor([0.0, 0.1]), scale=10.0).round(decimals=4)
+        tensor([0.6931, 1.3133])
+    """
+    if check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args):
+        raise ValueError("`ldam` takes integer labels `target [N]`; soft targets are not supported")
+    check_per_class("margins", margins, logits.shape[-1])
+    z = _upcast(logits)
+    valid = not_ignored(target, ignore_index)
+    safe = as_index(torch.where(valid, target, torch.zeros_like(target))).unsqueeze(-1)
+    shift = margins.to(device=z.device, dtype=z.dtype)[safe]
+    shifted = z.scatter(-1, safe, z.gather(-1, safe) - shift) * scale
+    loss = torch.logsumexp(shifted, dim=-1) - shifted.gather(-1, safe).squeeze(-1)
     return masked(loss, valid)
 
 

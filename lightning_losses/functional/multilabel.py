@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lightning_losses._validation.tensors import check_binary
 from lightning_losses.distributed import all_reduce_sum_with_grad
+from lightning_losses.functional.overlap import is_softmax_mode, softmax_dice
 
 __all__ = ["ANYLOSS_METRICS", "anyloss", "asymmetric", "dice", "sigmoid_focal", "tversky"]
 
@@ -146,10 +147,13 @@ def dice(
     alpha: float = 0.0,
     reduction: str = "global",
     sync: bool = True,
+    ignore_index: int = -100,
     validate_args: bool = True,
 ) -> torch.Tensor:
     r"""Soft Sørensen-Dice loss, self-adjusting when ``alpha > 0`` (Li et al., *Dice Loss for Data-imbalanced NLP
-    Tasks*, ACL 2020).
+    Tasks*, ACL 2020). Integer labels ``target [N, ...]`` with ``logits [N, C, ...]`` select the multi-class softmax
+    mode, :func:`~lightning_losses.functional.overlap.softmax_dice` (``ignore_index`` applies there; ``alpha`` must
+    be 0).
 
     .. math:: \ell = 1 - \frac{2\sum \tilde p\,y + s}{\sum \tilde p + \sum y + s},\qquad
               \tilde p = (1 - p)^\alpha p,\ p = \sigma(z)
@@ -163,6 +167,18 @@ def dice(
         tensor(0.)
     """
     _check_reduction(reduction)
+    if is_softmax_mode(logits, target):
+        if alpha != 0:
+            raise ValueError(f"`alpha` (self-adjusting Dice) must be 0 with integer class labels, got {alpha!r}")
+        return softmax_dice(
+            logits,
+            target,
+            smooth=smooth,
+            reduction=reduction,
+            ignore_index=ignore_index,
+            sync=sync,
+            validate_args=validate_args,
+        )
     z, y = _prepare(logits, target, validate_args)
     p = torch.exp(alpha * F.logsigmoid(-z) + F.logsigmoid(z)) if alpha != 0 else torch.sigmoid(z)
     inter, p_sum, y_sum = _counts([p * y, p, y], reduction, sync)
@@ -188,7 +204,9 @@ def tversky(
               TP = \sum p y,\ FP = \sum p(1 - y),\ FN = \sum (1 - p)y
 
     ``alpha`` weighs false positives, ``beta`` false negatives (defaults 0.3 / 0.7, the paper's best: recall
-    favoured); ``alpha = beta = 0.5`` is Dice. Sums as in :func:`dice` (``reduction``, ``sync``).
+    favoured). Sums as in :func:`dice` (``reduction``, ``sync``). With ``alpha = beta = 0.5`` the denominator is
+    :math:`\tfrac12(\sum p + \sum y) + s`, so the loss is :math:`1 - (2TP + 2s)/(\sum p + \sum y + 2s)`: Dice with
+    ``smooth = 2s``, which is :func:`dice` with the same ``smooth`` only when ``smooth = 0``.
 
     Example:
         >>> tversky(torch.tensor([10.0, -10.0]), torch.tensor([1.0, 0.0])).round(decimals=4)

@@ -35,6 +35,8 @@ def sigmoid_poly1(
     check_binary(logits, target, validate_args=validate_args)
     z = _upcast(logits)
     y = target.to(z.dtype)
+    if pos_weight is not None:
+        pos_weight = pos_weight.to(device=z.device, dtype=z.dtype)
     bce = F.binary_cross_entropy_with_logits(z, y, pos_weight=pos_weight, reduction="none")
     one_minus_pt = y * torch.sigmoid(-z) + (1.0 - y) * torch.sigmoid(z)
     loss = bce + epsilon * one_minus_pt

@@ -2,14 +2,14 @@
 
 The public bases for writing a loss: :class:`Loss` (see its "Writing a loss" section) and the family bases
 :class:`LabelLoss`, :class:`BinaryLoss`, :class:`SetLevelLoss`, :class:`RegressionLoss`, :class:`DistillationLoss`,
-:class:`PreferenceLoss`, :class:`PairedLoss`, :class:`TokenLoss`, :class:`EmbeddingLoss`, :class:`PolicyLoss` and
-:class:`EntropyTerm`.
+:class:`PreferenceLoss`, :class:`PairedLoss`, :class:`TokenLoss`, :class:`EmbeddingLoss`, :class:`ProxyLoss`,
+:class:`PolicyLoss` and :class:`EntropyTerm`.
 """
 
 # importing each family module registers its losses
 from lightning_losses.losses.base import FAMILIES, LOSSES, Loss, build_loss, list_losses
 from lightning_losses.losses.binary import BCE
-from lightning_losses.losses.classification import CrossEntropy, Focal
+from lightning_losses.losses.classification import AsymmetricSingleLabel, CrossEntropy, Focal
 from lightning_losses.losses.distillation import KD, PLD, BinaryKLNorm, DualHeadKD, SelfDistillation
 from lightning_losses.losses.entropy import EMFT, ConfidencePenalty, EntropyMinimization, EntropyTerm
 from lightning_losses.losses.environment import CORAL, IRMv1, VREx
@@ -25,9 +25,9 @@ from lightning_losses.losses.families import (
 from lightning_losses.losses.linear_ce import LinearCrossEntropy
 from lightning_losses.losses.links import LDRKL, SphericalZLoss, StableMaxCrossEntropy
 from lightning_losses.losses.logit_scale import LogitClip, SpectralDecoupling, ZLoss
-from lightning_losses.losses.margin import BiTempered, MultiMargin, PoissonNLL, SigmoidPoly1
+from lightning_losses.losses.margin import LDAM, BiTempered, MultiMargin, PoissonNLL, SigmoidPoly1
 from lightning_losses.losses.metric_learning import Circle, EmbeddingLoss, InfoNCE, MultiSimilarity, SupCon, Triplet
-from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, SigmoidFocal, Tversky
+from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, SigmoidFocal, SoftF1, Tversky
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
 from lightning_losses.losses.policy import GRPO, PolicyLoss, PPOClip
 from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, PairedLoss, SimPO
@@ -45,6 +45,7 @@ from lightning_losses.losses.preference_trl import (
     SPPOHard,
 )
 from lightning_losses.losses.preference_unpaired import APOZeroUnpaired
+from lightning_losses.losses.proxy import ArcFace, CosFace, ProxyAnchor, ProxyLoss, SubCenterArcFace
 from lightning_losses.losses.ranking import VNE, AUCPairwise, EnsLoss
 from lightning_losses.losses.regression import MSE
 from lightning_losses.losses.regression_robust import (
@@ -63,28 +64,29 @@ from lightning_losses.losses.token import DCO, EMO, MixCE, TokenCrossEntropy
 
 __all__ = [
     "AlphaPO",
-    "CORAL",
-    "IRMv1",
-    "VREx",
     "AnyLoss",
-    "AUCPairwise",
     "AOT",
     "AOTUnpaired",
+    "APL",
     "APODown",
     "APOZero",
     "APOZeroUnpaired",
-    "APL",
+    "ArcFace",
     "Asymmetric",
+    "AsymmetricSingleLabel",
+    "AUCPairwise",
     "BCE",
     "BCOPair",
-    "BiTempered",
     "BinaryKLNorm",
     "BinaryLoss",
+    "BiTempered",
     "build_loss",
     "Cauchy",
     "Circle",
     "CompSum",
     "ConfidencePenalty",
+    "CORAL",
+    "CosFace",
     "CPO",
     "CrossEntropy",
     "DCO",
@@ -112,11 +114,13 @@ __all__ = [
     "Huber",
     "InfoNCE",
     "IPO",
+    "IRMv1",
     "Jaccard",
     "JSD",
     "KD",
     "KTO",
     "LabelLoss",
+    "LDAM",
     "LDRKL",
     "LinearCrossEntropy",
     "list_losses",
@@ -134,8 +138,8 @@ __all__ = [
     "MultiSimilarity",
     "NCAPair",
     "NPO",
-    "ORPO",
     "OrdinalWasserstein",
+    "ORPO",
     "OVR",
     "PairedLoss",
     "PLD",
@@ -145,6 +149,8 @@ __all__ = [
     "PolyFocal",
     "PPOClip",
     "PreferenceLoss",
+    "ProxyAnchor",
+    "ProxyLoss",
     "PseudoHuber",
     "Quantile",
     "RDPO",
@@ -156,17 +162,20 @@ __all__ = [
     "SigmoidFocal",
     "SigmoidPoly1",
     "SimPO",
-    "SPPOHard",
+    "SoftF1",
     "SpectralDecoupling",
     "SphericalZLoss",
+    "SPPOHard",
     "Squentropy",
     "StableMaxCrossEntropy",
+    "SubCenterArcFace",
     "SupCon",
     "TaylorCE",
     "TokenCrossEntropy",
-    "VNE",
     "TokenLoss",
     "Triplet",
     "Tversky",
+    "VNE",
+    "VREx",
     "ZLoss",
 ]

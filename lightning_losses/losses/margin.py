@@ -8,13 +8,14 @@ from collections.abc import Sequence
 import torch
 
 from lightning_losses._validation import check_bool, check_int, check_number, check_probability_vector
-from lightning_losses.functional.margin import multi_margin, poisson_nll
+from lightning_losses.errors import ConfigurationError
+from lightning_losses.functional.margin import ldam, ldam_margins, multi_margin, poisson_nll
 from lightning_losses.functional.sigmoid_poly import sigmoid_poly1
 from lightning_losses.functional.tempered import bi_tempered
 from lightning_losses.losses.base import LOSSES, Loss
 from lightning_losses.losses.families import LabelLoss
 
-__all__ = ["BiTempered", "MultiMargin", "PoissonNLL", "SigmoidPoly1"]
+__all__ = ["LDAM", "BiTempered", "MultiMargin", "PoissonNLL", "SigmoidPoly1"]
 
 
 @LOSSES.register("multi_margin", aliases=("multi_margin_loss", "multiclass_hinge"))
@@ -49,7 +50,9 @@ class MultiMargin(LabelLoss):
         super().__init__(validate_args)
         self.p = check_int("p", p, low=1, high=2)
         self.margin = check_number("margin", margin, low=0.0)
-        self.register_buffer("weight", check_probability_vector("weight", weight), persistent=False)
+        self.register_buffer(
+            "weight", check_probability_vector("weight", weight, dtype=torch.float64), persistent=False
+        )
         self.ignore_index = check_int("ignore_index", ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -59,6 +62,62 @@ class MultiMargin(LabelLoss):
             p=self.p,
             margin=self.margin,
             weight=self.weight,
+            ignore_index=self.ignore_index,
+            validate_args=self.validate_args,
+        )
+
+
+@LOSSES.register("ldam", aliases=("ldam_loss", "label_distribution_aware_margin"))
+class LDAM(LabelLoss):
+    r"""Label-distribution-aware margin loss (Cao et al., NeurIPS 2019): cross entropy on
+    :math:`s(z_{iy} - m_y)` and :math:`s z_{ij}`, with :math:`m_c = m_{max} n_c^{-1/4} / \max_j n_j^{-1/4}`.
+
+    See :func:`lightning_losses.functional.margin.ldam`. The paper's LDAM-DRW adds deferred re-weighting: the
+    ``class_balanced`` reweighter with ``beta=0.9999`` and ``start_epoch`` (160 of 200 epochs in the paper), e.g. in a
+    recipe ``objective: {ldam: {samples_per_class: [...]}}`` with ``reweighting: {strategy: class_balanced, beta:
+    0.9999, samples_per_class: [...], start_epoch: 160}``.
+
+    Args:
+        samples_per_class: training-set class counts :math:`n_c` (positive), which set the margins.
+        max_margin: :math:`m_{max} > 0`, the margin of the rarest class. Default 0.5 (authors' code).
+        scale: ``s > 0`` applied to every logit. Default 30 (authors' code, with a normalised last layer).
+        ignore_index: label ignored in loss and normaliser. Default -100.
+
+    Example:
+        >>> import lightning_losses as ll
+        >>> loss = ll.build_loss("ldam", samples_per_class=[100, 10, 1], scale=1.0)
+        >>> loss.margins.tolist()
+        [0.15811388300841897, 0.28117066259517454, 0.5]
+        >>> loss(logits=torch.zeros(2, 3), target=torch.tensor([0, 2])).round(decimals=4)
+        tensor([1.2067, 1.4580])
+    """
+
+    family = "multiclass"
+
+    def __init__(
+        self,
+        samples_per_class: Sequence[float],
+        max_margin: float = 0.5,
+        scale: float = 30.0,
+        ignore_index: int = -100,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__(validate_args)
+        counts = check_probability_vector("samples_per_class", samples_per_class, allow_none=False, dtype=torch.float64)
+        if not bool((counts > 0).all()):
+            raise ConfigurationError(f"`samples_per_class` must be positive counts, got {samples_per_class!r}")
+        self.samples_per_class = counts.tolist()
+        self.max_margin = check_number("max_margin", max_margin, low=0.0, low_open=True)
+        self.scale = check_number("scale", scale, low=0.0, low_open=True)
+        self.ignore_index = check_int("ignore_index", ignore_index)
+        self.register_buffer("margins", ldam_margins(counts, self.max_margin), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ldam(
+            logits,
+            target,
+            self.margins,
+            scale=self.scale,
             ignore_index=self.ignore_index,
             validate_args=self.validate_args,
         )
@@ -137,7 +196,9 @@ class SigmoidPoly1(Loss):
     ) -> None:
         super().__init__(validate_args)
         self.epsilon = check_number("epsilon", epsilon, low=-1.0)
-        self.register_buffer("pos_weight", check_probability_vector("pos_weight", pos_weight), persistent=False)
+        self.register_buffer(
+            "pos_weight", check_probability_vector("pos_weight", pos_weight, dtype=torch.float64), persistent=False
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return sigmoid_poly1(

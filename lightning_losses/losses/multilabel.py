@@ -10,13 +10,14 @@ from __future__ import annotations
 import torch
 
 from lightning_losses import functional as LF
-from lightning_losses._validation import check_choice, check_number
+from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional.multilabel import ANYLOSS_METRICS
+from lightning_losses.functional.overlap import soft_f1
 from lightning_losses.losses.base import LOSSES
 from lightning_losses.losses.families import BinaryLoss, SetLevelLoss
 
-__all__ = ["AnyLoss", "Asymmetric", "Dice", "SigmoidFocal", "Tversky"]
+__all__ = ["AnyLoss", "Asymmetric", "Dice", "SigmoidFocal", "SoftF1", "Tversky"]
 
 
 _BinaryLoss, _SetLevelLoss = BinaryLoss, SetLevelLoss  # the former private names, kept importable
@@ -87,15 +88,21 @@ class Asymmetric(BinaryLoss):
 
 @LOSSES.register("dice", aliases=("dice_loss", "self_adjusting_dice"))
 class Dice(SetLevelLoss):
-    r"""Soft Dice loss, self-adjusting when ``alpha > 0`` (Li et al., ACL 2020).
+    r"""Soft Dice loss, self-adjusting when ``alpha > 0`` (Li et al., ACL 2020); multi-class softmax mode for
+    integer labels (Milletari et al., 3DV 2016; segmentation-models-pytorch's ``DiceLoss(mode="multiclass")``).
 
-    :math:`1 - (2\sum\tilde p y + s)/(\sum\tilde p + \sum y + s)`, :math:`\tilde p = (1 - p)^\alpha p`.
+    :math:`1 - (2\sum\tilde p y + s)/(\sum\tilde p + \sum y + s)`, :math:`\tilde p = (1 - p)^\alpha p`, with
+    :math:`p = \sigma(z)` for a ``target`` shaped like ``logits``; for integer labels ``target [N, ...]`` with
+    ``logits [N, C, ...]`` :math:`p = \mathrm{softmax}(z)` over axis 1, ``y`` one-hot, mean over the ``C`` classes
+    (:func:`lightning_losses.functional.overlap.softmax_dice`: with ``"global"`` a class absent from the target
+    counts 0, as segmentation-models-pytorch).
 
     Args:
-        smooth: ``s >= 0`` added to numerator and denominator. Default 1.0.
-        alpha: self-adjusting exponent ``>= 0``. Default 0 (plain soft Dice).
-        reduction: ``"global"`` (default: per-label sums over the global batch, one scalar, batch-level) or
-            ``"sample"`` (per-sample over its ``K`` labels, ``[N]``).
+        smooth: ``s >= 0`` added to numerator and denominator. Default 1.0 (segmentation-models-pytorch: 0).
+        alpha: self-adjusting exponent ``>= 0`` (sigmoid mode only). Default 0 (plain soft Dice).
+        reduction: ``"global"`` (default: per-label / per-class sums over the global batch, one scalar, batch-level)
+            or ``"sample"`` (per sample over its labels / pixels, ``[N]``).
+        ignore_index: softmax mode: pixels with this label are left out. Default -100.
 
     Example:
         >>> import lightning_losses as ll
@@ -104,15 +111,23 @@ class Dice(SetLevelLoss):
         torch.Size([4])
         >>> ll.build_loss("dice").batch_level
         True
+        >>> ll.build_loss("dice", smooth=0.0)(logits=torch.zeros(2, 3, 4, 4), target=torch.zeros(2, 4, 4, dtype=int))
+        tensor(0.1667)
     """
 
     def __init__(
-        self, smooth: float = 1.0, alpha: float = 0.0, reduction: str = "global", validate_args: bool = True
+        self,
+        smooth: float = 1.0,
+        alpha: float = 0.0,
+        reduction: str = "global",
+        ignore_index: int = -100,
+        validate_args: bool = True,
     ) -> None:
         super().__init__(validate_args)
         self.smooth = check_number("smooth", smooth, low=0.0)
         self.alpha = check_number("alpha", alpha, low=0.0)
         self._set_reduction(reduction)
+        self.ignore_index = check_int("ignore_index", ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return LF.dice(
@@ -121,6 +136,51 @@ class Dice(SetLevelLoss):
             smooth=self.smooth,
             alpha=self.alpha,
             reduction=self.reduction,
+            ignore_index=self.ignore_index,
+            validate_args=self.validate_args,
+        )
+
+
+@LOSSES.register("soft_f1", aliases=("softf1", "macro_soft_f1", "soft_f1_loss"))
+class SoftF1(SetLevelLoss):
+    r"""Macro soft-F1 loss :math:`1 - 2TP/(2TP + FP + FN + \varepsilon)` on soft counts, mean over labels / classes
+    (sigmoid multi-label or softmax multi-class mode, as ``dice``); ``double=True`` averages it with the F1 of the
+    negatives (double soft-F1). See :func:`lightning_losses.functional.overlap.soft_f1`.
+
+    Args:
+        double: add the negative class's soft F1 (rewards true negatives). Default False.
+        eps: ``ε > 0`` in the denominator. Default 1e-16.
+        reduction: ``"global"`` (default: the batch's macro F1, batch-level) or ``"sample"`` (``[N]``).
+        ignore_index: softmax mode: pixels with this label are left out. Default -100.
+
+    Example:
+        >>> import lightning_losses as ll
+        >>> ll.build_loss("soft_f1")(logits=torch.zeros(4, 3), target=torch.ones(4, 3))
+        tensor(0.3333)
+    """
+
+    def __init__(
+        self,
+        double: bool = False,
+        eps: float = 1e-16,
+        reduction: str = "global",
+        ignore_index: int = -100,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__(validate_args)
+        self.double = check_bool("double", double)
+        self.eps = check_number("eps", eps, low=0.0, low_open=True)
+        self._set_reduction(reduction)
+        self.ignore_index = check_int("ignore_index", ignore_index)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return soft_f1(
+            logits,
+            target,
+            double=self.double,
+            eps=self.eps,
+            reduction=self.reduction,
+            ignore_index=self.ignore_index,
             validate_args=self.validate_args,
         )
 
@@ -131,8 +191,9 @@ class Tversky(SetLevelLoss):
 
     Args:
         alpha: weight of false positives ``>= 0``. Default 0.3.
-        beta: weight of false negatives ``>= 0``. Default 0.7 (the paper's best; ``alpha = beta = 0.5`` is Dice).
-        smooth: ``s >= 0``. Default 1.0.
+        beta: weight of false negatives ``>= 0``. Default 0.7 (the paper's best).
+        smooth: ``s >= 0``. Default 1.0. ``alpha = beta = 0.5`` gives ``dice`` with ``smooth = 2s`` (the two agree at
+            equal ``smooth`` only when ``smooth = 0``).
         reduction: ``"global"`` (default, batch-level) or ``"sample"`` (``[N]``), as for ``dice``.
 
     Example:

@@ -75,6 +75,9 @@ class ClassBalanced(Reweighter):
         samples_per_class: training-set class counts :math:`n_c`, if known.
         num_classes: number of classes when counting; default from ``logits [N, C]`` or the first global batch.
         num_samples: dataset size, for the table of counted indices (grows on demand otherwise).
+        start_epoch: deferred re-weighting, DRW (Cao et al., NeurIPS 2019, with ``ldam``): every sample weighs 1
+            before this training epoch (counting goes on), the class-balanced weights from it on. Default 0 (from
+            the start); the paper uses 160 of 200 epochs with ``beta=0.9999``.
 
     Example:
         >>> r = ClassBalanced(beta=0.999, samples_per_class=[1, 3])
@@ -91,9 +94,11 @@ class ClassBalanced(Reweighter):
         samples_per_class: Sequence[float] | None = None,
         num_classes: int | None = None,
         num_samples: int | None = None,
+        start_epoch: int = 0,
     ) -> None:
         super().__init__()
         self.beta = check_number("beta", beta, low=0.0, high=1.0, high_open=True)
+        self.start_epoch = check_int("start_epoch", start_epoch, low=0)
         counts = check_probability_vector("samples_per_class", samples_per_class)
         self.num_classes = None if num_classes is None else check_int("num_classes", num_classes, low=1)
         if counts is not None and self.num_classes is not None and counts.numel() != self.num_classes:
@@ -132,11 +137,17 @@ class ClassBalanced(Reweighter):
             new = self.seen.fresh(index, 0, valid) & ~self.seen.seen(index)
             self.seen.write(index, new, 0)
             self.class_count = self.class_count + id_counts(target, size, mask=new)
-        class_weights = F.class_balanced_weights(self.class_count, self.beta)
-        return class_weights[self.masked_ids(inputs["target"], inputs)].to(losses.dtype)
+        weights = self.class_weights()[self.masked_ids(inputs["target"], inputs)].to(losses.dtype)
+        if self.start_epoch:  # DRW: decided on the device from the epoch state (no host sync)
+            weights = torch.where(self.epoch >= self.start_epoch, weights, torch.ones_like(weights))
+        return weights
+
+    def class_weights(self) -> torch.Tensor:
+        """The ``[C]`` class-balanced weights of the current counts (whatever the epoch)."""
+        return F.class_balanced_weights(self.class_count, self.beta)
 
     def log_values(self):
-        return {f"class_weight/{c}": w for c, w in enumerate(F.class_balanced_weights(self.class_count, self.beta))}
+        return {f"class_weight/{c}": w for c, w in enumerate(self.class_weights())}
 
 
 @REWEIGHTERS.register("ema_class_loss")

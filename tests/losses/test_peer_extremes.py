@@ -43,3 +43,29 @@ def test_softmax_mode_at_extreme_logits(name):
     out = ll.build_loss(name, smooth=0.0)(logits=x, target=CASES["lovasz_softmax"]["target"])
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+
+
+SEG = BIG.reshape(2, 4, 1).expand(2, 4, 3)
+SEG_LABELS = torch.tensor([[0, 1, 2], [2, 2, 3]])
+# the issue-18 additions that need arguments or another input form
+MORE = {
+    "ldam": ({"samples_per_class": [100, 20, 5, 1]}, {"logits": BIG, "target": LABELS}),
+    "asymmetric_single_label": ({"gamma_pos": 0.5}, {"logits": BIG, "target": LABELS}),
+    "bce": ({"label_smoothing": 0.1}, {"logits": BIG, "target": LABELS}),
+    "soft_f1": ({"double": True, "reduction": "sample"}, {"logits": SEG, "target": SEG_LABELS}),
+    "dice": ({"reduction": "sample", "smooth": 0.0}, {"logits": SEG, "target": SEG_LABELS}),
+    "arcface": ({"num_classes": 4, "embedding_size": 4}, {"embeddings": BIG, "target": LABELS}),
+    "cosface": ({"num_classes": 4, "embedding_size": 4}, {"embeddings": BIG, "target": LABELS}),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(MORE))
+def test_additions_finite_at_extreme_inputs_and_in_half_precision(name, dtype):
+    kwargs, inputs = MORE[name]
+    key = "embeddings" if "embeddings" in inputs else "logits"
+    x = inputs[key].to(dtype).clone().requires_grad_()
+    out = ll.build_loss(name, **kwargs)(**{**inputs, key: x})
+    out.sum().backward()
+    assert out.shape == (2,) and out.dtype == torch.float32
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all(), name

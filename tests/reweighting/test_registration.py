@@ -21,11 +21,11 @@ REPRS = [
         {"group_counts": [4, 1], "adjustment": 1.0},
         "GroupDRO(step_size=0.01, adjustment=1.0, num_groups=2)",
     ),
-    ("class_balanced", {}, "ClassBalanced(beta=0.999, samples_per_class=None, num_classes=None)"),
+    ("class_balanced", {}, "ClassBalanced(beta=0.999, samples_per_class=None, num_classes=None, start_epoch=0)"),
     (
         "class_balanced",
         {"samples_per_class": [3, 1], "num_samples": 10},
-        "ClassBalanced(beta=0.999, samples_per_class=[3, 1], num_classes=None)",
+        "ClassBalanced(beta=0.999, samples_per_class=[3, 1], num_classes=None, start_epoch=0)",
     ),
     ("ema_class_loss", {"num_classes": 4}, "EMAClassLoss(momentum=0.9, temperature=1.0, num_classes=4)"),
     ("loss_softmax", {"temperature": 2.0}, "LossSoftmax(temperature=2.0)"),
