@@ -11,8 +11,12 @@ from lightning_losses.perturbation import functional
 from lightning_losses.perturbation.callback import (
     ASAM,
     AWP,
+    ESAM,
+    GSAM,
     SAM,
+    WSAM,
     AdversarialModelPerturbation,
+    FriendlySAM,
     PresetCallback,
     WeightPerturbation,
     suppressed_logging,
@@ -32,11 +36,16 @@ from lightning_losses.perturbation.presets import (
     register_preset,
     sam,
 )
+from lightning_losses.perturbation.sam_variants import esam, friendly_sam, gsam, wsam
 from lightning_losses.perturbation.trajectory import SAF
 
 __all__ = [
     "ASAM",
     "AWP",
+    "ESAM",
+    "FriendlySAM",
+    "GSAM",
+    "WSAM",
     "PERTURBATIONS",
     "PRESETS",
     "SAF",
@@ -52,6 +61,10 @@ __all__ = [
     "asam_p2",
     "awp",
     "batchnorm_modules",
+    "esam",
+    "friendly_sam",
+    "gsam",
+    "wsam",
     "build_perturbation",
     "frozen_batchnorm",
     "functional",
