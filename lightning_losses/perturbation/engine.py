@@ -85,6 +85,10 @@ class Perturbation(StepPhases):
         descent: the gradient left for the optimizer
             (:data:`~lightning_losses.perturbation.gradient_rules.DESCENT_RULES`): ``"perturbed"`` (:math:`g_p`,
             default), ``"surrogate_gap"`` (GSAM) or ``"weighted"`` (WSAM).
+        select_fraction: ESAM's data selection :math:`\gamma`: the descent pass keeps the
+            :math:`\lfloor\gamma B\rfloor` samples whose loss rose most
+            (:mod:`~lightning_losses.perturbation.data_selection`; needs per-sample losses: ``compute_loss`` under
+            the callback, a loss function returning ``[N]`` in :func:`perturbed_backward`). Default 1 (all).
         descent_weight: GSAM's :math:`\alpha` (:math:`\ge 0`) or WSAM's :math:`\gamma` (in :math:`[0, 1)`).
             Default 0.
         seed: seed of ``probability`` and of the ``"stochastic"`` direction's draws. Default 0.
@@ -117,6 +121,7 @@ class Perturbation(StepPhases):
         keep_probability: float = 1.0,
         descent: str = "perturbed",
         descent_weight: float = 0.0,
+        select_fraction: float = 1.0,
         seed: int = 0,
         eps: float = 1e-12,
     ) -> None:
@@ -153,6 +158,7 @@ class Perturbation(StepPhases):
         self.descent = check_choice("descent", descent, tuple(DESCENT_RULES))
         self.descent_weight = check_number("descent_weight", descent_weight, low=0.0)
         DESCENT_RULES[self.descent].check(self.descent_weight)
+        self.select_fraction = check_number("select_fraction", select_fraction, low=0.0, high=1.0, low_open=True)
         check_used(self)
         self.seed = check_int("seed", seed)
         self.eps = check_number("eps", eps, low=0.0)

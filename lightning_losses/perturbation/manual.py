@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from lightning_losses.perturbation.checkpoints import guarded_checkpoints
+from lightning_losses.perturbation.data_selection import selected_loss
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.passes import frozen_metrics, metric_modules, suppressed_logging
 
@@ -67,7 +68,9 @@ def perturbed_backward(
         perturbation: a :class:`Perturbation` (e.g. ``build_perturbation("sam")``).
         model: the module whose parameters are perturbed (a DDP wrapper's ``.module`` names match the model's).
         loss_fn: computes the scalar loss at the current weights (forward only); ``None`` skips the batch: no
-            backward, no perturbation (the call returns ``None``).
+            backward, no perturbation (the call returns ``None``). With data selection (esam's ``gamma`` < 1) it
+            returns the per-sample losses ``[N]``: averaged, except in the descent pass (the selected samples' mean);
+            per-sample losses are averaged without data selection too.
         backward: how to backpropagate (default ``loss.backward()``; Lightning: ``self.manual_backward``; with a
             GradScaler: ``lambda l: scaler.scale(l).backward()``).
         zero_grad: clears gradients between passes (default: ``p.grad = None`` on the model's parameters).
@@ -92,6 +95,8 @@ def perturbed_backward(
 
     run_backward = backward or (lambda loss: loss.backward())
     metrics = metric_modules(module)  # found once for all the passes of this step
+    fraction = perturbation.select_fraction
+    before: list[torch.Tensor] = []  # ESAM's data selection: the per-sample losses at w
 
     def forward_backward(phase: str) -> torch.Tensor | None:
         with contextlib.ExitStack() as quiet:
@@ -102,6 +107,16 @@ def perturbed_backward(
             loss = loss_fn()
             if loss is None:
                 return None
+            if fraction < 1.0 or loss.ndim == 1:  # per-sample losses: selected in the descent pass, else averaged
+                if loss.ndim != 1:
+                    raise ValueError(
+                        f"data selection (esam's `gamma` = {fraction} < 1) needs `loss_fn` to return per-sample "
+                        f"losses of shape [N], got shape {list(loss.shape)}; or pass gamma=1.0"
+                    )
+                if phase in ("first", "plain"):
+                    before[:] = [loss.detach()]
+                use = phase == "descent" and before
+                loss = selected_loss(loss, before[0], fraction) if use else loss.mean()
             run_backward(loss)
         return loss.detach()
 

@@ -246,4 +246,3 @@ def build_perturbation(spec: Any, /, **kwargs: Any) -> Perturbation:
             "mixed precision is the Trainer's `precision=` (e.g. `16-mixed`)"
         )
     return PERTURBATIONS.build(spec, **kwargs)
-

@@ -65,17 +65,20 @@ for _preset in (
     Preset(
         "esam",
         radius="rho",
-        defaults={"rho": 0.05, "beta": 0.6},
+        defaults={"rho": 0.05, "beta": 0.6, "gamma": 0.5},
         direction="stochastic",
-        renames={"beta": "keep_probability"},
-        doc=r"""ESAM's stochastic weight perturbation (Du et al., ICLR 2022): each parameter tensor is perturbed with
+        renames={"beta": "keep_probability", "gamma": "select_fraction"},
+        doc=r"""ESAM (Du et al., ICLR 2022). Stochastic weight perturbation: each parameter tensor is perturbed with
     probability :math:`\beta` (drawn per tensor and step from ``seed``: the same on every rank and after a resume),
-    :math:`\epsilon = \frac{\rho}{\beta}\,g_S/\|g_S\|` on the kept set :math:`S`, zero elsewhere. The reference draws
-    which tensors get an ascent gradient for the *next* step and skips their weight gradients to save time; here the
-    full gradient is computed and masked (same :math:`\epsilon`, no speed-up). ESAM's sharpness-sensitive data
-    selection (the :math:`\gamma` fraction) is not implemented: the descent uses the whole batch (:math:`\gamma = 1`).
-    Defaults :math:`\rho = 0.05`, :math:`\beta = 0.6` (the authors' ``run.sh``; their class default :math:`\beta = 1`
-    is SAM). Example: ``ll.build_perturbation("esam", rho=0.05, beta=0.5)``.""",
+    :math:`\epsilon = \frac{\rho}{\beta}\,g_S/\|g_S\|` on the kept set :math:`S`, zero elsewhere. Sharpness-sensitive
+    data selection: the descent loss is the mean over the :math:`\lfloor\gamma B\rfloor` samples of largest
+    :math:`\ell_i(w + \epsilon) - \ell_i(w)` (per rank, as the reference;
+    :mod:`~lightning_losses.perturbation.data_selection`), which needs per-sample losses (``compute_loss``; in
+    :func:`perturbed_backward` a loss function returning ``[N]``) and ``accumulate_grad_batches=1``; ``gamma=1`` uses
+    the whole batch. The reference skips the dropped tensors' weight gradients and back-propagates the kept subset only
+    to save time; here the full gradients are computed and masked (same step, none of the speed-up). Defaults
+    :math:`\rho = 0.05`, :math:`\beta = 0.6`, :math:`\gamma = 0.5` (the authors' ``run.sh``; their class defaults
+    :math:`\beta = \gamma = 1` are SAM). Example: ``ll.build_perturbation("esam", rho=0.05, beta=0.5, gamma=0.5)``.""",
     ),
 ):
     register_preset(_preset)

@@ -47,6 +47,7 @@ from lightning_losses._compat import closure_result, set_closure_result
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation.checkpoints import unperturbed_checkpoint
+from lightning_losses.perturbation.data_selection import check_selection, selected_loss
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.passes import (
     ascent_terms_only,
@@ -215,6 +216,22 @@ class WeightPerturbation(MixinCallback):
         trainer = module.trainer
         torch_opt = getattr(optimizer, "optimizer", optimizer)
         ascent_terms = self.engine.ascent_terms
+        fraction = self.engine.select_fraction
+        check_selection(fraction, trainer.accumulate_grad_batches, type(self).__name__)
+        before: list[torch.Tensor] = []  # ESAM's data selection: the per-sample losses at w
+
+        def per_sample() -> torch.Tensor:
+            out = getattr(module, "objective_output", None)
+            if out is None:
+                raise ConfigurationError(
+                    f"{type(self).__name__}: data selection (esam's `gamma` < 1) needs the per-sample losses of "
+                    f"`compute_loss`; `training_step` did not call it (or pass gamma=1.0)"
+                )
+            return out.per_sample
+
+        def selected(loss: torch.Tensor) -> torch.Tensor:
+            out = module.objective_output  # `training_step` returns `compute_loss`'s loss (accumulation refused)
+            return selected_loss(out.per_sample, before[0], fraction, out.weights)
 
         def forward_backward(phase: str) -> torch.Tensor | None:
             if phase == "plain":
@@ -224,11 +241,14 @@ class WeightPerturbation(MixinCallback):
                 with terms:
                     loss = closure()
                 self._first_result = closure_result(closure)
+                if fraction < 1.0 and loss is not None:
+                    before[:] = [per_sample().detach()]
                 return loss
             with suppressed_logging(module), frozen_metrics(module, self._metrics), terms:
                 if len(self._batches) > 1:
                     self._replay(trainer, module, optimizer)
-                return rerun(closure)
+                select = phase == "descent" and fraction < 1.0 and before
+                return rerun(closure, selected if select else None)
 
         def wrapped() -> torch.Tensor | None:
             self._hook_ran = True

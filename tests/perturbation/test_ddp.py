@@ -182,7 +182,7 @@ def test_sam_variants_sync_ascent_equal_one_process_on_concatenated_batch(ddp):
         ("gsam", {"rho": 0.5, "alpha": 0.4}),
         ("wsam", {"rho": 0.5, "gamma": 0.8}),
         ("friendly_sam", {"rho": 0.5, "lmbda": 0.6}),
-        ("esam", {"rho": 0.5, "beta": 0.5}),
+        ("esam", {"rho": 0.5, "beta": 0.5, "gamma": 1.0}),
     )
     for method, kwargs in cases:
         results = ddp.run(_ddp_steps, method, {**kwargs, "sync_ascent": True}, 3)

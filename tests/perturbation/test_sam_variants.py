@@ -166,8 +166,8 @@ def _esam_reference(rho, beta, seed=0):
 
 
 def test_esam_trajectory_equals_paper_formula():
-    _same(_ours("esam", {"rho": 0.3, "beta": 0.5}), _esam_reference(0.3, 0.5))
-    _same(_ours("esam", {"rho": 0.3, "beta": 1.0}), _ours("sam", {"rho": 0.3}), atol=0)
+    _same(_ours("esam", {"rho": 0.3, "beta": 0.5, "gamma": 1.0}), _esam_reference(0.3, 0.5))
+    _same(_ours("esam", {"rho": 0.3, "beta": 1.0, "gamma": 1.0}), _ours("sam", {"rho": 0.3}), atol=0)
 
 
 def test_esam_drops_tensors():
@@ -253,8 +253,9 @@ def test_old_state_without_direction_state_loads():
 @pytest.mark.parametrize("name", ["gsam", "wsam", "friendly_sam", "esam"])
 def test_every_n_steps_and_looksam_compose(name):
     """Plain steps in between (every_n_steps=2) equal plain SGD steps; LookSAM's reuse changes them."""
-    every = _ours(name, {"rho": 0.3, "every_n_steps": 2})
-    looksam = _ours(name, {"rho": 0.3, "every_n_steps": 2, "reuse_alpha": 0.7})
+    extra = {"gamma": 1.0} if name == "esam" else {}
+    every = _ours(name, {"rho": 0.3, "every_n_steps": 2, **extra})
+    looksam = _ours(name, {"rho": 0.3, "every_n_steps": 2, "reuse_alpha": 0.7, **extra})
     assert any(not torch.equal(every[k], looksam[k]) for k in every)
     every_sam = _ours("sam", {"rho": 0.3, "every_n_steps": 2})
     assert any(not torch.equal(every[k], every_sam[k]) for k in every) or name == "esam"
@@ -277,3 +278,91 @@ def test_gsam_descent_under_a_loss_scale():
         out[scale] = [p.grad / scale for p in model.parameters()]
     for a, b in zip(out[1.0], out[1024.0]):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)  # eps in ||g_p||^2 + eps is not scaled
+
+
+# ---------------------------------------------------------------- ESAM's sharpness-sensitive data selection
+
+
+def _per_sample_loss(model, weights, x, y):
+    from torch.func import functional_call
+
+    return nn.functional.cross_entropy(functional_call(model, weights, (x,)), y, reduction="none")
+
+
+def _esam_sds_reference(rho, beta, gamma, seed=0):
+    """SWP as above, then the descent gradient of the mean loss at w + eps over the floor(gamma B) samples whose loss
+    rose most (explicit loop over the paper's steps, float64)."""
+    model = tiny_model()
+    params = dict(model.named_parameters())
+    opt = torch.optim.SGD(params.values(), lr=LR, momentum=MOMENTUM)
+    for step, (x, y) in enumerate(_batches()):
+        w = {k: v.detach().clone() for k, v in params.items()}
+        g = grad_at(model, w, x, y)
+        draw = random.Random(seed * 1_000_003 + step + 7919)
+        kept = {k: draw.random() < beta for k in g}
+        n = norm([g[k] for k in g if kept[k]])
+        eps = {k: (rho / beta) * g[k] / (n + 1e-12) if kept[k] else torch.zeros_like(g[k]) for k in g}
+        before = _per_sample_loss(model, w, x, y)
+        moved = {k: (w[k] + eps[k]).requires_grad_(True) for k in w}
+        after = _per_sample_loss(model, moved, x, y)
+        sharp = [(float(after[i].detach() - before[i]), i) for i in range(len(y))]
+        top = [i for _, i in sorted(sharp, reverse=True)[: int(gamma * len(y))]]
+        loss = sum(after[i] for i in top) / len(top)
+        grads = torch.autograd.grad(loss, list(moved.values()))
+        for p, gk in zip(params.values(), grads):
+            p.grad = gk
+        opt.step()
+    return {k: v.detach().clone() for k, v in params.items()}
+
+
+def _ours_per_sample(method, kwargs):
+    model = tiny_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    engine = build_perturbation(method, **kwargs)
+    for x, y in _batches():
+        opt.zero_grad()
+        loss_fn = lambda x=x, y=y: nn.functional.cross_entropy(model(x), y, reduction="none")  # noqa: E731
+        perturbed_backward(engine, model, loss_fn)
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def test_esam_data_selection_equals_paper_formula():
+    ours = _ours_per_sample("esam", {"rho": 0.3, "beta": 0.5, "gamma": 0.5})
+    _same(ours, _esam_sds_reference(0.3, 0.5, 0.5))
+    assert any(not torch.allclose(ours[k], _esam_reference(0.3, 0.5)[k]) for k in ours)  # the selection mattered
+    _same(_ours_per_sample("esam", {"rho": 0.3, "beta": 0.5, "gamma": 1.0}), _esam_reference(0.3, 0.5))
+
+
+def test_esam_data_selection_needs_per_sample_losses():
+    model = tiny_model()
+    x, y = tiny_batch()
+    with pytest.raises(ValueError, match=r"data selection \(esam's `gamma` = 0.5 < 1\) needs `loss_fn` to return"):
+        perturbed_backward(build_perturbation("esam"), model, lambda: nn.functional.cross_entropy(model(x), y))
+
+
+def test_esam_data_selection_under_the_callback_equals_manual():
+    """The callback selects from compute_loss's per-sample losses: its run equals the manual helper's."""
+    from ._lightning import Tiny, loader, trainer
+
+    cb_model = Tiny()
+    trainer([ll.ESAM(rho=0.3, beta=0.5, gamma=0.5)], max_steps=2).fit(cb_model, loader(8, n=16))
+
+    manual = Tiny()
+    opt = torch.optim.SGD(manual.parameters(), lr=0.1, momentum=0.9)
+    engine = build_perturbation("esam", rho=0.3, beta=0.5, gamma=0.5)
+    for x, y in loader(8, n=16):
+        opt.zero_grad()
+        loss_fn = lambda x=x, y=y: nn.functional.cross_entropy(manual.net(x), y, reduction="none")  # noqa: E731
+        perturbed_backward(engine, manual.net, loss_fn)
+        opt.step()
+    for a, b in zip(cb_model.parameters(), manual.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_esam_data_selection_refuses_accumulation():
+    from ._lightning import Tiny, loader, trainer
+
+    t = trainer([ll.ESAM(gamma=0.5)], max_steps=1, accumulate_grad_batches=2)
+    with pytest.raises(ConfigurationError, match=r"ESAM: data selection .* needs accumulate_grad_batches=1, got 2"):
+        t.fit(Tiny(), loader(4, n=16))
