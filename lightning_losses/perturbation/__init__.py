@@ -1,5 +1,5 @@
 """Weight perturbation: one engine (:class:`Perturbation`), presets by name, pure functions, Lightning callbacks,
-and :class:`SAF` (a sharpness-aware trajectory loss at the cost of a plain step).
+and :class:`SAF` / :class:`MESA` (sharpness-aware trajectory losses at the cost of a plain step).
 
 Example:
     >>> import lightning_losses as ll
@@ -37,6 +37,7 @@ from lightning_losses.perturbation.presets import (
     sam,
 )
 from lightning_losses.perturbation.sam_variants import esam, friendly_sam, gsam, wsam
+from lightning_losses.perturbation.mesa import MESA
 from lightning_losses.perturbation.trajectory import SAF
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "ESAM",
     "FriendlySAM",
     "GSAM",
+    "MESA",
     "WSAM",
     "PERTURBATIONS",
     "PRESETS",
