@@ -23,6 +23,7 @@ from lightning_losses.perturbation.callback import (
 )
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules, frozen_batchnorm, select_parameters
 from lightning_losses.perturbation.manual import perturbed_backward
+from lightning_losses.perturbation.mesa import MESA
 from lightning_losses.perturbation.presets import (
     PERTURBATIONS,
     PRESETS,
@@ -37,7 +38,6 @@ from lightning_losses.perturbation.presets import (
     sam,
 )
 from lightning_losses.perturbation.sam_variants import esam, friendly_sam, gsam, wsam
-from lightning_losses.perturbation.mesa import MESA
 from lightning_losses.perturbation.trajectory import SAF
 
 __all__ = [
