@@ -114,8 +114,12 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         return loss
 
     def objective_tensors(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """What the objective is given: ``logits`` plus the batch's ``target``, ``index`` and ``group``."""
-        return {"logits": logits, **{k: v for k, v in batch.items() if k in ("target", "index", "group")}}
+        """What the objective is given: ``logits`` plus the batch's ``target``, ``index`` and ``group``, and the model
+        input ``x`` as ``inputs`` (for :class:`~lightning_losses.MESA`'s EMA teacher)."""
+        tensors = {"logits": logits, **{k: v for k, v in batch.items() if k in ("target", "index", "group")}}
+        if "x" in batch:
+            tensors["inputs"] = batch["x"]
+        return tensors
 
     def loss_from_batch(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The objective on this batch (:meth:`objective_tensors`)."""

@@ -85,6 +85,10 @@ class Perturbation(StepPhases):
         descent: the gradient left for the optimizer
             (:data:`~lightning_losses.perturbation.gradient_rules.DESCENT_RULES`): ``"perturbed"`` (:math:`g_p`,
             default), ``"surrogate_gap"`` (GSAM) or ``"weighted"`` (WSAM).
+        decouple: WSAM's decoupled form (:mod:`~lightning_losses.perturbation.decoupled`): ``.grad`` holds
+            :math:`g` and the sharpness term is applied after ``optimizer.step()`` as a plain SGD step
+            (``descent="weighted"`` only; the optimizer must be known: the callback's, or ``perturbed_backward(...,
+            optimizer=opt)``). Default False.
         select_fraction: ESAM's data selection :math:`\gamma`: the descent pass keeps the
             :math:`\lfloor\gamma B\rfloor` samples whose loss rose most
             (:mod:`~lightning_losses.perturbation.data_selection`; needs per-sample losses: ``compute_loss`` under
@@ -121,6 +125,7 @@ class Perturbation(StepPhases):
         keep_probability: float = 1.0,
         descent: str = "perturbed",
         descent_weight: float = 0.0,
+        decouple: bool = False,
         select_fraction: float = 1.0,
         seed: int = 0,
         eps: float = 1e-12,
@@ -140,10 +145,13 @@ class Perturbation(StepPhases):
         self.exclude = check_patterns("exclude", exclude)
         self.min_ndim = check_int("min_ndim", min_ndim, low=0)
         self.ascent_terms = check_patterns("ascent_terms", ascent_terms)
-        for name, flag in (("sync_ascent", sync_ascent), ("freeze_bn", freeze_bn)):
+        for name, flag in (("sync_ascent", sync_ascent), ("freeze_bn", freeze_bn), ("decouple", decouple)):
             if not isinstance(flag, bool):
                 raise ConfigurationError(f"`{name}` must be true or false, got {flag!r}")
         self.sync_ascent = sync_ascent
+        self.decouple = decouple
+        #: WSAM decoupled: ``(params, terms)`` to apply after the optimizer step (:mod:`.decoupled`)
+        self.pending: tuple[list[Tensor], list[Tensor]] | None = None
         self.freeze_bn = freeze_bn
         self.every_n_steps = check_int("every_n_steps", every_n_steps, low=1)
         self.probability = check_number("probability", probability, low=0.0, high=1.0, low_open=True)
@@ -265,6 +273,7 @@ class Perturbation(StepPhases):
         Returns:
             The loss of the first pass (at :math:`w`).
         """
+        self.pending = None  # a term the optimizer did not apply (a skipped step) is dropped
         if not self.is_active(step, epoch):
             loss = forward_backward("plain")
             if self.reuse_alpha is not None and self.orthogonal is not None:

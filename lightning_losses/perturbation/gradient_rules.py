@@ -161,6 +161,10 @@ def check_used(engine: Any) -> None:
                     f"`{key}` applies to `direction={direction!r}` only, got {key}={getattr(engine, key)!r} with "
                     f"direction={engine.direction!r}"
                 )
+    if engine.decouple and engine.descent != "weighted":
+        raise ConfigurationError(
+            f"`decouple` applies to `descent='weighted'` (WSAM) only, got descent={engine.descent!r}"
+        )
     if engine.descent == "perturbed" and engine.descent_weight != 0.0:
         raise ConfigurationError(
             f"`descent_weight` applies to `descent` 'surrogate_gap' or 'weighted' only, got "

@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_losses.errors import ConfigurationError
+from lightning_losses.perturbation import decoupled
 from lightning_losses.perturbation.checkpoints import guarded_checkpoints
 from lightning_losses.perturbation.data_selection import selected_loss
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
@@ -59,6 +61,7 @@ def perturbed_backward(
     no_sync: Callable[[], Any] | None = None,
     grad_scaler: Any = None,
     step: int | None = None,
+    optimizer: Any = None,
 ) -> torch.Tensor | None:
     """Run the perturbed forward-backward passes; afterwards ``.grad`` holds the descent gradient and the weights
     are exactly as before. Call ``optimizer.step()`` (or ``scaler.step(optimizer)``) next. Inside, a checkpoint
@@ -77,10 +80,19 @@ def perturbed_backward(
         no_sync: a DDP ``model.no_sync`` (per-replica ascent unless the perturbation has ``sync_ascent=True``).
         grad_scaler: the ``torch.amp.GradScaler`` whose scale the gradients carry (unscaled for the ascent).
         step: the optimizer step (schedules, ``every_n_steps``); default: the number of calls so far.
+        optimizer: the optimizer that will step (needed by WSAM's decoupled form, whose sharpness term is applied
+            right after ``optimizer.step()`` by a step post-hook registered here).
 
     Returns:
         The loss at the unperturbed weights (detached).
     """
+    if perturbation.decouple:
+        if optimizer is None:
+            raise ConfigurationError(
+                "WSAM's decoupled form (`decouple=True`) applies its sharpness term after the optimizer step: pass "
+                "`optimizer=` to perturbed_backward (or build it with decouple=False)"
+            )
+        decoupled.attach(perturbation, optimizer)
     if step is None:
         step = perturbation.calls
     perturbation.calls += 1

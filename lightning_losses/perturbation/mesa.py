@@ -59,12 +59,9 @@ class MESA(MixinCallback):
     Example:
         >>> import lightning as L
         >>> from lightning_losses.demo import DigitsClassifier, DigitsDataModule
-        >>> class Model(DigitsClassifier):
-        ...     def objective_tensors(self, logits, batch):
-        ...         return {**super().objective_tensors(logits, batch), "inputs": batch["x"]}
         >>> trainer = L.Trainer(max_steps=2, callbacks=[MESA(start_epoch=0)], logger=False, enable_progress_bar=False,
         ...                     enable_checkpointing=False, enable_model_summary=False)
-        >>> trainer.fit(Model(), DigitsDataModule())
+        >>> trainer.fit(DigitsClassifier(), DigitsDataModule())  # it passes `inputs=batch["x"]`
         >>> trainer.callbacks[0].updates
         2
     """
@@ -123,8 +120,14 @@ class MESA(MixinCallback):
         if self.ema is None or trainer.global_step == self._seen_step:  # no optimizer step in this batch
             return
         self._seen_step = trainer.global_step
+        self.update(pl_module)
+
+    def update(self, module: Any) -> None:
+        """One EMA step towards ``module``'s current parameters and buffers (after an optimizer step)."""
+        if self.ema is None:
+            self.ema = {n: t.clone() for n, t in self._current(module).items()}
         with torch.no_grad():
-            for n, t in self._current(pl_module).items():
+            for n, t in self._current(module).items():
                 avg = self.ema[n]
                 if avg.device != t.device:
                     avg = self.ema[n] = avg.to(t.device)

@@ -37,14 +37,17 @@ for _preset in (
     Preset(
         "wsam",
         radius="rho",
-        defaults={"rho": 0.05, "gamma": 0.9},
+        defaults={"rho": 0.05, "gamma": 0.9, "decouple": True},
         descent="weighted",
         renames={"gamma": "descent_weight"},
         doc=r"""WSAM, weighted SAM (Yue et al., KDD 2023): the objective :math:`L(w) + \frac{\gamma}{1-\gamma}
-    [L(w + \epsilon) - L(w)]`; ascent as SAM, descent gradient :math:`g + \frac{\gamma}{1-\gamma}(g_p - g)` (the
-    coupled form, ``decouple=False`` in the reference; :math:`\gamma = 0.5` is SAM). The reference's default decoupled
-    form steps the base optimizer on :math:`g` and adds the sharpness term as a plain SGD step; the two coincide for
-    SGD without momentum or weight decay. Its ``max_norm`` clipping of :math:`g` and :math:`g_p` is not applied.
+    [L(w + \epsilon) - L(w)]`; ascent as SAM. ``decouple=True`` (the reference's default): the base optimizer steps on
+    :math:`g`, then :math:`w \leftarrow w - \eta\frac{\gamma}{1-\gamma}(g_p - g)` as a plain SGD step with the
+    group's learning rate (:mod:`~lightning_losses.perturbation.decoupled`; ``perturbed_backward`` then needs
+    ``optimizer=``). ``decouple=False``: the descent gradient :math:`g + \frac{\gamma}{1-\gamma}(g_p - g)` goes
+    through the optimizer (momentum amplifies the sharpness term; :math:`\gamma = 0.5` is SAM). The two coincide for
+    SGD without momentum or weight decay. The reference's ``max_norm`` clipping of :math:`g` and :math:`g_p` is not
+    applied.
     Defaults :math:`\rho = 0.05`, :math:`\gamma = 0.9` (pytorch_optimizer's; the paper's range 0.8-0.95).
     Example: ``ll.build_perturbation("wsam", rho=0.05, gamma=0.9)``.""",
     ),

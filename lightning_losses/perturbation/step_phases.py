@@ -36,6 +36,8 @@ class StepPhases:
     direction: str
     descent: str
     descent_weight: float
+    decouple: bool
+    pending: tuple[list[Tensor], list[Tensor]] | None
     sync_ascent: bool
     eps: float
     skipped: int
@@ -146,6 +148,13 @@ class StepPhases:
         if run.inv_scale is not None:  # .grad carries the loss scale: bring g to it
             first = torch._foreach_div(first, run.inv_scale.to(final[0].device))
         with torch.no_grad():
+            if self.decouple:  # WSAM decoupled: g to the optimizer, a (g_p - g) (unscaled) applied after its step
+                a = self.descent_weight / (1.0 - self.descent_weight)
+                terms = torch._foreach_sub([f.detach() for f in final], first)
+                torch._foreach_mul_(terms, a if run.inv_scale is None else run.inv_scale.to(terms[0].device) * a)
+                self.pending = (list(run.params), list(terms))
+                torch._foreach_copy_(final, first)
+                return
             new = combine(first, [f.detach() for f in final], self.descent_weight, self.eps, run.shard_sum)
             torch._foreach_copy_(final, new)
 

@@ -46,6 +46,7 @@ from typing_extensions import override
 from lightning_losses._compat import closure_result, set_closure_result
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.perturbation import decoupled
 from lightning_losses.perturbation.checkpoints import unperturbed_checkpoint
 from lightning_losses.perturbation.data_selection import check_selection, selected_loss
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
@@ -217,6 +218,8 @@ class WeightPerturbation(MixinCallback):
         torch_opt = getattr(optimizer, "optimizer", optimizer)
         ascent_terms = self.engine.ascent_terms
         fraction = self.engine.select_fraction
+        if self.engine.decouple:  # WSAM decoupled: its term is applied right after this optimizer's step
+            decoupled.attach(self.engine, torch_opt)
         check_selection(fraction, trainer.accumulate_grad_batches, type(self).__name__)
         before: list[torch.Tensor] = []  # ESAM's data selection: the per-sample losses at w
 

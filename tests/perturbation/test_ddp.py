@@ -23,7 +23,11 @@ def _ddp_steps(method, kwargs, steps=2):
         xr, yr = x[4 * r : 4 * r + 4], y[4 * r : 4 * r + 4]
         opt.zero_grad()
         perturbed_backward(
-            engine, ddp, lambda xr=xr, yr=yr: nn.functional.cross_entropy(ddp(xr), yr), no_sync=ddp.no_sync
+            engine,
+            ddp,
+            lambda xr=xr, yr=yr: nn.functional.cross_entropy(ddp(xr), yr),
+            no_sync=ddp.no_sync,
+            optimizer=opt,
         )
         opt.step()
     return {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -36,7 +40,8 @@ def _single_process(method, kwargs, steps=2):
     for s in range(steps):
         x, y = tiny_batch(seed=10 + s, n=8)
         opt.zero_grad()
-        perturbed_backward(engine, model, lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
+        loss_fn = lambda x=x, y=y: nn.functional.cross_entropy(model(x), y)  # noqa: E731
+        perturbed_backward(engine, model, loss_fn, optimizer=opt)
         opt.step()
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 

@@ -31,7 +31,8 @@ def _ours(method, kwargs, seed=0):
     engine = build_perturbation(method, **kwargs)
     for x, y in _batches():
         opt.zero_grad()
-        perturbed_backward(engine, model, lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
+        loss_fn = lambda x=x, y=y: nn.functional.cross_entropy(model(x), y)  # noqa: E731
+        perturbed_backward(engine, model, loss_fn, optimizer=opt)
         opt.step()
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
@@ -106,16 +107,51 @@ def test_wsam_trajectory_equals_pytorch_optimizer_coupled():
             model, model.parameters(), torch.optim.SGD, rho=0.3, gamma=0.8, decouple=False, lr=LR, momentum=MOMENTUM
         )
 
-    _same(_ours("wsam", {"rho": 0.3, "gamma": 0.8}), _peer(make))
+    _same(_ours("wsam", {"rho": 0.3, "gamma": 0.8, "decouple": False}), _peer(make))
 
 
-def test_wsam_equals_decoupled_reference_for_plain_sgd():
-    """The reference's default (decoupled) form coincides with the coupled one for SGD without momentum."""
+def test_wsam_decoupled_trajectory_equals_pytorch_optimizer():
+    """The default (decoupled) form: the optimizer steps on g, the sharpness term as a plain SGD step afterwards."""
+    model = tiny_model()
+    opt = sam_module.WSAM(model, model.parameters(), torch.optim.SGD, rho=0.3, gamma=0.8, lr=LR, momentum=MOMENTUM)
+    mine = tiny_model()
+    mine_opt = torch.optim.SGD(mine.parameters(), lr=LR, momentum=MOMENTUM)
+    engine = build_perturbation("wsam", rho=0.3, gamma=0.8)
+    for x, y in _batches():
+
+        @torch.enable_grad()
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        opt.zero_grad()
+        opt.step(closure)
+        mine_opt.zero_grad()
+        loss_fn = lambda x=x, y=y: nn.functional.cross_entropy(mine(x), y)  # noqa: E731
+        perturbed_backward(engine, mine, loss_fn, optimizer=mine_opt)
+        mine_opt.step()
+    for (k, a), b in zip(model.named_parameters(), mine.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9, msg=k)
+    coupled = _ours("wsam", {"rho": 0.3, "gamma": 0.8, "decouple": False})
+    assert any(not torch.allclose(b, coupled[k]) for k, b in mine.named_parameters())  # momentum: another method
+
+
+def test_wsam_decoupled_needs_the_optimizer():
+    model = tiny_model()
+    x, y = tiny_batch()
+    with pytest.raises(ConfigurationError, match=r"WSAM's decoupled form \(`decouple=True`\) applies its sharpness"):
+        perturbed_backward(build_perturbation("wsam"), model, lambda: nn.functional.cross_entropy(model(x), y))
+
+
+def test_wsam_coupled_equals_decoupled_for_plain_sgd():
+    """The two forms coincide for SGD without momentum (against the reference's default form)."""
     model = tiny_model()
     opt = sam_module.WSAM(model, model.parameters(), torch.optim.SGD, rho=0.3, gamma=0.8, lr=LR)
     mine = tiny_model()
     mine_opt = torch.optim.SGD(mine.parameters(), lr=LR)
-    engine = build_perturbation("wsam", rho=0.3, gamma=0.8)
+    engine = build_perturbation("wsam", rho=0.3, gamma=0.8, decouple=False)
     for x, y in _batches():
 
         def closure(x=x, y=y):
@@ -134,7 +170,7 @@ def test_wsam_equals_decoupled_reference_for_plain_sgd():
 
 
 def test_wsam_with_gamma_half_is_sam():
-    _same(_ours("wsam", {"rho": 0.3, "gamma": 0.5}), _ours("sam", {"rho": 0.3}), atol=1e-15)
+    _same(_ours("wsam", {"rho": 0.3, "gamma": 0.5, "decouple": False}), _ours("sam", {"rho": 0.3}), atol=1e-15)
 
 
 def test_friendly_sam_trajectory_equals_pytorch_optimizer():
@@ -188,6 +224,8 @@ def test_esam_drops_tensors():
         ("friendly_sam", {"sigma": -1}, r"`sigma` must be >= 0.0, got -1"),
         ("friendly_sam", {"inner_steps": 2}, r"`direction='friendly'` takes one ascent step, got inner_steps=2"),
         ("esam", {"beta": 0.0}, r"`beta` must be in \(0.0, 1.0\], got 0.0"),
+        ("sam", {"decouple": True}, r"`decouple` applies to `descent='weighted'` \(WSAM\) only, got descent='perturb"),
+        ("wsam", {"decouple": 1}, r"`decouple` must be true or false, got 1"),
         ("sam", {"sigma": 0.5}, r"`sigma` applies to `direction='friendly'` only, got sigma=0.5"),
         ("sam", {"keep_probability": 0.5}, r"`keep_probability` applies to `direction='stochastic'` only"),
         ("gsam", {"alhpa": 0.1}, r"unexpected argument `alhpa`; did you mean `alpha`\?"),
@@ -213,7 +251,7 @@ def test_registered_and_listed():
 def _run_engine(engine, model, opt, batches):
     for x, y in batches:
         opt.zero_grad()
-        perturbed_backward(engine, model, lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
+        perturbed_backward(engine, model, lambda x=x, y=y: nn.functional.cross_entropy(model(x), y), optimizer=opt)
         opt.step()
 
 
