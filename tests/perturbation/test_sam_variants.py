@@ -404,3 +404,21 @@ def test_esam_data_selection_refuses_accumulation():
     t = trainer([ll.ESAM(gamma=0.5)], max_steps=1, accumulate_grad_batches=2)
     with pytest.raises(ConfigurationError, match=r"ESAM: data selection .* needs accumulate_grad_batches=1, got 2"):
         t.fit(Tiny(), loader(4, n=16))
+
+
+@pytest.mark.parametrize("name", ["gsam", "wsam", "friendly_sam", "esam"])
+def test_two_forward_backward_passes_per_step(name):
+    """The README's cost column: each variant costs SAM's two forward-backward passes per optimizer step."""
+    model = tiny_model()
+    x, y = tiny_batch()
+    calls = []
+
+    def forward_backward(phase):
+        calls.append(phase)
+        loss = nn.functional.cross_entropy(model(x), y, reduction="none")
+        loss.mean().backward()
+        return loss.mean().detach()
+
+    extra = {"gamma": 1.0} if name == "esam" else {"decouple": False} if name == "wsam" else {}
+    build_perturbation(name, **extra).step(forward_backward, list(model.named_parameters()))
+    assert calls == ["first", "descent"]
