@@ -131,7 +131,7 @@ def part_a(args) -> dict[str, list[float]]:
 
         def run():
             opt.zero_grad()
-            perturbed_backward(engine, model, fn)
+            perturbed_backward(engine, model, fn, optimizer=opt)
             opt.step()
 
         return run

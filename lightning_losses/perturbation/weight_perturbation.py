@@ -69,7 +69,8 @@ class WeightPerturbation(MixinCallback):
 
     Args:
         method: a preset of :data:`~lightning_losses.perturbation.PERTURBATIONS` (``"sam"``, ``"asam"``,
-            ``"asam_p2"``, ``"adversarial_model_perturbation"``, ``"awp"``) or a built
+            ``"asam_p2"``, ``"adversarial_model_perturbation"``, ``"awp"``, ``"gsam"``, ``"wsam"``,
+            ``"friendly_sam"``, ``"esam"``) or a built
             :class:`~lightning_losses.perturbation.Perturbation`.
         **options: the preset's arguments (``rho``, ``epsilon``, ``gamma``, ...) and engine options (``params``,
             ``ascent_terms``, ``sync_ascent``, ``freeze_bn``, ``every_n_steps``, ``probability``, ``reuse_alpha``,
