@@ -2,7 +2,8 @@
 
 Part A (plain PyTorch): a plain step, two forward-backward passes and one optimizer step (``two_passes``: the floor
 of any two-pass method), the engine's presets through ``perturbed_backward``, every-k-th-step SAM, LookSAM,
-randomised SAM, SAF (a plain step plus the trajectory term) and a hand-written two-pass SAM (the usual
+randomised SAM, gsam / wsam / friendly_sam / esam (with and without data selection), SAF (a plain step plus the
+trajectory term), MESA (a plain step plus the EMA model's forward and update) and a hand-written two-pass SAM (the usual
 ``first_step`` / ``second_step`` loop). Each round runs 20 steps of every configuration interleaved step by step (the
 order rotating; 20 holds whole periods of the every-2nd / 4th / 5th-step schedules).
 Part B (Lightning): ONE ``Trainer.fit`` whose steps switch between a plain automatic-optimization step, the ``SAM``
@@ -38,7 +39,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_losses as ll
-from lightning_losses.perturbation import SAF, build_perturbation, perturbed_backward
+from lightning_losses.functional.distillation import kd
+from lightning_losses.perturbation import MESA, SAF, build_perturbation, perturbed_backward
 
 
 def make_model(width: int, device: str) -> nn.Module:
@@ -88,6 +90,11 @@ def part_a(args) -> dict[str, list[float]]:
         "sam_every_4": build_perturbation("sam", every_n_steps=4),
         "looksam_k5": build_perturbation("sam", every_n_steps=5, reuse_alpha=0.7),
         "random_sam_p0.2": build_perturbation("sam", probability=0.2),
+        "gsam": build_perturbation("gsam"),
+        "wsam": build_perturbation("wsam"),
+        "friendly_sam": build_perturbation("friendly_sam"),
+        "esam_swp": build_perturbation("esam", gamma=1.0),
+        "esam": build_perturbation("esam"),  # data selection: the per-sample loss function below
     }
 
     engines["sam_no_statistics"].collect_stats = False  # as the callbacks on steps whose logs no logger receives
@@ -116,13 +123,28 @@ def part_a(args) -> dict[str, list[float]]:
         (nn.functional.cross_entropy(logits, y) + term.mean()).backward()
         opt.step()
 
+    def per_sample_loss_fn():
+        return nn.functional.cross_entropy(model(x), y, reduction="none")
+
     def engine_step(engine):
+        fn = per_sample_loss_fn if engine.select_fraction < 1 else loss_fn
+
         def run():
             opt.zero_grad()
-            perturbed_backward(engine, model, loss_fn)
+            perturbed_backward(engine, model, fn, optimizer=opt)
             opt.step()
 
         return run
+
+    mesa = MESA(start_epoch=0, decay=0.99)
+
+    def mesa_step():  # a plain step, the EMA model's forward (no gradient), the KL term, the EMA update
+        opt.zero_grad()
+        logits = model(x)
+        term = mesa.coefficient(0) * kd(logits, mesa.teacher_logits(model, x), temperature=mesa.temperature)
+        (nn.functional.cross_entropy(logits, y) + term.mean()).backward()
+        opt.step()
+        mesa.update(model)
 
     def hand():
         opt.zero_grad()
@@ -133,6 +155,7 @@ def part_a(args) -> dict[str, list[float]]:
         "two_passes": two_passes,
         **{k: engine_step(e) for k, e in engines.items()},
         "saf": saf_step,
+        "mesa": mesa_step,
         "hand_written_sam": hand,
     }
     for fn in configs.values():  # warm-up
@@ -307,14 +330,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--parts", default="ab", help="which parts to run: a, b or ab")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, "
         f"MLP width {args.width}, {args.rounds} rounds (Part A: 20 interleaved steps; Part B: blocks of {args.block})"
     )
-    report("Part A: plain PyTorch (ratio vs a plain step)", part_a(args), "plain", floor="two_passes")
-    report("Part B: Lightning (ratio vs a plain automatic-optimization step)", part_b(args), "lightning_plain")
+    if "a" in args.parts:
+        report("Part A: plain PyTorch (ratio vs a plain step)", part_a(args), "plain", floor="two_passes")
+    if "b" in args.parts:
+        report("Part B: Lightning (ratio vs a plain automatic-optimization step)", part_b(args), "lightning_plain")
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ def test_model_uses_the_mixin_and_feeds_its_objective():
     logits = model(batch["x"])
     assert logits.shape == (5, 10)
     tensors = model.objective_tensors(logits, batch)
-    assert set(tensors) == {"logits", "target"}  # `noisy` is not an objective input; no `index` in the raw split
+    # `noisy` is not an objective input; no `index` in the raw split; `inputs` (the model input) feeds MESA's teacher
+    assert set(tensors) == {"logits", "target", "inputs"} and tensors["inputs"] is batch["x"]
     loss = model.loss_from_batch(logits, batch)
     ce = torch.nn.functional.cross_entropy(logits, batch["target"], reduction="none")
     p_t = torch.softmax(logits, -1).gather(1, batch["target"][:, None]).squeeze(1)

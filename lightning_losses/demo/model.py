@@ -136,9 +136,12 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
     def objective_tensors(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor], embeddings: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """What the objective is given: ``logits`` plus the batch's ``target``, ``index`` and ``group``, and the
-        penultimate features ``embeddings`` when a term reads them (computed from ``batch["x"]`` if not given)."""
+        """What the objective is given: ``logits`` plus the batch's ``target``, ``index`` and ``group``, the model
+        input ``x`` as ``inputs`` (for :class:`~lightning_losses.MESA`'s EMA teacher), and the penultimate features
+        ``embeddings`` when a term reads them (computed from ``batch["x"]`` if not given)."""
         out = {"logits": logits, **{k: v for k, v in batch.items() if k in ("target", "index", "group")}}
+        if "x" in batch:
+            out["inputs"] = batch["x"]
         if self.wants_embeddings():
             out["embeddings"] = self.net[:-1](batch["x"]) if embeddings is None else embeddings
         return out

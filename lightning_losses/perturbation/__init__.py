@@ -1,5 +1,5 @@
 """Weight perturbation: one engine (:class:`Perturbation`), presets by name, pure functions, Lightning callbacks,
-and :class:`SAF` (a sharpness-aware trajectory loss at the cost of a plain step).
+and :class:`SAF` / :class:`MESA` (sharpness-aware trajectory losses at the cost of a plain step).
 
 Example:
     >>> import lightning_losses as ll
@@ -11,14 +11,19 @@ from lightning_losses.perturbation import functional
 from lightning_losses.perturbation.callback import (
     ASAM,
     AWP,
+    ESAM,
+    GSAM,
     SAM,
+    WSAM,
     AdversarialModelPerturbation,
+    FriendlySAM,
     PresetCallback,
     WeightPerturbation,
     suppressed_logging,
 )
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules, frozen_batchnorm, select_parameters
 from lightning_losses.perturbation.manual import perturbed_backward
+from lightning_losses.perturbation.mesa import MESA
 from lightning_losses.perturbation.presets import (
     PERTURBATIONS,
     PRESETS,
@@ -32,11 +37,17 @@ from lightning_losses.perturbation.presets import (
     register_preset,
     sam,
 )
+from lightning_losses.perturbation.sam_variants import esam, friendly_sam, gsam, wsam
 from lightning_losses.perturbation.trajectory import SAF
 
 __all__ = [
     "ASAM",
     "AWP",
+    "ESAM",
+    "FriendlySAM",
+    "GSAM",
+    "MESA",
+    "WSAM",
     "PERTURBATIONS",
     "PRESETS",
     "SAF",
@@ -52,6 +63,10 @@ __all__ = [
     "asam_p2",
     "awp",
     "batchnorm_modules",
+    "esam",
+    "friendly_sam",
+    "gsam",
+    "wsam",
     "build_perturbation",
     "frozen_batchnorm",
     "functional",

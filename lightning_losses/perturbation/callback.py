@@ -1,4 +1,5 @@
-"""The named preset callbacks ``SAM``, ``ASAM``, ``AdversarialModelPerturbation`` and ``AWP``: each a
+"""The named preset callbacks ``SAM``, ``ASAM``, ``AdversarialModelPerturbation``, ``AWP``, ``GSAM``, ``WSAM``,
+``FriendlySAM`` and ``ESAM``: each a
 :class:`~lightning_losses.perturbation.weight_perturbation.WeightPerturbation` bound to a preset of
 :data:`~lightning_losses.perturbation.presets.PRESETS` (the callback and how it runs a step are described in
 :mod:`~lightning_losses.perturbation.weight_perturbation`, re-exported here with its guard helpers).
@@ -15,13 +16,18 @@ from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation.checkpoints import guarded_checkpoints, unperturbed_checkpoint
 from lightning_losses.perturbation.passes import ascent_terms_only, frozen_metrics, metric_modules, suppressed_logging
 from lightning_losses.perturbation.presets import PRESETS, Preset
+from lightning_losses.perturbation.sam_variants import esam as _registers_the_variants  # noqa: F401
 from lightning_losses.perturbation.weight_perturbation import WeightPerturbation
 
 __all__ = [
     "ASAM",
     "AWP",
+    "ESAM",
+    "GSAM",
     "SAM",
+    "WSAM",
     "AdversarialModelPerturbation",
+    "FriendlySAM",
     "PresetCallback",
     "WeightPerturbation",
     "ascent_terms_only",
@@ -100,5 +106,21 @@ class AWP(PresetCallback, preset="awp"):
     """AWP as a callback: layer-relative radius on weight matrices."""
 
 
-for _cls in (SAM, ASAM, AdversarialModelPerturbation, AWP):
+class GSAM(PresetCallback, preset="gsam"):
+    r"""GSAM as a callback: SAM's ascent, the surrogate-gap descent :math:`g_p - \alpha g_\perp`."""
+
+
+class WSAM(PresetCallback, preset="wsam"):
+    r"""WSAM as a callback: SAM's ascent, the weighted descent :math:`g + \frac{\gamma}{1-\gamma}(g_p - g)`."""
+
+
+class FriendlySAM(PresetCallback, preset="friendly_sam"):
+    r"""FriendlySAM as a callback: the ascent along :math:`g - \sigma m` (its EMA :math:`m` is checkpointed)."""
+
+
+class ESAM(PresetCallback, preset="esam"):
+    r"""ESAM's stochastic weight perturbation as a callback: each tensor perturbed with probability :math:`\beta`."""
+
+
+for _cls in (SAM, ASAM, AdversarialModelPerturbation, AWP, GSAM, WSAM, FriendlySAM, ESAM):
     CALLBACKS.register(_cls.preset.name)(_cls)

@@ -35,6 +35,7 @@ from lightning_losses._validation import check_choice, check_int, check_number, 
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
+from lightning_losses.perturbation.gradient_rules import DESCENT_RULES, DIRECTION_RULES, check_used
 from lightning_losses.perturbation.passes import batchnorm_modules, frozen_batchnorm
 from lightning_losses.perturbation.selection import check_patterns, matches, select_parameters
 from lightning_losses.perturbation.sharding import to_global
@@ -75,7 +76,26 @@ class Perturbation(StepPhases):
             :math:`\alpha \|g\|/\|g_v\| g_v`, the stored component of the SAM gradient orthogonal to :math:`g`.
             ``None`` (default) turns it off.
         warmup_epochs: no perturbation before this epoch (AWP). Default 0.
-        seed: seed of ``probability``. Default 0.
+        direction: what the ascent normalises (:data:`~lightning_losses.perturbation.gradient_rules.DIRECTION_RULES`):
+            ``"gradient"`` (default), ``"friendly"`` (FriendlySAM: :math:`g - \sigma m`), ``"stochastic"`` (ESAM:
+            each tensor kept with probability ``keep_probability``, radius divided by it).
+        sigma / lmbda: FriendlySAM's :math:`\sigma` and EMA decay :math:`\lambda` (``direction="friendly"`` only).
+            Default 1.0 and 0.9.
+        keep_probability: ESAM's :math:`\beta` (``direction="stochastic"`` only). Default 1.0.
+        descent: the gradient left for the optimizer
+            (:data:`~lightning_losses.perturbation.gradient_rules.DESCENT_RULES`): ``"perturbed"`` (:math:`g_p`,
+            default), ``"surrogate_gap"`` (GSAM) or ``"weighted"`` (WSAM).
+        decouple: WSAM's decoupled form (:mod:`~lightning_losses.perturbation.decoupled`): ``.grad`` holds
+            :math:`g` and the sharpness term is applied after ``optimizer.step()`` as a plain SGD step
+            (``descent="weighted"`` only; the optimizer must be known: the callback's, or ``perturbed_backward(...,
+            optimizer=opt)``). Default False.
+        select_fraction: ESAM's data selection :math:`\gamma`: the descent pass keeps the
+            :math:`\lfloor\gamma B\rfloor` samples whose loss rose most
+            (:mod:`~lightning_losses.perturbation.data_selection`; needs per-sample losses: ``compute_loss`` under
+            the callback, a loss function returning ``[N]`` in :func:`perturbed_backward`). Default 1 (all).
+        descent_weight: GSAM's :math:`\alpha` (:math:`\ge 0`) or WSAM's :math:`\gamma` (in :math:`[0, 1)`).
+            Default 0.
+        seed: seed of ``probability`` and of the ``"stochastic"`` direction's draws. Default 0.
         eps: added to norms in denominators. Default 1e-12.
     """
 
@@ -99,6 +119,14 @@ class Perturbation(StepPhases):
         probability: float = 1.0,
         reuse_alpha: float | None = None,
         warmup_epochs: int = 0,
+        direction: str = "gradient",
+        sigma: float = 1.0,
+        lmbda: float = 0.9,
+        keep_probability: float = 1.0,
+        descent: str = "perturbed",
+        descent_weight: float = 0.0,
+        decouple: bool = False,
+        select_fraction: float = 1.0,
         seed: int = 0,
         eps: float = 1e-12,
     ) -> None:
@@ -117,10 +145,13 @@ class Perturbation(StepPhases):
         self.exclude = check_patterns("exclude", exclude)
         self.min_ndim = check_int("min_ndim", min_ndim, low=0)
         self.ascent_terms = check_patterns("ascent_terms", ascent_terms)
-        for name, flag in (("sync_ascent", sync_ascent), ("freeze_bn", freeze_bn)):
+        for name, flag in (("sync_ascent", sync_ascent), ("freeze_bn", freeze_bn), ("decouple", decouple)):
             if not isinstance(flag, bool):
                 raise ConfigurationError(f"`{name}` must be true or false, got {flag!r}")
         self.sync_ascent = sync_ascent
+        self.decouple = decouple
+        #: WSAM decoupled: ``(params, terms)`` to apply after the optimizer step (:mod:`.decoupled`)
+        self.pending: tuple[list[Tensor], list[Tensor]] | None = None
         self.freeze_bn = freeze_bn
         self.every_n_steps = check_int("every_n_steps", every_n_steps, low=1)
         self.probability = check_number("probability", probability, low=0.0, high=1.0, low_open=True)
@@ -128,12 +159,23 @@ class Perturbation(StepPhases):
         if self.reuse_alpha is not None and self.every_n_steps == 1:
             raise ConfigurationError("`reuse_alpha` (LookSAM) needs `every_n_steps` > 1, got every_n_steps=1")
         self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, low=0)
+        self.direction = check_choice("direction", direction, tuple(DIRECTION_RULES))
+        self.sigma = check_number("sigma", sigma, low=0.0)
+        self.lmbda = check_number("lmbda", lmbda, low=0.0, high=1.0)
+        self.keep_probability = check_number("keep_probability", keep_probability, low=0.0, high=1.0, low_open=True)
+        self.descent = check_choice("descent", descent, tuple(DESCENT_RULES))
+        self.descent_weight = check_number("descent_weight", descent_weight, low=0.0)
+        DESCENT_RULES[self.descent].check(self.descent_weight)
+        self.select_fraction = check_number("select_fraction", select_fraction, low=0.0, high=1.0, low_open=True)
+        check_used(self)
         self.seed = check_int("seed", seed)
         self.eps = check_number("eps", eps, low=0.0)
         self.calls = 0  #: calls of the manual helper (its default step counter)
         self.skipped = 0  #: perturbations skipped because the ascent gradient was not finite
         self.perturbed_steps = 0  #: perturbed steps taken
         self.orthogonal: list[Tensor] | None = None  #: LookSAM's stored g_v
+        #: the direction rule's state (FriendlySAM's ``momentum``: this rank's local tensors)
+        self.direction_state: dict[str, list[Tensor]] = {}
         self.last_stats: dict[str, Tensor] = {}
         #: compute the diagnostic statistics (``norm``, ``grad_norm_perturbed``, ...) of a step; callbacks turn it off
         #: on steps whose logs no logger receives. ``grad_norm`` (needed for the step itself) is always there.
@@ -169,10 +211,13 @@ class Perturbation(StepPhases):
             "perturbed_steps": self.perturbed_steps,
             "calls": self.calls,
             "orthogonal": self.orthogonal,
+            "direction_state": dict(self.direction_state),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_state_keys(type(self).__name__, state, ("skipped", "perturbed_steps", "calls", "orthogonal"))
+        keys = ("skipped", "perturbed_steps", "calls", "orthogonal", "direction_state")
+        check_state_keys(type(self).__name__, state, keys, optional=("direction_state",))
+        self.direction_state = dict(state.get("direction_state") or {})
         self.skipped = int(state["skipped"])
         self.perturbed_steps = int(state["perturbed_steps"])
         self.calls = int(state["calls"])
@@ -228,6 +273,7 @@ class Perturbation(StepPhases):
         Returns:
             The loss of the first pass (at :math:`w`).
         """
+        self.pending = None  # a term the optimizer did not apply (a skipped step) is dropped
         if not self.is_active(step, epoch):
             loss = forward_backward("plain")
             if self.reuse_alpha is not None and self.orthogonal is not None:
@@ -246,7 +292,7 @@ class Perturbation(StepPhases):
         if not run.params or (skip_on_none and loss0 is None):  # a skipped batch: nothing to perturb
             self.last_stats = {}
             return loss0
-        run.radius = float(self.radius(step))
+        run.radius, run.step = float(self.radius(step)), step
         run.inv_scale = None if grad_scale is None else 1.0 / torch.as_tensor(grad_scale, dtype=torch.float32)
         run.frozen = bn_modules if self.freeze_bn else ()
         self._active_params = run.params
@@ -258,9 +304,11 @@ class Perturbation(StepPhases):
         finally:
             self._restore(run.shards)
         self.perturbed_steps += perturbed
+        run.perturbed = perturbed
         self._finish(run, loss0, loss1)
         return loss0
 
     def __repr__(self) -> str:
-        keys = ("rule", "radius_mode", "radius", "scaling", "inner_steps", "sync_ascent", "every_n_steps")
+        keys = ["rule", "radius_mode", "radius", "scaling", "inner_steps", "sync_ascent", "every_n_steps"]
+        keys += [k for k, v in (("direction", "gradient"), ("descent", "perturbed")) if getattr(self, k) != v]
         return f"Perturbation({', '.join(f'{k}={getattr(self, k)!r}' for k in keys)})"

@@ -41,7 +41,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_losses.errors import ConfigurationError
+from lightning_losses.perturbation import decoupled
 from lightning_losses.perturbation.checkpoints import guarded_checkpoints
+from lightning_losses.perturbation.data_selection import selected_loss
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.passes import frozen_metrics, metric_modules, suppressed_logging
 
@@ -58,6 +61,7 @@ def perturbed_backward(
     no_sync: Callable[[], Any] | None = None,
     grad_scaler: Any = None,
     step: int | None = None,
+    optimizer: Any = None,
 ) -> torch.Tensor | None:
     """Run the perturbed forward-backward passes; afterwards ``.grad`` holds the descent gradient and the weights
     are exactly as before. Call ``optimizer.step()`` (or ``scaler.step(optimizer)``) next. Inside, a checkpoint
@@ -67,17 +71,28 @@ def perturbed_backward(
         perturbation: a :class:`Perturbation` (e.g. ``build_perturbation("sam")``).
         model: the module whose parameters are perturbed (a DDP wrapper's ``.module`` names match the model's).
         loss_fn: computes the scalar loss at the current weights (forward only); ``None`` skips the batch: no
-            backward, no perturbation (the call returns ``None``).
+            backward, no perturbation (the call returns ``None``). With data selection (esam's ``gamma`` < 1) it
+            returns the per-sample losses ``[N]``: averaged, except in the descent pass (the selected samples' mean);
+            per-sample losses are averaged without data selection too.
         backward: how to backpropagate (default ``loss.backward()``; Lightning: ``self.manual_backward``; with a
             GradScaler: ``lambda l: scaler.scale(l).backward()``).
         zero_grad: clears gradients between passes (default: ``p.grad = None`` on the model's parameters).
         no_sync: a DDP ``model.no_sync`` (per-replica ascent unless the perturbation has ``sync_ascent=True``).
         grad_scaler: the ``torch.amp.GradScaler`` whose scale the gradients carry (unscaled for the ascent).
         step: the optimizer step (schedules, ``every_n_steps``); default: the number of calls so far.
+        optimizer: the optimizer that will step (needed by WSAM's decoupled form, whose sharpness term is applied
+            right after ``optimizer.step()`` by a step post-hook registered here).
 
     Returns:
         The loss at the unperturbed weights (detached).
     """
+    if perturbation.decouple:
+        if optimizer is None:
+            raise ConfigurationError(
+                "WSAM's decoupled form (`decouple=True`) applies its sharpness term after the optimizer step: pass "
+                "`optimizer=` to perturbed_backward (or build it with decouple=False)"
+            )
+        decoupled.attach(perturbation, optimizer)
     if step is None:
         step = perturbation.calls
     perturbation.calls += 1
@@ -92,6 +107,8 @@ def perturbed_backward(
 
     run_backward = backward or (lambda loss: loss.backward())
     metrics = metric_modules(module)  # found once for all the passes of this step
+    fraction = perturbation.select_fraction
+    before: list[torch.Tensor] = []  # ESAM's data selection: the per-sample losses at w
 
     def forward_backward(phase: str) -> torch.Tensor | None:
         with contextlib.ExitStack() as quiet:
@@ -102,6 +119,16 @@ def perturbed_backward(
             loss = loss_fn()
             if loss is None:
                 return None
+            if fraction < 1.0 or loss.ndim == 1:  # per-sample losses: selected in the descent pass, else averaged
+                if loss.ndim != 1:
+                    raise ValueError(
+                        f"data selection (esam's `gamma` = {fraction} < 1) needs `loss_fn` to return per-sample "
+                        f"losses of shape [N], got shape {list(loss.shape)}; or pass gamma=1.0"
+                    )
+                if phase in ("first", "plain"):
+                    before[:] = [loss.detach()]
+                use = phase == "descent" and before
+                loss = selected_loss(loss, before[0], fraction) if use else loss.mean()
             run_backward(loss)
         return loss.detach()
 

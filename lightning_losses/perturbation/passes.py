@@ -137,8 +137,9 @@ def _detached_terms(module: Any, names: tuple[str, ...]):
             h.remove()
 
 
-def rerun(closure: Any) -> torch.Tensor | None:
-    """Run Lightning's closure again at the perturbed weights, without its ``zero_grad`` part.
+def rerun(closure: Any, transform: Any = None) -> torch.Tensor | None:
+    """Run Lightning's closure again at the perturbed weights, without its ``zero_grad`` part (``transform``: maps
+    the step's loss to the one to back-propagate, e.g. ESAM's data selection; it needs Lightning's closure).
 
     The engine has just cleared the gradients itself, so the ``optimizer_zero_grad`` / ``on_before_zero_grad`` hooks
     run once per optimizer step, as without perturbation; ``training_step`` and the backward (with the precision
@@ -146,13 +147,15 @@ def rerun(closure: Any) -> torch.Tensor | None:
     """
     parts = closure_parts(closure)
     if parts is None:
+        if transform is not None:
+            raise RuntimeError("data selection needs Lightning's automatic-optimization closure")
         return closure()
     step_fn, backward_fn = parts
     with torch.enable_grad():
         result = step_fn()
         loss = getattr(result, "closure_loss", None)
         if loss is not None:
-            backward_fn(loss)
+            backward_fn(loss if transform is None else transform(loss))
     return getattr(result, "loss", None)
 
 

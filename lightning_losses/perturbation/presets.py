@@ -13,7 +13,7 @@ only), as davda54/sam and the Adversarial Model Perturbation reference do (the J
 Example:
     >>> import lightning_losses as ll
     >>> ll.list_perturbations()
-    ['adversarial_model_perturbation', 'asam', 'asam_p2', 'awp', 'sam']
+    ['adversarial_model_perturbation', 'asam', 'asam_p2', 'awp', 'esam', 'friendly_sam', 'gsam', 'sam', 'wsam']
     >>> ll.build_perturbation("sam", rho=0.1, every_n_steps=2)
     Perturbation(rule='normalise', radius_mode='global', radius=Constant(value=0.1), scaling=None, inner_steps=1, sync_ascent=False, every_n_steps=2)
 """  # noqa: E501
@@ -46,7 +46,7 @@ __all__ = [
 
 PERTURBATIONS: Registry[Any] = Registry("perturbation")
 
-_FIXED = ("rule", "radius_mode", "radius", "scaling")
+_FIXED = ("rule", "radius_mode", "radius", "scaling", "direction", "descent")
 _ENGINE = inspect.signature(Perturbation.__init__).parameters
 
 
@@ -60,6 +60,10 @@ class Preset:
         defaults: the preset's own arguments in signature order, the radius first, then engine options the preset
             gives another default (``{"rho": 0.5, "eta": 0.01}``).
         rule / radius_mode / scaling: the fixed ascent rule (:data:`~lightning_losses.perturbation.functional.RULES`).
+        direction / descent: the fixed direction and descent rules
+            (:mod:`~lightning_losses.perturbation.gradient_rules`).
+        renames: the preset's names of engine options (``{"alpha": "descent_weight"}``), as ``radius`` is for the
+            radius.
         implied: engine options the preset sets but a user may override (AWP's ``params`` / ``min_ndim``).
         doc: the facts of the method (paper, formula, defaults' source): the factory's docstring.
         aliases: other registry names.
@@ -71,6 +75,9 @@ class Preset:
     rule: str = "normalise"
     radius_mode: str = "global"
     scaling: str | None = None
+    direction: str = "gradient"
+    descent: str = "perturbed"
+    renames: Mapping[str, str] = field(default_factory=dict)
     implied: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
     aliases: tuple[str, ...] = ()
@@ -80,7 +87,9 @@ class Preset:
         """The preset's own arguments (with their defaults), as signature parameters."""
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
         return [
-            inspect.Parameter(k, kind, default=v, annotation="Any" if k == self.radius else _ENGINE[k].annotation)
+            inspect.Parameter(
+                k, kind, default=v, annotation="Any" if k == self.radius else _ENGINE[self.renames.get(k, k)].annotation
+            )
             for k, v in self.defaults.items()
         ]
 
@@ -93,10 +102,16 @@ class Preset:
     def build(self, *args: Any, **kwargs: Any) -> Perturbation:
         """The engine with this preset's settings (arguments as :attr:`signature`)."""
         bound = self.signature.bind(*args, **kwargs)
+        for key in bound.arguments.get("options", {}):
+            if key in self.renames.values():  # the engine's name of an option this preset names otherwise
+                name = next(k for k, v in self.renames.items() if v == key)
+                raise ConfigurationError(f"perturbation `{self.name}` calls `{key}` `{name}`: pass `{name}=`")
         own = {**self.defaults, **{k: v for k, v in bound.arguments.items() if k != "options"}}
         radius = own.pop(self.radius)
+        own = {self.renames.get(k, k): v for k, v in own.items()}
         options = {**own, **self.implied, **bound.arguments.get("options", {})}
         fixed = {"rule": self.rule, "radius_mode": self.radius_mode, "radius": radius, "scaling": self.scaling}
+        fixed |= {"direction": self.direction, "descent": self.descent}
         return _engine(fixed, options, self)
 
     def factory(self) -> Callable[..., Perturbation]:
@@ -116,10 +131,11 @@ def _engine(fixed: dict[str, Any], options: dict[str, Any], preset: Preset) -> P
     for key in options:
         if key in fixed or key in _FIXED:
             raise ConfigurationError(f"perturbation `{what}` fixes `{key}`; use the generic engine to change it")
+    renamed = {v: k for k, v in preset.renames.items()}
     own = [n for n in preset.defaults if n not in options]
-    engine = [n for n in _ENGINE if n not in ("self", *_FIXED)]
+    engine = [n for n in _ENGINE if n not in ("self", *_FIXED, *renamed)]
     for key in options:
-        if key not in engine:
+        if key not in engine and key not in renamed:
             valid = ", ".join(f"`{n}`" for n in own + [e for e in engine if e not in own])
             raise ConfigurationError(
                 f"perturbation `{what}` got an unexpected argument `{key}`{suggest(key, own + engine)} "
@@ -130,9 +146,10 @@ def _engine(fixed: dict[str, Any], options: dict[str, Any], preset: Preset) -> P
         return Perturbation(**fixed, **options)
     except ConfigurationError as err:  # the engine's `radius` is the preset's `rho`, `epsilon`, ...
         message = str(err)
-        if not message.startswith("`radius`"):
-            raise
-        raise ConfigurationError(f"`{preset.radius}`{message[len('`radius`') :]}") from None
+        for engine_name, name in {"radius": preset.radius, **{v: k for k, v in preset.renames.items()}}.items():
+            if message.startswith(f"`{engine_name}`"):
+                raise ConfigurationError(f"`{name}`{message[len(engine_name) + 2 :]}") from None
+        raise
 
 
 #: every preset, by name (filled by :func:`register_preset`).

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
+from lightning_losses.perturbation.gradient_rules import DESCENT_RULES, DIRECTION_RULES
 from lightning_losses.perturbation.passes import restored_buffers
 from lightning_losses.perturbation.sharding import local
 from lightning_losses.perturbation.step_state import StepState
@@ -32,6 +33,12 @@ class StepPhases:
     inner_lr: float
     inner_steps: int
     reuse_alpha: float | None
+    direction: str
+    descent: str
+    descent_weight: float
+    decouple: bool
+    pending: tuple[list[Tensor], list[Tensor]] | None
+    sync_ascent: bool
     eps: float
     skipped: int
     orthogonal: list[Tensor] | None
@@ -63,13 +70,17 @@ class StepPhases:
                 torch._foreach_mul_(grads, run.inv_scale.to(grads[0].device))
             norms = F.tensor_norms(grads, run.shard_sum)
             gnorm = torch.linalg.vector_norm(norms) if grads else torch.zeros(())
+            radius = run.radius
             if i == 0:
                 stats["grad_norm"] = gnorm
-                if self.reuse_alpha is not None:
+                if self.reuse_alpha is not None or self.descent != "perturbed":
                     run.first_grads = [g.clone() for g in grads]
             if not bool(torch.isfinite(gnorm)):  # the one host sync of a step
                 self.skipped += 1
                 return False
+            if i == 0 and self.direction != "gradient":  # FriendlySAM / ESAM: another direction than g
+                radius = radius * DIRECTION_RULES[self.direction].transform(self, grads, run.step)
+                norms = F.tensor_norms(grads, run.shard_sum)
             with torch.no_grad():
                 delta = F.ascent_step(
                     delta,
@@ -77,7 +88,7 @@ class StepPhases:
                     self._saved,
                     rule=self.rule,
                     radius_mode=self.radius_mode,
-                    radius=run.radius,
+                    radius=radius,
                     scaling=self.scaling,
                     eta=self.eta,
                     scale_mask=mask,
@@ -122,17 +133,44 @@ class StepPhases:
             torch._foreach_copy_(shards, self._saved)
         self._saved = None
 
+    def _combine(self, run: StepState) -> None:
+        r"""The descent rule (GSAM, WSAM): replace :math:`g_p` in ``.grad`` by its combination with :math:`g` (kept in
+        ``run.first_grads``, unscaled; averaged over ranks first unless it already is: ``sync_ascent`` or shards)."""
+        combine = DESCENT_RULES[self.descent].combine
+        if combine is None or not run.perturbed or run.first_grads is None or not run.params:
+            return
+        if any(p.grad is None for p in run.params):
+            return
+        first = run.first_grads
+        if run.shard_sum is None and not self.sync_ascent:
+            first = looksam.mean_over_ranks(first)
+        final = [local(p.grad) for p in run.params]
+        if run.inv_scale is not None:  # .grad carries the loss scale: bring g to it
+            first = torch._foreach_div(first, run.inv_scale.to(final[0].device))
+        with torch.no_grad():
+            if self.decouple:  # WSAM decoupled: g to the optimizer, a (g_p - g) (unscaled) applied after its step
+                a = self.descent_weight / (1.0 - self.descent_weight)
+                terms = torch._foreach_sub([f.detach() for f in final], first)
+                torch._foreach_mul_(terms, a if run.inv_scale is None else run.inv_scale.to(terms[0].device) * a)
+                self.pending = (list(run.params), list(terms))
+                torch._foreach_copy_(final, first)
+                return
+            new = combine(first, [f.detach() for f in final], self.descent_weight, self.eps, run.shard_sum)
+            torch._foreach_copy_(final, new)
+
     def _finish(self, run: StepState, loss0: Tensor | None, loss1: Tensor | None) -> None:
-        """LookSAM's stored direction and the step's statistics (:attr:`last_stats`)."""
+        """The descent rule, LookSAM's stored direction and the step's statistics (:attr:`last_stats`; the perturbed
+        gradient's norm is that of :math:`g_p`, before the descent rule)."""
         params, stats, inv_scale = run.params, run.stats, run.inv_scale
-        if run.first_grads is not None and params:
+        if self.collect_stats and params and all(p.grad is not None for p in params):
+            g1 = F.global_norm([local(p.grad) for p in params], run.shard_sum)
+            stats["grad_norm_perturbed"] = g1 if inv_scale is None else g1 * inv_scale.to(g1.device)
+        self._combine(run)
+        if self.reuse_alpha is not None and run.first_grads is not None and params:
             self.orthogonal = looksam.orthogonal(run.first_grads, params, inv_scale, run.shard_sum)
         if self.collect_stats:
             if loss0 is not None and loss1 is not None:
                 stats["sharpness"] = (loss1.detach() - loss0.detach()).float()
-            if params and all(p.grad is not None for p in params):
-                g1 = F.global_norm([local(p.grad) for p in params], run.shard_sum)
-                stats["grad_norm_perturbed"] = g1 if inv_scale is None else g1 * inv_scale.to(g1.device)
             stats["radius"] = torch.tensor(run.radius)
             stats["skipped"] = torch.tensor(float(self.skipped))
         self.last_stats = stats

@@ -24,10 +24,12 @@ class StepState:
     zero_grad: Callable[[], None]
     ascent_ctx: Callable[[], Any]
     radius: float = 0.0
+    step: int = 0  # the optimizer step (the "stochastic" direction's draw)
+    perturbed: bool = False  # the weights were moved (a finite ascent gradient)
     inv_scale: Tensor | None = None
     frozen: Sequence[nn.Module] = ()
     stats: dict[str, Tensor] = field(default_factory=dict)
-    first_grads: list[Tensor] | None = None  # LookSAM: the unscaled ascent gradient at w (local shards)
+    first_grads: list[Tensor] | None = None  # LookSAM / descent rules: the unscaled gradient at w (local shards)
     shards: list[Tensor] = field(default_factory=list)  # the local shards of `params` (themselves when not sharded)
     shard_sum: ShardSum | None = None  # sums per-tensor local pieces over the shard groups (None: not sharded)
 

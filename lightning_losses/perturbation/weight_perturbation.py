@@ -46,7 +46,9 @@ from typing_extensions import override
 from lightning_losses._compat import closure_result, set_closure_result
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.perturbation import decoupled
 from lightning_losses.perturbation.checkpoints import unperturbed_checkpoint
+from lightning_losses.perturbation.data_selection import check_selection, selected_loss
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.passes import (
     ascent_terms_only,
@@ -67,7 +69,8 @@ class WeightPerturbation(MixinCallback):
 
     Args:
         method: a preset of :data:`~lightning_losses.perturbation.PERTURBATIONS` (``"sam"``, ``"asam"``,
-            ``"asam_p2"``, ``"adversarial_model_perturbation"``, ``"awp"``) or a built
+            ``"asam_p2"``, ``"adversarial_model_perturbation"``, ``"awp"``, ``"gsam"``, ``"wsam"``,
+            ``"friendly_sam"``, ``"esam"``) or a built
             :class:`~lightning_losses.perturbation.Perturbation`.
         **options: the preset's arguments (``rho``, ``epsilon``, ``gamma``, ...) and engine options (``params``,
             ``ascent_terms``, ``sync_ascent``, ``freeze_bn``, ``every_n_steps``, ``probability``, ``reuse_alpha``,
@@ -215,6 +218,24 @@ class WeightPerturbation(MixinCallback):
         trainer = module.trainer
         torch_opt = getattr(optimizer, "optimizer", optimizer)
         ascent_terms = self.engine.ascent_terms
+        fraction = self.engine.select_fraction
+        if self.engine.decouple:  # WSAM decoupled: its term is applied right after this optimizer's step
+            decoupled.attach(self.engine, torch_opt)
+        check_selection(fraction, trainer.accumulate_grad_batches, type(self).__name__)
+        before: list[torch.Tensor] = []  # ESAM's data selection: the per-sample losses at w
+
+        def per_sample() -> torch.Tensor:
+            out = getattr(module, "objective_output", None)
+            if out is None:
+                raise ConfigurationError(
+                    f"{type(self).__name__}: data selection (esam's `gamma` < 1) needs the per-sample losses of "
+                    f"`compute_loss`; `training_step` did not call it (or pass gamma=1.0)"
+                )
+            return out.per_sample
+
+        def selected(loss: torch.Tensor) -> torch.Tensor:
+            out = module.objective_output  # `training_step` returns `compute_loss`'s loss (accumulation refused)
+            return selected_loss(out.per_sample, before[0], fraction, out.weights)
 
         def forward_backward(phase: str) -> torch.Tensor | None:
             if phase == "plain":
@@ -224,11 +245,14 @@ class WeightPerturbation(MixinCallback):
                 with terms:
                     loss = closure()
                 self._first_result = closure_result(closure)
+                if fraction < 1.0 and loss is not None:
+                    before[:] = [per_sample().detach()]
                 return loss
             with suppressed_logging(module), frozen_metrics(module, self._metrics), terms:
                 if len(self._batches) > 1:
                     self._replay(trainer, module, optimizer)
-                return rerun(closure)
+                select = phase == "descent" and fraction < 1.0 and before
+                return rerun(closure, selected if select else None)
 
         def wrapped() -> torch.Tensor | None:
             self._hook_ran = True

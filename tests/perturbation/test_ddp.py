@@ -23,7 +23,11 @@ def _ddp_steps(method, kwargs, steps=2):
         xr, yr = x[4 * r : 4 * r + 4], y[4 * r : 4 * r + 4]
         opt.zero_grad()
         perturbed_backward(
-            engine, ddp, lambda xr=xr, yr=yr: nn.functional.cross_entropy(ddp(xr), yr), no_sync=ddp.no_sync
+            engine,
+            ddp,
+            lambda xr=xr, yr=yr: nn.functional.cross_entropy(ddp(xr), yr),
+            no_sync=ddp.no_sync,
+            optimizer=opt,
         )
         opt.step()
     return {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -36,7 +40,8 @@ def _single_process(method, kwargs, steps=2):
     for s in range(steps):
         x, y = tiny_batch(seed=10 + s, n=8)
         opt.zero_grad()
-        perturbed_backward(engine, model, lambda x=x, y=y: nn.functional.cross_entropy(model(x), y))
+        loss_fn = lambda x=x, y=y: nn.functional.cross_entropy(model(x), y)  # noqa: E731
+        perturbed_backward(engine, model, loss_fn, optimizer=opt)
         opt.step()
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
@@ -170,3 +175,51 @@ def test_lightning_ddp_sync_ascent_equals_one_process_on_concatenated_batch(ddp)
     for k, v in synced.items():
         torch.testing.assert_close(w0[k], v, atol=1e-6, rtol=0, msg=k)
     assert not torch.allclose(w0["0.weight"], per_replica["0.weight"], atol=1e-5)
+
+
+# ---------------------------------------------------------------- SAM variants (descent / direction rules)
+
+
+def test_sam_variants_sync_ascent_equal_one_process_on_concatenated_batch(ddp):
+    """gsam's and wsam's global inner products and norms, friendly_sam's momentum and esam's draws: with
+    ``sync_ascent`` two processes equal one on the global batch (3 steps)."""
+    cases = (
+        ("gsam", {"rho": 0.5, "alpha": 0.4}),
+        ("wsam", {"rho": 0.5, "gamma": 0.8}),
+        ("friendly_sam", {"rho": 0.5, "lmbda": 0.6}),
+        ("esam", {"rho": 0.5, "beta": 0.5, "gamma": 1.0}),
+    )
+    for method, kwargs in cases:
+        results = ddp.run(_ddp_steps, method, {**kwargs, "sync_ascent": True}, 3)
+        _same(results[0], results[1], atol=0)
+        _same(results[0], _single_process(method, kwargs, 3))
+
+
+def _gsam_per_replica_reference(rho, alpha, steps=2):
+    """Per-replica ascent; the decomposition on the rank-averaged g and g_p (what every replica then applies)."""
+    model = tiny_model()
+    params = dict(model.named_parameters())
+    opt = torch.optim.SGD(params.values(), lr=LR, momentum=0.9)
+    for s in range(steps):
+        x, y = tiny_batch(seed=10 + s, n=8)
+        w = {k: v.detach().clone() for k, v in params.items()}
+        gs, gps = [], []
+        for r in range(2):
+            xr, yr = x[4 * r : 4 * r + 4], y[4 * r : 4 * r + 4]
+            g = grad_at(model, w, xr, yr)
+            gs.append(g)
+            gps.append(descent_grad(model, w, sam_eps(g, rho), xr, yr))
+        g = {k: (gs[0][k] + gs[1][k]) / 2 for k in w}
+        gp = {k: (gps[0][k] + gps[1][k]) / 2 for k in w}
+        dot = sum(float((g[k] * gp[k]).sum()) for k in w)
+        gp2 = sum(float((gp[k] ** 2).sum()) for k in w)
+        for k, p in params.items():
+            p.grad = gp[k] - alpha * (g[k] - dot / (gp2 + 1e-12) * gp[k])
+        opt.step()
+    return {k: v.detach() for k, v in params.items()}
+
+
+def test_gsam_per_replica_ascent_decomposes_the_averaged_gradients(ddp):
+    results = ddp.run(_ddp_steps, "gsam", {"rho": 0.5, "alpha": 0.4})
+    _same(results[0], results[1], atol=0)  # every replica applies the same descent gradient
+    _same(results[0], _gsam_per_replica_reference(0.5, 0.4))

@@ -252,7 +252,17 @@ def test_state_dict_round_trip():
 
 
 def test_registry_and_errors():
-    assert ll.list_perturbations() == ["adversarial_model_perturbation", "asam", "asam_p2", "awp", "sam"]
+    assert ll.list_perturbations() == [
+        "adversarial_model_perturbation",
+        "asam",
+        "asam_p2",
+        "awp",
+        "esam",
+        "friendly_sam",
+        "gsam",
+        "sam",
+        "wsam",
+    ]
     assert "amp" not in ll.list_perturbations()
     with pytest.raises(ConfigurationError, match="perturbation `amp` is ambiguous: Adversarial Model Perturbation is"):
         ll.build_perturbation("amp")
