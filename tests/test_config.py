@@ -113,12 +113,12 @@ def test_merge_replace_interpolation_and_overrides():
             {"objective": {"mse": {}}},
             [],
             r"^`objective.mse` cannot run on the demo model's outputs \(`logits` \[2, 10\], `target` \[2\], "
-            r"`index` \[2\]\): term `mse` needs input `pred`",
+            r"`index` \[2\], `inputs` \[2, 64\]\): term `mse` needs input `pred`",
         ),
         (
-            {"objective": {"cross_entropy": {}, "bce": {}}},
+            {"objective": {"cross_entropy": {}, "sigmoid_focal": {}}},
             [],
-            r"`objective.bce` cannot run .*: `target` must have the shape of `logits` \[2, 10\], got \[2\]",
+            r"`objective.sigmoid_focal` cannot run .*: `target` must have the shape of `logits` \[2, 10\], got \[2\]",
         ),
         (
             {"model": {"cosine_schedule": "maybe"}},
