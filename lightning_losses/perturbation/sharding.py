@@ -103,36 +103,26 @@ SUPPORTED_STRATEGIES = (
 )
 
 
-def _named_in_mro(obj: Any, name: str) -> bool:
-    return any(cls.__name__ == name for cls in type(obj).__mro__)
-
-
 def check_strategy(strategy: Any, what: str, sync_ascent: bool) -> None:
     """Raise a :class:`~lightning_losses.errors.ConfigurationError` naming ``strategy`` when the perturbation
     ``what`` cannot run exactly under it.
 
-    DeepSpeed owns the optimizer step (the closure the perturbation wraps never reaches it); Lightning's
-    ``FSDPStrategy`` (FSDP1) perturbs flat parameters whose norms are not the model's; other strategies are untested.
-    Under ``ModelParallelStrategy`` the gradients are reduced over the data-parallel group in ``backward`` and each
-    rank holds a shard of every weight, so there is no per-replica ascent: ``sync_ascent`` must be ``True``.
+    As :func:`lightning_losses.strategies.check_strategy` (DeepSpeed owns the optimizer step, so the closure the
+    perturbation wraps never reaches it; FSDP1 perturbs flat parameters whose norms are not the model's; other
+    strategies are untested), and under ``ModelParallelStrategy`` the gradients are reduced over the data-parallel
+    group in ``backward`` and each rank holds a shard of every weight, so there is no per-replica ascent:
+    ``sync_ascent`` must be ``True``.
     """
-    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
     from lightning_losses.errors import ConfigurationError
+    from lightning_losses.strategies import check_strategy as check_supported
 
-    name = type(strategy).__name__
-    if _named_in_mro(strategy, "DeepSpeedStrategy"):
+    deepspeed = "DeepSpeed owns the optimizer step, so the perturbed passes cannot run inside it"
+    check_supported(strategy, what, supported=SUPPORTED_STRATEGIES, deepspeed=deepspeed)
+    if isinstance(strategy, ModelParallelStrategy) and not sync_ascent:
         raise ConfigurationError(
-            f"{what} does not support the `{name}` strategy: DeepSpeed owns the optimizer step, so the perturbed "
-            f"passes cannot run inside it; supported: {SUPPORTED_STRATEGIES}"
+            f"{what} under `{type(strategy).__name__}` needs `sync_ascent=True`, got sync_ascent=False: FSDP2 reduces "
+            f"the gradients over the data-parallel group in `backward` and each rank holds only a shard of every "
+            f"weight, so a per-replica ascent cannot be formed"
         )
-    if isinstance(strategy, ModelParallelStrategy):
-        if not sync_ascent:
-            raise ConfigurationError(
-                f"{what} under `{name}` needs `sync_ascent=True`, got sync_ascent=False: FSDP2 reduces the gradients "
-                f"over the data-parallel group in `backward` and each rank holds only a shard of every weight, so a "
-                f"per-replica ascent cannot be formed"
-            )
-        return
-    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
-        raise ConfigurationError(f"{what} does not support the `{name}` strategy; supported: {SUPPORTED_STRATEGIES}")
