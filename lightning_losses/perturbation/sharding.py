@@ -3,7 +3,9 @@
 A parameter that is a ``torch.distributed.tensor.DTensor`` is perturbed through its local shard
 (:func:`local`): every element-wise operation is local, and every norm or inner product is a sum of local pieces
 all-reduced over the groups that shard the tensor (:class:`ShardSum`: the mesh dimensions whose placement is a
-``Shard``; a ``Replicate`` dimension already holds the whole value and is not summed over). Plain tensors (one
+``Shard``; a ``Replicate`` dimension already holds the whole value and is not summed over). A gradient laid out
+otherwise than its parameter (a ``Partial`` sum under tensor parallelism) is redistributed to the parameter's layout
+before it is read (:func:`grad_shard`). Plain tensors (one
 process, DDP) pass through unchanged and cost nothing.
 """
 
@@ -20,6 +22,7 @@ __all__ = [
     "SUPPORTED_STRATEGIES",
     "ShardSum",
     "check_strategy",
+    "grad_shard",
     "is_sharded",
     "local",
     "shard_sum_for",
@@ -42,6 +45,23 @@ def local(tensor: Tensor) -> Tensor:
     return tensor.to_local() if is_sharded(tensor) else tensor
 
 
+def grad_shard(param: Tensor) -> Tensor | None:
+    """This process's shard of ``param.grad``, laid out as ``param`` (``None`` without a gradient).
+
+    Under tensor parallelism a gradient may carry another layout than its parameter: a replicated weight used on
+    sharded activations gets a ``Partial`` (pending sum) gradient, whose local piece is not the gradient. Such a
+    gradient is redistributed to the parameter's placements first (one all-reduce or reduce-scatter, which the
+    optimizer's update would otherwise do) and stored back in ``param.grad``.
+    """
+    grad = param.grad
+    if grad is None:
+        return None
+    if is_sharded(grad) and is_sharded(param) and tuple(grad.placements) != tuple(param.placements):
+        grad = grad.redistribute(param.device_mesh, param.placements)
+        param.grad = grad
+    return local(grad)
+
+
 def to_global(shard: Tensor, like: Tensor) -> Tensor:
     """``shard`` (a local piece of ``like``) as a ``DTensor`` laid out as ``like``; ``shard`` itself otherwise."""
     if not is_sharded(like):
@@ -52,6 +72,13 @@ def to_global(shard: Tensor, like: Tensor) -> Tensor:
 def _shard_groups(tensor: Tensor) -> tuple[Any, ...]:
     if not is_sharded(tensor):
         return ()
+    if any(p.is_partial() for p in tensor.placements):
+        from lightning_losses.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"a perturbed tensor must be laid out as `Shard` or `Replicate` on every mesh dimension, got placements "
+            f"{tuple(tensor.placements)}: a `Partial` piece is not a part of the tensor (redistribute it first)"
+        )
     mesh = tensor.device_mesh
     return tuple(mesh.get_group(dim) for dim, p in enumerate(tensor.placements) if p.is_shard())
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
 from lightning_losses.perturbation.passes import restored_buffers
-from lightning_losses.perturbation.sharding import local
+from lightning_losses.perturbation.sharding import grad_shard
 from lightning_losses.perturbation.step_state import StepState
 
 __all__ = ["StepPhases"]
@@ -58,7 +58,7 @@ class StepPhases:
         for i in range(self.inner_steps):
             # the ascent gradients are discarded after this iteration: unscaled and turned into the step in their
             # own storage (no per-step allocation of a parameter-sized list)
-            grads = [local(p.grad).detach() for p in params]
+            grads = [grad_shard(p).detach() for p in params]
             if run.inv_scale is not None:
                 torch._foreach_mul_(grads, run.inv_scale.to(grads[0].device))
             norms = F.tensor_norms(grads, run.shard_sum)
@@ -112,7 +112,7 @@ class StepPhases:
         with self._frozen_bn(run.frozen):
             loss = run.forward_backward("descent")
         if perturbed and self.collect_stats:  # before `_restore`: delta = params - saved, no copy
-            grads = [None if p.grad is None else local(p.grad) for p in run.params]
+            grads = [grad_shard(p) for p in run.params]
             run.stats["cos_delta_grad"] = F.delta_grad_cosine(run.shards, self._saved, grads, run.shard_sum)
         return loss
 
@@ -131,7 +131,7 @@ class StepPhases:
             if loss0 is not None and loss1 is not None:
                 stats["sharpness"] = (loss1.detach() - loss0.detach()).float()
             if params and all(p.grad is not None for p in params):
-                g1 = F.global_norm([local(p.grad) for p in params], run.shard_sum)
+                g1 = F.global_norm([grad_shard(p) for p in params], run.shard_sum)
                 stats["grad_norm_perturbed"] = g1 if inv_scale is None else g1 * inv_scale.to(g1.device)
             stats["radius"] = torch.tensor(run.radius)
             stats["skipped"] = torch.tensor(float(self.skipped))
