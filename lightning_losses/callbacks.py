@@ -25,6 +25,7 @@ from lightning_losses._validation import qualify
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import Registry
 from lightning_losses.slots import Slot
+from lightning_losses.strategies import check_strategy
 
 __all__ = ["CALLBACKS", "MixinCallback", "build_callbacks", "list_callbacks", "require_mixin", "step_logs_due"]
 
@@ -88,7 +89,8 @@ class MixinCallback(Callback):
     A subclass sets :attr:`slot` and implements :meth:`state_key_fields`; it may override :meth:`slot_plugin` (what
     is attached; default: the callback itself, which then follows the slot's protocol in
     :mod:`lightning_losses.slots`) and :meth:`check_module` (validation before attaching). ``setup`` raises a
-    :class:`~lightning_losses.errors.ConfigurationError` for a module without the mixin, runs :meth:`check_module`
+    :class:`~lightning_losses.errors.ConfigurationError` for a module without the mixin or a strategy the library does
+    not support (:func:`lightning_losses.strategies.check_strategy`), runs :meth:`check_module`
     and attaches the plug-in; ``teardown`` detaches it. A subclass that extends either calls ``super()``.
     """
 
@@ -116,6 +118,7 @@ class MixinCallback(Callback):
         require_mixin(self, pl_module)
         self.check_module(pl_module)
         if trainer is not None:  # reductions go over the strategy's data-parallel group (not the world under 2-D)
+            check_strategy(trainer.strategy, type(self).__name__)  # DeepSpeed, FSDP1, unknown strategies: refused
             distributed.use_strategy(trainer.strategy)
         pl_module.attach(self.slot, self.slot_plugin(pl_module))
 

@@ -3,8 +3,9 @@ including the ones inside functions).
 
 Layers, bottom to top. A module imports only from its own layer or the layers below it; nothing runs back up.
 
-* ``foundation``: errors, validation (arguments and tensors), the registry, distributed helpers, the shared sync
-  point and step-state helpers, schedules and the slot protocols: what every pillar may use;
+* ``foundation``: errors, validation (arguments and tensors), the registry, distributed helpers, the supported
+  strategies, the shared sync point and step-state helpers, schedules and the slot protocols: what every pillar may
+  use;
 * ``functional``: pure tensor functions (losses, token aggregation, the dual-ascent maths of entropy targets);
 * ``losses``: the loss pillar (``nn.Module`` losses over the functional layer);
 * ``objective``: the objective and :class:`~lightning_losses.LossesMixin`, which compose losses with the slots;
@@ -40,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
             "_validation",
             "registry",
             "distributed",
+            "strategies",
             "reduction",
             "sync",
             "_state",

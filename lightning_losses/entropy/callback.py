@@ -38,7 +38,7 @@ from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, media_loggers
-from lightning_losses.distributed import global_sum
+from lightning_losses.distributed import global_sum, rank
 from lightning_losses.entropy.controller import EntropyController
 from lightning_losses.entropy.window import class_means, entropies, merge_window, upgrade_window, window_statistics
 from lightning_losses.errors import ConfigurationError
@@ -241,10 +241,13 @@ class EntropyControl(MixinCallback):
     # ------------------------------------------------------------------ checkpointing
     @override
     def state_dict(self) -> dict[str, Any]:
+        """The state to checkpoint. The logging window is local to each rank, and a checkpoint is written from one
+        rank (or deduplicated): it is saved summed over the data-parallel group (a collective under DDP / FSDP2, as
+        ``Trainer.save_checkpoint`` runs it on every rank), and restored on rank 0 only."""
         return {
             "controller": None if self.controller is None else self.controller.state_dict(),
             "last_step": self._last_step,
-            "window": None if self._window is None else self._window.detach().cpu(),
+            "window": None if self._window is None else global_sum(self._window).cpu(),
             "nonfinite": self.nonfinite.detach().cpu().clone(),
         }
 
@@ -268,7 +271,9 @@ class EntropyControl(MixinCallback):
         window = state_dict["window"]
         if window is not None and "nonfinite" not in state_dict:  # [sum, count, ...] -> [sum, count, 0, ...]
             window = upgrade_window(window)
-        self._window = None if window is None else window.clone()
+        if window is not None:  # the global window: counted once, on rank 0 (the next reduction adds the others)
+            window = window.clone() if rank() == 0 else torch.zeros_like(window)
+        self._window = window
         self.nonfinite = torch.as_tensor(state_dict.get("nonfinite", 0.0), dtype=torch.float64).clone()
 
     def __repr__(self) -> str:

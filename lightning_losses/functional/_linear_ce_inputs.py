@@ -8,7 +8,12 @@ import torch
 from lightning_losses._validation.tensors import not_ignored, shape_str
 from lightning_losses.functional._linear_ce_kernel import ChunkedLinearCE, default_chunk_size
 
-__all__ = ["autocast_dtype", "autocast_inputs", "check_inputs", "check_options", "run_chunked"]
+try:  # torch >= 2.4 exposes DTensor publicly
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - builds without distributed
+    DTensor = None  # type: ignore[assignment,misc]
+
+__all__ = ["autocast_dtype", "autocast_inputs", "check_inputs", "check_options", "gather_sharded", "run_chunked"]
 
 
 def autocast_dtype(device: str) -> torch.dtype | None:
@@ -21,6 +26,34 @@ def autocast_dtype(device: str) -> torch.dtype | None:
         if device == "cpu" and torch.is_autocast_cpu_enabled():
             return torch.get_autocast_cpu_dtype()
         return None
+
+
+def _is_dtensor(t) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def gather_sharded(hidden, weight, bias):
+    """A sharded ``weight`` / ``bias`` (a ``DTensor``: FSDP2 or tensor parallelism) gathered whole, once per call.
+
+    The gradient of the gathered tensor is declared ``Partial("avg")`` over every mesh dimension: the backward
+    reduce-scatters it to the parameter's shards, averaging over the ranks, as FSDP2 does for the gradient of an
+    unsharded parameter (equal to DDP's average; on a tensor-parallel dimension the ranks share the tokens, so the
+    average is the value itself). ``hidden`` stays this rank's tokens: it must be a plain tensor.
+    """
+    if _is_dtensor(hidden):
+        raise TypeError(
+            f"`hidden` must be this rank's local hidden states (a torch.Tensor), got a DTensor with placements "
+            f"{tuple(hidden.placements)}; call `hidden.full_tensor()` or `hidden.to_local()` first"
+        )
+    return hidden, _gathered(weight), _gathered(bias)
+
+
+def _gathered(t):
+    if not _is_dtensor(t):
+        return t
+    from torch.distributed.tensor import Partial
+
+    return t.full_tensor(grad_placements=[Partial("avg")] * t.device_mesh.ndim)
 
 
 def autocast_inputs(hidden, weight, bias):

@@ -14,6 +14,12 @@ The per-token results are exact (to float tolerance) against the materialised pa
 per-token weights, ``reduction="none"`` and per-sequence normalisation
 (:func:`~lightning_losses.functional.aggregation.aggregate_tokens`) get correct gradients.
 
+Sharded weights (FSDP2, tensor parallelism): a ``weight`` / ``bias`` that is a ``DTensor`` is gathered whole once
+per call (``V × H``, as FSDP2's own unshard of the head module would; not per chunk) and its gradient is
+reduce-scattered back to the shards, averaged over the ranks (DDP's average); ``hidden`` must be this rank's plain
+tensor, and the ``[N·T, V]`` logits stay chunked and local (never gathered). A head in FSDP2's root unit is already
+unsharded by the root's forward and passes through unchanged.
+
 Backends (``impl``): ``"chunked"`` (this module, any device), ``"cce"`` (the ``cut_cross_entropy`` package's fused
 Triton kernel, CUDA only, exact mode ``filter_eps=None``; plain NLL with optional softcap and bias only), ``"auto"``
 (``"cce"`` when importable, on CUDA and the options allow it, else ``"chunked"``).
@@ -26,7 +32,13 @@ import torch
 from lightning_losses._validation.tensors import as_index, not_ignored
 from lightning_losses.functional import _cce_backend as CCE
 from lightning_losses.functional._cce_backend import cce_available
-from lightning_losses.functional._linear_ce_inputs import autocast_inputs, check_inputs, check_options, run_chunked
+from lightning_losses.functional._linear_ce_inputs import (
+    autocast_inputs,
+    check_inputs,
+    check_options,
+    gather_sharded,
+    run_chunked,
+)
 from lightning_losses.functional._linear_ce_kernel import default_chunk_size
 
 __all__ = [
@@ -92,7 +104,7 @@ def linear_cross_entropy(
         >>> torch.allclose(linear_cross_entropy(h, w, y, chunk_size=4), naive.view(2, 3), atol=1e-6)
         True
     """
-    hidden, weight, bias = autocast_inputs(hidden, weight, bias)
+    hidden, weight, bias = autocast_inputs(*gather_sharded(hidden, weight, bias))
     check_inputs(hidden, weight, bias, target, token_weight, chunk_size, validate_args, ignore_index)
     target = as_index(target)
     check_options(label_smoothing, z_loss, softcap)
@@ -153,7 +165,7 @@ def linear_log_probs(
         >>> torch.allclose(linear_log_probs(h, w, y), ref, atol=1e-6)
         True
     """
-    hidden, weight, bias = autocast_inputs(hidden, weight, bias)
+    hidden, weight, bias = autocast_inputs(*gather_sharded(hidden, weight, bias))
     check_inputs(hidden, weight, bias, target, None, chunk_size, validate_args, ignore_index)
     target = as_index(target)
     check_options(0.0, 0.0, softcap)
@@ -189,7 +201,7 @@ def linear_entropy(
         >>> linear_entropy(torch.zeros(2, 4), torch.randn(8, 4))  # uniform over 8: log 8
         tensor([2.0794, 2.0794])
     """
-    hidden, weight, bias = autocast_inputs(hidden, weight, bias)
+    hidden, weight, bias = autocast_inputs(*gather_sharded(hidden, weight, bias))
     check_inputs(hidden, weight, bias, None, None, chunk_size, False, -100)
     check_options(0.0, 0.0, softcap)
     _, ent = run_chunked(

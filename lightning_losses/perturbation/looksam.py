@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lightning_losses import distributed
 from lightning_losses.perturbation import functional as F
-from lightning_losses.perturbation.sharding import ShardSum, local, shard_sum_for
+from lightning_losses.perturbation.sharding import ShardSum, grad_shard, shard_sum_for
 
 __all__ = ["extrapolate", "mean_over_ranks", "orthogonal"]
 
@@ -20,7 +20,7 @@ def orthogonal(
     """:math:`g_v` from the ascent gradient at :math:`w` and the descent gradient now in ``.grad`` (unscaled by
     ``inv_scale``), averaged over ranks so that every replica applies the same update. Sharded parameters
     (``shard_sum``): local shards of gradients already reduced over the data-parallel group, kept as they are."""
-    final = [local(p.grad).detach() for p in params]
+    final = [grad_shard(p).detach() for p in params]
     if inv_scale is not None:
         final = torch._foreach_mul(final, inv_scale.to(final[0].device))
     stored = F.looksam_orthogonal(first_grads, final, shard_sum=shard_sum)
@@ -32,7 +32,7 @@ def extrapolate(params: list[Tensor], stored: list[Tensor], alpha: float, eps: f
     with_grad = [p for p in params if p.grad is not None]
     if len(with_grad) != len(stored or []):
         return
-    grads = [local(p.grad) for p in with_grad]
+    grads = [grad_shard(p) for p in with_grad]
     stored = [o.to(g.device, g.dtype) for o, g in zip(stored, grads)]
     with torch.no_grad():
         new = F.looksam_extrapolate(grads, stored, alpha, eps, shard_sum_for(with_grad))

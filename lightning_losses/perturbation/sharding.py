@@ -3,7 +3,9 @@
 A parameter that is a ``torch.distributed.tensor.DTensor`` is perturbed through its local shard
 (:func:`local`): every element-wise operation is local, and every norm or inner product is a sum of local pieces
 all-reduced over the groups that shard the tensor (:class:`ShardSum`: the mesh dimensions whose placement is a
-``Shard``; a ``Replicate`` dimension already holds the whole value and is not summed over). Plain tensors (one
+``Shard``; a ``Replicate`` dimension already holds the whole value and is not summed over). A gradient laid out
+otherwise than its parameter (a ``Partial`` sum under tensor parallelism) is redistributed to the parameter's layout
+before it is read (:func:`grad_shard`). Plain tensors (one
 process, DDP) pass through unchanged and cost nothing.
 """
 
@@ -20,6 +22,7 @@ __all__ = [
     "SUPPORTED_STRATEGIES",
     "ShardSum",
     "check_strategy",
+    "grad_shard",
     "is_sharded",
     "local",
     "shard_sum_for",
@@ -42,6 +45,23 @@ def local(tensor: Tensor) -> Tensor:
     return tensor.to_local() if is_sharded(tensor) else tensor
 
 
+def grad_shard(param: Tensor) -> Tensor | None:
+    """This process's shard of ``param.grad``, laid out as ``param`` (``None`` without a gradient).
+
+    Under tensor parallelism a gradient may carry another layout than its parameter: a replicated weight used on
+    sharded activations gets a ``Partial`` (pending sum) gradient, whose local piece is not the gradient. Such a
+    gradient is redistributed to the parameter's placements first (one all-reduce or reduce-scatter, which the
+    optimizer's update would otherwise do) and stored back in ``param.grad``.
+    """
+    grad = param.grad
+    if grad is None:
+        return None
+    if is_sharded(grad) and is_sharded(param) and tuple(grad.placements) != tuple(param.placements):
+        grad = grad.redistribute(param.device_mesh, param.placements)
+        param.grad = grad
+    return local(grad)
+
+
 def to_global(shard: Tensor, like: Tensor) -> Tensor:
     """``shard`` (a local piece of ``like``) as a ``DTensor`` laid out as ``like``; ``shard`` itself otherwise."""
     if not is_sharded(like):
@@ -52,6 +72,13 @@ def to_global(shard: Tensor, like: Tensor) -> Tensor:
 def _shard_groups(tensor: Tensor) -> tuple[Any, ...]:
     if not is_sharded(tensor):
         return ()
+    if any(p.is_partial() for p in tensor.placements):
+        from lightning_losses.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"a perturbed tensor must be laid out as `Shard` or `Replicate` on every mesh dimension, got placements "
+            f"{tuple(tensor.placements)}: a `Partial` piece is not a part of the tensor (redistribute it first)"
+        )
     mesh = tensor.device_mesh
     return tuple(mesh.get_group(dim) for dim, p in enumerate(tensor.placements) if p.is_shard())
 
@@ -103,36 +130,26 @@ SUPPORTED_STRATEGIES = (
 )
 
 
-def _named_in_mro(obj: Any, name: str) -> bool:
-    return any(cls.__name__ == name for cls in type(obj).__mro__)
-
-
 def check_strategy(strategy: Any, what: str, sync_ascent: bool) -> None:
     """Raise a :class:`~lightning_losses.errors.ConfigurationError` naming ``strategy`` when the perturbation
     ``what`` cannot run exactly under it.
 
-    DeepSpeed owns the optimizer step (the closure the perturbation wraps never reaches it); Lightning's
-    ``FSDPStrategy`` (FSDP1) perturbs flat parameters whose norms are not the model's; other strategies are untested.
-    Under ``ModelParallelStrategy`` the gradients are reduced over the data-parallel group in ``backward`` and each
-    rank holds a shard of every weight, so there is no per-replica ascent: ``sync_ascent`` must be ``True``.
+    As :func:`lightning_losses.strategies.check_strategy` (DeepSpeed owns the optimizer step, so the closure the
+    perturbation wraps never reaches it; FSDP1 perturbs flat parameters whose norms are not the model's; other
+    strategies are untested), and under ``ModelParallelStrategy`` the gradients are reduced over the data-parallel
+    group in ``backward`` and each rank holds a shard of every weight, so there is no per-replica ascent:
+    ``sync_ascent`` must be ``True``.
     """
-    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+    from lightning.pytorch.strategies import ModelParallelStrategy
 
     from lightning_losses.errors import ConfigurationError
+    from lightning_losses.strategies import check_strategy as check_supported
 
-    name = type(strategy).__name__
-    if _named_in_mro(strategy, "DeepSpeedStrategy"):
+    deepspeed = "DeepSpeed owns the optimizer step, so the perturbed passes cannot run inside it"
+    check_supported(strategy, what, supported=SUPPORTED_STRATEGIES, deepspeed=deepspeed)
+    if isinstance(strategy, ModelParallelStrategy) and not sync_ascent:
         raise ConfigurationError(
-            f"{what} does not support the `{name}` strategy: DeepSpeed owns the optimizer step, so the perturbed "
-            f"passes cannot run inside it; supported: {SUPPORTED_STRATEGIES}"
+            f"{what} under `{type(strategy).__name__}` needs `sync_ascent=True`, got sync_ascent=False: FSDP2 reduces "
+            f"the gradients over the data-parallel group in `backward` and each rank holds only a shard of every "
+            f"weight, so a per-replica ascent cannot be formed"
         )
-    if isinstance(strategy, ModelParallelStrategy):
-        if not sync_ascent:
-            raise ConfigurationError(
-                f"{what} under `{name}` needs `sync_ascent=True`, got sync_ascent=False: FSDP2 reduces the gradients "
-                f"over the data-parallel group in `backward` and each rank holds only a shard of every weight, so a "
-                f"per-replica ascent cannot be formed"
-            )
-        return
-    if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
-        raise ConfigurationError(f"{what} does not support the `{name}` strategy; supported: {SUPPORTED_STRATEGIES}")

@@ -16,7 +16,7 @@ from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
 from lightning_losses.perturbation.gradient_rules import DESCENT_RULES, DIRECTION_RULES
 from lightning_losses.perturbation.passes import restored_buffers
-from lightning_losses.perturbation.sharding import local
+from lightning_losses.perturbation.sharding import grad_shard
 from lightning_losses.perturbation.step_state import StepState
 
 __all__ = ["StepPhases"]
@@ -65,7 +65,7 @@ class StepPhases:
         for i in range(self.inner_steps):
             # the ascent gradients are discarded after this iteration: unscaled and turned into the step in their
             # own storage (no per-step allocation of a parameter-sized list)
-            grads = [local(p.grad).detach() for p in params]
+            grads = [grad_shard(p).detach() for p in params]
             if run.inv_scale is not None:
                 torch._foreach_mul_(grads, run.inv_scale.to(grads[0].device))
             norms = F.tensor_norms(grads, run.shard_sum)
@@ -123,7 +123,7 @@ class StepPhases:
         with self._frozen_bn(run.frozen):
             loss = run.forward_backward("descent")
         if perturbed and self.collect_stats:  # before `_restore`: delta = params - saved, no copy
-            grads = [None if p.grad is None else local(p.grad) for p in run.params]
+            grads = [grad_shard(p) for p in run.params]
             run.stats["cos_delta_grad"] = F.delta_grad_cosine(run.shards, self._saved, grads, run.shard_sum)
         return loss
 
@@ -144,7 +144,7 @@ class StepPhases:
         first = run.first_grads
         if run.shard_sum is None and not self.sync_ascent:
             first = looksam.mean_over_ranks(first)
-        final = [local(p.grad) for p in run.params]
+        final = [grad_shard(p) for p in run.params]
         if run.inv_scale is not None:  # .grad carries the loss scale: bring g to it
             first = torch._foreach_div(first, run.inv_scale.to(final[0].device))
         with torch.no_grad():
@@ -163,7 +163,7 @@ class StepPhases:
         gradient's norm is that of :math:`g_p`, before the descent rule)."""
         params, stats, inv_scale = run.params, run.stats, run.inv_scale
         if self.collect_stats and params and all(p.grad is not None for p in params):
-            g1 = F.global_norm([local(p.grad) for p in params], run.shard_sum)
+            g1 = F.global_norm([grad_shard(p) for p in params], run.shard_sum)
             stats["grad_norm_perturbed"] = g1 if inv_scale is None else g1 * inv_scale.to(g1.device)
         self._combine(run)
         if self.reuse_alpha is not None and run.first_grads is not None and params:

@@ -58,3 +58,38 @@ def test_supported_strategies_pass():
 
     check_strategy(SingleDeviceStrategy(torch.device("cpu")), "SAM", sync_ascent=False)
     check_strategy(DDPStrategy(), "SAM", sync_ascent=False)
+
+
+#: every library callback that reduces over the data-parallel group and keeps per-step state, freshly built
+REDUCING = {
+    "SampleReweighting": lambda: ll.SampleReweighting("loss_softmax"),
+    "EntropyControl": lambda: ll.EntropyControl(target=0.5, lr=0.1),
+    "SAF": lambda: ll.SAF(epochs_ago=1, start_epoch=1, coefficient=1.0),
+}
+GENERAL = r"supported: one device \(`SingleDeviceStrategy`\), DDP \(`DDPStrategy`.*and FSDP2 / tensor parallelism \(`ModelParallelStrategy`\)$"  # noqa: E501
+
+
+@pytest.mark.parametrize("name", list(REDUCING))
+def test_reducing_callbacks_refuse_deepspeed_fsdp1_and_unknown_strategies(name):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    with pytest.raises(ConfigurationError, match=rf"^{name} does not support the `DeepSpeedStrategy` strategy: "
+                       rf"DeepSpeed owns the optimizer step \(and its gradient accumulation and skipped fp16 steps\), "
+                       rf".*; {GENERAL}"):  # fmt: skip
+        _setup(REDUCING[name](), DeepSpeedStrategy())
+    with pytest.raises(ConfigurationError, match=rf"^{name} does not support the `FSDPStrategy` strategy; {GENERAL}"):
+        _setup(REDUCING[name](), FSDPStrategy())
+    with pytest.raises(ConfigurationError, match=rf"^{name} does not support the `OwnStep` strategy; {GENERAL}"):
+        _setup(REDUCING[name](), OwnStep())
+
+
+@pytest.mark.parametrize("name", list(REDUCING))
+def test_reducing_callbacks_accept_the_supported_strategies(name):
+    import torch
+
+    for strategy in (
+        SingleDeviceStrategy(torch.device("cpu")),
+        DDPStrategy(),
+        ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
+    ):
+        _setup(REDUCING[name](), strategy)
