@@ -77,3 +77,24 @@ def test_sam_logs_the_cosine_between_the_gradients_at_w_and_w_plus_delta():
     assert float(expected) < 0.98  # a cosine that tells
     torch.testing.assert_close(engine.last_stats["cos_delta_grad"], expected)
     torch.testing.assert_close(w.grad, g1)
+
+
+def test_perturbation_logs_its_step_time_against_the_unperturbed_pass(tmp_path):
+    """SAM every second step: a perturbed step's closure runs two forward-backward passes (ratio near 2), an
+    unperturbed one runs one (ratio 1); both timed on the logging steps only."""
+    L.seed_everything(0, verbose=False)
+    logger = CSVLogger(tmp_path)
+    trainer = L.Trainer(
+        callbacks=[ll.SAM(rho=0.05, every_n_steps=2)], logger=logger, accelerator="cpu", default_root_dir=tmp_path,
+        max_steps=8, log_every_n_steps=1, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(DigitsClassifier(dropout=0.0, cosine_schedule=False), DigitsDataModule(batch_size=64))
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("perturbation/time_ratio")]
+    assert [int(r["step"]) for r in rows] == list(range(8))
+    ratios = [float(r["perturbation/time_ratio"]) for r in rows]
+    assert all(float(r["perturbation/step_time"]) > 0 for r in rows)
+    perturbed, plain = ratios[0::2], ratios[1::2]  # steps 0, 2, ... are perturbed
+    assert all(1.0 <= r < 1.05 for r in plain), ratios
+    assert min(perturbed) > 1.3, ratios
