@@ -5,7 +5,8 @@
   the step the Trainer's own ``train/*`` logs are written at. Either way every value can be monitored
   (``EarlyStopping``, ``ModelCheckpoint``) and lines up with ``train/*``.
 * :func:`log_histogram`, :func:`log_table`, :func:`log_image`: W&B loggers (``WandbLogger``) get a
-  ``wandb.Histogram`` / ``wandb.Table`` / ``wandb.Image`` through the logger's documented API at the same step;
+  ``wandb.Histogram`` (of the global batch: gathered over the data-parallel group) / ``wandb.Table`` /
+  ``wandb.Image`` through the logger's documented API at the same step;
   loggers without media (CSV, ...) are skipped without error and the values are not even moved to the host. ``wandb``
   is imported only when a W&B logger is there; W&B itself logs from rank 0 only.
 * :class:`MediaCadence`: when a callback logs media (``media_every_n_steps``: ``None`` about once per epoch, ``0``
@@ -23,7 +24,7 @@ import torch
 
 from lightning_losses._compat import log_step, logger_connector
 from lightning_losses._validation import check_int
-from lightning_losses.distributed import global_sum
+from lightning_losses.distributed import all_gather_values, global_sum
 
 __all__ = [
     "MediaCadence",
@@ -71,16 +72,21 @@ def _step(trainer: Any, step: int | None) -> int:
 
 
 def log_histogram(trainer: Any, key: str, values: torch.Tensor, *, step: int | None = None, bins: int = 64) -> bool:
-    """Log a histogram of ``values`` (non-finite values left out) to the media loggers; ``True`` when one took it."""
+    """Log a histogram of ``values`` over the global batch (gathered from every data-parallel rank; non-finite values
+    left out) to the media loggers; ``True`` when one took it.
+
+    Call it on every rank, at a step that is the same on all of them (a media cadence): the values are gathered (two
+    collectives) only when the Trainer has a media logger, a decision every rank takes alike.
+    """
     loggers = media_loggers(trainer)
     if not loggers:
         return False
-    import wandb
-
-    flat = values.detach().flatten().float()
+    flat = all_gather_values(values).float()
     flat = flat[torch.isfinite(flat)].cpu()
     if not flat.numel():
         return False
+    import wandb
+
     hist = wandb.Histogram(flat.numpy(), num_bins=bins)
     for logger in loggers:
         logger.log_metrics({key: hist}, step=_step(trainer, step))

@@ -48,12 +48,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
     ),
     ("functional", ("functional",)),
     ("losses", ("losses",)),
-    ("objective", ("_objective_spec", "_objective_reduce", "objective", "mixin")),
+    ("objective", ("_objective_spec", "_objective_reduce", "_objective_logging", "objective", "mixin")),
     ("callback base", ("callbacks", "diagnostics")),
     ("callback pillars", ("reweighting", "perturbation", "entropy")),
     ("recipes", ("_recipe_checks", "_loggers", "config", "demo", "recipes")),
     ("package", ("",)),  # lightning_losses/__init__.py
-    ("commands", ("runner", "compare", "cli")),
+    ("commands", ("runner", "report", "compare", "cli")),
 ]
 
 PILLARS = ("losses", "reweighting", "perturbation", "entropy")
