@@ -45,6 +45,7 @@ from typing_extensions import override
 
 from lightning_losses._compat import closure_result, set_closure_result
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
+from lightning_losses.diagnostics import log_scalars
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation.checkpoints import unperturbed_checkpoint
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
@@ -181,7 +182,7 @@ class WeightPerturbation(MixinCallback):
             stats["perturbation/perturbed_fraction"] = self.engine.perturbed_steps / max(trainer.global_step, 1)
             stats["perturbation/skipped"] = float(self.engine.skipped)
             stats.update(self._timer.metrics())
-            pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=1)
+            log_scalars(trainer, pl_module, stats)
         self._new_stats = False
 
     @override
