@@ -15,7 +15,10 @@ Runs alternate ``on off off on`` (so slow drift of a shared machine cancels) wit
 first pair is a warm-up and is dropped. Per run: the mean training-step time (the time from one
 ``on_train_batch_start`` to the next within an epoch: the diagnostics of logging steps are rare, so a mean, not a
 median) and the fit's wall time (validation, the reliability diagrams and epoch ends included). Reported: the
-median over pairs of the ``on / off`` ratios, with the quartiles.
+median over pairs of the ``on / off`` ratios, with the quartiles. On a busy machine the runs' speeds differ by more
+than the cost measured; a steadier estimate is measured within each run: the mean step over the median of its quiet
+steps (neither a logging step nor an epoch's first), minus 1, ``on`` minus ``off`` (the logging and media steps'
+share of the step time; the work every step does alike cancels).
 
     OMP_NUM_THREADS=1 python bench/diagnostics.py --pairs 12 --epochs 6
 """
@@ -37,21 +40,30 @@ from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 
 
 class StepClock(L.Callback):
-    """Intervals between consecutive ``on_train_batch_start`` calls of one epoch."""
+    """Intervals between consecutive ``on_train_batch_start`` calls of one epoch, and which of them are quiet: not a
+    logging step (every 10th) and not an epoch's first step (where media fall by default)."""
 
     def __init__(self) -> None:
         self.intervals: list[float] = []
-        self._last: tuple[int, float] | None = None
+        self.quiet: list[float] = []
+        self._last: tuple[int, float, int, int] | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         now = time.perf_counter()
         if self._last is not None and self._last[0] == trainer.current_epoch:
             self.intervals.append(now - self._last[1])
-        self._last = (trainer.current_epoch, now)
+            step, first = self._last[2], self._last[3] == 0
+            if (step + 1) % 10 != 0 and not first:
+                self.quiet.append(now - self._last[1])
+        self._last = (trainer.current_epoch, now, trainer.global_step, batch_idx)
+
+    def excess(self) -> float:
+        """The mean step over the median quiet step, minus 1: what the rarer steps add, measured within the run."""
+        return statistics.fmean(self.intervals) / statistics.median(self.quiet) - 1.0
 
 
-def fit(diagnostics: bool, epochs: int, logger_kind: str, device: str, root: Path) -> tuple[float, float]:
-    """One fit; ``(mean step seconds, wall seconds)``."""
+def fit(diagnostics: bool, epochs: int, logger_kind: str, device: str, root: Path) -> tuple[float, float, float]:
+    """One fit; ``(mean step seconds, wall seconds, excess of the mean step over the quiet steps)``."""
     media = None if diagnostics else 0
     clock = StepClock()
     callbacks = [
@@ -83,7 +95,7 @@ def fit(diagnostics: bool, epochs: int, logger_kind: str, device: str, root: Pat
     wall = time.perf_counter() - start
     if logger_kind == "wandb":
         logger.experiment.finish()
-    return statistics.fmean(clock.intervals), wall
+    return statistics.fmean(clock.intervals), wall, clock.excess()
 
 
 def main() -> None:
@@ -98,7 +110,7 @@ def main() -> None:
     import os
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    step_ratios, wall_ratios, steps = [], [], {True: [], False: []}
+    step_ratios, wall_ratios, excess, steps = [], [], [], {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs + 1):
             order = (True, False) if i % 2 == 0 else (False, True)
@@ -107,9 +119,14 @@ def main() -> None:
                 continue  # warm-up
             step_ratios.append(got[True][0] / got[False][0])
             wall_ratios.append(got[True][1] / got[False][1])
+            excess.append(got[True][2] - got[False][2])
             for d in (True, False):
                 steps[d].append(got[d][0])
-            print(f"pair {i}: step on/off {step_ratios[-1]:.4f}, fit wall on/off {wall_ratios[-1]:.4f}", flush=True)
+            print(
+                f"pair {i}: step on/off {step_ratios[-1]:.4f}, fit wall on/off {wall_ratios[-1]:.4f}, "
+                f"in-run excess on - off {excess[-1]:+.4f}",
+                flush=True,
+            )
 
     def summary(values: list[float]) -> str:
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
@@ -120,6 +137,7 @@ def main() -> None:
     print(f"mean step: on {on:.3f} ms, off {off:.3f} ms (medians over runs)")
     print(f"step time on/off: {summary(step_ratios)}")
     print(f"fit wall on/off:  {summary(wall_ratios)}")
+    print(f"in-run excess of the mean step over the quiet steps, on - off: {summary(excess)}")
 
 
 if __name__ == "__main__":

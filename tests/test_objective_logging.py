@@ -71,3 +71,32 @@ def test_single_term_objective_logs_its_coefficient_and_count(tmp_path):
         1.0
     ] * 4
     assert [float(r["objective/nonfinite"]) for r in rows if r.get("objective/nonfinite")] == [0.0] * 4
+
+
+def _count_on_rank():
+    """Rank 0 has one NaN sample, rank 1 two inf ones; the logged count is the group's."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from lightning_losses._objective_logging import log_objective_diagnostics
+
+    class Module:
+        def __init__(self):
+            self.logged = []
+
+        def log_dict(self, metrics, **kwargs):
+            self.logged.append({k: float(v) for k, v in metrics.items()})
+
+    bad = float("nan") if dist.get_rank() == 0 else float("inf")
+    per_sample = torch.tensor([1.0, bad, 2.0] if dist.get_rank() == 0 else [bad, bad])
+    connector = SimpleNamespace(should_update_logs=True)
+    trainer = SimpleNamespace(global_step=4, log_every_n_steps=1, _logger_connector=connector)
+    module = Module()
+    log_objective_diagnostics(module, trainer, SimpleNamespace(per_sample=per_sample, coefficients={"ce": 0.5}))
+    return module.logged
+
+
+def test_nonfinite_count_is_summed_over_the_data_parallel_group(ddp):
+    for logged in ddp.run(_count_on_rank):
+        assert logged == [{"objective/coef/ce": 0.5, "objective/nonfinite": 3.0}]
