@@ -9,7 +9,9 @@ logger. The mechanisms do the same work in both; only their diagnostics differ:
   ``perturbation/*``, ``objective/*``), histograms and tables about once per epoch, a ``CalibrationMonitor`` (ECE and
   a reliability diagram per validation epoch);
 * ``off``: ``Trainer(log_every_n_steps=0)`` (no step logs: the callbacks compute no statistics),
-  ``media_every_n_steps=0``, no ``CalibrationMonitor``.
+  ``media_every_n_steps=0``, no ``CalibrationMonitor``; with ``--baseline lightning`` the Trainer's own step logs
+  (``train/*``) stay on, and with them SAM's and the objective's statistics (which follow them), while reweighting
+  and entropy log nothing: ``on - off`` is then the cost of those two callbacks' logs, all media and the monitor.
 
 Runs alternate ``on off off on`` (so slow drift of a shared machine cancels) with the same seed, data and model; the
 first pair is a warm-up and is dropped. Per run: the mean training-step time (the time from one
@@ -62,13 +64,18 @@ class StepClock(L.Callback):
         return statistics.fmean(self.intervals) / statistics.median(self.quiet) - 1.0
 
 
-def fit(diagnostics: bool, epochs: int, logger_kind: str, device: str, root: Path) -> tuple[float, float, float]:
+def fit(
+    diagnostics: bool, epochs: int, logger_kind: str, device: str, root: Path, baseline: str = "silent"
+) -> tuple[float, float, float]:
     """One fit; ``(mean step seconds, wall seconds, excess of the mean step over the quiet steps)``."""
     media = None if diagnostics else 0
+    quiet = not diagnostics and baseline == "lightning"  # Lightning's own step logs on, the callbacks' off
     clock = StepClock()
     callbacks = [
-        ll.SampleReweighting("group_dro", step_size=0.01, media_every_n_steps=media),
-        ll.EntropyControl(beta=0.1, media_every_n_steps=media),
+        ll.SampleReweighting(
+            "group_dro", step_size=0.01, media_every_n_steps=media, log_every_n_steps=0 if quiet else None
+        ),
+        ll.EntropyControl(beta=0.1, media_every_n_steps=media, log_every_n_steps=10**9 if quiet else None),
         ll.SAM(rho=0.05),
         clock,
     ]
@@ -84,7 +91,7 @@ def fit(diagnostics: bool, epochs: int, logger_kind: str, device: str, root: Pat
         logger = CSVLogger(root)
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
-        max_epochs=epochs, callbacks=callbacks, logger=logger, log_every_n_steps=10 if diagnostics else 0,
+        max_epochs=epochs, callbacks=callbacks, logger=logger, log_every_n_steps=10 if diagnostics or quiet else 0,
         accelerator=device, devices=1, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=root,
     )  # fmt: skip
@@ -104,6 +111,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--logger", choices=("wandb", "csv"), default="wandb")
     parser.add_argument("--device", default="cpu", help="Lightning accelerator: cpu, gpu, ...")
+    parser.add_argument(
+        "--baseline",
+        choices=("silent", "lightning"),
+        default="silent",
+        help="off: no step logs at all (silent), or Lightning's own train/* logs and SAM's on (lightning)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -114,7 +127,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs + 1):
             order = (True, False) if i % 2 == 0 else (False, True)
-            got = {d: fit(d, args.epochs, args.logger, args.device, Path(tmp) / f"{i}-{d}") for d in order}
+            got = {
+                d: fit(d, args.epochs, args.logger, args.device, Path(tmp) / f"{i}-{d}", args.baseline) for d in order
+            }
             if i == 0:
                 continue  # warm-up
             step_ratios.append(got[True][0] / got[False][0])
@@ -132,7 +147,7 @@ def main() -> None:
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
         return f"median {q[1]:.4f} (quartiles {q[0]:.4f} - {q[2]:.4f}, {len(values)} pairs)"
 
-    print(f"\nlogger={args.logger} device={args.device} epochs={args.epochs}")
+    print(f"\nlogger={args.logger} device={args.device} epochs={args.epochs} baseline={args.baseline}")
     on, off = (statistics.median(steps[d]) * 1e3 for d in (True, False))
     print(f"mean step: on {on:.3f} ms, off {off:.3f} ms (medians over runs)")
     print(f"step time on/off: {summary(step_ratios)}")
