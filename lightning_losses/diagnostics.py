@@ -1,11 +1,12 @@
 """Diagnostics shared by the library's callbacks: scalars through Lightning, media for the loggers that take it.
 
-* :func:`log_scalars`: step statistics go through ``LightningModule.log_dict`` on the Trainer's logging steps, or,
-  for a callback with its own ``log_every_n_steps``, into ``trainer.callback_metrics`` and the Trainer's loggers at
-  the step the Trainer's own ``train/*`` logs are written at. Either way every value can be monitored
-  (``EarlyStopping``, ``ModelCheckpoint``) and lines up with ``train/*``.
+* :func:`log_scalars`: step statistics go into ``trainer.callback_metrics`` and the Trainer's loggers at the step the
+  Trainer's own ``train/*`` logs are written at (on the Trainer's logging steps, or on a callback's own
+  ``log_every_n_steps``): every value can be monitored (``EarlyStopping``, ``ModelCheckpoint``) and lines up with
+  ``train/*``.
 * :func:`log_histogram`, :func:`log_table`, :func:`log_image`: W&B loggers (``WandbLogger``) get a
-  ``wandb.Histogram`` / ``wandb.Table`` / ``wandb.Image`` through the logger's documented API at the same step;
+  ``wandb.Histogram`` (of the global batch: gathered over the data-parallel group) / ``wandb.Table`` /
+  ``wandb.Image`` through the logger's documented API at the same step;
   loggers without media (CSV, ...) are skipped without error and the values are not even moved to the host. ``wandb``
   is imported only when a W&B logger is there; W&B itself logs from rank 0 only.
 * :class:`MediaCadence`: when a callback logs media (``media_every_n_steps``: ``None`` about once per epoch, ``0``
@@ -23,7 +24,7 @@ import torch
 
 from lightning_losses._compat import log_step, logger_connector
 from lightning_losses._validation import check_int
-from lightning_losses.distributed import global_sum
+from lightning_losses.distributed import all_gather_values, global_sum
 
 __all__ = [
     "MediaCadence",
@@ -38,16 +39,20 @@ __all__ = [
 ]
 
 
-def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own_interval: bool) -> None:
-    """Log step statistics (tensors or numbers, already global) from ``on_train_batch_end``.
+def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own_interval: bool = False) -> None:
+    """Log step statistics (tensors or numbers, already global) from a callback hook, at :func:`log_step`.
 
-    ``own_interval=False``: the caller logs on the Trainer's logging steps; ``pl_module.log_dict(on_step=True)``.
-    ``own_interval=True``: the caller has its own period, off the Trainer's logging steps, where ``log_dict`` would
-    reach no logger: the values go to ``trainer.callback_metrics`` and to every logger now, at :func:`log_step`.
+    The values go to ``trainer.callback_metrics`` (monitorable by ``EarlyStopping`` / ``ModelCheckpoint``) and to
+    every logger now, at the step the Trainer's own ``train/*`` logs of this batch are written at: on the Trainer's
+    logging steps (the callers' default) and on a callback's own period (``own_interval``, kept for the callers'
+    clarity: the path is the same). Not through ``LightningModule.log``: Lightning keeps a result object per key
+    and step there, a fraction of a millisecond per key, which for the tens of diagnostic keys of a step would cost
+    percents of a small model's step time (``bench/diagnostics.py``). Without Lightning's logger connector (another
+    Trainer), ``pl_module.log_dict(on_step=True)``.
     """
     if not metrics:
         return
-    connector = logger_connector(trainer) if own_interval else None
+    connector = logger_connector(trainer)
     if connector is None:
         pl_module.log_dict(dict(metrics), on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
         return
@@ -71,16 +76,21 @@ def _step(trainer: Any, step: int | None) -> int:
 
 
 def log_histogram(trainer: Any, key: str, values: torch.Tensor, *, step: int | None = None, bins: int = 64) -> bool:
-    """Log a histogram of ``values`` (non-finite values left out) to the media loggers; ``True`` when one took it."""
+    """Log a histogram of ``values`` over the global batch (gathered from every data-parallel rank; non-finite values
+    left out) to the media loggers; ``True`` when one took it.
+
+    Call it on every rank, at a step that is the same on all of them (a media cadence): the values are gathered (two
+    collectives) only when the Trainer has a media logger, a decision every rank takes alike.
+    """
     loggers = media_loggers(trainer)
     if not loggers:
         return False
-    import wandb
-
-    flat = values.detach().flatten().float()
+    flat = all_gather_values(values).float()
     flat = flat[torch.isfinite(flat)].cpu()
     if not flat.numel():
         return False
+    import wandb
+
     hist = wandb.Histogram(flat.numpy(), num_bins=bins)
     for logger in loggers:
         logger.log_metrics({key: hist}, step=_step(trainer, step))

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "all_gather_values",
     "all_gather_with_grad",
     "all_reduce_sum_with_grad",
     "data_parallel_group",
@@ -129,6 +130,21 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return _AllGatherWithGrad.apply(tensor)
+
+
+def all_gather_values(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` flattened and concatenated from every data-parallel rank in rank order (sizes may differ; detached,
+    no gradient). Every rank must call it (two collectives: the sizes, then the values). Flattened identity without a
+    process group.
+
+    Example:
+        >>> all_gather_values(torch.ones(2, 2)).shape  # one process
+        torch.Size([4])
+    """
+    flat = tensor.detach().reshape(-1)
+    if not is_distributed():
+        return flat
+    return _AllGatherWithGrad.apply(flat)
 
 
 class _AllReduceSumWithGrad(torch.autograd.Function):

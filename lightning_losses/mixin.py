@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from lightning_losses._objective_logging import log_objective_diagnostics
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.objective import Objective, ObjectiveOutput
 
@@ -119,8 +120,9 @@ class LossesMixin:
         """Evaluate the objective on named tensors and return the scalar loss to backpropagate.
 
         Keeps the per-sample losses and weights in :attr:`objective_output` and logs ``{stage}/loss`` and
-        ``{stage}/{term}`` (global values: identical on every rank, no extra sync). Reweighting and extra terms apply
-        in training only.
+        ``{stage}/{term}`` (global values: identical on every rank, no extra sync); in training also, on the Trainer's
+        logging steps, ``objective/coef/{term}`` and ``objective/nonfinite``
+        (:mod:`lightning_losses._objective_logging`). Reweighting and extra terms apply in training only.
 
         Raises:
             ConfigurationError: :meth:`configure_objective` was never called.
@@ -165,6 +167,8 @@ class LossesMixin:
             else:
                 metrics = {_LOSS_KEYS[stage]: out.value, **{f"{stage}/{k}": v for k, v in out.terms.items()}}
                 self.log_dict(metrics, sync_dist=False, **options)
+            if training:
+                log_objective_diagnostics(self, trainer, out)
         return out.loss
 
     # ------------------------------------------------------------------ optimizer step

@@ -77,3 +77,76 @@ def test_sam_logs_the_cosine_between_the_gradients_at_w_and_w_plus_delta():
     assert float(expected) < 0.98  # a cosine that tells
     torch.testing.assert_close(engine.last_stats["cos_delta_grad"], expected)
     torch.testing.assert_close(w.grad, g1)
+
+
+def test_perturbation_logs_its_step_time_against_the_unperturbed_pass(tmp_path, monkeypatch):
+    """SAM every second step: a perturbed step's closure runs two forward-backward passes, an unperturbed one runs
+    one. The clock is a fake that only a ``training_step`` advances (by 1 s), so the times are exact."""
+    from lightning_losses.perturbation import timing
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["now"])
+
+    class Timed(DigitsClassifier):
+        def training_step(self, batch, batch_idx):
+            clock["now"] += 1.0
+            return super().training_step(batch, batch_idx)
+
+    L.seed_everything(0, verbose=False)
+    logger = CSVLogger(tmp_path)
+    trainer = L.Trainer(
+        callbacks=[ll.SAM(rho=0.05, every_n_steps=2)], logger=logger, accelerator="cpu", default_root_dir=tmp_path,
+        max_steps=8, log_every_n_steps=1, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Timed(dropout=0.0, cosine_schedule=False), DigitsDataModule(batch_size=64))
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("perturbation/time_ratio")]
+    # steps 0, 2, 4, 6 are perturbed: two training_step passes in the closure; the others one
+    expected = [(s, 2.0, 2.0) if s % 2 == 0 else (s, 1.0, 1.0) for s in range(8)]
+    got = [(int(r["step"]), float(r["perturbation/step_time"]), float(r["perturbation/time_ratio"])) for r in rows]
+    assert got == expected
+
+
+def test_perturbation_step_time_is_measured_on_the_logging_steps_only(tmp_path):
+    L.seed_everything(0, verbose=False)
+    logger = CSVLogger(tmp_path)
+    trainer = L.Trainer(
+        callbacks=[ll.SAM(rho=0.05)], logger=logger, accelerator="cpu", default_root_dir=tmp_path, max_steps=6,
+        log_every_n_steps=3, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(DigitsClassifier(dropout=0.0, cosine_schedule=False), DigitsDataModule(batch_size=64))
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("perturbation/step_time")]
+    assert [int(r["step"]) for r in rows] == [2, 5]
+    assert all(float(r["perturbation/time_ratio"]) > 1.0 for r in rows)
+
+
+def _histogram_on_rank():
+    """Each rank logs a histogram of its own values (3 on rank 0; 4 and a NaN on rank 1) to a recording W&B logger."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from lightning.pytorch.loggers import WandbLogger
+
+    class Recorder(WandbLogger):
+        def __init__(self):  # no W&B run: only the type matters to the helper
+            self.logged = []
+
+        def log_metrics(self, metrics, step=None):
+            self.logged.append((step, metrics))
+
+    rank = dist.get_rank()
+    values = torch.arange(3.0) if rank == 0 else torch.tensor([3.0, 4.0, float("nan"), 5.0, 6.0])
+    recorder = Recorder()
+    assert log_histogram(SimpleNamespace(loggers=[recorder]), "h", values, step=5, bins=7)
+    ((step, metrics),) = recorder.logged
+    hist = metrics["h"]
+    return step, list(hist.histogram), [float(b) for b in hist.bins]
+
+
+def test_histograms_cover_the_global_batch_under_ddp(ddp):
+    for step, counts, bins in ddp.run(_histogram_on_rank):
+        assert step == 5 and counts == [1] * 7  # 0..6 from both ranks, the NaN left out
+        assert bins[0] == 0.0 and bins[-1] == 6.0

@@ -51,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
     ),
     ("functional", ("functional",)),
     ("losses", ("losses",)),
-    ("objective", ("_objective_spec", "_objective_reduce", "objective", "mixin")),
+    ("objective", ("_objective_spec", "_objective_reduce", "_objective_logging", "objective", "mixin")),
     ("callback base", ("callbacks", "diagnostics")),
     ("callback pillars", ("reweighting", "perturbation", "entropy", "curvature")),
     (
@@ -59,7 +59,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
         ("_recipe_checks", "_classpath", "_checkpoints", "_loggers", "_recipe_build", "config", "demo", "recipes"),
     ),
     ("package", ("",)),  # lightning_losses/__init__.py
-    ("commands", ("_save_recipe", "runner", "compare", "cli")),
+    ("commands", ("_save_recipe", "runner", "report", "compare", "cli")),
 ]
 
 PILLARS = ("losses", "reweighting", "perturbation", "entropy")

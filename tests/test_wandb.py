@@ -105,8 +105,14 @@ def test_wandb_offline_run_holds_the_diagnostics_media(tmp_path, monkeypatch):
     rows = read_history(run_file)
     train_steps = _steps(rows, "train/loss")
     assert train_steps == [1, 3, 5] and trainer.global_step == 6
+    train = [r for r in rows if "train/loss" in r]
     for key in ("entropy/mean", "reweight/ess", "reweight/worst_group_acc", "perturbation/perturbed_fraction"):
         assert _steps(rows, key) == train_steps, key
+    for key in ("objective/coef/cross_entropy", "objective/nonfinite", "perturbation/step_time"):
+        assert _steps(rows, key) == train_steps, key
+    assert all(r["objective/coef/cross_entropy"] == 1.0 and r["objective/nonfinite"] == 0 for r in train)
+    timed = [r for r in rows if "perturbation/step_time" in r]  # a callback's row of its own, at the same step
+    assert all(r["perturbation/time_ratio"] >= 1.0 and r["perturbation/step_time"] > 0 for r in timed)
     assert "entropy/mean" in trainer.callback_metrics
     # histograms: 64 bins; entropy every optimizer step (media_every_n_steps=1), reweighting on its logging steps
     for key, steps in (("entropy/per_sample", list(range(6))), ("reweight/weights", train_steps)):

@@ -45,6 +45,7 @@ from typing_extensions import override
 
 from lightning_losses._compat import closure_result, set_closure_result
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
+from lightning_losses.diagnostics import log_scalars
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import decoupled
 from lightning_losses.perturbation.checkpoints import unperturbed_checkpoint
@@ -60,6 +61,7 @@ from lightning_losses.perturbation.passes import (
 )
 from lightning_losses.perturbation.presets import build_perturbation
 from lightning_losses.perturbation.sharding import check_strategy
+from lightning_losses.perturbation.timing import StepTimer
 
 __all__ = ["WeightPerturbation"]
 
@@ -82,7 +84,9 @@ class WeightPerturbation(MixinCallback):
     the gradients at :math:`w` and :math:`w + \delta`), ``skipped`` (non-finite ascent gradients so far),
     ``perturbed_fraction`` (perturbed optimizer steps over all
     optimizer steps so far; with ``every_n_steps`` / ``probability`` / LookSAM reuse the unperturbed steps log only
-    ``skipped`` and ``perturbed_fraction``).
+    ``skipped``, ``perturbed_fraction`` and the times), ``step_time`` (seconds of the step's closure, every pass) and
+    ``time_ratio`` (that over the closure's first, unperturbed forward-backward: the step's cost against an
+    unperturbed one; :mod:`~lightning_losses.perturbation.timing`).
 
     Example:
         >>> import lightning as L
@@ -113,6 +117,7 @@ class WeightPerturbation(MixinCallback):
         self._new_stats = False
         self._first_result: Any = None
         self._hook_ran = False  # the wrapped closure ran in this optimizer step (the mixin hook is in effect)
+        self._timer = StepTimer()
 
     slot = "step"
 
@@ -179,7 +184,8 @@ class WeightPerturbation(MixinCallback):
             stats = {f"perturbation/{k}": v for k, v in self.engine.last_stats.items()}
             stats["perturbation/perturbed_fraction"] = self.engine.perturbed_steps / max(trainer.global_step, 1)
             stats["perturbation/skipped"] = float(self.engine.skipped)
-            pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=1)
+            stats.update(self._timer.metrics())
+            log_scalars(trainer, pl_module, stats)
         self._new_stats = False
 
     @override
@@ -239,7 +245,9 @@ class WeightPerturbation(MixinCallback):
 
         def forward_backward(phase: str) -> torch.Tensor | None:
             if phase == "plain":
-                return closure()
+                loss = closure()
+                self._timer.first_done()
+                return loss
             terms = ascent_terms_only(module, ascent_terms if phase in ("first", "ascent") else None)
             if phase == "first":
                 with terms:
@@ -247,6 +255,7 @@ class WeightPerturbation(MixinCallback):
                 self._first_result = closure_result(closure)
                 if fraction < 1.0 and loss is not None:
                     before[:] = [per_sample().detach()]
+                self._timer.first_done()
                 return loss
             with suppressed_logging(module), frozen_metrics(module, self._metrics), terms:
                 if len(self._batches) > 1:
@@ -262,6 +271,7 @@ class WeightPerturbation(MixinCallback):
             if scaled:
                 grad_scale = scaler.scale(torch.ones((), device=module.device))
             self._first_result = None
+            self._timer.start(module.device if self.engine.collect_stats else None)
             try:
                 loss = self.engine.step(
                     forward_backward,
@@ -277,6 +287,7 @@ class WeightPerturbation(MixinCallback):
                 )
             finally:
                 self._batches.clear()
+            self._timer.stop()
             if self._first_result is not None:
                 set_closure_result(closure, self._first_result)  # outputs / progress bar report the loss at w
             self._first_result = None

@@ -239,7 +239,7 @@ class SampleReweighting(MixinCallback):
 
     def _log_media(self, trainer: Any, output: Any, last: dict[str, Any], stats: dict[str, Any] | None) -> None:
         weights = None if output is None else output.weights
-        if isinstance(weights, torch.Tensor) and weights.numel():
+        if isinstance(weights, torch.Tensor):  # gathered over ranks: every rank calls, an empty batch too
             log_histogram(trainer, "reweight/weights", weights)
         if isinstance(last.get("losses"), torch.Tensor):
             log_histogram(trainer, "reweight/losses", last["losses"])

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 from torch import nn
 
 import lightning_losses as ll
@@ -62,19 +63,39 @@ def _assert_weights(module, expected, atol):
         torch.testing.assert_close(v.detach().double(), expected[k], atol=atol, rtol=0)
 
 
+class _KeyLogger(Logger):
+    """Records the keys of each ``log_metrics`` call with its step."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    name, version = "keys", 0
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((step, set(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def steps(self, key):
+        return [step for step, keys in self.calls if key in keys]
+
+
 def test_statistics_logged_on_the_trainers_logging_steps_only():
     """Like Lightning's LearningRateMonitor: a step value logged between logging steps reaches no logger."""
-    model = Tiny()
-    t = trainer([ll.SAM(rho=0.05)], max_steps=4, log_every_n_steps=2)
+    model, logger = Tiny(), _KeyLogger()
+    t = trainer([ll.SAM(rho=0.05)], max_steps=4, log_every_n_steps=2, logger=logger)
     t.fit(model, loader(16))
     assert t.global_step == 4 and model.logged.count("train/loss") == 4
-    assert model.logged.count("perturbation/norm") == 2
+    assert logger.steps("perturbation/norm") == [1, 3]  # with train/loss's
+    assert logger.steps("train/loss") == [1, 3]
     assert abs(float(t.callback_metrics["perturbation/norm"]) - 0.05) < 1e-6
 
 
 def test_sam_step_precision_32_logs_once_and_counts_one_step():
-    model = Tiny()
-    t = trainer([ll.SAM(rho=0.05)], max_steps=2)
+    model, logger = Tiny(), _KeyLogger()
+    t = trainer([ll.SAM(rho=0.05)], max_steps=2, logger=logger)
     t.fit(model, loader(8))
     expected, _ = reference(_sam(0.05), _batches(8))
     _assert_weights(model, expected, atol=1e-6)
@@ -82,7 +103,7 @@ def test_sam_step_precision_32_logs_once_and_counts_one_step():
     assert model.training_step_calls == 4  # two passes per step
     # compute_loss's log, the user's own log and the callback's stats: once per step, never from the second pass
     assert model.logged.count("train/loss") == 2 and model.logged.count("user/loss") == 2
-    assert model.logged.count("perturbation/norm") == 2
+    assert logger.steps("perturbation/norm") == [0, 1]
     metrics = t.callback_metrics
     assert abs(float(metrics["perturbation/norm"]) - 0.05) < 1e-6
     assert float(metrics["perturbation/skipped"]) == 0.0

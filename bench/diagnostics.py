@@ -1,0 +1,159 @@
+"""Cost of the diagnostics (issue 17) at their default cadence, on the demo: step time with them on and off.
+
+Both variants train the demo (digits, the default recipe's MLP, batch 64, ``log_every_n_steps=10`` as in the default
+recipe) with every mechanism that has diagnostics: ``SampleReweighting("group_dro")`` on the spurious-group data,
+``EntropyControl(beta=0.1)`` and ``SAM(rho=0.05)``, and an offline W&B logger (``--logger wandb``, default) or a CSV
+logger. The mechanisms do the same work in both; only their diagnostics differ:
+
+* ``on``: the defaults. Step statistics on the Trainer's logging steps (``reweight/*``, ``entropy/*``,
+  ``perturbation/*``, ``objective/*``), histograms and tables about once per epoch, a ``CalibrationMonitor`` (ECE and
+  a reliability diagram per validation epoch);
+* ``off``: ``Trainer(log_every_n_steps=0)`` (no step logs: the callbacks compute no statistics),
+  ``media_every_n_steps=0``, no ``CalibrationMonitor``; with ``--baseline lightning`` the Trainer's own step logs
+  (``train/*``) stay on, and with them SAM's and the objective's statistics (which follow them), while reweighting
+  and entropy log nothing: ``on - off`` is then the cost of those two callbacks' logs, all media and the monitor.
+
+Runs alternate ``on off off on`` (so slow drift of a shared machine cancels) with the same seed, data and model; the
+first pair is a warm-up and is dropped. Per run: the mean training-step time (the time from one
+``on_train_batch_start`` to the next within an epoch: the diagnostics of logging steps are rare, so a mean, not a
+median) and the fit's wall time (validation, the reliability diagrams and epoch ends included). Reported: the
+median over pairs of the ``on / off`` ratios, with the quartiles. On a busy machine the runs' speeds differ by more
+than the cost measured; a steadier estimate is measured within each run: the mean step over the median of its quiet
+steps (neither a logging step nor an epoch's first), minus 1, ``on`` minus ``off`` (the logging and media steps'
+share of the step time; the work every step does alike cancels).
+
+    OMP_NUM_THREADS=1 python bench/diagnostics.py --pairs 12 --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+import lightning_losses as ll
+from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+
+
+class StepClock(L.Callback):
+    """Intervals between consecutive ``on_train_batch_start`` calls of one epoch, and which of them are quiet: not a
+    logging step (every 10th) and not an epoch's first step (where media fall by default)."""
+
+    def __init__(self) -> None:
+        self.intervals: list[float] = []
+        self.quiet: list[float] = []
+        self._last: tuple[int, float, int, int] | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        now = time.perf_counter()
+        if self._last is not None and self._last[0] == trainer.current_epoch:
+            self.intervals.append(now - self._last[1])
+            step, first = self._last[2], self._last[3] == 0
+            if (step + 1) % 10 != 0 and not first:
+                self.quiet.append(now - self._last[1])
+        self._last = (trainer.current_epoch, now, trainer.global_step, batch_idx)
+
+    def excess(self) -> float:
+        """The mean step over the median quiet step, minus 1: what the rarer steps add, measured within the run."""
+        return statistics.fmean(self.intervals) / statistics.median(self.quiet) - 1.0
+
+
+def fit(
+    diagnostics: bool, epochs: int, logger_kind: str, device: str, root: Path, baseline: str = "silent"
+) -> tuple[float, float, float]:
+    """One fit; ``(mean step seconds, wall seconds, excess of the mean step over the quiet steps)``."""
+    media = None if diagnostics else 0
+    quiet = not diagnostics and baseline == "lightning"  # Lightning's own step logs on, the callbacks' off
+    clock = StepClock()
+    callbacks = [
+        ll.SampleReweighting(
+            "group_dro", step_size=0.01, media_every_n_steps=media, log_every_n_steps=0 if quiet else None
+        ),
+        ll.EntropyControl(beta=0.1, media_every_n_steps=media, log_every_n_steps=10**9 if quiet else None),
+        ll.SAM(rho=0.05),
+        clock,
+    ]
+    if diagnostics:
+        callbacks.append(ll.CalibrationMonitor())
+    if logger_kind == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = WandbLogger(project="ll-bench", save_dir=str(root), offline=True)
+    else:
+        from lightning.pytorch.loggers import CSVLogger
+
+        logger = CSVLogger(root)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        max_epochs=epochs, callbacks=callbacks, logger=logger, log_every_n_steps=10 if diagnostics or quiet else 0,
+        accelerator=device, devices=1, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=root,
+    )  # fmt: skip
+    model = DigitsClassifier(num_features=74, hidden_dim=256, depth=2, dropout=0.1)
+    data = DigitsDataModule(batch_size=64, spurious=0.9)
+    start = time.perf_counter()
+    trainer.fit(model, data)
+    wall = time.perf_counter() - start
+    if logger_kind == "wandb":
+        logger.experiment.finish()
+    return statistics.fmean(clock.intervals), wall, clock.excess()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=12, help="on/off pairs measured (after one warm-up pair)")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--logger", choices=("wandb", "csv"), default="wandb")
+    parser.add_argument("--device", default="cpu", help="Lightning accelerator: cpu, gpu, ...")
+    parser.add_argument(
+        "--baseline",
+        choices=("silent", "lightning"),
+        default="silent",
+        help="off: no step logs at all (silent), or Lightning's own train/* logs and SAM's on (lightning)",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    import os
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    step_ratios, wall_ratios, excess, steps = [], [], [], {True: [], False: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.pairs + 1):
+            order = (True, False) if i % 2 == 0 else (False, True)
+            got = {
+                d: fit(d, args.epochs, args.logger, args.device, Path(tmp) / f"{i}-{d}", args.baseline) for d in order
+            }
+            if i == 0:
+                continue  # warm-up
+            step_ratios.append(got[True][0] / got[False][0])
+            wall_ratios.append(got[True][1] / got[False][1])
+            excess.append(got[True][2] - got[False][2])
+            for d in (True, False):
+                steps[d].append(got[d][0])
+            print(
+                f"pair {i}: step on/off {step_ratios[-1]:.4f}, fit wall on/off {wall_ratios[-1]:.4f}, "
+                f"in-run excess on - off {excess[-1]:+.4f}",
+                flush=True,
+            )
+
+    def summary(values: list[float]) -> str:
+        q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+        return f"median {q[1]:.4f} (quartiles {q[0]:.4f} - {q[2]:.4f}, {len(values)} pairs)"
+
+    print(f"\nlogger={args.logger} device={args.device} epochs={args.epochs} baseline={args.baseline}")
+    on, off = (statistics.median(steps[d]) * 1e3 for d in (True, False))
+    print(f"mean step: on {on:.3f} ms, off {off:.3f} ms (medians over runs)")
+    print(f"step time on/off: {summary(step_ratios)}")
+    print(f"fit wall on/off:  {summary(wall_ratios)}")
+    print(f"in-run excess of the mean step over the quiet steps, on - off: {summary(excess)}")
+
+
+if __name__ == "__main__":
+    main()
