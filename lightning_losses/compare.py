@@ -6,7 +6,9 @@ initialisation, data order, split and any label noise all vary), the progress ba
 under ``OUT/<recipe>/seed<k>/`` (its ``trainer.default_root_dir``): ``metrics.csv`` (a ``CSVLogger`` writing there
 directly), ``config.yaml``, ``results.json``, ``checkpoints/`` and, with ``wandb=True``, an offline W&B run in the
 group named after ``OUT``. The summary goes to ``OUT/results.json``, a Markdown table to stdout and ``OUT/table.md``,
-and a bar chart with standard-deviation error bars to ``OUT/compare.png``. ``workers > 1`` runs that many trainings
+a bar chart with standard-deviation error bars to ``OUT/compare.png``, and a report (``OUT/report.md`` with PNGs
+under ``OUT/report/``, and a self-contained ``OUT/report.html``) with the table and a plot of every requested and
+every logged metric (:func:`lightning_losses.report.write_report`). ``workers > 1`` runs that many trainings
 at once, each in its own process (with ``OMP_NUM_THREADS`` unset, each process gets ``cores // workers`` threads).
 
 Example::
@@ -28,6 +30,7 @@ from typing import Any
 from lightning_losses import runner
 from lightning_losses._validation import check_int
 from lightning_losses.errors import ConfigurationError
+from lightning_losses.report import write_report
 
 __all__ = ["compare", "format_table", "summarize"]
 
@@ -243,11 +246,13 @@ def compare(
     out_dir.mkdir(parents=True, exist_ok=True)
     table = format_table(summary, metrics)
     (out_dir / "table.md").write_text(table + "\n")
-    (out_dir / "results.json").write_text(json.dumps({"runs": runs, "recipes": named}, indent=2, default=str))
+    summary_json = {"runs": runs, "recipes": named, "metrics": list(metrics)}
+    (out_dir / "results.json").write_text(json.dumps(summary_json, indent=2, default=str))
     plotted = _plot(summary, metrics[0], out_dir / "compare.png")
+    report = write_report(out_dir, metrics)
     print(table)
     print(
-        f"[compare] wrote {out_dir / 'table.md'}, {out_dir / 'results.json'}"
+        f"[compare] wrote {out_dir / 'table.md'}, {out_dir / 'results.json'}, {report}, {out_dir / 'report.md'}"
         + (f", {out_dir / 'compare.png'}" if plotted else " (no matplotlib: no plot)")
     )
     return summary

@@ -61,6 +61,11 @@ def test_compare_command_end_to_end(tmp_path, monkeypatch, capsys):
     assert accs[0] != accs[1]  # seeds differ
     assert f"{statistics.fmean(accs):.4f} ± {statistics.stdev(accs):.4f} (n=2)" in (out / "table.md").read_text()
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the report: every requested metric as a bar plot and every logged metric as a curve, PNGs embedded
+    report_md, report_html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for metric in ("test/acc", "test/nll", "val/loss"):
+        assert metric in report_md and metric in report_html, metric
+    assert "data:image/png;base64," in report_html and list((out / "report").glob("*.png"))
 
 
 def test_compare_errors(tmp_path, capsys):
