@@ -131,9 +131,11 @@ def _sync_dist_warnings_on_rank(root: str) -> list[str]:
     import warnings
 
     import lightning as L
+    from lightning.pytorch.trainer.connectors.logger_connector import result
 
     from tests.helpers.own_model import OwnNet, TinyData
 
+    result.warning_cache.clear()  # Lightning warns once per message and process: the pool's processes are reused
     data = TinyData()
     model = OwnNet(num_features=data.num_features, num_classes=data.num_classes)
     model.configure_objective({"cross_entropy": {}, "focal": {"gamma": 1.0}})  # `val/loss` and one key per term
