@@ -132,6 +132,7 @@ def _sync_dist_warnings_on_rank(root: str) -> list[str]:
 
     import lightning as L
     from lightning.pytorch.trainer.connectors.logger_connector import result
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     from tests.helpers.own_model import OwnNet, TinyData
 
@@ -148,10 +149,16 @@ def _sync_dist_warnings_on_rank(root: str) -> list[str]:
         enable_model_summary=False,
         default_root_dir=root,
     )
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        trainer.validate(model, datamodule=data, verbose=False)
-        trainer.test(model, datamodule=data, verbose=False)
+    # the pool's processes are reused: an earlier test may have left Lightning's rank-zero flag at this rank, which
+    # would silence every warning on rank 1 (and the check below would lose its teeth there)
+    previous, rank_zero_only.rank = rank_zero_only.rank, 0
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.validate(model, datamodule=data, verbose=False)
+            trainer.test(model, datamodule=data, verbose=False)
+    finally:
+        rank_zero_only.rank = previous
     return [str(w.message) for w in caught if "sync_dist=True" in str(w.message)]
 
 
