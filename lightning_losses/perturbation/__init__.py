@@ -8,6 +8,7 @@ Example:
 """
 
 from lightning_losses.perturbation import functional
+from lightning_losses.perturbation.bsam import BSAM
 from lightning_losses.perturbation.callback import (
     ASAM,
     AWP,
@@ -43,6 +44,7 @@ from lightning_losses.perturbation.trajectory import SAF
 __all__ = [
     "ASAM",
     "AWP",
+    "BSAM",
     "ESAM",
     "FriendlySAM",
     "GSAM",

@@ -108,6 +108,8 @@ class BSAM(torch.optim.Optimizer):
         self.generator = generator
         #: ``(parameter, w, group)`` while the weights are away from :math:`w` inside a step
         self._saved: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
+        #: :math:`\sqrt{s}|\tilde g|` per parameter, from :meth:`to_perturbed_point` to :meth:`update`
+        self._noisy_terms: dict[Tensor, Tensor] = {}
 
     # ------------------------------------------------------------------ state
     def _state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -137,16 +139,16 @@ class BSAM(torch.optim.Optimizer):
     @torch.no_grad()
     def to_perturbed_point(self) -> None:
         r"""From the gradient :math:`\tilde g` in ``.grad`` (at the noisy point): keep :math:`\sqrt{s}|\tilde g|`
-        for the precision update and move to :math:`w + \rho\,\tilde g/s`. A parameter without a gradient returns to
+        for the precision update (outside :attr:`state`: nothing of the optimizer's state changes before
+        :meth:`update`) and move to :math:`w + \rho\,\tilde g/s`. A parameter without a gradient returns to
         :math:`w`."""
+        self._noisy_terms = {}
         for p, w, group in self._saved:
-            state = self._state(p, group)
             p.copy_(w)
             if p.grad is None:
-                state.pop("noisy_term", None)
                 continue
-            s = state["precision"]
-            state["noisy_term"] = s.sqrt() * p.grad.abs()
+            s = self._state(p, group)["precision"]
+            self._noisy_terms[p] = s.sqrt() * p.grad.abs()
             p.addcdiv_(p.grad, s, value=group["rho"])
 
     @torch.no_grad()
@@ -161,15 +163,16 @@ class BSAM(torch.optim.Optimizer):
         r"""The bSAM update from :math:`g_p` in ``.grad`` and the stored :math:`\sqrt{s}|\tilde g|` (parameters
         missing either are left unchanged)."""
         for p, group in self._params():
-            state = self.state.get(p)
-            if p.grad is None or not state or "noisy_term" not in state:
+            noisy_term = self._noisy_terms.pop(p, None)
+            if p.grad is None or noisy_term is None:
                 continue
+            state = self.state[p]
             beta1, beta2 = group["betas"]
             delta = group["prior_precision"] / group["num_data"]
             s, m = state["precision"], state["momentum"]
             m.mul_(beta1).add_(p.grad + delta * p, alpha=1.0 - beta1)
             p.addcdiv_(m, s, value=-group["lr"])
-            s.mul_(beta2).add_(state.pop("noisy_term") + (group["damping"] + delta), alpha=1.0 - beta2)
+            s.mul_(beta2).add_(noisy_term + (group["damping"] + delta), alpha=1.0 - beta2)
             state["step"] += 1
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
@@ -195,3 +198,4 @@ class BSAM(torch.optim.Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("generator", None)
         self.__dict__.setdefault("_saved", [])
+        self.__dict__.setdefault("_noisy_terms", {})

@@ -145,3 +145,51 @@ def test_bsam_validates_its_arguments(kwargs, match):
     args = {"num_data": 10, **kwargs}
     with pytest.raises(ConfigurationError, match=match):
         BSAM(_model().parameters(), **args)
+
+
+def test_bsam_ascent_phases_leave_the_optimizer_state_unchanged():
+    """Only `update` changes s, m and step; the noisy and perturbed points only read s."""
+    x, y = _data()
+    model = _model()
+    opt = BSAM(model.parameters(), generator=torch.Generator().manual_seed(2), **HP)
+    _run(model, opt, x, y, steps=1)
+    before = copy.deepcopy(opt.state_dict())
+    opt.to_noisy_point()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.to_perturbed_point()
+    assert str(opt.state_dict()) == str(before)
+    opt.restore()
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.update()
+    assert all(opt.state[p]["step"] == 2 for p in model.parameters())
+
+
+def test_bsam_in_a_lightning_automatic_optimization_run(tmp_path):
+    """Lightning passes its closure to `BSAM.step`: two passes per step, weights move, the state is checkpointed."""
+    import lightning as L
+
+    from tests.perturbation._lightning import loader, trainer
+
+    class Model(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 3)
+            self.calls = 0
+
+        def training_step(self, batch, batch_idx):
+            self.calls += 1
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return BSAM(self.parameters(), num_data=16, lr=0.05)
+
+    model = Model()
+    w0 = model.net.weight.detach().clone()
+    t = trainer([], max_steps=2, default_root_dir=tmp_path, enable_checkpointing=False)
+    t.fit(model, loader())
+    assert model.calls == 4 and not torch.equal(model.net.weight.detach(), w0)
+    t.save_checkpoint(tmp_path / "last.ckpt")
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)["optimizer_states"][0]["state"]
+    assert state[0]["step"] == 2 and torch.all(state[0]["precision"] > 0)
