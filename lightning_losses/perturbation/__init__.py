@@ -38,7 +38,7 @@ from lightning_losses.perturbation.presets import (
     register_preset,
     sam,
 )
-from lightning_losses.perturbation.sam_variants import esam, friendly_sam, gsam, wsam
+from lightning_losses.perturbation.sam_variants import bsam, esam, friendly_sam, gsam, wsam
 from lightning_losses.perturbation.trajectory import SAF
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "asam_p2",
     "awp",
     "batchnorm_modules",
+    "bsam",
     "esam",
     "friendly_sam",
     "gsam",

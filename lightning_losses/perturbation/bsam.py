@@ -110,6 +110,8 @@ class BSAM(torch.optim.Optimizer):
         self._saved: list[tuple[Tensor, Tensor, dict[str, Any]]] = []
         #: :math:`\sqrt{s}|\tilde g|` per parameter, from :meth:`to_perturbed_point` to :meth:`update`
         self._noisy_terms: dict[Tensor, Tensor] = {}
+        #: the ``bsam`` perturbation runs the passes (set by it): :meth:`step` calls the closure once, then updates
+        self.driven = False
 
     # ------------------------------------------------------------------ state
     def _state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -137,11 +139,11 @@ class BSAM(torch.optim.Optimizer):
             p.add_(noise * torch.rsqrt(s * group["num_data"]))
 
     @torch.no_grad()
-    def to_perturbed_point(self) -> None:
+    def to_perturbed_point(self, rho: float | None = None) -> None:
         r"""From the gradient :math:`\tilde g` in ``.grad`` (at the noisy point): keep :math:`\sqrt{s}|\tilde g|`
         for the precision update (outside :attr:`state`: nothing of the optimizer's state changes before
         :meth:`update`) and move to :math:`w + \rho\,\tilde g/s`. A parameter without a gradient returns to
-        :math:`w`."""
+        :math:`w`. ``rho`` overrides the groups' :math:`\rho` (the ``bsam`` preset's, possibly scheduled)."""
         self._noisy_terms = {}
         for p, w, group in self._saved:
             p.copy_(w)
@@ -149,7 +151,7 @@ class BSAM(torch.optim.Optimizer):
                 continue
             s = self._state(p, group)["precision"]
             self._noisy_terms[p] = s.sqrt() * p.grad.abs()
-            p.addcdiv_(p.grad, s, value=group["rho"])
+            p.addcdiv_(p.grad, s, value=group["rho"] if rho is None else rho)
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -177,9 +179,23 @@ class BSAM(torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One bSAM step: ``closure()`` (forward and backward, returning the loss) runs at the noisy point and at the
-        perturbed point; the weights end at :math:`w` updated. Returns the loss at the perturbed point."""
-        if closure is None:
-            raise ValueError("`closure` is required: BSAM evaluates the gradient at two points per step")
+        perturbed point; the weights end at :math:`w` updated. Returns the loss at the perturbed point.
+
+        Driven by the ``bsam`` perturbation (its callback, or :func:`~lightning_losses.perturbation.perturbed_backward`
+        before ``step()``), the passes are the perturbation's: a closure is called once, then the update is applied
+        from :math:`g_p` in ``.grad`` and the noisy point's term the perturbation handed over."""
+        if self.driven or closure is None:
+            if closure is None and not self._noisy_terms:
+                raise ValueError(
+                    "`closure` is required: BSAM evaluates the gradient at two points per step (or run the `bsam` "
+                    "perturbation's passes before `step()`)"
+                )
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self.update()
+            return loss
         self.to_noisy_point()
         try:
             self.zero_grad(set_to_none=True)
@@ -199,3 +215,4 @@ class BSAM(torch.optim.Optimizer):
         self.__dict__.setdefault("generator", None)
         self.__dict__.setdefault("_saved", [])
         self.__dict__.setdefault("_noisy_terms", {})
+        self.__dict__.setdefault("driven", False)

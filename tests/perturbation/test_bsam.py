@@ -122,7 +122,10 @@ def test_bsam_restores_w_when_the_closure_raises():
 
 def test_bsam_needs_a_closure():
     opt = BSAM(_model().parameters(), num_data=10)
-    with pytest.raises(ValueError, match=r"`closure` is required: BSAM evaluates the gradient at two points"):
+    with pytest.raises(
+        ValueError,
+        match=r"`closure` is required: BSAM evaluates the gradient at two points per step \(or run the `bsam`",
+    ):
         opt.step()
 
 

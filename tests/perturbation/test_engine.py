@@ -257,6 +257,7 @@ def test_registry_and_errors():
         "asam",
         "asam_p2",
         "awp",
+        "bsam",
         "esam",
         "friendly_sam",
         "gsam",
