@@ -38,6 +38,10 @@ __all__ = ["BAYES", "attach", "bayes_step", "check_bayes"]
 BAYES = "bayes"
 
 _UNSUPPORTED = {
+    "radius_mode": "global",
+    "scaling": None,
+    "direction": "gradient",
+    "descent": "perturbed",
     "inner_steps": 1,
     "every_n_steps": 1,
     "probability": 1.0,

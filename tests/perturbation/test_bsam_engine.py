@@ -113,6 +113,13 @@ def test_bsam_preset_refuses_what_it_cannot_honour(kwargs, match):
         build_perturbation("bsam", **kwargs)
 
 
+def test_bayes_rule_refuses_other_ascent_settings():
+    with pytest.raises(
+        ConfigurationError, match=r"perturbation `bsam` does not support `scaling` .*got scaling='adaptive'"
+    ):
+        ll.Perturbation(rule="bayes", scaling="adaptive")
+
+
 def test_bsam_preset_is_listed_with_a_documented_example():
     assert "bsam" in ll.list_perturbations()
     assert ll.perturbation.bsam.__doc__.count("Example") == 1
