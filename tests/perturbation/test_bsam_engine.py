@@ -123,3 +123,71 @@ def test_bayes_rule_refuses_other_ascent_settings():
 def test_bsam_preset_is_listed_with_a_documented_example():
     assert "bsam" in ll.list_perturbations()
     assert ll.perturbation.bsam.__doc__.count("Example") == 1
+
+
+def _bsam_ddp_steps(steps=2):
+    """Two ranks, each its own noise (generator seeded by rank) and half batch, per-replica ascent."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from lightning_losses.distributed import rank
+
+    from ._reference import tiny_batch, tiny_model
+
+    r = rank()
+    model = tiny_model()
+    ddp = DistributedDataParallel(model)
+    opt = BSAM(model.parameters(), generator=torch.Generator().manual_seed(100 + r), **HP)
+    engine = build_perturbation("bsam", rho=HP["rho"])
+    for s in range(steps):
+        x, y = tiny_batch(seed=10 + s, n=8)
+        xr, yr = x[4 * r : 4 * r + 4], y[4 * r : 4 * r + 4]
+        opt.zero_grad()
+        loss_fn = lambda xr=xr, yr=yr: torch.nn.functional.cross_entropy(ddp(xr), yr)  # noqa: E731
+        perturbed_backward(engine, ddp, loss_fn, no_sync=ddp.no_sync, optimizer=opt)
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()], [opt.state[p]["precision"] for p in model.parameters()]
+
+
+def _bsam_m_sharpness_reference(steps=2):
+    """The authors' update with batchsplit 2: per sub-batch noise and perturbation, averaged g_p and sqrt(s)|g~|."""
+    from torch.func import functional_call
+
+    from ._reference import tiny_batch, tiny_model
+
+    model = tiny_model()
+    names = [n for n, _ in model.named_parameters()]
+    w = [p.detach().clone() for p in model.parameters()]
+    s, m = [torch.full_like(p, HP["s_init"]) for p in w], [torch.zeros_like(p) for p in w]
+    gens = [torch.Generator().manual_seed(100 + r) for r in range(2)]
+    n, (b1, b2), rho, delta = HP["num_data"], HP["betas"], HP["rho"], HP["prior_precision"] / HP["num_data"]
+
+    def grad(weights, x, y):
+        weights = [t.detach().requires_grad_() for t in weights]
+        out = functional_call(model, dict(zip(names, weights)), (x,))
+        return torch.autograd.grad(torch.nn.functional.cross_entropy(out, y), weights)
+
+    for step in range(steps):
+        x, y = tiny_batch(seed=10 + step, n=8)
+        gs, gp = [torch.zeros_like(t) for t in w], [torch.zeros_like(t) for t in w]
+        for r in range(2):
+            xr, yr = x[4 * r : 4 * r + 4], y[4 * r : 4 * r + 4]
+            noisy = [
+                wi + torch.randn(wi.shape, dtype=wi.dtype, generator=gens[r]) / torch.sqrt(n * si)
+                for wi, si in zip(w, s)
+            ]
+            g_noisy = grad(noisy, xr, yr)
+            g_pert = grad([wi + rho * gi / si for wi, gi, si in zip(w, g_noisy, s)], xr, yr)
+            gs = [a + torch.sqrt(si) * gi.abs() / 2 for a, si, gi in zip(gs, s, g_noisy)]
+            gp = [a + gi / 2 for a, gi in zip(gp, g_pert)]
+        m = [b1 * mi + (1 - b1) * (gi + delta * wi) for mi, gi, wi in zip(m, gp, w)]
+        w = [wi - HP["lr"] * mi / si for wi, mi, si in zip(w, m, s)]
+        s = [b2 * si + (1 - b2) * (g + HP["damping"] + delta) for si, g in zip(s, gs)]
+    return w, s
+
+
+def test_bsam_under_ddp_is_the_authors_m_sharpness_and_keeps_ranks_identical(ddp):
+    results = ddp.run(_bsam_ddp_steps)
+    w_ref, s_ref = _bsam_m_sharpness_reference()
+    for w, s in results:
+        for a, b in zip(w + s, w_ref + s_ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
