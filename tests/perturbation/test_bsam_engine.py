@@ -191,3 +191,29 @@ def test_bsam_under_ddp_is_the_authors_m_sharpness_and_keeps_ranks_identical(ddp
     for w, s in results:
         for a, b in zip(w + s, w_ref + s_ref):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_bsam_preset_under_a_grad_scaler_equals_the_unscaled_step():
+    """The noisy gradient is unscaled before the ascent and the precision term; `scaler.step` unscales g_p."""
+    model_a, opt_a, x, y = _setup()
+    model_b, opt_b, _, _ = _setup()
+    engine_a, engine_b = build_perturbation("bsam", rho=HP["rho"]), build_perturbation("bsam", rho=HP["rho"])
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for _ in range(2):
+        opt_a.zero_grad()
+        perturbed_backward(engine_a, model_a, lambda: torch.nn.functional.mse_loss(model_a(x), y), optimizer=opt_a)
+        opt_a.step()
+        opt_b.zero_grad()
+        perturbed_backward(
+            engine_b,
+            model_b,
+            lambda: torch.nn.functional.mse_loss(model_b(x), y),
+            backward=lambda loss: scaler.scale(loss).backward(),
+            grad_scaler=scaler,
+            optimizer=opt_b,
+        )
+        scaler.step(opt_b)
+        scaler.update()
+    for p, q in zip(model_a.parameters(), model_b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(opt_a.state[p]["precision"], opt_b.state[q]["precision"], rtol=1e-10, atol=1e-12)
