@@ -14,13 +14,16 @@ One step, with :math:`\delta = \text{prior\_precision}/N`:
 This is the update of the authors' JAX code (team-approx-bayes/bayesian-sam, ``build_bsam_optimizer``) with one
 sub-batch (``batchsplit`` 1; no m-sharpness split), no bias correction, :math:`s_0 = ` ``s_init``.
 
-Differences from the engine's SAM family: :class:`BSAM` *is* the optimizer (its state :math:`s`, :math:`m` replaces
-the base optimizer's), and the ascent reads :math:`s` from that state. Its passes run inside :meth:`BSAM.step`
-through the closure, so BatchNorm statistics, logging and metrics see two forward-backward passes per step (at
-:math:`\tilde w` and at :math:`w + \epsilon`), as in the authors' code (which also updates BatchNorm statistics in
-both). Under DDP the closure's backward averages gradients over ranks, so :math:`|\tilde g|` is that of
-the rank-averaged gradient (the authors average :math:`\sqrt{s}|\tilde g_k|` over sub-batches instead); weights stay
-identical on every rank since the noise only enters through the averaged :math:`\tilde g`.
+Two ways to run it. Alone, :meth:`BSAM.step` runs both passes through the closure, so BatchNorm statistics, logging
+and metrics see two forward-backward passes per step (as in the authors' code, which updates BatchNorm statistics in
+both); under DDP the closure's backward averages gradients over ranks, so :math:`|\tilde g|` is that of the
+rank-averaged gradient. With the ``bsam`` perturbation preset (the callback ``WeightPerturbation("bsam")`` or
+:func:`~lightning_losses.perturbation.perturbed_backward` with ``optimizer=``), the engine runs the passes
+(:mod:`~lightning_losses.perturbation.bayes_step`: perturbed passes invisible to logging and metrics, BatchNorm
+frozen in the descent, per-replica noise and ascent under DDP, i.e. the authors' m-sharpness with m = the per-device
+batch) and :meth:`step` only applies the update. Either way the weights stay identical on every rank, and the
+optimizer's :attr:`state` (:math:`s`, :math:`m`, ``step``) changes in :meth:`update` only: the noisy and perturbed
+points read :math:`s`, and :math:`\sqrt{s}|\tilde g|` waits outside the state until the update.
 """
 
 from __future__ import annotations
