@@ -8,6 +8,7 @@ Example:
 """
 
 from lightning_losses.perturbation import functional
+from lightning_losses.perturbation.bsam import BSAM
 from lightning_losses.perturbation.callback import (
     ASAM,
     AWP,
@@ -37,12 +38,13 @@ from lightning_losses.perturbation.presets import (
     register_preset,
     sam,
 )
-from lightning_losses.perturbation.sam_variants import esam, friendly_sam, gsam, wsam
+from lightning_losses.perturbation.sam_variants import bsam, esam, friendly_sam, gsam, wsam
 from lightning_losses.perturbation.trajectory import SAF
 
 __all__ = [
     "ASAM",
     "AWP",
+    "BSAM",
     "ESAM",
     "FriendlySAM",
     "GSAM",
@@ -63,6 +65,7 @@ __all__ = [
     "asam_p2",
     "awp",
     "batchnorm_modules",
+    "bsam",
     "esam",
     "friendly_sam",
     "gsam",

@@ -35,6 +35,7 @@ from lightning_losses._validation import check_choice, check_int, check_number, 
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
+from lightning_losses.perturbation.bayes_step import BAYES, bayes_step, check_bayes
 from lightning_losses.perturbation.gradient_rules import DESCENT_RULES, DIRECTION_RULES, check_used
 from lightning_losses.perturbation.passes import batchnorm_modules, frozen_batchnorm
 from lightning_losses.perturbation.selection import check_patterns, matches, select_parameters
@@ -130,7 +131,7 @@ class Perturbation(StepPhases):
         seed: int = 0,
         eps: float = 1e-12,
     ) -> None:
-        self.rule = check_choice("rule", rule, tuple(F.ASCENT_RULES))
+        self.rule = check_choice("rule", rule, (*F.ASCENT_RULES, BAYES))
         self.radius_mode = check_choice("radius_mode", radius_mode, F.RADIUS_MODES)
         self.radius: Schedule = build_schedule(radius, "radius")
         check_number("radius", self.radius(0), low=0.0)
@@ -168,6 +169,7 @@ class Perturbation(StepPhases):
         DESCENT_RULES[self.descent].check(self.descent_weight)
         self.select_fraction = check_number("select_fraction", select_fraction, low=0.0, high=1.0, low_open=True)
         check_used(self)
+        check_bayes(self)
         self.seed = check_int("seed", seed)
         self.eps = check_number("eps", eps, low=0.0)
         self.calls = 0  #: calls of the manual helper (its default step counter)
@@ -249,6 +251,7 @@ class Perturbation(StepPhases):
         grad_scale: Tensor | float | None = None,
         bn_modules: Sequence[nn.Module] = (),
         skip_on_none: bool = False,
+        optimizer: Any = None,
     ) -> Tensor | None:
         """Run one (possibly perturbed) step and leave the descent gradient in ``.grad``; weights end as they began.
 
@@ -265,6 +268,8 @@ class Perturbation(StepPhases):
             bn_modules: BatchNorm layers whose running statistics the perturbed passes must not change.
             skip_on_none: a first pass that returns ``None`` skips the step's perturbation (the caller will not take
                 the optimizer step: a Lightning ``training_step`` that returned ``None`` under a GradScaler).
+            optimizer: the optimizer about to step (``rule="bayes"``, the ``bsam`` preset: its
+                :class:`~lightning_losses.perturbation.bsam.BSAM`; :mod:`~lightning_losses.perturbation.bayes_step`).
 
         A first pass that leaves no gradient on ``named_params`` (every ``training_step`` of the step returned
         ``None``: Lightning's skipped batch) has nothing to perturb: the step is left as it is, not counted in
@@ -281,6 +286,18 @@ class Perturbation(StepPhases):
             self.last_stats = {}
             return loss
         ascent_ctx = (no_sync or contextlib.nullcontext) if not self.sync_ascent else contextlib.nullcontext
+        if self.rule == BAYES:
+            return bayes_step(
+                self,
+                forward_backward,
+                optimizer,
+                step=step,
+                zero_grad=zero_grad,
+                ascent_ctx=ascent_ctx,
+                grad_scale=grad_scale,
+                bn_modules=bn_modules,
+                skip_on_none=skip_on_none,
+            )
         with ascent_ctx():
             loss0 = forward_backward("first")
         run = StepState.after_first_pass(named_params, forward_backward, zero_grad, ascent_ctx)

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.perturbation import decoupled
+from lightning_losses.perturbation import bayes_step, decoupled
 from lightning_losses.perturbation.checkpoints import guarded_checkpoints
 from lightning_losses.perturbation.data_selection import selected_loss
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
@@ -81,7 +81,8 @@ def perturbed_backward(
         grad_scaler: the ``torch.amp.GradScaler`` whose scale the gradients carry (unscaled for the ascent).
         step: the optimizer step (schedules, ``every_n_steps``); default: the number of calls so far.
         optimizer: the optimizer that will step (needed by WSAM's decoupled form, whose sharpness term is applied
-            right after ``optimizer.step()`` by a step post-hook registered here).
+            right after ``optimizer.step()`` by a step post-hook registered here, and by ``bsam``: its
+            :class:`~lightning_losses.perturbation.bsam.BSAM`).
 
     Returns:
         The loss at the unperturbed weights (detached).
@@ -93,6 +94,11 @@ def perturbed_backward(
                 "`optimizer=` to perturbed_backward (or build it with decouple=False)"
             )
         decoupled.attach(perturbation, optimizer)
+    if perturbation.rule == bayes_step.BAYES and optimizer is None:
+        raise ConfigurationError(
+            "perturbation `bsam` divides its ascent by the BSAM optimizer's precision: pass `optimizer=` to "
+            "perturbed_backward"
+        )
     if step is None:
         step = perturbation.calls
     perturbation.calls += 1
@@ -145,4 +151,5 @@ def perturbed_backward(
             grad_scale=grad_scale,
             bn_modules=batchnorm_modules(module),
             skip_on_none=True,
+            optimizer=optimizer,
         )

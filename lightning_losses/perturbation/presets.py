@@ -13,7 +13,7 @@ only), as davda54/sam and the Adversarial Model Perturbation reference do (the J
 Example:
     >>> import lightning_losses as ll
     >>> ll.list_perturbations()
-    ['adversarial_model_perturbation', 'asam', 'asam_p2', 'awp', 'esam', 'friendly_sam', 'gsam', 'sam', 'wsam']
+    ['adversarial_model_perturbation', 'asam', 'asam_p2', 'awp', 'bsam', 'esam', 'friendly_sam', 'gsam', 'sam', 'wsam']
     >>> ll.build_perturbation("sam", rho=0.1, every_n_steps=2)
     Perturbation(rule='normalise', radius_mode='global', radius=Constant(value=0.1), scaling=None, inner_steps=1, sync_ascent=False, every_n_steps=2)
 """  # noqa: E501

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from lightning_losses.perturbation.presets import PERTURBATIONS, Preset, register_preset
 
-__all__ = ["esam", "friendly_sam", "gsam", "wsam"]
+__all__ = ["bsam", "esam", "friendly_sam", "gsam", "wsam"]
 
 for _preset in (
     Preset(
@@ -83,6 +83,24 @@ for _preset in (
     :math:`\rho = 0.05`, :math:`\beta = 0.6`, :math:`\gamma = 0.5` (the authors' ``run.sh``; their class defaults
     :math:`\beta = \gamma = 1` are SAM). Example: ``ll.build_perturbation("esam", rho=0.05, beta=0.5, gamma=0.5)``.""",
     ),
+    Preset(
+        "bsam",
+        radius="rho",
+        defaults={"rho": 0.01},
+        rule="bayes",
+        doc=r"""bSAM, Bayesian SAM (Möllenhoff & Khan, ICLR 2023, *SAM as an Optimal Relaxation of Bayes*), with its
+    optimizer :class:`~lightning_losses.perturbation.bsam.BSAM` (required: ``configure_optimizers`` returns it; in
+    :func:`perturbed_backward` pass ``optimizer=``). Gradient :math:`\tilde g` at the noisy point
+    :math:`w + \xi/\sqrt{N s}`, ascent :math:`\epsilon = \rho\,\tilde g/s` (element-wise, not normalised; :math:`s`
+    the optimizer's precision), descent gradient :math:`g_p` at :math:`w + \epsilon`; then ``BSAM.step``:
+    :math:`m \leftarrow \beta_1 m + (1-\beta_1)(g_p + \delta w)`, :math:`w \leftarrow w - \eta m/s`,
+    :math:`s \leftarrow \beta_2 s + (1-\beta_2)(\sqrt{s}|\tilde g| + \text{damping} + \delta)`
+    (:mod:`~lightning_losses.perturbation.bayes_step`). The ascent reads :math:`s` and never writes the optimizer's
+    state; the first pass (and its reported loss) is at the noisy point; every optimizer parameter is perturbed.
+    Default :math:`\rho = 0.01` (the authors' CIFAR-10 recipe with ``BSAM(lr=0.5, prior_precision=40,
+    damping=0.1)``, :math:`N` = 4 x the training-set size). Example: ``ll.build_perturbation("bsam", rho=0.01)``
+    with ``ll.perturbation.BSAM(model.parameters(), num_data=200_000)``.""",
+    ),
 ):
     register_preset(_preset)
 
@@ -90,3 +108,4 @@ gsam = PERTURBATIONS.get("gsam")
 wsam = PERTURBATIONS.get("wsam")
 friendly_sam = PERTURBATIONS.get("friendly_sam")
 esam = PERTURBATIONS.get("esam")
+bsam = PERTURBATIONS.get("bsam")

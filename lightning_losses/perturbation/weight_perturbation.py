@@ -47,7 +47,7 @@ from lightning_losses._compat import closure_result, set_closure_result
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.diagnostics import log_scalars
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.perturbation import decoupled
+from lightning_losses.perturbation import bayes_step, decoupled
 from lightning_losses.perturbation.checkpoints import unperturbed_checkpoint
 from lightning_losses.perturbation.data_selection import check_selection, selected_loss
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
@@ -227,6 +227,8 @@ class WeightPerturbation(MixinCallback):
         fraction = self.engine.select_fraction
         if self.engine.decouple:  # WSAM decoupled: its term is applied right after this optimizer's step
             decoupled.attach(self.engine, torch_opt)
+        if self.engine.rule == bayes_step.BAYES:  # bsam: BSAM.step runs Lightning's closure (these passes) once
+            bayes_step.attach(torch_opt)
         check_selection(fraction, trainer.accumulate_grad_batches, type(self).__name__)
         before: list[torch.Tensor] = []  # ESAM's data selection: the per-sample losses at w
 
@@ -284,6 +286,7 @@ class WeightPerturbation(MixinCallback):
                     bn_modules=batchnorm_modules(module) if self._bn is None else self._bn,
                     # a closure returning None under a GradScaler: Lightning skips the optimizer step, so no ascent
                     skip_on_none=scaled,
+                    optimizer=torch_opt,
                 )
             finally:
                 self._batches.clear()

@@ -257,6 +257,7 @@ def test_registry_and_errors():
         "asam",
         "asam_p2",
         "awp",
+        "bsam",
         "esam",
         "friendly_sam",
         "gsam",
@@ -291,7 +292,7 @@ def test_registry_and_errors():
         ll.build_perturbation("sam", params=[1])
     with pytest.raises(ConfigurationError, match="`sync_ascent` must be true or false, got 'yes'"):
         ll.build_perturbation("sam", sync_ascent="yes")
-    with pytest.raises(ConfigurationError, match="`rule` must be one of `normalise`, `clip`, got 'norm'"):
+    with pytest.raises(ConfigurationError, match="`rule` must be one of `normalise`, `clip`, `bayes`, got 'norm'"):
         Perturbation(rule="norm")
 
 
