@@ -14,6 +14,7 @@ from lightning_losses.reduction import weighted_mean
 __all__ = ["ObjectiveOutput", "Reweighter", "TermValues", "reduce_terms"]
 
 Reweighter = Callable[..., torch.Tensor]
+_HALF = (torch.float16, torch.bfloat16)
 
 
 class TermValues(NamedTuple):
@@ -46,19 +47,27 @@ class ObjectiveOutput:
         coefficients: each term's coefficient at this step.
     """
 
-    __slots__ = ("coefficients", "loss", "per_sample", "size", "terms", "value", "weights")
+    __slots__ = ("_weights", "coefficients", "loss", "per_sample", "size", "terms", "value")
 
     def __init__(
         self,
         loss: torch.Tensor,
         value: torch.Tensor,
         per_sample: torch.Tensor,
-        weights: torch.Tensor,
+        weights: torch.Tensor | None,
         terms: dict[str, torch.Tensor],
         coefficients: dict[str, float],
     ) -> None:
-        self.loss, self.value, self.per_sample, self.weights = loss, value, per_sample, weights
+        self.loss, self.value, self.per_sample, self._weights = loss, value, per_sample, weights
         self.terms, self.coefficients, self.size = terms, coefficients, per_sample.shape[0]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """``[N]`` weights used (detached; 0 for masked samples): ones, built on first read, when every sample
+        counted with weight 1."""
+        if self._weights is None:
+            self._weights = torch.ones_like(self.per_sample, requires_grad=False)
+        return self._weights
 
     def __repr__(self) -> str:
         return f"ObjectiveOutput(value={float(self.value):.6g}, samples={self.size}, terms={sorted(self.terms)})"
@@ -95,7 +104,7 @@ def reduce_terms(
         reweighter: ``reweighter(losses=..., sample_mask=..., **tensors) -> [N]`` weights, or ``None`` (every counted
             sample weighs 1).
     """
-    coefficients, mask = evaluated.coefficients, evaluated.mask
+    coefficients, mask, extra = evaluated.coefficients, evaluated.mask, evaluated.extra
     per_sample: torch.Tensor | None = None
     batch_level: torch.Tensor | None = None
     for name, value in evaluated.values.items():
@@ -105,26 +114,36 @@ def reduce_terms(
             batch_level = weighted if batch_level is None else batch_level + weighted
         else:
             per_sample = weighted if per_sample is None else per_sample + weighted
-    for value in evaluated.extra.values():
+    for value in extra.values():
         per_sample = value if per_sample is None else per_sample + value
-    values = {**evaluated.values, **evaluated.extra}  # by name, for logging
+    values = {**evaluated.values, **extra} if extra else evaluated.values  # by name, for logging
     names = [n for n, v in values.items() if v.ndim == 1]  # the per-sample terms
     if per_sample is None:  # only batch-level terms
         per_sample = next(iter(values.values())).new_zeros(0)
-    per_sample = upcast_half(per_sample)
-    counted = torch.ones_like(per_sample) if mask is None else mask.to(per_sample.dtype)
-    weights = counted
+    if per_sample.dtype in _HALF:  # `upcast_half`, inlined
+        per_sample = upcast_half(per_sample)
+    if reweighter is None and mask is not None and mask.device.type == "cpu" and bool(mask.all()):
+        # no sample left out: unit weights, which spare weighted_mean a weight vector and its normalisation (on CPU
+        # the host read is one scalar copy; on an accelerator it would be a sync, and the mask is used as it is). A
+        # reweighter always gets the mask as evaluated: its None-ness never depends on the data.
+        mask = None
+    # `None`: every sample counts with weight 1, and no weight vector is built (see weighted_mean)
+    weights = counted = None if mask is None else mask.to(per_sample.dtype)
     if reweighter is not None:
-        weights = reweighter(losses=per_sample.detach(), sample_mask=mask, **tensors)
-        weights = weights.detach().to(per_sample.dtype) * counted
+        weights = reweighter(losses=per_sample.detach(), sample_mask=mask, **tensors).detach().to(per_sample.dtype)
+        weights = weights * (torch.ones_like(per_sample) if counted is None else counted)  # a copy: 0 when masked
     if reweighter is None and len(values) == 1 and names and coefficients.get(names[0], 1.0) == 1.0:
         # one term with coefficient 1, unweighted: its mean is the loss, with no statistics of its own
         loss, value, _ = weighted_mean(per_sample, weights)
         terms = {names[0]: value}
     else:
         # the counted samples and each term's sum over them, in weighted_mean's one collective
+        if counted is None:
+            counted = torch.ones_like(per_sample)
         rows = torch.stack([counted] + [values[n].detach().to(per_sample.dtype) for n in names])
-        loss, value, reduced = weighted_mean(per_sample, weights, torch.mv(rows, counted))
+        loss, value, reduced = weighted_mean(
+            per_sample, weights if weights is not None else counted, torch.mv(rows, counted)
+        )
         count = reduced[0].clamp_min(1.0)
         terms = {n: reduced[1 + i] / count for i, n in enumerate(names)}
     for name, v in values.items():

@@ -7,8 +7,8 @@ training step in :func:`lightning_losses.reduction.weighted_mean`, plus whatever
 Every reduction goes over the **data-parallel group**: the processes that see different samples of the global batch.
 It is the world under DDP and the ``data_parallel`` dimension of the device mesh under Lightning's
 ``ModelParallelStrategy`` (FSDP2 / tensor parallelism), where the ranks of a tensor-parallel group share one batch.
-The library's callbacks register it in ``setup`` (:func:`use_strategy`) and drop it in ``teardown``;
-:func:`set_data_parallel_group` sets it directly. Unregistered, it is the world.
+``LossesMixin`` and the library's callbacks register it in ``setup`` (:func:`use_strategy`) and drop it in
+``teardown``; :func:`set_data_parallel_group` sets it directly. Unregistered, it is the world.
 """
 
 from __future__ import annotations

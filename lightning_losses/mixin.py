@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from lightning_losses import distributed
 from lightning_losses._objective_logging import log_objective_diagnostics
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.objective import Objective, ObjectiveOutput
@@ -72,6 +73,26 @@ class LossesMixin:
         """
         self.objective = spec if isinstance(spec, Objective) else Objective(spec)
         return self.objective
+
+    # ------------------------------------------------------------------ fit lifecycle
+    def setup(self, stage: str) -> None:
+        """Register the strategy's data-parallel group (:func:`lightning_losses.distributed.use_strategy`: the
+        ``data_parallel`` dimension of a ``ModelParallelStrategy`` mesh, the world otherwise), over which the
+        objective's global normalisation reduces, then run the next class's ``setup``. The library's callbacks
+        register it too; this covers a fit without any. An override of ``setup`` calls ``super().setup(stage)``."""
+        trainer = self.__dict__.get("_trainer")
+        if trainer is not None:
+            distributed.use_strategy(trainer.strategy)
+        parent = getattr(super(), "setup", None)
+        if parent is not None:
+            parent(stage)
+
+    def teardown(self, stage: str) -> None:
+        """Drop the data-parallel group registered by :meth:`setup`, then run the next class's ``teardown``."""
+        distributed.set_data_parallel_group(None)
+        parent = getattr(super(), "teardown", None)
+        if parent is not None:
+            parent(stage)
 
     # ------------------------------------------------------------------ plug-ins
     def _ll_plugins(self) -> dict[str, Any]:

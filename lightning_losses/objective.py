@@ -75,7 +75,10 @@ class Objective(nn.Module):
     @property
     def uses_step(self) -> bool:
         """Whether a coefficient schedule depends on the step (``False``: every coefficient is constant)."""
-        return any(not getattr(t.coefficient, "constant", False) for t in self.terms)
+        for term in self.terms:  # a loop, not `any(generator)`: read on every training step
+            if not getattr(term.coefficient, "constant", False):
+                return True
+        return False
 
     def forward(
         self,
@@ -95,7 +98,7 @@ class Objective(nn.Module):
                 ``sample_mask`` is the boolean ``[N]`` of counted samples, or ``None`` when all count).
             extra_terms: additional coefficient-applied per-sample terms (entropy controls), by name.
         """
-        return self.reduce(self.evaluate(tensors, step=step, extra_terms=extra_terms), tensors, reweighter)
+        return reduce_terms(self.evaluate(tensors, step=step, extra_terms=extra_terms), tensors, reweighter)
 
     def evaluate(
         self, tensors: Mapping[str, Any], *, step: int = 0, extra_terms: Mapping[str, torch.Tensor] | None = None
@@ -117,7 +120,7 @@ class Objective(nn.Module):
             term_mask = term.loss.sample_mask(**args)
             if term_mask is not None:
                 mask = term_mask if mask is None else mask & term_mask
-        return TermValues(values, coefficients, mask, dict(extra_terms or {}))
+        return TermValues(values, coefficients, mask, dict(extra_terms) if extra_terms else {})
 
     def reduce(
         self, evaluated: TermValues, tensors: Mapping[str, Any], reweighter: Reweighter | None = None
@@ -130,13 +133,17 @@ class Objective(nn.Module):
 def _route(term: Term, tensors: Mapping[str, Any]) -> dict[str, Any]:
     """The loss arguments of ``term`` from the named ``tensors`` (a missing required one raises)."""
     required, optional = term.loss.input_names()
+    inputs = term.inputs  # `Term.source`, inlined: this runs for every term on every step
     args = {}
-    for arg in required + optional:
-        src = term.source(arg)
+    for arg in required:
+        src = inputs.get(arg, arg)
+        if src not in tensors:
+            _missing(term, arg, src, tensors)
+        args[arg] = tensors[src]
+    for arg in optional:
+        src = inputs.get(arg, arg)
         if src in tensors:
             args[arg] = tensors[src]
-        elif arg in required:
-            _missing(term, arg, src, tensors)
     return args
 
 

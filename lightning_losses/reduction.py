@@ -19,13 +19,14 @@ __all__ = ["weighted_mean"]
 
 
 def weighted_mean(
-    per_sample: torch.Tensor, weights: torch.Tensor, stats: torch.Tensor | None = None
+    per_sample: torch.Tensor, weights: torch.Tensor | None, stats: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Globally normalised weighted mean of ``per_sample`` losses.
 
     Args:
         per_sample: ``[N]`` losses (with gradient).
-        weights: ``[N]`` non-negative weights (detached); masked samples carry weight 0.
+        weights: ``[N]`` non-negative weights (detached); masked samples carry weight 0. ``None``: every sample
+            weighs 1 (one process: the mean, without building, summing and normalising a weight vector).
         stats: optional ``[S]`` extra local sums to reduce in the same collective (for logging).
 
     Returns:
@@ -38,6 +39,15 @@ def weighted_mean(
         (2.5, 2.5)
     """
     dtype = per_sample.dtype
+    count = per_sample.shape[0]
+    if weights is None:
+        if count and not is_distributed():
+            # the normalised unit weights in one fill: `dot` (one autograd node, whose backward is one multiply) is
+            # cheaper than `mean` (sum, divide) and gives the same value as the weighted path
+            loss = torch.dot(per_sample, per_sample.new_full((count,), 1.0 / count))
+            value = loss.detach()
+            return loss, value, value.new_empty(0) if stats is None else stats.detach().to(dtype)
+        weights = torch.ones_like(per_sample)
     weights = weights.detach()
     if weights.dtype != dtype:
         weights = weights.to(dtype)

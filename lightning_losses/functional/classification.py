@@ -11,7 +11,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from lightning_losses._validation.tensors import as_index, check_multiclass, check_per_class, not_ignored
+from lightning_losses._validation.tensors import (
+    as_index,
+    check_label_range,
+    check_multiclass,
+    check_per_class,
+    not_ignored,
+)
 from lightning_losses._validation.tensors import upcast_half as _upcast
 
 __all__ = ["asymmetric_single_label", "cross_entropy", "focal", "focal_term"]
@@ -57,21 +63,31 @@ def cross_entropy(
         >>> cross_entropy(logits, torch.tensor([0, 0])).round(decimals=4)
         tensor([0.1269, 2.1269])
     """
-    check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args)
+    # on CPU torch's kernel checks every label itself (an IndexError, turned into the library's message below): the
+    # range check's reduction and host read run only when a label is out of range
+    on_cpu = isinstance(target, torch.Tensor) and target.device.type == "cpu"
+    soft = check_multiclass(logits, target, ignore_index=ignore_index, validate_args=validate_args and not on_cpu)
     if weight is not None:
         check_per_class("weight", weight, logits.shape[-1])
     logits = _upcast(logits)
     if weight is not None and (weight.dtype != logits.dtype or weight.device != logits.device):
         weight = weight.to(device=logits.device, dtype=logits.dtype)
-    # torch's fused kernel implements exactly this formula (tests check it against an explicit loop)
-    return F.cross_entropy(
-        logits,
-        target if target.dtype == torch.int64 or target.is_floating_point() else target.long(),
-        weight=weight,
-        ignore_index=ignore_index if not target.is_floating_point() else -100,  # unused for soft targets
-        reduction="none",
-        label_smoothing=label_smoothing,
-    )
+    try:
+        # torch's fused kernel implements exactly this formula (tests check it against an explicit loop)
+        return F.cross_entropy(
+            logits,
+            target if soft or target.dtype == torch.int64 else target.long(),
+            weight=weight,
+            ignore_index=-100 if soft else ignore_index,  # unused for soft targets
+            reduction="none",
+            label_smoothing=label_smoothing,
+        )
+    except IndexError as err:  # "Target 5 is out of bounds." (CPU): the library's message, naming the labels
+        if not (validate_args and on_cpu and not soft):
+            raise
+        out_of_range = err
+    check_label_range(target, logits.shape[1], ignore_index)  # raises the ValueError
+    raise out_of_range  # pragma: no cover - only if torch's kernel rejected a label the check accepts
 
 
 class _FocalTerm(torch.autograd.Function):

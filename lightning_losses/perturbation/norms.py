@@ -44,8 +44,9 @@ def tensor_norms(tensors: Sequence[Tensor], shard_sum: ShardSumFn | None = None)
     if not tensors:
         return torch.zeros(0)
     norms = torch._foreach_norm(list(tensors))
-    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
-    stacked = torch.stack([n.to(dtype) for n in norms])
+    dtypes = {n.dtype for n in norms}
+    dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+    stacked = torch.stack(norms if dtypes == {dtype} else [n.to(dtype) for n in norms])  # no casts when all agree
     return stacked if shard_sum is None else shard_sum(stacked.square()).sqrt()
 
 

@@ -65,7 +65,10 @@ class StepPhases:
         for i in range(self.inner_steps):
             # the ascent gradients are discarded after this iteration: unscaled and turned into the step in their
             # own storage (no per-step allocation of a parameter-sized list)
-            grads = [grad_shard(p).detach() for p in params]
+            # not sharded (`shard_sum` is None): no parameter, hence no gradient, is a DTensor
+            grads = (
+                [p.grad.detach() for p in params] if run.shard_sum is None else [grad_shard(p).detach() for p in params]
+            )
             if run.inv_scale is not None:
                 torch._foreach_mul_(grads, run.inv_scale.to(grads[0].device))
             norms = F.tensor_norms(grads, run.shard_sum)

@@ -34,8 +34,11 @@ class StepState:
     shard_sum: ShardSum | None = None  # sums per-tensor local pieces over the shard groups (None: not sharded)
 
     def __post_init__(self) -> None:
-        self.shards = [local(p.detach()) for p in self.params]
         self.shard_sum = shard_sum_for(self.params)
+        # unsharded (the common case): the parameters themselves, without a DTensor test per tensor
+        self.shards = (
+            [p.detach() for p in self.params] if self.shard_sum is None else [local(p.detach()) for p in self.params]
+        )
 
     @classmethod
     def after_first_pass(

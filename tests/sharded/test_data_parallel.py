@@ -63,3 +63,32 @@ def test_callbacks_register_the_mesh_data_parallel_group_for_the_fit(ddp):
     for same, ranks, after in ddp.run(_registered_under_fsdp2):
         assert same and ranks == [0, 1]
         assert after is None  # dropped at teardown
+
+
+class _Normalisation(L.Callback):
+    """Records, at the first training batch's end, the registered group and what the objective reduced over."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0:
+            out = pl_module.objective_output
+            self.same = distributed.data_parallel_group() is trainer.strategy.device_mesh["data_parallel"].get_group()
+            self.size = distributed.world_size()
+            # the logged value is the mean over the whole data-parallel batch: gather every rank's per-sample losses
+            losses = [torch.zeros_like(out.per_sample) for _ in range(2)]
+            dist.all_gather(losses, out.per_sample.detach(), group=distributed.data_parallel_group())
+            self.value, self.expected = float(out.value), float(torch.cat(losses).mean())
+
+
+def _mixin_only_under_fsdp2():
+    seen = _Normalisation()  # a plain Lightning callback: no library callback registers the group
+    _fsdp2.fit("fsdp2", [seen], steps=1)
+    return seen.same, seen.size, seen.value, seen.expected, distributed.data_parallel_group()
+
+
+def test_the_mixin_alone_registers_the_mesh_data_parallel_group(ddp):
+    """Without any library callback, ``LossesMixin`` itself registers the strategy's data-parallel group in ``setup``
+    (the objective's global normalisation reduces over it) and drops it in ``teardown``."""
+    for same, size, value, expected, after in ddp.run(_mixin_only_under_fsdp2):
+        assert same and size == 2
+        assert value == pytest.approx(expected, rel=1e-6)
+        assert after is None
