@@ -10,7 +10,7 @@ and the bytes of the engine's saved copy of the weights (read mid-step) against 
 
 Usage::
 
-    OMP_NUM_THREADS=1 python bench/sharded.py [--rounds 6] [--block 6] [--width 512] [--batch 64]
+    OMP_NUM_THREADS=1 python bench/sharded.py [--rounds 6] [--block 6] [--width 512] [--batch 64] [--collect-stats]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def setups(args, device: str) -> dict:
     for name, model, inner in (("ddp", ddp, ddp.module), ("fsdp2", sharded, sharded)):
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         sam = build_perturbation("sam", rho=0.05, sync_ascent=True)
+        sam.collect_stats = args.collect_stats  # Lightning collects them on logging steps only (1 in 50 by default)
         out[name] = (model, inner, opt, sam)
     return out
 
@@ -123,6 +124,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--collect-stats", action="store_true", help="every step a logging step (statistics: 3 more all-reduces)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with socket.socket() as s:

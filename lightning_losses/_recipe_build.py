@@ -161,6 +161,36 @@ def _trainer_callbacks(spec: Any) -> list[Any]:
     return [instantiate(item, f"trainer.callbacks[{i}]", base=Callback) for i, item in enumerate(items)]
 
 
+TRAINER_OBJECTS = {  # trainer key -> the base class a ``{class_path, init_args}`` value must name (as LightningCLI)
+    "strategy": "lightning.pytorch.strategies.Strategy",
+    "accelerator": "lightning.pytorch.accelerators.Accelerator",
+    "profiler": "lightning.pytorch.profilers.Profiler",
+    "plugins": None,
+}
+
+
+def _trainer_objects(trainer_kwargs: dict[str, Any]) -> None:
+    """Build, in place, the ``trainer`` values given as ``{class_path, init_args}``: ``strategy`` (e.g.
+    ``ModelParallelStrategy`` with its mesh sizes), ``accelerator``, ``profiler`` and each of ``plugins``.
+
+    A plain string stays a registry name for Lightning to resolve.
+    """
+    for key, base_path in TRAINER_OBJECTS.items():
+        value = trainer_kwargs.get(key)
+        base = import_class(base_path, key) if base_path else None
+        if isinstance(value, list) and key == "plugins":
+            trainer_kwargs[key] = [
+                instantiate(item, f"trainer.{key}[{i}]", base=base) if isinstance(item, Mapping) else item
+                for i, item in enumerate(value)
+            ]
+        elif isinstance(value, Mapping):
+            if "class_path" not in value:
+                raise ConfigurationError(
+                    f"`trainer.{key}` must be a name or a mapping with `class_path` (and `init_args`), got {value!r}"
+                )
+            trainer_kwargs[key] = instantiate(value, f"trainer.{key}", base=base)
+
+
 def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
     """Validate a loaded recipe and build data, model, callbacks, logger and trainer (nothing trains yet)."""
     import lightning as L
@@ -190,6 +220,7 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
     except (ConfigurationError, TypeError, ValueError) as err:
         raise qualify("callbacks", err) from None
     extra = _trainer_callbacks(trainer_kwargs.pop("callbacks", None))
+    _trainer_objects(trainer_kwargs)
     check_kwargs(L.Trainer.__init__, trainer_kwargs, what="recipe section `trainer`", skip=("callbacks", "logger"))
     check_annotated(L.Trainer.__init__, trainer_kwargs, prefix="trainer")
     check_trainer(trainer_kwargs)

@@ -10,7 +10,11 @@ from lightning_losses._validation import check_annotated
 from lightning_losses.config import build_logger, build_run, default_recipe, load_recipe
 
 # configs/ subfolders whose recipes drive their own example (not the digits builder); each has its own test
-OWN_BUILDERS = {"preference": "tests/llm/test_preference_demo.py", "lm": "tests/llm/test_char_lm.py"}
+OWN_BUILDERS = {
+    "preference": "tests/llm/test_preference_demo.py",
+    "lm": "tests/llm/test_char_lm.py",
+    "sharded": "tests/sharded/test_recipe.py",  # 2 processes: fitted in the DDP pool there
+}
 CONFIGS = sorted(
     p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml") if not OWN_BUILDERS.keys() & set(p.parts)
 )

@@ -87,8 +87,8 @@ def delta_grad_cosine(
     if all(g is None for g in grads):
         return torch.tensor(float("nan"))
     terms = torch.stack(rows)  # [tensors, 3]
-    if shard_sum is not None:
-        terms = torch.stack([shard_sum(terms[:, j].contiguous()) for j in range(3)], dim=1)
+    if shard_sum is not None:  # one all-reduce for the three columns (a row per tensor)
+        terms = shard_sum(terms)
     dot, dd, gg = terms.sum(0)
     return dot / (dd.sqrt() * gg.sqrt()).clamp_min(torch.finfo(torch.float32).tiny)
 

@@ -86,9 +86,9 @@ def _shard_groups(tensor: Tensor) -> tuple[Any, ...]:
 class ShardSum:
     """Sum per-tensor local values (sums of squares, inner products) over the groups that shard each tensor.
 
-    Called with a 1-D tensor holding one local value per tensor (in the order given to :func:`shard_sum_for`), it
-    returns the per-tensor totals: one ``all_reduce`` per distinct set of shard groups (one for FSDP2 on a 1-D
-    mesh), no host sync.
+    Called with a tensor holding one local value per tensor (in the order given to :func:`shard_sum_for`; a row of
+    several values per tensor is summed alike), it returns the per-tensor totals: one ``all_reduce`` per distinct
+    set of shard groups (one for FSDP2 on a 1-D mesh), no host sync.
     """
 
     def __init__(self, tensors: Sequence[Tensor]) -> None:

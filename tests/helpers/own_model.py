@@ -76,3 +76,22 @@ class OwnNet(ll.LossesMixin, L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)  # momentum: state a resume must restore
+
+
+class ShardedNet(OwnNet):
+    """:class:`OwnNet` that shards itself with FSDP2 (``fully_shard`` per layer, then the root) under Lightning's
+    ``ModelParallelStrategy``; a plain model under any other strategy. Idempotent, as Lightning asks: the hook runs
+    again for the ``test`` after ``fit``."""
+
+    def configure_model(self) -> None:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or isinstance(self, FSDPModule):
+            return
+
+        dp = mesh["data_parallel"]
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=dp)
+        fully_shard(self, mesh=dp)

@@ -148,3 +148,34 @@ def mid_step_checkpoint(tmp: str, distributed_checkpoint: bool) -> tuple[dict, d
         t = quiet_trainer([ll.SAM(rho=0.5, sync_ascent=True), saver], max_steps=1, strategy=strat, devices=2)
         t.fit(Net(), data())
     return saver.before, saver.saved
+
+
+def all_reduces_per_sam_step(collect_stats: bool) -> int:
+    """``dist.all_reduce`` calls in one SAM step on a ``fully_shard``-ed model (no Lightning; FSDP2's own
+    all-gathers and reduce-scatters are other collectives)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from lightning_losses.perturbation import build_perturbation, perturbed_backward
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    for layer in (model[0], model[2]):
+        fully_shard(layer, mesh=init_device_mesh("cpu", (2,)))
+    fully_shard(model, mesh=init_device_mesh("cpu", (2,)))
+    sam = build_perturbation("sam", rho=0.5, sync_ascent=True)
+    sam.collect_stats = collect_stats
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(rank()))
+    calls, original = [], dist.all_reduce
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    dist.all_reduce = counting
+    try:
+        perturbed_backward(sam, model, lambda: model(x).square().mean())
+    finally:
+        dist.all_reduce = original
+    return len(calls)

@@ -156,3 +156,10 @@ def test_step_statistics_under_fsdp2_equal_ddp(ddp):
         assert {"norm", "grad_norm", "cos_delta_grad"} <= set(stats["fsdp2"])
         for key in ("norm", "grad_norm", "grad_norm_perturbed", "cos_delta_grad"):
             assert abs(stats["fsdp2"][key] - stats["ddp"][key]) < 1e-5, (key, stats)
+
+
+def test_sam_step_under_fsdp2_packs_its_norms(ddp):
+    """One all-reduce for the ascent's norms; a logging step adds one per statistic (the perturbation's norm, the
+    cosine's three sums together, the perturbed gradient's norm), not one per tensor or per sum."""
+    assert ddp.run(_fsdp2.all_reduces_per_sam_step, False) == [1, 1]
+    assert ddp.run(_fsdp2.all_reduces_per_sam_step, True) == [4, 4]
