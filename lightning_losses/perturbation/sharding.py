@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "reshard_all",
     "SUPPORTED_STRATEGIES",
     "ShardSum",
     "check_strategy",
@@ -60,6 +61,23 @@ def grad_shard(param: Tensor) -> Tensor | None:
         grad = grad.redistribute(param.device_mesh, param.placements)
         param.grad = grad
     return local(grad)
+
+
+def reshard_all(module: torch.nn.Module) -> None:
+    """Reshard every FSDP2 unit of ``module`` (no-op for units already sharded, and without FSDP2).
+
+    An evaluation pass leaves the root unit unsharded (FSDP2 keeps the root's gathered parameters for the next
+    backward, which an inference pass never runs), and an unsharded unit registers its *unsharded* parameters on the
+    module: the perturbation must see, save and move the sharded ones. Called before a training step reads the
+    module's parameters; the next forward gathers them again (once per evaluation, not per step).
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return
+    for unit in module.modules():
+        if isinstance(unit, FSDPModule):
+            unit.reshard()
 
 
 def to_global(shard: Tensor, like: Tensor) -> Tensor:

@@ -60,7 +60,7 @@ from lightning_losses.perturbation.passes import (
     suppressed_logging,
 )
 from lightning_losses.perturbation.presets import build_perturbation
-from lightning_losses.perturbation.sharding import check_strategy
+from lightning_losses.perturbation.sharding import check_strategy, reshard_all
 from lightning_losses.perturbation.timing import StepTimer
 
 __all__ = ["WeightPerturbation"]
@@ -173,6 +173,7 @@ class WeightPerturbation(MixinCallback):
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.engine.collect_stats = step_logs_due(trainer)  # valid before the step too (as LearningRateMonitor uses it)
+        reshard_all(pl_module)  # after an evaluation pass FSDP2 leaves the root unsharded: perturb the shards
         if trainer.accumulate_grad_batches > 1:
             if batch_idx % trainer.accumulate_grad_batches == 0:
                 self._batches.clear()
