@@ -132,6 +132,24 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return _AllGatherWithGrad.apply(tensor)
 
 
+def all_gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows ``[n, k]`` (floating) of every data-parallel rank in rank order, with gradients
+    (:func:`all_gather_with_grad`), and the mask of this rank's rows in them; ``(rows, None)`` without a process group.
+
+    For batch-level orderings (a sort over the global batch) whose per-sample result each rank takes back for its own
+    rows: one collective pair, the owner travelling as an extra column.
+
+    Example:
+        >>> all_gather_rows(torch.ones(3, 2))[1] is None  # one process
+        True
+    """
+    if not is_distributed():
+        return rows, None
+    owner = rows.new_full((rows.shape[0], 1), float(rank()))
+    packed = all_gather_with_grad(torch.cat([rows, owner], dim=1))
+    return packed[:, :-1], packed[:, -1].detach() == rank()
+
+
 def all_gather_values(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` flattened and concatenated from every data-parallel rank in rank order (sizes may differ; detached,
     no gradient). Every rank must call it (two collectives: the sizes, then the values). Flattened identity without a

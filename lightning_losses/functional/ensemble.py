@@ -6,7 +6,7 @@ import torch
 
 from lightning_losses._validation.tensors import check_binary
 from lightning_losses._validation.tensors import upcast_half as _upcast
-from lightning_losses.distributed import all_gather_with_grad, is_distributed, rank
+from lightning_losses.distributed import all_gather_rows
 
 __all__ = ["ens_loss"]
 
@@ -50,10 +50,9 @@ def ens_loss(
         raise ValueError(f"`ens_loss` takes binary `logits [N]`, got shape {list(logits.shape)}")
     s = (2.0 * target.to(_upcast(logits).dtype) - 1.0) * _upcast(logits)
     margins, mine = s.detach(), None
-    if gather and is_distributed():
-        owner = torch.full_like(margins, float(rank()))
-        packed = all_gather_with_grad(torch.stack([margins, owner], dim=1))
-        margins, mine = packed[:, 0], packed[:, 1] == rank()
+    if gather:
+        gathered, mine = all_gather_rows(margins.unsqueeze(1))
+        margins = gathered[:, 0]
     draws = torch.randn(margins.shape[0], generator=generator, dtype=torch.float64).to(margins)
     ordered = torch.sort(-_box_cox_inverse(draws, lam)).values.clamp_min(-1.0)
     g = torch.empty_like(margins)

@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import torch
 
-from lightning_losses.distributed import all_gather_with_grad, is_distributed, rank
+from lightning_losses.distributed import all_gather_rows
 from lightning_losses.functional.preference_pairwise import check_sequence_logps, smoothed_logistic
 
 __all__ = ["aot", "aot_unpaired"]
 
 
 def _sorted_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """This rank's rows of ``sort(a) − sort(b)`` over the global batch (identity gather in one process)."""
-    if not is_distributed():
-        return torch.sort(a).values - torch.sort(b).values
-    owner = torch.full_like(a, float(rank()))
-    gathered = all_gather_with_grad(torch.stack([a, b, owner], dim=1))
+    """This rank's rows of ``sort(a) − sort(b)`` over the global batch (no gather in one process)."""
+    gathered, mine = all_gather_rows(torch.stack([a, b], dim=1))
     gap = torch.sort(gathered[:, 0]).values - torch.sort(gathered[:, 1]).values
-    return gap[gathered[:, 2].detach() == rank()]
+    return gap if mine is None else gap[mine]
 
 
 def aot(c, r, rc, rr, *, beta: float = 0.1, label_smoothing: float = 0.0) -> torch.Tensor:

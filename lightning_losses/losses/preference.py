@@ -49,6 +49,10 @@ class PairedLoss(PreferenceLoss):
         self.divergence = check_choice("divergence", divergence, P.DIVERGENCES)
         self.f_alpha = check_number("f_alpha", f_alpha, low=0.0, low_open=True)
 
+    def _divergence_options(self) -> dict:
+        """``divergence`` and ``f_alpha`` as keyword arguments of the functional forms."""
+        return {"divergence": self.divergence, "f_alpha": self.f_alpha}
+
     def _kwargs(self) -> dict:
         return {"beta": self.beta}
 
@@ -112,8 +116,7 @@ class DPO(PairedLoss):
             ref_rejected_logps,
             beta=self.beta,
             label_smoothing=self.label_smoothing,
-            divergence=self.divergence,
-            f_alpha=self.f_alpha,
+            **self._divergence_options(),
         )
 
 
@@ -136,7 +139,7 @@ class IPO(PairedLoss):
         self._set_divergence(divergence, f_alpha)
 
     def forward(self, chosen_logps: T, rejected_logps: T, ref_chosen_logps: T, ref_rejected_logps: T) -> T:
-        kw = {"divergence": self.divergence, "f_alpha": self.f_alpha}
+        kw = self._divergence_options()
         return P.ipo(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=self.beta, **kw)
 
 
@@ -171,7 +174,7 @@ class RDPO(PairedLoss):
         self._set_divergence(divergence, f_alpha)
 
     def forward(self, chosen_logps: T, rejected_logps: T, ref_chosen_logps: T, ref_rejected_logps: T) -> T:
-        kw = {"eps": self.eps, "divergence": self.divergence, "f_alpha": self.f_alpha}
+        kw = {"eps": self.eps, **self._divergence_options()}
         return P.rdpo(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=self.beta, **kw)
 
 

@@ -49,7 +49,7 @@ class Hinge(PairedLoss):
         self._set_divergence(divergence, f_alpha)
 
     def forward(self, chosen_logps: T, rejected_logps: T, ref_chosen_logps: T, ref_rejected_logps: T) -> T:
-        kw = {"divergence": self.divergence, "f_alpha": self.f_alpha}
+        kw = self._divergence_options()
         return P.hinge(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=self.beta, **kw)
 
 
@@ -79,7 +79,7 @@ class ExoPair(PairedLoss):
         self._set_divergence(divergence, f_alpha)
 
     def forward(self, chosen_logps: T, rejected_logps: T, ref_chosen_logps: T, ref_rejected_logps: T) -> T:
-        kw = {"label_smoothing": self.label_smoothing, "divergence": self.divergence, "f_alpha": self.f_alpha}
+        kw = {"label_smoothing": self.label_smoothing, **self._divergence_options()}
         return P.exo_pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=self.beta, **kw)
 
 
@@ -107,7 +107,7 @@ class DiscoPOP(PairedLoss):
         self._set_divergence(divergence, f_alpha)
 
     def forward(self, chosen_logps: T, rejected_logps: T, ref_chosen_logps: T, ref_rejected_logps: T) -> T:
-        kw = {"tau": self.tau, "divergence": self.divergence, "f_alpha": self.f_alpha}
+        kw = {"tau": self.tau, **self._divergence_options()}
         return P.discopop(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=self.beta, **kw)
 
 
