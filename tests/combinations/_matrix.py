@@ -41,6 +41,8 @@ NAN_SAMPLES = {"nan": (9, 12, 14), "nan_first": (1, 4)}
 RAGGED = 12  # ``"ragged"`` data: 12 samples, micro-batches of 8 and 4 rows
 
 PERTURBATIONS = ("none", "sam", "asam", "adversarial_model_perturbation", "awp", "saf", "sam_every_2")
+#: the peer presets (issue 18) on the same engine: radius 0, accumulation and the NaN batch, as the ones above
+PEER_PERTURBATIONS = ("gsam", "wsam", "friendly_sam")
 REWEIGHTERS = ("none", "loss_softmax", "group_dro", "per_sample_ema", "jtt")
 
 
@@ -149,6 +151,12 @@ def perturbation(name: str, zero: bool, sync_ascent: bool = False) -> L.Callback
         return ll.AdversarialModelPerturbation(epsilon=0.1 if z is None else z, **engine)
     if name == "awp":
         return ll.AWP(gamma=0.05 if z is None else z, **engine)
+    if name == "gsam":
+        return ll.GSAM(rho=0.1 if z is None else z, alpha=0.4, **engine)
+    if name == "wsam":
+        return ll.WSAM(rho=0.1 if z is None else z, gamma=0.9, **engine)
+    if name == "friendly_sam":
+        return ll.FriendlySAM(rho=0.1 if z is None else z, sigma=1.0, lmbda=0.9, **engine)
     if name == "saf":
         return ll.SAF(coefficient=0.5 if z is None else z, temperature=2.0, epochs_ago=1, start_epoch=1, num_samples=N)
     raise ValueError(name)

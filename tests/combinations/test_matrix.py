@@ -143,6 +143,8 @@ DDP_CELLS = [
     pytest.param("asam", "loss_softmax", 1, False, id="asam-loss_softmax-k1-ent_off"),
     pytest.param("none", "jtt", 1, False, id="none-jtt-k1-ent_off"),
     pytest.param("saf", "per_sample_ema", 2, True, id="saf-per_sample_ema-k2-ent_on"),
+    pytest.param("gsam", "group_dro", 2, True, id="gsam-group_dro-k2-ent_on"),
+    pytest.param("wsam", "loss_softmax", 2, False, id="wsam-loss_softmax-k2-ent_off"),
 ]
 # DDP broadcasts rank 0's buffers: BatchNorm running statistics are per rank (no SyncBatchNorm). The entropy window
 # is a local sum, but its state dict holds it summed over the ranks (a checkpoint is written from rank 0): compared
@@ -194,3 +196,27 @@ def test_checkpoint_written_in_perturbed_pass_is_unperturbed(pert):
         assert "mix2.weight" in want and "bn.running_mean" in want
         bad = M.differences({k: state[k] for k in want}, want, 0.0)
         assert not bad, f"step {s + 1}: checkpoint written at w + delta holds perturbed {bad}"
+
+
+# ---------------------------------------------------------------- the peer presets (issue 18) in the same cells
+
+
+@pytest.mark.parametrize(("pert", "rew", "k", "ent"), _cells(M.PEER_PERTURBATIONS, ks=(2,)))
+def test_peer_presets_radius_zero_accumulation_and_nan_batch(pert, rew, k, ent):
+    """gsam / wsam / friendly_sam with a reweighter, accumulation k=2, entropy control: radius 0 equals no
+    perturbation (bitwise; GSAM to rounding), k=2 equals one batch of 2x (as the presets above), a NaN micro-batch leaves no trace."""
+    zero = M.run(pert, True, rew, k, M.CHUNK, ent)
+    base = M.run("none", False, rew, k, M.CHUNK, ent)
+    # GSAM's orthogonal part g - (<g, g_p> / |g_p|^2) g_p at g_p = g is 0 up to rounding (1e-14), not bitwise
+    problem = _first_difference(zero, base, 1e-12 if pert == "gsam" else 0.0, STATE)
+    assert problem is None, f"{pert}(radius 0) + {rew} + {ENT_IDS[ent]}: {problem}"
+    micro = M.run(pert, False, rew, k, M.CHUNK, ent)
+    large = M.run(pert, False, rew, 1, k * M.CHUNK, ent)
+    full, state = _accumulation_claim(rew)
+    tol = 1e-6 if ent else 1e-10
+    problem = _first_difference(micro, large, tol, EVERYTHING, full)
+    assert problem is None, f"{pert} + {rew} + {ENT_IDS[ent]}: k=2 x {M.CHUNK} != 1 x {2 * M.CHUNK}: {problem}"
+    nan = M.run(pert, False, rew, k, M.CHUNK, ent, data="nan_first")
+    skip = M.run(pert, False, rew, k, M.CHUNK, ent, data="skip_first")
+    problem = _first_difference(nan, skip, 0.0, EVERYTHING)
+    assert problem is None, f"{pert} + {rew} + {ENT_IDS[ent]}: the NaN micro-batch left a trace: {problem}"
