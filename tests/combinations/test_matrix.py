@@ -204,7 +204,8 @@ def test_checkpoint_written_in_perturbed_pass_is_unperturbed(pert):
 @pytest.mark.parametrize(("pert", "rew", "k", "ent"), _cells(M.PEER_PERTURBATIONS, ks=(2,)))
 def test_peer_presets_radius_zero_accumulation_and_nan_batch(pert, rew, k, ent):
     """gsam / wsam / friendly_sam with a reweighter, accumulation k=2, entropy control: radius 0 equals no
-    perturbation (bitwise; GSAM to rounding), k=2 equals one batch of 2x (as the presets above), a NaN micro-batch leaves no trace."""
+    perturbation (bitwise; GSAM to rounding), k=2 equals one batch of 2x (as the presets above), a NaN micro-batch
+    leaves no trace."""
     zero = M.run(pert, True, rew, k, M.CHUNK, ent)
     base = M.run("none", False, rew, k, M.CHUNK, ent)
     # GSAM's orthogonal part g - (<g, g_p> / |g_p|^2) g_p at g_p = g is 0 up to rounding (1e-14), not bitwise
