@@ -75,7 +75,7 @@ def test_merge_replace_interpolation_and_overrides():
         (
             {"model": {"optimizer": "adam"}},
             [],
-            r"`model.optimizer` must be one of `adamw`, `sgd`, got 'adam'; did you mean `adamw`\?",
+            r"`model.optimizer` must be one of `adamw`, `sgd`, `bsam`, got 'adam'; did you mean `adamw`\?",
         ),
         (
             {"model": {"num_classes": 3}},

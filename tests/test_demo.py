@@ -134,7 +134,7 @@ def test_datamodule_argument_errors(kwargs, match):
         ({"cosine_schedule": "maybe"}, r"`cosine_schedule` must be a bool \(True or False\), got 'maybe'"),
         ({"batch_norm": 1}, r"`batch_norm` must be a bool \(True or False\), got 1"),
         ({"dropout": 1.0}, r"`dropout` must be in \[0.0, 1.0\), got 1.0"),
-        ({"optimizer": "adam"}, r"`optimizer` must be one of `adamw`, `sgd`, got 'adam'; did you mean `adamw`\?"),
+        ({"optimizer": "adam"}, r"`optimizer` must be one of `adamw`, `sgd`, `bsam`, got 'adam'; did you mean `adamw`\?"),
         (  # before allocating: 4 * 10^22 bytes
             {"hidden_dim": 10**11},
             r"^`hidden_dim` = 100000000000 with `depth` = 2 makes a model of 10,000,000,007,600,000,000,010 "
@@ -294,3 +294,35 @@ def test_batch_size_above_the_training_split_fails_in_setup():
     full = DigitsDataModule(batch_size=1259)  # the whole training split in one batch is fine
     full.setup("fit")
     assert len(next(iter(full.train_dataloader()))["target"]) == 1259
+
+
+def test_bsam_optimizer_reads_the_training_split_and_runs_with_the_bsam_preset():
+    import lightning as L
+
+    from lightning_losses.perturbation import BSAM, WeightPerturbation
+
+    model = DigitsClassifier(optimizer="bsam", lr=0.5, weight_decay=1e-3)
+    data = DigitsDataModule(batch_size=64)
+    trainer = L.Trainer(
+        max_steps=3,
+        callbacks=[WeightPerturbation("bsam", rho=0.01)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.fit(model, data)
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, BSAM)
+    group = opt.param_groups[0]
+    assert group["num_data"] == len(data.datasets["train"])
+    assert group["prior_precision"] == pytest.approx(1e-3 * len(data.datasets["train"]))
+    assert all(int(opt.state[p]["step"]) == 3 for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_bsam_optimizer_without_a_training_split_is_refused():
+    model = DigitsClassifier(optimizer="bsam")
+    with pytest.raises(ConfigurationError, match=r"`optimizer` = 'bsam' needs the training-set size: fit with a"):
+        model.configure_optimizers()

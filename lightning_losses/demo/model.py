@@ -18,7 +18,7 @@ from lightning_losses.reweighting.metrics import GroupAccuracy
 
 __all__ = ["DigitsClassifier"]
 
-_OPTIMIZERS = ("adamw", "sgd")
+_OPTIMIZERS = ("adamw", "sgd", "bsam")
 MAX_PARAMETERS = 2**28  # 1 GiB of float32 weights (4 GiB with AdamW's state and the gradients): a digits MLP
 
 
@@ -32,7 +32,10 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         depth: number of hidden layers. Default 2.
         dropout: dropout rate in ``[0, 1)``. Default 0.1.
         batch_norm: add ``BatchNorm1d`` after each hidden layer. Default False.
-        optimizer: ``"adamw"`` or ``"sgd"`` (momentum 0.9). Default ``"adamw"``.
+        optimizer: ``"adamw"``, ``"sgd"`` (momentum 0.9) or ``"bsam"``
+            (:class:`~lightning_losses.perturbation.BSAM` with ``num_data`` = the training split's size and
+            ``prior_precision`` = ``weight_decay`` × ``num_data``; run it with ``WeightPerturbation("bsam")``, or alone
+            for its own two-pass step). Default ``"adamw"``.
         lr: learning rate. Default 3e-3.
         weight_decay: decoupled weight decay. Default 1e-4.
         cosine_schedule: cosine-anneal the LR to 0 over ``trainer.max_epochs``. Default True.
@@ -194,9 +197,24 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def _bsam(self) -> torch.optim.Optimizer:
+        from lightning_losses.perturbation.bsam import BSAM
+
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
+        train = getattr(datamodule, "datasets", {}).get("train")
+        if train is None:
+            raise ConfigurationError(
+                "`optimizer` = 'bsam' needs the training-set size: fit with a `DigitsDataModule` (or a datamodule "
+                "with `datasets['train']`), got no such datamodule"
+            )
+        num_data = len(train)
+        return BSAM(self.parameters(), num_data=num_data, lr=self.lr, prior_precision=self.weight_decay * num_data)
+
     def configure_optimizers(self) -> Any:
         if self.optimizer_name == "sgd":
             opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "bsam":
+            opt = self._bsam()
         else:
             opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         trainer = attached_trainer(self)

@@ -31,6 +31,13 @@ from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, Sigmoi
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
 from lightning_losses.losses.policy import GRPO, PolicyLoss, PPOClip
 from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, PairedLoss, SimPO
+from lightning_losses.losses.preference_named import (
+    LDDPO,
+    DPOAlphaDivergence,
+    DPOForwardKL,
+    DPOJSDivergence,
+    DPOReverseKL,
+)
 from lightning_losses.losses.preference_reference_free import CPO, ORPO, AlphaPO
 from lightning_losses.losses.preference_trl import (
     AOT,
@@ -178,4 +185,9 @@ __all__ = [
     "VNE",
     "VREx",
     "ZLoss",
+    "DPOAlphaDivergence",
+    "DPOForwardKL",
+    "DPOJSDivergence",
+    "DPOReverseKL",
+    "LDDPO",
 ]

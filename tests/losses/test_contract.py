@@ -52,6 +52,13 @@ INPUT_OVERRIDES: dict[str, dict] = {
     "irm_v1": {"group": torch.tensor([0, 1, 0, 1, 1, 0])},
     "vrex": {"group": torch.tensor([0, 1, 0, 1, 1, 0])},
     "coral": {"group": torch.tensor([0, 1, 0, 1, 1, 0])},
+    # LD-DPO (issue 18): token log-probs and answer masks
+    "ld_dpo": {k: -torch.rand(N, T) for k in ("chosen_token_logps", "rejected_token_logps", "ref_chosen_token_logps")}
+    | {
+        "ref_rejected_token_logps": -torch.rand(N, T),
+        "chosen_mask": torch.ones(N, T),
+        "rejected_mask": torch.ones(N, T),
+    },
 }
 
 
