@@ -50,6 +50,23 @@ def _pair(name: str, value: Sequence[float], low: float = 0.0) -> tuple[float, f
     return a, b
 
 
+class _PolicyInputNames:
+    """``input_names()`` of the policy losses, on the class or an instance.
+
+    ``advantages`` and ``mask`` default to ``None`` in ``forward`` only so that ``rewards`` can replace
+    ``advantages``: both are required inputs, except ``advantages`` on an instance with a ``reward_transform``
+    (then ``rewards`` and ``group`` bring what the advantages are computed from).
+    """
+
+    def __get__(self, obj: PolicyLoss | None, owner: type[PolicyLoss]):
+        def input_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+            required, optional = Loss.input_names.__func__(owner)
+            move = ("mask",) if getattr(obj, "reward_transform", None) is not None else ("advantages", "mask")
+            return (*required, *(n for n in optional if n in move)), tuple(n for n in optional if n not in move)
+
+        return input_names
+
+
 class PolicyLoss(Loss):
     r"""Shared hyperparameters of :class:`PPOClip` and :class:`GRPO`.
 
@@ -130,13 +147,7 @@ class PolicyLoss(Loss):
         self.register_buffer("entropy_coef", torch.tensor(coef, dtype=torch.float64))
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
 
-    @classmethod
-    def input_names(cls) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """``mask`` is required; ``advantages`` is optional (``rewards`` replace it with a ``reward_transform``)."""
-        required, optional = super().input_names()
-        if "mask" in optional:  # `mask` defaults to None in the signature only to keep its position after `advantages`
-            required, optional = (*required, "mask"), tuple(n for n in optional if n != "mask")
-        return required, optional
+    input_names = _PolicyInputNames()
 
     def sample_mask(self, *, mask: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
         return mask.bool().any(-1)
