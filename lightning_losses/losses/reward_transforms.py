@@ -154,6 +154,8 @@ class PFPPO(RewardTransform):
     Rewards are unchanged (``[N]``); the weights are
     :func:`~lightning_losses.functional.reward_transforms.pf_ppo_weights` (the paper's filtered-policy draw integrated
     out), scaled by the loss to mean 1 over the global batch. Combines with ``advantages`` from elsewhere (a critic).
+    Without them the loss computes GRPO's group advantages over all of a prompt's responses (the paper's PPO-M
+    baseline with filtration on top); the weights then decide whose terms count.
 
     Args:
         strategy: ``"best_random"`` (BR, default: the paper's best on HumanEval and its math runs), ``"best_worst"``
