@@ -143,6 +143,11 @@ class PolicyLoss(Loss):
         self.seed = check_int("seed", seed, low=0)
         self.reward_transform = None if reward_transform is None else build_reward_transform(reward_transform)
         self.normalize_std = check_bool("normalize_std", normalize_std)
+        if self.normalize_std and getattr(self.reward_transform, "mode", None) == "backward":
+            raise ConfigurationError(
+                "`reward_transform` noisy_reward (mode `backward`) is affine in the reward, so the group "
+                "standardisation cancels it: set `normalize_std: false` (Dr. GRPO) or use mode `forward`"
+            )
         self.uses_entropy = coef > 0 or self.entropy_band is not None  # decided here: no host sync per call
         self.register_buffer("entropy_coef", torch.tensor(coef, dtype=torch.float64))
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))

@@ -115,7 +115,7 @@ class NoisyReward(RewardTransform):
     r"""Corrections for a noisy binary verifier (Cai et al., 2025): ``rewards`` is ``[N]`` in ``{0, 1}``.
 
     ``mode="backward"``: the unbiased surrogate :math:`(\tilde R - \rho_0)/(1 - \rho_0 - \rho_1)`, then GRPO's group
-    advantages (under the standard-deviation division this is GRPO unchanged up to ``ε``: use it with
+    advantages (the standard-deviation division would undo it up to ``ε``, so the policy losses accept it only with
     ``normalize_std=False``, Dr. GRPO, where it rescales the advantages by :math:`1/(1-\rho_0-\rho_1)`).
     ``mode="forward"``: the score-function weights :math:`w_1 = \rho_1`, :math:`w_0 = \rho_1 - 1` used as the
     advantages directly (not group-standardised), needing only :math:`\rho_1`.

@@ -289,6 +289,8 @@ def test_configuration_errors():
         ll.build_reward_transform(torch.nn.Identity())
     with pytest.raises(ConfigurationError, match=r"term `grpo`: unknown reward transform `wcoo`"):
         Objective({"grpo": {"reward_transform": "wcoo"}})
+    with pytest.raises(ConfigurationError, match=r"noisy_reward \(mode `backward`\) is affine in the reward, so"):
+        ll.build_loss("grpo", reward_transform={"name": "noisy_reward", "fn_rate": 0.1, "mode": "backward"})
     with pytest.raises(ConfigurationError, match=r"`normalize_std` must be a bool \(True or False\), got 'no'"):
         ll.build_loss("grpo", normalize_std="no")
 
