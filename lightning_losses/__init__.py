@@ -32,7 +32,16 @@ from lightning_losses.entropy import (
     Tent,
 )
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.losses import LOSSES, Loss, build_loss, list_losses
+from lightning_losses.losses import (
+    LOSSES,
+    REWARD_TRANSFORMS,
+    Loss,
+    RewardTransform,
+    build_loss,
+    build_reward_transform,
+    list_losses,
+    list_reward_transforms,
+)
 from lightning_losses.mixin import LossesMixin
 from lightning_losses.objective import Objective, ObjectiveOutput, Term
 from lightning_losses.perturbation import (
@@ -78,6 +87,7 @@ def extra_listings() -> dict[str, Callable[[], list[str]]]:
 
 _EXTRA_LISTINGS["reweighters"] = list_reweighters
 _EXTRA_LISTINGS["perturbations"] = list_perturbations
+_EXTRA_LISTINGS["reward_transforms"] = list_reward_transforms
 
 
 __all__ = [
@@ -137,4 +147,10 @@ __all__ += [
     "EntropyController",
     "TemperatureScaling",
     "Tent",
+]
+__all__ += [
+    "REWARD_TRANSFORMS",
+    "RewardTransform",
+    "build_reward_transform",
+    "list_reward_transforms",
 ]

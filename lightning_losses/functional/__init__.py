@@ -1,6 +1,6 @@
 """Pure, per-sample functional forms of every loss. Each returns ``[N]`` (or declares itself batch-level)."""
 
-from lightning_losses.functional import lm, policy, preference, reweighting, token
+from lightning_losses.functional import lm, policy, preference, reward_transforms, reweighting, token
 from lightning_losses.functional.aggregation import aggregate_tokens
 from lightning_losses.functional.binary import bce
 from lightning_losses.functional.classification import asymmetric_single_label, cross_entropy, focal, focal_term
@@ -74,6 +74,14 @@ from lightning_losses.functional.regression_robust import (
     quantile,
 )
 from lightning_losses.functional.representation import vne, von_neumann_entropy
+from lightning_losses.functional.reward_transforms import (
+    noisy_reward_backward,
+    noisy_reward_forward,
+    normalize_weights,
+    pf_ppo_weights,
+    uwo,
+    wco,
+)
 from lightning_losses.functional.robust import apl, gce, mae, nce, nfl, rce, sce
 from lightning_losses.functional.segmentation import focal_tversky, jaccard
 from lightning_losses.functional.sigmoid_poly import sigmoid_poly1
@@ -206,4 +214,11 @@ __all__ = [
     "von_neumann_entropy",
     "wpo_log_weights",
     "z_loss",
+    "reward_transforms",
+    "noisy_reward_backward",
+    "noisy_reward_forward",
+    "normalize_weights",
+    "pf_ppo_weights",
+    "uwo",
+    "wco",
 ]

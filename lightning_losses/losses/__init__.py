@@ -64,6 +64,13 @@ from lightning_losses.losses.regression_robust import (
     PseudoHuber,
     Quantile,
 )
+from lightning_losses.losses.reward_transforms import (
+    REWARD_TRANSFORMS,
+    RewardSignal,
+    RewardTransform,
+    build_reward_transform,
+    list_reward_transforms,
+)
 from lightning_losses.losses.robust import APL, GCE, MAE, SCE
 from lightning_losses.losses.segmentation import JSD, FocalTversky, Jaccard, LovaszHinge, LovaszSoftmax
 from lightning_losses.losses.surrogates import OVR, CompSum, Poly1, PolyFocal, Squentropy, TaylorCE
@@ -190,4 +197,9 @@ __all__ = [
     "DPOJSDivergence",
     "DPOReverseKL",
     "LDDPO",
+    "REWARD_TRANSFORMS",
+    "RewardSignal",
+    "RewardTransform",
+    "build_reward_transform",
+    "list_reward_transforms",
 ]

@@ -6,6 +6,12 @@ Inputs: ``logps [N, T]`` (current policy, with gradient), ``old_logps [N, T]`` (
 of the logits, for the entropy bonus). Output: one loss per response ``[N]``; responses without any valid token are
 masked out of the objective's normaliser.
 
+Rewards instead of advantages: with ``reward_transform`` (a name from ``ll.list_reward_transforms()``: ``wco``,
+``uwo``, ``noisy_reward``, ``pf_ppo``; see :mod:`lightning_losses.losses.reward_transforms`) the loss takes
+``rewards`` (``[N]``, or ``[N, K]`` for a reward-model ensemble) and ``group`` (the prompt id of each response),
+transforms them and computes GRPO's group advantages itself; per-response weights (PF-PPO) are scaled to mean 1 over
+the global batch and multiply the per-response loss.
+
 Entropy controls: a fixed bonus (``entropy_coef``), AEnt's clamped entropy (pass ``clamped_entropy(logits, 0.3)``) with
 its adaptive coefficient (``entropy_band``), Clip-Cov and KL-Cov (``cov_control``).
 
@@ -18,16 +24,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from lightning_losses._validation import check_choice, check_int, check_number
+from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.distributed import global_sum
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional import policy as PF
 from lightning_losses.functional.dual_ascent import dual_ascent_step, entropy_error
+from lightning_losses.functional.reward_transforms import normalize_weights
 from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.reward_transforms import RewardTransform, build_reward_transform
 
 __all__ = ["GRPO", "PolicyLoss", "PPOClip"]
 
@@ -39,6 +48,23 @@ def _pair(name: str, value: Sequence[float], low: float = 0.0) -> tuple[float, f
     if a > b:
         raise ConfigurationError(f"`{name}` must be a pair [low, high] with low <= high, got {value!r}")
     return a, b
+
+
+class _PolicyInputNames:
+    """``input_names()`` of the policy losses, on the class or an instance.
+
+    ``advantages`` and ``mask`` default to ``None`` in ``forward`` only so that ``rewards`` can replace
+    ``advantages``: both are required inputs, except ``advantages`` on an instance with a ``reward_transform``
+    (then ``rewards`` and ``group`` bring what the advantages are computed from).
+    """
+
+    def __get__(self, obj: PolicyLoss | None, owner: type[PolicyLoss]):
+        def input_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+            required, optional = Loss.input_names.__func__(owner)
+            move = ("mask",) if getattr(obj, "reward_transform", None) is not None else ("advantages", "mask")
+            return (*required, *(n for n in optional if n in move)), tuple(n for n in optional if n not in move)
+
+        return input_names
 
 
 class PolicyLoss(Loss):
@@ -65,6 +91,12 @@ class PolicyLoss(Loss):
         kl_cov_coef: KL-Cov's coefficient of ``|log π − log π_old|``. Default 1.0 (verl's in-function fallback).
         seed: seed of Clip-Cov's random draw; call ``t`` uses ``seed + t`` on every rank (the call counter is a
             buffer, saved in checkpoints). Default 0.
+        reward_transform: a reward transform (name, ``{name: ..., **arguments}`` mapping or built module), or
+            ``None`` (default: the loss takes ``advantages``). Set, the loss takes ``rewards`` and ``group`` and
+            computes the advantages with :func:`~lightning_losses.functional.policy.group_advantages` from the
+            transformed rewards (a transform that only weights responses, ``pf_ppo``, also accepts ``advantages``).
+        normalize_std: divide the group advantages by the group's standard deviation (GRPO); ``False`` is Dr. GRPO's
+            mean-centring only. Used with ``reward_transform``. Default True.
     """
 
     family = "policy"
@@ -87,6 +119,8 @@ class PolicyLoss(Loss):
         clip_cov_bounds: Sequence[float] = (1.0, 5.0),
         kl_cov_coef: float = 1.0,
         seed: int = 0,
+        reward_transform: str | Mapping[str, Any] | RewardTransform | None = None,
+        normalize_std: bool = True,
         validate_args: bool = True,
     ) -> None:
         super().__init__(validate_args)
@@ -107,9 +141,18 @@ class PolicyLoss(Loss):
         self.clip_cov_bounds = _pair("clip_cov_bounds", clip_cov_bounds, low=-float("inf"))
         self.kl_cov_coef = check_number("kl_cov_coef", kl_cov_coef, low=0.0)
         self.seed = check_int("seed", seed, low=0)
+        self.reward_transform = None if reward_transform is None else build_reward_transform(reward_transform)
+        self.normalize_std = check_bool("normalize_std", normalize_std)
+        if self.normalize_std and getattr(self.reward_transform, "mode", None) == "backward":
+            raise ConfigurationError(
+                "`reward_transform` noisy_reward (mode `backward`) is affine in the reward, so the group "
+                "standardisation cancels it: set `normalize_std: false` (Dr. GRPO) or use mode `forward`"
+            )
         self.uses_entropy = coef > 0 or self.entropy_band is not None  # decided here: no host sync per call
         self.register_buffer("entropy_coef", torch.tensor(coef, dtype=torch.float64))
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    input_names = _PolicyInputNames()
 
     def sample_mask(self, *, mask: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
         return mask.bool().any(-1)
@@ -118,11 +161,24 @@ class PolicyLoss(Loss):
         self,
         logps: torch.Tensor,
         old_logps: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
+        advantages: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
         ref_logps: torch.Tensor | None = None,
         entropy: torch.Tensor | None = None,
+        rewards: torch.Tensor | None = None,
+        group: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if mask is None:
+            raise ValueError("`mask` [N, T] (1 on response tokens) is required")
+        weights = None
+        if self.reward_transform is not None:
+            advantages, weights = self._from_rewards(advantages, rewards, group, mask)
+        elif advantages is None:
+            raise ValueError(
+                "`advantages` ([N] or [N, T]) is required; or set `reward_transform` and pass `rewards` and `group`"
+            )
+        elif rewards is not None:
+            raise ValueError("`rewards` is only used with a `reward_transform` (e.g. 'wco', 'pf_ppo'); none is set")
         wants_entropy = self.uses_entropy
         if wants_entropy and entropy is None:
             raise ValueError("`entropy` [N, T] (per-token entropy with gradient) is required when entropy_coef > 0")
@@ -152,7 +208,38 @@ class PolicyLoss(Loss):
             if self.entropy_band is not None and int(self.calls) >= self.warmup_steps:
                 self._update_entropy_coef(entropy, mask)
             self.calls += 1
-        return out
+        return out if weights is None else out * weights.to(out.dtype)
+
+    def _from_rewards(
+        self,
+        advantages: torch.Tensor | None,
+        rewards: torch.Tensor | None,
+        group: torch.Tensor | None,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Advantages and normalised per-response weights (or ``None``) from ``rewards`` via the reward transform."""
+        transform = self.reward_transform
+        name = type(transform).__name__
+        if rewards is None:
+            raise ValueError(f"`rewards` is required with `reward_transform` ({name}); got none")
+        if advantages is not None and transform.changes_rewards:
+            raise ValueError(
+                f"got both `advantages` and `rewards`: `reward_transform` ({name}) turns the rewards into the "
+                "advantages; pass one of them"
+            )
+        signal = transform(rewards=rewards, group=group)
+        if advantages is None:
+            if not signal.group_normalize:
+                advantages = signal.rewards
+            elif group is None:
+                raise ValueError(
+                    f"`group` [N] (the prompt id of each response) is required to turn `rewards` into GRPO's group "
+                    f"advantages (`reward_transform` {name})"
+                )
+            else:
+                advantages = PF.group_advantages(signal.rewards, group, normalize_std=self.normalize_std)
+        weights = None if signal.weights is None else normalize_weights(signal.weights, mask.bool().any(-1))
+        return advantages, weights
 
     @torch.no_grad()
     def _update_entropy_coef(self, entropy: torch.Tensor, mask: torch.Tensor) -> None:
