@@ -33,6 +33,7 @@ from lightning_losses.functional.policy import (
     ppo_clip,
     token_covariance,
 )
+from lightning_losses.functional.policy_entropy import preserve_clipped_gradients, steer_omega, steer_weights
 from lightning_losses.functional.preference import (
     alphapo,
     aot,
@@ -206,4 +207,7 @@ __all__ = [
     "von_neumann_entropy",
     "wpo_log_weights",
     "z_loss",
+    "preserve_clipped_gradients",
+    "steer_omega",
+    "steer_weights",
 ]

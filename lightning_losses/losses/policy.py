@@ -147,12 +147,25 @@ class PolicyLoss(Loss):
             clip_cov_bounds=self.clip_cov_bounds,
             kl_cov_coef=self.kl_cov_coef,
             generator=generator,
+            **self._ppo_options(logps, old_logps, advantages, mask, entropy),
         )
         if self.training:
             if self.entropy_band is not None and int(self.calls) >= self.warmup_steps:
                 self._update_entropy_coef(entropy, mask)
             self.calls += 1
         return out
+
+    def _ppo_options(
+        self,
+        logps: torch.Tensor,
+        old_logps: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        entropy: torch.Tensor | None,
+    ) -> dict:
+        """More keyword arguments of :func:`~lightning_losses.functional.policy.ppo_clip` (a subclass's own
+        token-level control: STEER's weights, CE-GPPO's clipped-token gradients); none here."""
+        return {}
 
     @torch.no_grad()
     def _update_entropy_coef(self, entropy: torch.Tensor, mask: torch.Tensor) -> None:

@@ -52,6 +52,7 @@ INPUT_OVERRIDES: dict[str, dict] = {
     "irm_v1": {"group": torch.tensor([0, 1, 0, 1, 1, 0])},
     "vrex": {"group": torch.tensor([0, 1, 0, 1, 1, 0])},
     "coral": {"group": torch.tensor([0, 1, 0, 1, 1, 0])},
+    "steer": {"entropy": torch.rand(N, T)},  # STEER (issue 20): the current policy's per-token entropy
 }
 
 
