@@ -47,6 +47,7 @@ from lightning_losses.perturbation import (
     WSAM,
     AdversarialModelPerturbation,
     FriendlySAM,
+    PerpGrad,
     Perturbation,
     Preset,
     PresetCallback,
@@ -138,3 +139,4 @@ __all__ += [
     "TemperatureScaling",
     "Tent",
 ]
+__all__ += ["PerpGrad"]
