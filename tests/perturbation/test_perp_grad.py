@@ -218,25 +218,33 @@ def _distributed_runs() -> dict[str, float]:
     from lightning_losses.distributed import rank
     from tests.sharded import _fsdp2
 
-    recorder = _Recorder()
+    recorder, acc_recorder = _Recorder(), _Recorder()
     ddp = _fsdp2.fit("ddp", [ll.PerpGrad(), recorder])
     fsdp2 = _fsdp2.fit("fsdp2", [ll.PerpGrad()])
     plain = _fsdp2.fit("ddp", [])
     sam_ddp = _fsdp2.fit("ddp", [ll.SAM(rho=0.5, sync_ascent=True), ll.PerpGrad()])
     sam_fsdp2 = _fsdp2.fit("fsdp2", [ll.SAM(rho=0.5, sync_ascent=True), ll.PerpGrad()])
-    # one process on the concatenated batches of the two ranks (Lightning's DistributedSampler shards)
-    shards = [None, None]
-    dist.all_gather_object(shards, recorder.seen)
-    model = _fsdp2.Net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for (x0, y0), (x1, y1) in zip(*shards):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(torch.cat([x0, x1])), torch.cat([y0, y1])).backward()
-        orthogonalize_gradients_(model.parameters())
-        opt.step()
-    single = {n: p.detach().double() for n, p in model.named_parameters()}
+    accumulated = _fsdp2.fit("ddp", [ll.PerpGrad(), acc_recorder], trainer_kw={"accumulate_grad_batches": 2})
+
+    def one_process(seen, k):
+        """One process on the concatenated batches of both ranks, k micro-batches per step."""
+        shards = [None, None]
+        dist.all_gather_object(shards, seen)
+        model = _fsdp2.Net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for step in range(len(seen) // k):
+            parts = [b for shard in shards for b in shard[step * k : (step + 1) * k]]
+            opt.zero_grad()
+            x, y = torch.cat([b[0] for b in parts]), torch.cat([b[1] for b in parts])
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            orthogonalize_gradients_(model.parameters())
+            opt.step()
+        return {n: p.detach().double() for n, p in model.named_parameters()}
+
+    single = one_process(recorder.seen, 1)
     return {
         "ddp_vs_one_process": _max_diff(ddp, single),
+        "accumulated_vs_one_process": _max_diff(accumulated, one_process(acc_recorder.seen, 2)),
         "fsdp2_vs_ddp": _max_diff(fsdp2, ddp),
         "moved": _max_diff(ddp, plain),
         "sam_fsdp2_vs_ddp": _max_diff(sam_fsdp2, sam_ddp),
@@ -249,7 +257,7 @@ def _distributed_runs() -> dict[str, float]:
 @pytest.mark.ddp
 def test_ddp_equals_one_process_and_fsdp2_equals_ddp(ddp):
     for result in ddp.run(_distributed_runs):
-        assert result["ddp_vs_one_process"] < 1e-6, result
+        assert result["ddp_vs_one_process"] < 1e-6 and result["accumulated_vs_one_process"] < 1e-6, result
         assert result["fsdp2_vs_ddp"] < 1e-6 and result["sam_fsdp2_vs_ddp"] < 1e-6, result
         assert result["moved"] > 1e-4 and result["sam_moved"] > 1e-4 and result["steps"] == 3, result
 
