@@ -56,6 +56,7 @@ from lightning_losses.perturbation import (
     WSAM,
     AdversarialModelPerturbation,
     FriendlySAM,
+    PerpGrad,
     Perturbation,
     Preset,
     PresetCallback,
@@ -154,3 +155,4 @@ __all__ += [
     "build_reward_transform",
     "list_reward_transforms",
 ]
+__all__ += ["PerpGrad"]

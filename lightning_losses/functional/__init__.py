@@ -33,6 +33,7 @@ from lightning_losses.functional.policy import (
     ppo_clip,
     token_covariance,
 )
+from lightning_losses.functional.policy_entropy import preserve_clipped_gradients, steer_omega, steer_weights
 from lightning_losses.functional.preference import (
     alphapo,
     aot,
@@ -221,4 +222,7 @@ __all__ = [
     "pf_ppo_weights",
     "uwo",
     "wco",
+    "preserve_clipped_gradients",
+    "steer_omega",
+    "steer_weights",
 ]

@@ -20,6 +20,7 @@ import torch
 from lightning_losses._validation.tensors import upcast_half as _upcast
 from lightning_losses.distributed import all_gather_with_grad, global_sum, rank
 from lightning_losses.functional.aggregation import NORMALIZATIONS, aggregate_tokens  # moved; re-exported here
+from lightning_losses.functional.policy_entropy import preserve_clipped_gradients
 
 __all__ = [
     "NORMALIZATIONS",
@@ -200,6 +201,8 @@ def ppo_clip(
     clip_cov_bounds: tuple[float, float] = (1.0, 5.0),
     kl_cov_coef: float = 1.0,
     generator: torch.Generator | None = None,
+    clip_grad_coefs: tuple[float, float] | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""PPO's clipped surrogate per token, aggregated per response (Schulman et al., 2017), with entropy controls.
 
@@ -214,7 +217,11 @@ def ppo_clip(
     and gradient) of the tokens picked by :func:`clip_cov_selection` among those PPO did not clip; ``"kl_cov"`` drops
     the ratio clipping and adds ``kl_cov_coef · |log π − log π_old|`` on the top-covariance tokens of
     :func:`kl_cov_selection` (verl's ``compute_policy_loss_clip_cov`` / ``_kl_cov``, whose KL coefficient falls back
-    to 1.0: pinned here as ``kl_cov_coef = 1.0``).
+    to 1.0: pinned here as ``kl_cov_coef = 1.0``). ``clip_grad_coefs = (β1, β2)`` gives the clipped tokens CE-GPPO's
+    bounded gradient (:func:`~lightning_losses.functional.policy_entropy.preserve_clipped_gradients`);
+    ``token_weights`` (``[N, T]``, detached, e.g. STEER's
+    :func:`~lightning_losses.functional.policy_entropy.steer_weights`) multiply the policy-gradient term of each token
+    (after clipping and the covariance controls, before the entropy bonus and the KL term).
 
     Example:
         >>> lp = torch.tensor([[-1.0, -2.0]])
@@ -237,6 +244,10 @@ def ppo_clip(
         token = torch.where(top, unclipped + kl_cov_coef * log_ratio.abs(), unclipped)
     else:
         token = torch.maximum(unclipped, clipped)
+        if clip_grad_coefs is not None:
+            token = preserve_clipped_gradients(
+                token, log_ratio, adv, low=1.0 - clip_eps, high=1.0 + high, coefs=clip_grad_coefs
+            )
         if dual_clip is not None:
             token = torch.where(adv < 0, torch.minimum(token, -adv * dual_clip), token)
         if cov_control == "clip_cov":
@@ -244,6 +255,8 @@ def ppo_clip(
             eligible = ~(clipped > unclipped)
             drop = clip_cov_selection(cov, m, eligible, ratio=cov_ratio, bounds=clip_cov_bounds, generator=generator)
             token = torch.where(drop, torch.zeros_like(token), token)
+    if token_weights is not None:
+        token = token * token_weights.detach().to(token.dtype)
     if entropy is not None:
         token = token - entropy_coef * _upcast(entropy)
     if kl_coef:

@@ -30,6 +30,7 @@ from lightning_losses.losses.metric_learning import Circle, EmbeddingLoss, InfoN
 from lightning_losses.losses.multilabel import AnyLoss, Asymmetric, Dice, SigmoidFocal, SoftF1, Tversky
 from lightning_losses.losses.ordinal import HLGauss, OrdinalWasserstein
 from lightning_losses.losses.policy import GRPO, PolicyLoss, PPOClip
+from lightning_losses.losses.policy_entropy import CEGPPO, STEER
 from lightning_losses.losses.preference import DPO, HDPO, IPO, KTO, NPO, RDPO, RPO, PairedLoss, SimPO
 from lightning_losses.losses.preference_named import (
     LDDPO,
@@ -202,4 +203,6 @@ __all__ = [
     "RewardTransform",
     "build_reward_transform",
     "list_reward_transforms",
+    "STEER",
+    "CEGPPO",
 ]

@@ -203,6 +203,7 @@ class PolicyLoss(Loss):
             clip_cov_bounds=self.clip_cov_bounds,
             kl_cov_coef=self.kl_cov_coef,
             generator=generator,
+            **self._ppo_options(logps, old_logps, advantages, mask, entropy),
         )
         if self.training:
             if self.entropy_band is not None and int(self.calls) >= self.warmup_steps:
@@ -240,6 +241,18 @@ class PolicyLoss(Loss):
                 advantages = PF.group_advantages(signal.rewards, group, normalize_std=self.normalize_std)
         weights = None if signal.weights is None else normalize_weights(signal.weights, mask.bool().any(-1))
         return advantages, weights
+
+    def _ppo_options(
+        self,
+        logps: torch.Tensor,
+        old_logps: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        entropy: torch.Tensor | None,
+    ) -> dict:
+        """More keyword arguments of :func:`~lightning_losses.functional.policy.ppo_clip` (a subclass's own
+        token-level control: STEER's weights, CE-GPPO's clipped-token gradients); none here."""
+        return {}
 
     @torch.no_grad()
     def _update_entropy_coef(self, entropy: torch.Tensor, mask: torch.Tensor) -> None:

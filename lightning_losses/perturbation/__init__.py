@@ -25,6 +25,7 @@ from lightning_losses.perturbation.callback import (
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules, frozen_batchnorm, select_parameters
 from lightning_losses.perturbation.manual import perturbed_backward
 from lightning_losses.perturbation.mesa import MESA
+from lightning_losses.perturbation.perp_grad import PerpGrad, orthogonalize_gradients_
 from lightning_losses.perturbation.presets import (
     PERTURBATIONS,
     PRESETS,
@@ -78,4 +79,6 @@ __all__ = [
     "sam",
     "select_parameters",
     "suppressed_logging",
+    "PerpGrad",
+    "orthogonalize_gradients_",
 ]

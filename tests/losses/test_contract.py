@@ -59,6 +59,7 @@ INPUT_OVERRIDES: dict[str, dict] = {
         "chosen_mask": torch.ones(N, T),
         "rejected_mask": torch.ones(N, T),
     },
+    "steer": {"entropy": torch.rand(N, T)},  # STEER (issue 20): the current policy's per-token entropy
 }
 
 
