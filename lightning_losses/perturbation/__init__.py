@@ -23,6 +23,7 @@ from lightning_losses.perturbation.callback import (
     suppressed_logging,
 )
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules, frozen_batchnorm, select_parameters
+from lightning_losses.perturbation.first_order_presets import FAD, GAM, fad, gam
 from lightning_losses.perturbation.manual import perturbed_backward
 from lightning_losses.perturbation.mesa import MESA
 from lightning_losses.perturbation.presets import (
@@ -78,4 +79,8 @@ __all__ = [
     "sam",
     "select_parameters",
     "suppressed_logging",
+    "FAD",
+    "GAM",
+    "fad",
+    "gam",
 ]
