@@ -61,6 +61,11 @@ class FirstOrderPerturbation(Perturbation):
                 f"`select_fraction` (ESAM's data selection) does not apply to the first-order presets, got "
                 f"select_fraction={self.select_fraction!r}"
             )
+        if self.ascent_terms is not None:
+            raise ConfigurationError(
+                f"`ascent_terms` does not apply to the first-order presets (their finite differences take every "
+                f"gradient of one loss), got ascent_terms={self.ascent_terms!r}"
+            )
         self._grads: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None  # g0, g1, g2 within a step
 
     def fd_radius(self, radius: float) -> float:

@@ -1,7 +1,8 @@
 r"""The first-order flatness presets ``gam`` and ``fad`` (:mod:`~lightning_losses.perturbation.first_order`) and their
 callbacks :class:`GAM` and :class:`FAD`. Like every preset they take the engine's options (``every_n_steps``,
 ``probability``, ``reuse_alpha`` (LookSAM), a radius schedule, ``sync_ascent``, ``params``, ...); ``inner_steps``
-stays 1 and ESAM's data selection does not apply.
+stays 1, and neither ESAM's data selection nor ``ascent_terms`` applies (the finite differences need every gradient of
+one loss).
 
 Example:
     >>> import lightning_losses as ll

@@ -237,6 +237,8 @@ def test_arguments_are_validated():
         ll.build_perturbation("gam", inner_steps=2)
     with pytest.raises(ConfigurationError, match=r"^`select_fraction` \(ESAM's data selection\) does not apply"):
         ll.build_perturbation("fad", select_fraction=0.5)
+    with pytest.raises(ConfigurationError, match=r"^`ascent_terms` does not apply to the first-order presets"):
+        ll.build_perturbation("gam", ascent_terms=["task"])
     with pytest.raises(ConfigurationError, match=r"perturbation `gam` got an unexpected argument `norm_rh`; did you"):
         ll.build_perturbation("gam", norm_rh=0.1)
     with pytest.raises(ConfigurationError, match=r"perturbation `fad` got an unexpected argument `gamma`"):
