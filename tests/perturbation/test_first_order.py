@@ -258,3 +258,22 @@ def test_registered_listed_and_buildable_from_a_recipe():
     gam, fad = build_callbacks({"gam": {"rho": 0.03, "norm_rho": 0.2, "every_n_steps": 2}, "fad": None})
     assert isinstance(gam, ll.GAM) and gam.engine.norm_rho == 0.2 and gam.engine.every_n_steps == 2
     assert isinstance(fad, ll.FAD) and fad.engine.beta == 0.5
+
+
+@pytest.mark.parametrize("method", ["gam", "fad"])
+def test_cost_is_four_passes_a_perturbed_step(method):
+    model, (x, y) = tiny_model(), tiny_batch(seed=7, n=8)
+    engine = build_perturbation(method, every_n_steps=2)
+    named, calls = list(model.named_parameters()), []
+
+    def fb(phase):
+        calls.append(phase)
+        model.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss.detach()
+
+    for step in range(4):
+        engine.step(fb, named, step=step)
+    assert calls == ["first", "descent", "descent", "descent", "plain"] * 2
+    assert engine.perturbed_steps == 2
