@@ -2,10 +2,10 @@
 
 Part A (plain PyTorch): a plain step, two forward-backward passes and one optimizer step (``two_passes``: the floor
 of any two-pass method), the engine's presets through ``perturbed_backward``, every-k-th-step SAM, LookSAM,
-randomised SAM, gsam / wsam / friendly_sam / esam (with and without data selection), SAF (a plain step plus the
-trajectory term), MESA (a plain step plus the EMA model's forward and update) and a hand-written two-pass SAM (the usual
-``first_step`` / ``second_step`` loop). Each round runs 20 steps of every configuration interleaved step by step (the
-order rotating; 20 holds whole periods of the every-2nd / 4th / 5th-step schedules).
+randomised SAM, gsam / wsam / friendly_sam / esam (with and without data selection), gam / fad (4 passes), SAF (a
+plain step plus the trajectory term), MESA (a plain step plus the EMA model's forward and update) and a hand-written
+two-pass SAM (the usual ``first_step`` / ``second_step`` loop). Each round runs 20 steps of every configuration
+interleaved step by step (the order rotating; 20 holds whole periods of the every-2nd / 4th / 5th-step schedules).
 Part B (Lightning): ONE ``Trainer.fit`` whose steps switch between a plain automatic-optimization step, the ``SAM``
 and ``AdversarialModelPerturbation`` callbacks (wrapped closure), every-2nd-step SAM, the ``SAF`` callback, and a
 plain / hand-written two-pass SAM step in manual optimization (``automatic_optimization`` toggled per step). Each
@@ -120,6 +120,8 @@ def part_a(args) -> dict[str, list[float]]:
         "friendly_sam": build_perturbation("friendly_sam"),
         "esam_swp": build_perturbation("esam", gamma=1.0),
         "esam": build_perturbation("esam"),  # data selection: the per-sample loss function below
+        "gam": build_perturbation("gam"),  # first-order flatness: 4 passes
+        "fad": build_perturbation("fad"),
     }
 
     engines["sam_no_statistics"].collect_stats = False  # as the callbacks on steps whose logs no logger receives

@@ -66,6 +66,7 @@ from lightning_losses.perturbation import (
     perturbed_backward,
     register_preset,
 )
+from lightning_losses.perturbation.first_order_presets import FAD, GAM
 from lightning_losses.reduction import weighted_mean
 from lightning_losses.registry import Registry
 from lightning_losses.reweighting import (
@@ -140,6 +141,8 @@ __all__ = [
     "list_perturbations",
     "perturbed_backward",
     "register_preset",
+    "FAD",
+    "GAM",
 ]
 __all__ += [
     "CalibrationMonitor",

@@ -23,6 +23,7 @@ from lightning_losses.perturbation.callback import (
     suppressed_logging,
 )
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules, frozen_batchnorm, select_parameters
+from lightning_losses.perturbation.first_order_presets import FAD, GAM, fad, gam
 from lightning_losses.perturbation.manual import perturbed_backward
 from lightning_losses.perturbation.mesa import MESA
 from lightning_losses.perturbation.perp_grad import PerpGrad, orthogonalize_gradients_
@@ -81,4 +82,8 @@ __all__ = [
     "suppressed_logging",
     "PerpGrad",
     "orthogonalize_gradients_",
+    "FAD",
+    "GAM",
+    "fad",
+    "gam",
 ]

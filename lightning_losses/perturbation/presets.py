@@ -13,7 +13,7 @@ only), as davda54/sam and the Adversarial Model Perturbation reference do (the J
 Example:
     >>> import lightning_losses as ll
     >>> ll.list_perturbations()
-    ['adversarial_model_perturbation', 'asam', 'asam_p2', 'awp', 'bsam', 'esam', 'friendly_sam', 'gsam', 'sam', 'wsam']
+    ['adversarial_model_perturbation', 'asam', 'asam_p2', 'awp', 'bsam', 'esam', 'fad', 'friendly_sam', 'gam', 'gsam', 'sam', 'wsam']
     >>> ll.build_perturbation("sam", rho=0.1, every_n_steps=2)
     Perturbation(rule='normalise', radius_mode='global', radius=Constant(value=0.1), scaling=None, inner_steps=1, sync_ascent=False, every_n_steps=2)
 """  # noqa: E501
@@ -67,6 +67,8 @@ class Preset:
         implied: engine options the preset sets but a user may override (AWP's ``params`` / ``min_ndim``).
         doc: the facts of the method (paper, formula, defaults' source): the factory's docstring.
         aliases: other registry names.
+        engine: the engine class (default :class:`~lightning_losses.perturbation.Perturbation`; a subclass adds its own
+            arguments, e.g. ``gam``'s :class:`~lightning_losses.perturbation.first_order.GAMPerturbation`).
     """
 
     name: str
@@ -81,6 +83,12 @@ class Preset:
     implied: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
     aliases: tuple[str, ...] = ()
+    engine: type[Perturbation] | None = None
+
+    @property
+    def engine_parameters(self) -> Mapping[str, inspect.Parameter]:
+        """The arguments of the engine class this preset builds."""
+        return _ENGINE if self.engine is None else inspect.signature(self.engine.__init__).parameters
 
     @property
     def parameters(self) -> list[inspect.Parameter]:
@@ -88,7 +96,10 @@ class Preset:
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
         return [
             inspect.Parameter(
-                k, kind, default=v, annotation="Any" if k == self.radius else _ENGINE[self.renames.get(k, k)].annotation
+                k,
+                kind,
+                default=v,
+                annotation="Any" if k == self.radius else self.engine_parameters[self.renames.get(k, k)].annotation,
             )
             for k, v in self.defaults.items()
         ]
@@ -133,7 +144,8 @@ def _engine(fixed: dict[str, Any], options: dict[str, Any], preset: Preset) -> P
             raise ConfigurationError(f"perturbation `{what}` fixes `{key}`; use the generic engine to change it")
     renamed = {v: k for k, v in preset.renames.items()}
     own = [n for n in preset.defaults if n not in options]
-    engine = [n for n in _ENGINE if n not in ("self", *_FIXED, *renamed)]
+    signature = preset.engine_parameters
+    engine = [n for n in signature if n not in ("self", *_FIXED, *renamed)]
     for key in options:
         if key not in engine and key not in renamed:
             valid = ", ".join(f"`{n}`" for n in own + [e for e in engine if e not in own])
@@ -141,9 +153,10 @@ def _engine(fixed: dict[str, Any], options: dict[str, Any], preset: Preset) -> P
                 f"perturbation `{what}` got an unexpected argument `{key}`{suggest(key, own + engine)} "
                 f"Valid arguments: {valid}"
             )
-    check_kwargs(Perturbation.__init__, options, what=f"perturbation `{what}`", skip=_FIXED)
+    cls = preset.engine or Perturbation
+    check_kwargs(cls.__init__, options, what=f"perturbation `{what}`", skip=_FIXED)
     try:
-        return Perturbation(**fixed, **options)
+        return cls(**fixed, **options)
     except ConfigurationError as err:  # the engine's `radius` is the preset's `rho`, `epsilon`, ...
         message = str(err)
         for engine_name, name in {"radius": preset.radius, **{v: k for k, v in preset.renames.items()}}.items():

@@ -42,7 +42,7 @@ RAGGED = 12  # ``"ragged"`` data: 12 samples, micro-batches of 8 and 4 rows
 
 PERTURBATIONS = ("none", "sam", "asam", "adversarial_model_perturbation", "awp", "saf", "sam_every_2")
 #: the peer presets (issue 18) on the same engine: radius 0, accumulation and the NaN batch, as the ones above
-PEER_PERTURBATIONS = ("gsam", "wsam", "friendly_sam")
+PEER_PERTURBATIONS = ("gsam", "wsam", "friendly_sam", "gam", "fad")
 REWEIGHTERS = ("none", "loss_softmax", "group_dro", "per_sample_ema", "jtt")
 
 
@@ -157,6 +157,10 @@ def perturbation(name: str, zero: bool, sync_ascent: bool = False) -> L.Callback
         return ll.WSAM(rho=0.1 if z is None else z, gamma=0.9, **engine)
     if name == "friendly_sam":
         return ll.FriendlySAM(rho=0.1 if z is None else z, sigma=1.0, lmbda=0.9, **engine)
+    if name == "gam":  # radius 0: both radii
+        return ll.GAM(rho=0.1 if z is None else z, norm_rho=0.2 if z is None else z, gamma=0.3, **engine)
+    if name == "fad":
+        return ll.FAD(rho=0.1 if z is None else z, alpha=0.8, beta=0.7, **engine)
     if name == "saf":
         return ll.SAF(coefficient=0.5 if z is None else z, temperature=2.0, epochs_ago=1, start_epoch=1, num_samples=N)
     raise ValueError(name)

@@ -145,6 +145,8 @@ DDP_CELLS = [
     pytest.param("saf", "per_sample_ema", 2, True, id="saf-per_sample_ema-k2-ent_on"),
     pytest.param("gsam", "group_dro", 2, True, id="gsam-group_dro-k2-ent_on"),
     pytest.param("wsam", "loss_softmax", 2, False, id="wsam-loss_softmax-k2-ent_off"),
+    pytest.param("gam", "group_dro", 2, True, id="gam-group_dro-k2-ent_on"),
+    pytest.param("fad", "per_sample_ema", 1, False, id="fad-per_sample_ema-k1-ent_off"),
 ]
 # DDP broadcasts rank 0's buffers: BatchNorm running statistics are per rank (no SyncBatchNorm). The entropy window
 # is a local sum, but its state dict holds it summed over the ranks (a checkpoint is written from rank 0): compared
@@ -203,13 +205,14 @@ def test_checkpoint_written_in_perturbed_pass_is_unperturbed(pert):
 
 @pytest.mark.parametrize(("pert", "rew", "k", "ent"), _cells(M.PEER_PERTURBATIONS, ks=(2,)))
 def test_peer_presets_radius_zero_accumulation_and_nan_batch(pert, rew, k, ent):
-    """gsam / wsam / friendly_sam with a reweighter, accumulation k=2, entropy control: radius 0 equals no
-    perturbation (bitwise; GSAM to rounding), k=2 equals one batch of 2x (as the presets above), a NaN micro-batch
-    leaves no trace."""
+    """gsam / wsam / friendly_sam / gam / fad with a reweighter, accumulation k=2, entropy control: radius 0 equals no
+    perturbation (bitwise; GSAM and GAM to rounding), k=2 equals one batch of 2x (as the presets above), a NaN
+    micro-batch leaves no trace."""
     zero = M.run(pert, True, rew, k, M.CHUNK, ent)
     base = M.run("none", False, rew, k, M.CHUNK, ent)
-    # GSAM's orthogonal part g - (<g, g_p> / |g_p|^2) g_p at g_p = g is 0 up to rounding (1e-14), not bitwise
-    problem = _first_difference(zero, base, 1e-12 if pert == "gsam" else 0.0, STATE)
+    # GSAM's orthogonal part g - (<g, g_p> / |g_p|^2) g_p at g_p = g is 0 up to rounding (1e-14), not bitwise; so
+    # are GAM's alpha g + (1 - alpha) g and its orthogonal part
+    problem = _first_difference(zero, base, 1e-12 if pert in ("gsam", "gam") else 0.0, STATE)
     assert problem is None, f"{pert}(radius 0) + {rew} + {ENT_IDS[ent]}: {problem}"
     micro = M.run(pert, False, rew, k, M.CHUNK, ent)
     large = M.run(pert, False, rew, 1, k * M.CHUNK, ent)

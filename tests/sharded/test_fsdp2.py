@@ -55,6 +55,8 @@ CASES = {
         ],
         {"indexed": True, "steps": 3, "trainer_kw": {"accumulate_grad_batches": 2}},
     ),
+    "gam": (lambda: [ll.GAM(rho=0.5, norm_rho=0.5, gamma=0.3, **_SYNC)], {}),
+    "fad": (lambda: [ll.FAD(rho=0.5, alpha=0.8, beta=0.7, **_SYNC)], {}),
 }
 
 
