@@ -85,7 +85,7 @@ class STEER(PolicyLoss):
         super().__init__(
             clip_eps, clip_eps_high, dual_clip, normalization, entropy_coef, entropy_band, entropy_coef_lr,
             entropy_coef_bounds, warmup_steps, kl_coef, cov_control, cov_ratio, clip_cov_bounds, kl_cov_coef, seed,
-            validate_args,
+            validate_args=validate_args,
         )  # fmt: skip
         self.mapping = check_choice("mapping", mapping, STEER_MAPPINGS)
         self.weight_min = check_number("weight_min", weight_min, low=0.0, high=1.0, low_open=True)
@@ -169,7 +169,7 @@ class CEGPPO(PolicyLoss):
         super().__init__(
             clip_eps, clip_eps_high, dual_clip, normalization, entropy_coef, entropy_band, entropy_coef_lr,
             entropy_coef_bounds, warmup_steps, kl_coef, cov_control, cov_ratio, clip_cov_bounds, kl_cov_coef, seed,
-            validate_args,
+            validate_args=validate_args,
         )  # fmt: skip
         if self.cov_control == "kl_cov":
             raise ConfigurationError(
