@@ -207,3 +207,8 @@ __all__ = [
     "wpo_log_weights",
     "z_loss",
 ]
+
+# memorization-aware training (issue 20)
+from lightning_losses.functional.mat import mat_joint, mat_loss, mat_shift  # noqa: E402
+
+__all__ += ["mat_joint", "mat_loss", "mat_shift"]

@@ -179,3 +179,8 @@ __all__ = [
     "VREx",
     "ZLoss",
 ]
+
+# memorization-aware training (issue 20)
+from lightning_losses.losses.mat import MAT  # noqa: E402
+
+__all__ += ["MAT"]
