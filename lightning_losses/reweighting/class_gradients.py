@@ -100,7 +100,7 @@ class PerClassNormalized(Reweighter):
                 raise ValueError(f"reweighter `{self.strategy}`: `{self.features}` must have shape [{n}, D], got {got}")
             inputs_ = torch.cat([feats.detach().to(torch.float64), ones], 1)
         # G[c] = sum over class-c samples of grad_i (outer) [h_i, 1], without an [N, C, C, D] intermediate
-        by_class = (onehot.unsqueeze(2) * grad.unsqueeze(1)).reshape(n, -1)  # [N, C * C]
+        by_class = (onehot.unsqueeze(2) * grad.unsqueeze(1)).reshape(n, num_classes * num_classes)
         class_grad = (by_class.T @ inputs_).reshape(num_classes, num_classes, inputs_.shape[1])
         return {"class_grad": class_grad, "class_count": onehot.sum(0)}
 
