@@ -97,7 +97,8 @@ def main() -> None:
         wg = [v[0] for v in vals]
         sd = statistics.stdev(wg) if len(wg) > 1 else 0.0
         per_seed = ", ".join(f"{v:.3f}" for v in wg)
-        print(f"| {name} | {statistics.mean(wg):.3f} ± {sd:.3f} | {per_seed} | {statistics.mean(v[1] for v in vals):.3f} |")
+        acc = statistics.mean(v[1] for v in vals)
+        print(f"| {name} | {statistics.mean(wg):.3f} ± {sd:.3f} | {per_seed} | {acc:.3f} |")
 
 
 if __name__ == "__main__":

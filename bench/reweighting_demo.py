@@ -42,7 +42,11 @@ SETUPS = {
         "test/worst_group_acc",
         ["erm", "group_dro"],
     ),
-    "imbalanced": (["data.imbalance=20"], "test/balanced_acc", ["erm", "class_balanced", "ema_class_loss", "per_class_normalized"]),
+    "imbalanced": (
+        ["data.imbalance=20"],
+        "test/balanced_acc",
+        ["erm", "class_balanced", "ema_class_loss", "per_class_normalized"],
+    ),
 }
 
 

@@ -238,3 +238,56 @@ def test_two_processes_equal_one_process_on_the_global_batch(ddp):
         torch.testing.assert_close(g, grad[rows])
         torch.testing.assert_close(second, value.detach()[rows])
         torch.testing.assert_close(table, loss.held_out_logits(torch.arange(15))[0])  # every rank: the whole table
+
+
+_PROJECTION = torch.randn(64, 10, generator=torch.Generator().manual_seed(3))
+
+
+def test_trainer_crash_and_resume_keeps_the_table_written_from_batches(tmp_path):
+    """The table is written from the batches of epoch 0 only; a crash at epoch 2 and a resume from the last
+    checkpoint give the weights of an uninterrupted fit (the checkpoint carries the table)."""
+    import lightning as L
+
+    from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+
+    class HeldOutInEpochZero(DigitsClassifier):
+        def objective_tensors(self, logits, batch, embeddings=None):
+            out = super().objective_tensors(logits, batch, embeddings)
+            if self.training and self.current_epoch == 0:
+                out["held_out_logits"] = batch["x"] @ _PROJECTION
+            return out
+
+    class Crash(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise RuntimeError("crash")
+
+    def fit(callbacks=(), ckpt_path=None):
+        L.seed_everything(0, verbose=False)
+        model = HeldOutInEpochZero(dropout=0.0, objective={"mat": {"num_classes": 10, "temperature": 2.0}})
+        trainer = L.Trainer(
+            max_epochs=4,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_train_batches=3,
+            limit_val_batches=0,
+            deterministic=True,
+            default_root_dir=tmp_path,
+            callbacks=list(callbacks),
+            enable_checkpointing=bool(callbacks),
+        )
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=32, shuffle=False), ckpt_path=ckpt_path)
+        return model
+
+    straight = fit()
+    assert int(straight.objective.losses["mat"].held_out_logits(torch.arange(96))[1].sum()) == 96
+    saving = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    with pytest.raises(RuntimeError, match="crash"):
+        fit([saving, Crash()])
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert int((state["objective.losses.mat._extra_state"]["store"]["stamp"] >= 0).sum()) == 96
+    resumed = fit(ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)
