@@ -14,11 +14,13 @@ In training, the calibration matrix :math:`J` (:mod:`lightning_losses.functional
 batch** (index, target and mask gathered at one sync point, the rows read from the replicated store), so DDP on k
 ranks gives each sample the shift of one process on the concatenated batch. A sample without a held-out row takes no
 part in :math:`J` and gets no shift (plain cross entropy). In evaluation (``module.eval()``: validation, test) the loss
-is the plain cross entropy of the unshifted logits, as the reference evaluates its model.
+is the plain cross entropy of the unshifted logits, as the reference evaluates its model. With gradient
+accumulation the calibration is per micro-batch (the reference calibrates on each mini-batch).
 
-Non-finite held-out rows are never written (counted in ``nonfinite``). A step skipped after the write leaves its rows
-written: they are data (the same sample always gets the same held-out logits), so writing them again is a no-op.
-The table is saved with the module (``get_extra_state``): a checkpoint of the ``LightningModule`` carries it.
+Non-finite held-out rows (counted in ``nonfinite``) and the rows of samples whose label is ``ignore_index`` are never
+written. A step skipped after the write leaves its rows written: they are data (the same sample always gets the same
+held-out logits), so writing them again is a no-op. The table is saved with the module (``get_extra_state``): a
+checkpoint of the ``LightningModule`` carries it.
 """
 
 from __future__ import annotations
@@ -152,8 +154,8 @@ class MAT(LabelLoss):
         g_valid = synced["valid"].bool()
         if "rows" in synced:
             finite = torch.isfinite(synced["rows"]).all(-1)
-            self._nonfinite = self._nonfinite + (~finite).sum()
-            self._write(g_index, synced["rows"], finite)
+            self._nonfinite = self._nonfinite + (g_valid & ~finite).sum()
+            self._write(g_index, synced["rows"], finite & g_valid)  # ignored labels write nothing
         rows, seen = self.held_out_logits(g_index)
         joint = MF.mat_joint(rows, g_target, self.num_classes, self.temperature, g_valid & seen)
         local_rows, local_seen = self.held_out_logits(index)

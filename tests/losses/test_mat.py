@@ -129,6 +129,14 @@ def test_ignored_labels_count_nowhere():
     assert got[[2, 5]].tolist() == [0.0, 0.0]
 
 
+def test_rows_of_ignored_labels_are_not_written():
+    loss = ll.build_loss("mat", num_classes=2)
+    rows = torch.tensor([[1.0, 0.0], [float("nan"), 2.0]])
+    loss(logits=torch.zeros(2, 2), target=torch.tensor([-100, -100]), index=torch.tensor([0, 1]), held_out_logits=rows)
+    assert not loss.held_out_logits(torch.tensor([0, 1]))[1].any()
+    assert int(loss.nonfinite) == 0
+
+
 def test_evaluation_is_the_plain_cross_entropy():
     logits, target, held_out = _data()
     loss = ll.build_loss("mat", num_classes=3).eval()
