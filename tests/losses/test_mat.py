@@ -299,3 +299,18 @@ def test_trainer_crash_and_resume_keeps_the_table_written_from_batches(tmp_path)
     resumed = fit(ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     for a, b in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu():
+    logits, target, held_out = _data()
+    cpu = ll.build_loss("mat", num_classes=3, temperature=0.3)
+    expected = cpu(logits=logits, target=target, index=torch.arange(11), held_out_logits=held_out)
+    gpu = ll.build_loss("mat", num_classes=3, temperature=0.3)
+    got = gpu(
+        logits=logits.cuda(), target=target.cuda(), index=torch.arange(11).cuda(), held_out_logits=held_out.cuda()
+    )
+    torch.testing.assert_close(got.cpu(), expected)
+    torch.testing.assert_close(
+        gpu(logits=logits.cuda(), target=target.cuda(), index=torch.arange(11).cuda()).cpu(), expected
+    )

@@ -135,3 +135,19 @@ def test_two_processes_equal_one_process_on_the_global_batch(ddp):
         losses=torch.zeros(13, dtype=torch.float64), logits=logits, target=target, embeddings=h
     )
     torch.testing.assert_close(torch.cat(per_rank), full)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu():
+    h, weight, bias, target = _head()
+    logits = (h @ weight.T + bias).detach()
+    expected = ll.build_reweighter("per_class_normalized", features="embeddings")(
+        losses=torch.zeros(13, dtype=torch.float64), logits=logits, target=target, embeddings=h
+    )
+    got = ll.build_reweighter("per_class_normalized", features="embeddings")(
+        losses=torch.zeros(13, dtype=torch.float64, device="cuda"),
+        logits=logits.cuda(),
+        target=target.cuda(),
+        embeddings=h.cuda(),
+    )
+    torch.testing.assert_close(got.cpu(), expected)
