@@ -42,7 +42,17 @@ SETUPS = {
         "test/worst_group_acc",
         ["erm", "group_dro"],
     ),
-    "imbalanced": (["data.imbalance=20"], "test/balanced_acc", ["erm", "class_balanced", "ema_class_loss"]),
+    "imbalanced": (
+        ["data.imbalance=20"],
+        "test/balanced_acc",
+        ["erm", "class_balanced", "ema_class_loss", "per_class_normalized"],
+    ),
+    # per-class normalised gradients with class-balanced oversampling (the paper's PCNSGD+O)
+    "imbalanced+balanced": (
+        ["data.imbalance=20", "data.sampler=balanced_classes"],
+        "test/balanced_acc",
+        ["erm", "per_class_normalized"],
+    ),
 }
 
 

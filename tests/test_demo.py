@@ -134,7 +134,10 @@ def test_datamodule_argument_errors(kwargs, match):
         ({"cosine_schedule": "maybe"}, r"`cosine_schedule` must be a bool \(True or False\), got 'maybe'"),
         ({"batch_norm": 1}, r"`batch_norm` must be a bool \(True or False\), got 1"),
         ({"dropout": 1.0}, r"`dropout` must be in \[0.0, 1.0\), got 1.0"),
-        ({"optimizer": "adam"}, r"`optimizer` must be one of `adamw`, `sgd`, `bsam`, got 'adam'; did you mean `adamw`\?"),
+        (
+            {"optimizer": "adam"},
+            r"`optimizer` must be one of `adamw`, `sgd`, `bsam`, got 'adam'; did you mean `adamw`\?",
+        ),
         (  # before allocating: 4 * 10^22 bytes
             {"hidden_dim": 10**11},
             r"^`hidden_dim` = 100000000000 with `depth` = 2 makes a model of 10,000,000,007,600,000,000,010 "

@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
             "_state",
             "schedules",
             "slots",
+            "sample_store",
         ),
     ),
     ("functional", ("functional",)),

@@ -226,3 +226,8 @@ __all__ = [
     "steer_omega",
     "steer_weights",
 ]
+
+# memorization-aware training (issue 20)
+from lightning_losses.functional.mat import mat_joint, mat_loss, mat_shift  # noqa: E402
+
+__all__ += ["mat_joint", "mat_loss", "mat_shift"]

@@ -206,3 +206,8 @@ __all__ = [
     "STEER",
     "CEGPPO",
 ]
+
+# memorization-aware training (issue 20)
+from lightning_losses.losses.mat import MAT  # noqa: E402
+
+__all__ += ["MAT"]

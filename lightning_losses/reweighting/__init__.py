@@ -68,3 +68,8 @@ __all__ = [
 from lightning_losses.reweighting.preference import WPO  # noqa: E402
 
 __all__ += ["WPO"]
+
+# per-class normalised gradients (issue 20)
+from lightning_losses.reweighting.class_gradients import PerClassNormalized  # noqa: E402
+
+__all__ += ["PerClassNormalized"]

@@ -30,6 +30,7 @@ REQUIRED_ARGS: dict[str, dict] = {
     "sub_center_arcface": {"num_classes": C, "embedding_size": D},
     "proxy_anchor": {"num_classes": C, "embedding_size": D},
     "ldam": {"samples_per_class": [100, 20, 5, 1]},  # issue 18: the class counts set the margins
+    "mat": {"num_classes": C},  # issue 20: the width of the held-out logits table
 }
 
 # Inputs for losses whose family pool does not fit (extra optional inputs they need, other shapes).
@@ -60,6 +61,7 @@ INPUT_OVERRIDES: dict[str, dict] = {
         "rejected_mask": torch.ones(N, T),
     },
     "steer": {"entropy": torch.rand(N, T)},  # STEER (issue 20): the current policy's per-token entropy
+    "mat": {"index": torch.arange(N)},  # issue 20: dataset positions keying the held-out table
 }
 
 
