@@ -56,6 +56,7 @@ from lightning_losses.perturbation import (
     perturbed_backward,
     register_preset,
 )
+from lightning_losses.perturbation import UDIM, EntropySGD
 from lightning_losses.reduction import weighted_mean
 from lightning_losses.registry import Registry
 from lightning_losses.reweighting import (
@@ -137,4 +138,6 @@ __all__ += [
     "EntropyController",
     "TemperatureScaling",
     "Tent",
+    "EntropySGD",
+    "UDIM",
 ]

@@ -1,5 +1,6 @@
 """Weight perturbation: one engine (:class:`Perturbation`), presets by name, pure functions, Lightning callbacks,
-and :class:`SAF` / :class:`MESA` (sharpness-aware trajectory losses at the cost of a plain step).
+and :class:`SAF` / :class:`MESA` (sharpness-aware trajectory losses at the cost of a plain step), :class:`EntropySGD`
+(Langevin inner loop on the local entropy) and :class:`UDIM` (SAM plus worst-case input perturbation).
 
 Example:
     >>> import lightning_losses as ll
@@ -40,6 +41,8 @@ from lightning_losses.perturbation.presets import (
 )
 from lightning_losses.perturbation.sam_variants import bsam, esam, friendly_sam, gsam, wsam
 from lightning_losses.perturbation.trajectory import SAF
+from lightning_losses.perturbation.entropy_sgd import EntropySGD
+from lightning_losses.perturbation.udim import UDIM
 
 __all__ = [
     "ASAM",
@@ -78,4 +81,6 @@ __all__ = [
     "sam",
     "select_parameters",
     "suppressed_logging",
+    "EntropySGD",
+    "UDIM",
 ]
