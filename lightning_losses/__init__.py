@@ -56,7 +56,8 @@ from lightning_losses.perturbation import (
     perturbed_backward,
     register_preset,
 )
-from lightning_losses.perturbation import UDIM, EntropySGD
+from lightning_losses.perturbation.entropy_sgd import EntropySGD
+from lightning_losses.perturbation.udim import UDIM
 from lightning_losses.reduction import weighted_mean
 from lightning_losses.registry import Registry
 from lightning_losses.reweighting import (

@@ -24,6 +24,7 @@ from lightning_losses.perturbation.callback import (
     suppressed_logging,
 )
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules, frozen_batchnorm, select_parameters
+from lightning_losses.perturbation.entropy_sgd import EntropySGD
 from lightning_losses.perturbation.manual import perturbed_backward
 from lightning_losses.perturbation.mesa import MESA
 from lightning_losses.perturbation.presets import (
@@ -41,7 +42,6 @@ from lightning_losses.perturbation.presets import (
 )
 from lightning_losses.perturbation.sam_variants import bsam, esam, friendly_sam, gsam, wsam
 from lightning_losses.perturbation.trajectory import SAF
-from lightning_losses.perturbation.entropy_sgd import EntropySGD
 from lightning_losses.perturbation.udim import UDIM
 
 __all__ = [

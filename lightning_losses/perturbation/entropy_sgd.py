@@ -233,7 +233,9 @@ class EntropySGD(MixinCallback):
             torch._foreach_add_(direction, pull, alpha=-gamma)
             torch._foreach_add_(params, direction, alpha=-self.inner_lr)
             if self.noise > 0:
-                torch._foreach_add_(params, self._noise(trainer, params), alpha=-self.noise * math.sqrt(2 * self.inner_lr))
+                torch._foreach_add_(
+                    params, self._noise(trainer, params), alpha=-self.noise * math.sqrt(2 * self.inner_lr)
+                )
             torch._foreach_lerp_(mu, [p.detach() for p in params], 1.0 - self.beta1)
         for p in params:
             p.grad = None
