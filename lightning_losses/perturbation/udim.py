@@ -87,7 +87,8 @@ def project_inputs(
     shape = (-1,) + (1,) * (grad.ndim - 1)
     g = grad.to(torch.float32) if grad.dtype in (torch.float16, torch.bfloat16) else grad
     gnorm = torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1).reshape(shape)
-    moved = current + (step * g / (gnorm + eps)).to(current.dtype)
+    # a sample whose input gradient is not finite (fp16 overflow) stays where it is; no host sync
+    moved = current + torch.where(torch.isfinite(gnorm), step * g / (gnorm + eps), 0.0).to(current.dtype)
     delta = moved - origin
     dnorm = torch.linalg.vector_norm(delta.reshape(delta.shape[0], -1).to(gnorm.dtype), dim=1).reshape(shape)
     return origin + delta * (radius / torch.clamp(dnorm, min=radius)).to(delta.dtype)
@@ -142,7 +143,9 @@ class UDIM(WeightPerturbation):
         if not (input is None or callable(input) or isinstance(input, (str, int))) or isinstance(input, bool):
             raise ConfigurationError(f"UDIM `input` must be a key, an index, a callable or None, got {input!r}")
         self.input = input
-        self.options.update(rho=rho, rho_x=rho_x, lmbda=lmbda, input_steps=input_steps, input=repr(input))
+        # a callable is named by its qualified name: its repr holds an address, and the state key must be stable
+        named = getattr(input, "__qualname__", type(input).__name__) if callable(input) else input
+        self.options.update(rho=rho, rho_x=rho_x, lmbda=lmbda, input_steps=input_steps, input=named)
         self._batch: Any = None
 
     @override

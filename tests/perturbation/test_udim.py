@@ -189,3 +189,24 @@ def test_ddp_with_sync_ascent_equals_one_process_on_the_concatenated_batch(ddp):
         for k in w0:
             torch.testing.assert_close(w0[k], w1[k], atol=0, rtol=0, msg=k)
             torch.testing.assert_close(w0[k], expected[k], atol=1e-10, rtol=0, msg=k)
+
+
+def _first(batch):
+    return batch[0]
+
+
+def test_state_key_is_stable_for_a_callable_input():
+    def make():
+        return ll.UDIM(input=lambda batch: batch[0])
+
+    assert make().state_key == make().state_key  # two lambdas from the same place: the same checkpoint key
+    assert "'_first'" in ll.UDIM(input=_first).state_key
+
+
+def test_non_finite_input_gradient_leaves_that_sample_unperturbed():
+    from lightning_losses.perturbation.udim import project_inputs
+
+    x = torch.zeros(3, 2)
+    grad = torch.tensor([[1.0, 0.0], [float("inf"), 1.0], [0.0, float("nan")]])
+    out = project_inputs(x.clone(), x, grad, step=0.5, radius=0.5)
+    torch.testing.assert_close(out, torch.tensor([[0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]))
