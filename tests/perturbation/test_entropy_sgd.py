@@ -116,10 +116,16 @@ def test_crash_and_resume_matches_uninterrupted_run(tmp_path):
 def test_checkpoint_and_validation_inside_an_outer_step_see_x(tmp_path):
     """A validation run mid outer step (val_check_interval in batches) evaluates x; x' is put back afterwards."""
     seen = []
+    initial = Tiny().net[0].weight.detach().double()  # the same seeded initialisation as `model`'s
 
     class Probe(L.Callback):
         def on_validation_start(self, trainer, pl_module):
             seen.append(pl_module.net[0].weight.detach().clone())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:  # 2 of the first outer step's 3 inner steps taken: the weights are x'
+                assert not torch.allclose(pl_module.net[0].weight, initial)
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
 
     class WithVal(Tiny):
         def validation_step(self, batch, batch_idx):
@@ -136,6 +142,8 @@ def test_checkpoint_and_validation_inside_an_outer_step_see_x(tmp_path):
     x1, _ = esgd_reference([_batches(24, 4)[:3]], **{k: v for k, v in KW.items() if k != "noise"})
     # validation after batch 4 (inside the second outer step) sees x after the first outer step
     assert any(torch.allclose(s, x1["net.0.weight"], atol=1e-10, rtol=0) for s in seen)
+    saved = torch.load(tmp_path / "mid.ckpt", weights_only=False)["state_dict"]["net.0.weight"]
+    torch.testing.assert_close(saved, initial, atol=0, rtol=0)  # the checkpoint holds x, not the Langevin iterate
 
 
 def _ddp_run(kw):
