@@ -67,6 +67,8 @@ from lightning_losses.perturbation import (
     register_preset,
 )
 from lightning_losses.perturbation.first_order_presets import FAD, GAM
+from lightning_losses.perturbation.entropy_sgd import EntropySGD
+from lightning_losses.perturbation.udim import UDIM
 from lightning_losses.reduction import weighted_mean
 from lightning_losses.registry import Registry
 from lightning_losses.reweighting import (
@@ -151,6 +153,8 @@ __all__ += [
     "EntropyController",
     "TemperatureScaling",
     "Tent",
+    "EntropySGD",
+    "UDIM",
 ]
 __all__ += [
     "REWARD_TRANSFORMS",

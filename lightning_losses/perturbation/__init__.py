@@ -1,5 +1,6 @@
 """Weight perturbation: one engine (:class:`Perturbation`), presets by name, pure functions, Lightning callbacks,
-and :class:`SAF` / :class:`MESA` (sharpness-aware trajectory losses at the cost of a plain step).
+and :class:`SAF` / :class:`MESA` (sharpness-aware trajectory losses at the cost of a plain step), :class:`EntropySGD`
+(Langevin inner loop on the local entropy) and :class:`UDIM` (SAM plus worst-case input perturbation).
 
 Example:
     >>> import lightning_losses as ll
@@ -24,6 +25,7 @@ from lightning_losses.perturbation.callback import (
 )
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules, frozen_batchnorm, select_parameters
 from lightning_losses.perturbation.first_order_presets import FAD, GAM, fad, gam
+from lightning_losses.perturbation.entropy_sgd import EntropySGD
 from lightning_losses.perturbation.manual import perturbed_backward
 from lightning_losses.perturbation.mesa import MESA
 from lightning_losses.perturbation.perp_grad import PerpGrad, orthogonalize_gradients_
@@ -42,6 +44,7 @@ from lightning_losses.perturbation.presets import (
 )
 from lightning_losses.perturbation.sam_variants import bsam, esam, friendly_sam, gsam, wsam
 from lightning_losses.perturbation.trajectory import SAF
+from lightning_losses.perturbation.udim import UDIM
 
 __all__ = [
     "ASAM",
@@ -86,4 +89,6 @@ __all__ = [
     "GAM",
     "fad",
     "gam",
+    "EntropySGD",
+    "UDIM",
 ]

@@ -220,6 +220,11 @@ class WeightPerturbation(MixinCallback):
         """Forward-backward of the step's earlier micro-batches at the current weights (:func:`passes.replay`)."""
         replay(trainer, module, optimizer, self._batches[:-1], type(self).__name__)
 
+    def descent_pass(self, trainer: Any, optimizer: Any, closure: Any, transform: Any) -> torch.Tensor | None:
+        """The descent pass at :math:`w + \\delta` (:func:`passes.rerun`); a subclass may run more passes here
+        (:class:`~lightning_losses.perturbation.udim.UDIM`: the batch's inputs perturbed)."""
+        return rerun(closure, transform)
+
     def wrap_closure(self, module: Any, optimizer: Any, closure: Any) -> Any:
         """The ``"step"`` plug-in hook called by :meth:`LossesMixin.optimizer_step`."""
         trainer = module.trainer
@@ -264,6 +269,8 @@ class WeightPerturbation(MixinCallback):
                 if len(self._batches) > 1:
                     self._replay(trainer, module, optimizer)
                 select = phase == "descent" and fraction < 1.0 and before
+                if phase == "descent":
+                    return self.descent_pass(trainer, torch_opt, closure, selected if select else None)
                 return rerun(closure, selected if select else None)
 
         def wrapped() -> torch.Tensor | None:
