@@ -66,8 +66,8 @@ from lightning_losses.perturbation import (
     perturbed_backward,
     register_preset,
 )
-from lightning_losses.perturbation.first_order_presets import FAD, GAM
 from lightning_losses.perturbation.entropy_sgd import EntropySGD
+from lightning_losses.perturbation.first_order_presets import FAD, GAM
 from lightning_losses.perturbation.udim import UDIM
 from lightning_losses.reduction import weighted_mean
 from lightning_losses.registry import Registry

@@ -24,8 +24,8 @@ from lightning_losses.perturbation.callback import (
     suppressed_logging,
 )
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules, frozen_batchnorm, select_parameters
-from lightning_losses.perturbation.first_order_presets import FAD, GAM, fad, gam
 from lightning_losses.perturbation.entropy_sgd import EntropySGD
+from lightning_losses.perturbation.first_order_presets import FAD, GAM, fad, gam
 from lightning_losses.perturbation.manual import perturbed_backward
 from lightning_losses.perturbation.mesa import MESA
 from lightning_losses.perturbation.perp_grad import PerpGrad, orthogonalize_gradients_
