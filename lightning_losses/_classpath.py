@@ -1,7 +1,9 @@
 """Recipe sections that name a class by import path, as LightningCLI does: ``{class_path: pkg.Cls, init_args: {...}}``
 or the short forms ``pkg.Cls`` (no arguments) and ``{class_path: pkg.Cls, key: value}`` (arguments beside it).
 
-A ``model`` / ``data`` section without ``class_path`` holds the arguments of the bundled demo class.
+A ``model`` / ``data`` section without ``class_path`` holds the arguments of the bundled demo class. The class is
+imported here (a misspelt name gets the nearest one); its arguments are checked and nested class specs built by
+jsonargparse (:func:`lightning_losses._jsonargs.parse_init_args`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_losses._validation import check_annotated, qualify, suggest
+from lightning_losses._jsonargs import parse_init_args
+from lightning_losses._validation import qualify, suggest
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.registry import check_kwargs
 
 __all__ = ["has_class_path", "import_class", "instantiate", "split_class_spec"]
 
@@ -64,8 +66,9 @@ def instantiate(value: Any, key: str, base: type | tuple[type, ...] | None = Non
     """Build the object a class spec names; ``linked`` arguments are added where the class accepts them."""
     path, kwargs = split_class_spec(value, key)
     cls = import_class(path, f"{key}.class_path" if isinstance(value, Mapping) else key, base)
-    check_kwargs(cls.__init__, kwargs, what=f"`{key}` ({cls.__name__})")
-    check_annotated(cls.__init__, kwargs, prefix=f"{key}.init_args")
+    kwargs = parse_init_args(
+        cls, kwargs, what=f"`{key}` ({cls.__name__})", prefix=f"{key}.init_args", skip=tuple(linked)
+    )
     try:
         return cls(**kwargs, **linked)
     except ConfigurationError as err:
