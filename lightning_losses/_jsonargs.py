@@ -16,14 +16,23 @@ Kept by hand, because jsonargparse alone would make the check weaker or the mess
 * jsonargparse reads a *string* as YAML where the type asks for something else (``"yes"`` -> ``True``, ``"3"`` ->
   ``3``, ``"[1, 2]"`` -> a list). A recipe's values are typed by YAML / OmegaConf already, so a string that reaches a
   ``bool`` / number / list argument was quoted or misspelt (``--trainer.enable_progress_bar yes``): refused, as
-  before. jsonargparse also lets ``None`` through for any type; refused unless the hint or the default admits it;
+  before; a string where the hint admits one (``int | str``) is passed on as written, not read as a number.
+  jsonargparse also lets ``None`` through for any type; refused unless the hint or the default admits it;
 * a class whose ``__init__`` takes ``**kwargs`` that jsonargparse cannot follow to a parent class receives the names
   jsonargparse does not know as given (the class's own call then checks them), as before; where jsonargparse follows
   them (``super().__init__(**kwargs)``), an unknown name fails with the nearest valid one.
+
+Not here: the library's own parts by registry name (``objective`` terms, ``callbacks: {sam: ...}``, schedules) keep
+their registries' checks (:func:`lightning_losses.registry.check_kwargs` and each component's range checks, which
+say more than a type does); ``logger: wandb`` checks ``wandb.init``'s arguments, which no signature of the logger
+lists (:mod:`lightning_losses._loggers`); a ``trainer.strategy`` / ``accelerator`` *name* is checked against
+Lightning's registries (:mod:`lightning_losses._recipe_checks`), since its type is just ``str``.
 """
 
 from __future__ import annotations
 
+import enum
+import functools
 import inspect
 import re
 import types
@@ -37,6 +46,7 @@ from lightning_losses.errors import ConfigurationError
 __all__ = ["parse_init_args"]
 
 _NEST = "init"  # the group the class's arguments are parsed under
+_VALUE_MODULES = ("builtins", "datetime", "pathlib", "decimal", "fractions", "uuid")  # classes given as plain values
 
 
 def parse_init_args(
@@ -56,14 +66,7 @@ def parse_init_args(
     """
     import warnings
 
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "unable to resolve parameters of a **kwargs": treated below
-        added = parser.add_class_arguments(cls, _NEST, instantiate=False, fail_untyped=False, skip=set(skip))
-    known = [key.split(".", 1)[1] for key in added]
-    hints = _hints(cls, parser)
+    parser, known, hints, admits_none = _parser(cls, tuple(skip))
     unknown = [key for key in kwargs if key not in known]
     # `**kwargs` that jsonargparse followed to a parent class (it then lists the parent's names): unknown names fail
     followed = set(known) - set(_own_params(cls))
@@ -81,7 +84,7 @@ def parse_init_args(
     except Exception as err:  # noqa: BLE001 - jsonargparse's ArgumentError (argparse's), or a TypeError from a hint
         raise _one_line(err, given, hints, what=what, prefix=prefix) from None
     for key, value in given.items():
-        _refuse_coercion(f"{prefix}.{key}", value, parsed[_NEST][key], hints.get(key), _default(cls, key))
+        _refuse_coercion(f"{prefix}.{key}", value, parsed[_NEST][key], hints.get(key), admits_none[key])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -90,20 +93,37 @@ def parse_init_args(
         raise ConfigurationError(f"`{prefix}`: {err}") from None
     except Exception as err:  # noqa: BLE001 - a nested class's own checks (ValueError, TypeError, ...)
         raise ConfigurationError(f"{what}: {' '.join(str(err).split())}") from None
-    return {**{key: built[key] for key in given}, **{key: kwargs[key] for key in unknown}}
+    # a string where the hint admits one stays as written (jsonargparse reads `"3"` for `int | str` as 3)
+    keep = [key for key, value in given.items() if isinstance(value, str) and str in _union_args(hints.get(key))]
+    return {**{key: built[key] for key in given}, **{key: kwargs[key] for key in [*keep, *unknown]}}
 
 
-def _hints(cls: type, parser: Any) -> dict[str, Any]:
-    """The type hint of each argument: the signature's as written (its order in messages), else jsonargparse's."""
+@functools.lru_cache(maxsize=64)
+def _parser(cls: type, skip: tuple[str, ...]) -> tuple[Any, list[str], dict[str, Any], dict[str, bool]]:
+    """jsonargparse's parser for ``cls`` (made once per class: a Trainer's takes a few tenths of a second), the
+    argument names, their type hints (the signature's as written, for their order in messages, else jsonargparse's)
+    and whether each may be ``None`` by its default."""
+    import warnings
+
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "unable to resolve parameters of a **kwargs": treated by the caller
+        added = parser.add_class_arguments(cls, _NEST, instantiate=False, fail_untyped=False, skip=set(skip))
+    known = [key.split(".", 1)[1] for key in added]
     try:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # noqa: BLE001 - unresolvable annotations
         hints = {}
+    admits_none = {}
     for action in parser._actions:
         name = action.dest.split(".", 1)[1] if action.dest.startswith(f"{_NEST}.") else ""
-        if name and "." not in name and getattr(action, "_typehint", None) is not None:
-            hints.setdefault(name, action._typehint)
-    return hints
+        if name in known:
+            if getattr(action, "_typehint", None) is not None:
+                hints.setdefault(name, action._typehint)
+            admits_none[name] = not action.required and action.default is None
+    return parser, known, hints, admits_none
 
 
 def _own_params(cls: type) -> list[str]:
@@ -119,14 +139,6 @@ def _takes_var_keyword(cls: type) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-
-
-def _default(cls: type, key: str) -> Any:
-    try:
-        param = inspect.signature(cls.__init__).parameters.get(key)
-    except (TypeError, ValueError):
-        param = None
-    return inspect.Parameter.empty if param is None else param.default
 
 
 def _canonical(value: Any) -> Any:
@@ -154,12 +166,17 @@ def _expected(hint: Any) -> str:
     return "a bool (True or False)" if hint is bool else describe_type(hint)
 
 
-def _refuse_coercion(key: str, given: Any, parsed: Any, hint: Any, default: Any) -> None:
+def _refuse_coercion(key: str, given: Any, parsed: Any, hint: Any, none_by_default: bool) -> None:
     """See the module docstring: a string read as YAML into another type, or ``None`` the hint does not admit."""
-    if hint is None or hint is Any:
+    args = _union_args(hint)
+    if hint is None or Any in args:
         return
-    coerced = isinstance(given, str) and (parsed is None or isinstance(parsed, (bool, int, float, list, dict, tuple)))
-    admits_none = default is None or any(arg is type(None) or arg is Any for arg in _union_args(hint))
+    coerced = (
+        isinstance(given, str)
+        and str not in args
+        and (parsed is None or isinstance(parsed, (bool, int, float, list, dict, tuple)))
+    )
+    admits_none = none_by_default or type(None) in args
     if coerced or (given is None and not admits_none):
         raise ConfigurationError(f"`{key}` must be {_expected(hint)}, got {given!r}")
 
@@ -171,7 +188,7 @@ def _class_types(hint: Any) -> tuple[type, ...]:
         origin = typing.get_origin(arg)
         if origin in (list, tuple, typing.Union) or origin is types.UnionType:
             found += _class_types(typing.get_args(arg)[0]) if typing.get_args(arg) else []
-        elif isinstance(arg, type) and arg.__module__ != "builtins" and arg not in (type(None),):
+        elif isinstance(arg, type) and arg.__module__ not in _VALUE_MODULES and not issubclass(arg, enum.Enum):
             found.append(arg)
     return tuple(found)
 

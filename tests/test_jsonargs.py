@@ -70,6 +70,30 @@ def test_parse_init_args_simple_types_unions_literals():
             parse_init_args(F, kwargs, what="`f`", prefix="f")
 
 
+class Base:
+    def __init__(self, k: int = None, name: int | str = 0) -> None:  # noqa: RUF013 - an implicit Optional, on purpose
+        self.k, self.name = k, name
+
+
+class Child(Base):
+    def __init__(self, extra: float = 1.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+
+
+class Keeps:
+    def __init__(self, a: int = 0, **kwargs) -> None:  # keeps what it does not know (not passed on)
+        self.kwargs = kwargs
+
+
+def test_parse_init_args_follows_kwargs_and_keeps_strings_a_hint_admits():
+    assert parse_init_args(Child, {"k": None, "name": "3"}, what="`c`", prefix="c") == {"k": None, "name": "3"}
+    with pytest.raises(ll.ConfigurationError, match=r"^`c` got an unexpected argument `kk`; did you mean `k`\?"):
+        parse_init_args(Child, {"kk": 1}, what="`c`", prefix="c")  # a parent's name, through `**kwargs`
+    with pytest.raises(ll.ConfigurationError, match=r"^`c.k` must be int or None, got 'x'$"):
+        parse_init_args(Child, {"k": "x"}, what="`c`", prefix="c")
+    assert parse_init_args(Keeps, {"a": 1, "zz": "x"}, what="`k`", prefix="k") == {"a": 1, "zz": "x"}
+
+
 @pytest.mark.parametrize(
     ("recipe", "match"),
     [
