@@ -43,7 +43,7 @@ from typing import Any
 from lightning_losses._validation import describe_type, suggest
 from lightning_losses.errors import ConfigurationError
 
-__all__ = ["parse_init_args"]
+__all__ = ["accepted_names", "parse_init_args"]
 
 _NEST = "init"  # the group the class's arguments are parsed under
 _VALUE_MODULES = ("builtins", "datetime", "pathlib", "decimal", "fractions", "uuid")  # classes given as plain values
@@ -96,6 +96,11 @@ def parse_init_args(
     # a string where the hint admits one stays as written (jsonargparse reads `"3"` for `int | str` as 3)
     keep = [key for key, value in given.items() if isinstance(value, str) and str in _union_args(hints.get(key))]
     return {**{key: built[key] for key in given}, **{key: kwargs[key] for key in [*keep, *unknown]}}
+
+
+def accepted_names(cls: type) -> list[str]:
+    """The argument names jsonargparse finds for ``cls``: its own and those its ``**kwargs`` pass to a parent class."""
+    return list(_parser(cls, ())[1])
 
 
 @functools.lru_cache(maxsize=64)

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_losses._classpath import has_class_path, import_class, instantiate, split_class_spec
-from lightning_losses._jsonargs import parse_init_args
+from lightning_losses._jsonargs import accepted_names, parse_init_args
 from lightning_losses._loggers import build_loggers
 from lightning_losses._recipe_checks import (
     callback_keys,
@@ -117,7 +117,8 @@ def _build_model(spec: Any, datamodule: Any, objective: dict[str, Any]) -> Any:
         cls, kwargs = DigitsClassifier, _plain(spec) or {}
         if not isinstance(kwargs, dict):
             raise ConfigurationError(f"recipe key `model` must be a mapping, got {kwargs!r}")
-    params = inspect.signature(cls.__init__).parameters
+    # its own arguments and those its `**kwargs` pass on to a parent class (as jsonargparse follows them)
+    params = {*inspect.signature(cls.__init__).parameters, *accepted_names(cls)}
     linked: dict[str, Any] = {}
     for name in LINKED:
         if name in params and getattr(datamodule, name, None) is not None:

@@ -158,6 +158,15 @@ def test_nested_class_specs_are_built(tmp_path, monkeypatch):
     assert model.widths == [4, 5] and model.lr == 0.5 and model.net[0].out_features == 6
 
 
+def test_data_sizes_reach_a_model_that_passes_them_on_through_kwargs(tmp_path, monkeypatch):
+    """`num_features` / `num_classes` are OwnNet's, reached through TypedNet's `**kwargs`: linked from the data."""
+    monkeypatch.chdir(tmp_path)
+    recipe = {**_model(), "data": {"class_path": "tests.helpers.own_model.TinyData", "init_args": {"num_features": 5}}}
+    assert build_run(load_recipe(recipe)).model.net[0].in_features == 5
+    with pytest.raises(ll.ConfigurationError, match=r"^`model.num_classes` is set from the recipe's `data`"):
+        build_run(load_recipe(recipe, ["model.num_classes=3"]))
+
+
 def test_a_bad_nested_value_on_the_command_line_exits_2_in_one_line(tmp_path, monkeypatch, capsys):
     import lightning as L
 
