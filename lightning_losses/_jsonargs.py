@@ -40,10 +40,11 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_losses._validation import describe_type, suggest
+from lightning_losses._classpath import import_class, split_class_spec
+from lightning_losses._validation import describe_type, qualify, suggest
 from lightning_losses.errors import ConfigurationError
 
-__all__ = ["accepted_names", "parse_init_args"]
+__all__ = ["accepted_names", "instantiate", "parse_init_args"]
 
 _NEST = "init"  # the group the class's arguments are parsed under
 _VALUE_MODULES = ("builtins", "datetime", "pathlib", "decimal", "fractions", "uuid")  # classes given as plain values
@@ -96,6 +97,21 @@ def parse_init_args(
     # a string where the hint admits one stays as written (jsonargparse reads `"3"` for `int | str` as 3)
     keep = [key for key, value in given.items() if isinstance(value, str) and str in _union_args(hints.get(key))]
     return {**{key: built[key] for key in given}, **{key: kwargs[key] for key in [*keep, *unknown]}}
+
+
+def instantiate(value: Any, key: str, base: type | tuple[type, ...] | None = None, **linked: Any) -> Any:
+    """Build the object a class spec names; ``linked`` arguments are added where the class accepts them."""
+    path, kwargs = split_class_spec(value, key)
+    cls = import_class(path, f"{key}.class_path" if isinstance(value, Mapping) else key, base)
+    kwargs = parse_init_args(
+        cls, kwargs, what=f"`{key}` ({cls.__name__})", prefix=f"{key}.init_args", skip=tuple(linked)
+    )
+    try:
+        return cls(**kwargs, **linked)
+    except ConfigurationError as err:
+        raise qualify(key, err) from None
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(f"`{key}` ({cls.__name__}): {' '.join(str(err).split())}") from None
 
 
 def accepted_names(cls: type) -> list[str]:
@@ -202,8 +218,6 @@ def _explain_class_spec(key: str, value: Any, hint: Any) -> None:
     """Raise the one-line error of a ``{class_path, init_args}`` value (or a list of them) that jsonargparse refused:
     the class (imported with a near-match suggestion and checked against the hint) or its arguments (parsed the same
     way as the outer class, so the message names the innermost key). Returns if no such reason is found."""
-    from lightning_losses._classpath import import_class, split_class_spec
-
     bases = _class_types(hint)
     if not bases:
         return

@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_losses._classpath import has_class_path, import_class, instantiate, split_class_spec
-from lightning_losses._jsonargs import accepted_names, parse_init_args
+from lightning_losses._classpath import has_class_path, import_class, split_class_spec
+from lightning_losses._jsonargs import accepted_names, instantiate, parse_init_args
 from lightning_losses._loggers import build_loggers
 from lightning_losses._recipe_checks import (
     callback_keys,
