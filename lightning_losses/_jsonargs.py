@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lightning_losses._classpath import import_class, split_class_spec
-from lightning_losses._validation import describe_type, qualify, suggest
+from lightning_losses._validation import describe_type, nearest, qualify, suggest
 from lightning_losses.errors import ConfigurationError
 
 __all__ = ["accepted_names", "instantiate", "parse_init_args"]
@@ -183,8 +183,14 @@ def _union_args(hint: Any) -> tuple[Any, ...]:
     return (hint,)
 
 
-def _expected(hint: Any) -> str:
-    return "a bool (True or False)" if hint is bool else describe_type(hint)
+def _wrong_type(key: str, hint: Any, value: Any) -> ConfigurationError:
+    """ "`key` must be <the hint in words>, got <value>", with the nearest choice for a misspelt ``Literal`` string."""
+    expected = "a bool (True or False)" if hint is bool else describe_type(hint)
+    choices = [c for arg in _union_args(hint) if typing.get_origin(arg) is typing.Literal for c in typing.get_args(arg)]
+    match = nearest(value, [c for c in choices if isinstance(c, str)]) if isinstance(value, str) else None
+    return ConfigurationError(
+        f"`{key}` must be {expected}, got {value!r}" + (f"; did you mean `{match}`?" if match else "")
+    )
 
 
 def _refuse_coercion(key: str, given: Any, parsed: Any, hint: Any, none_by_default: bool) -> None:
@@ -199,7 +205,7 @@ def _refuse_coercion(key: str, given: Any, parsed: Any, hint: Any, none_by_defau
     )
     admits_none = none_by_default or type(None) in args
     if coerced or (given is None and not admits_none):
-        raise ConfigurationError(f"`{key}` must be {_expected(hint)}, got {given!r}")
+        raise _wrong_type(key, hint, given)
 
 
 def _class_types(hint: Any) -> tuple[type, ...]:
@@ -251,7 +257,7 @@ def _one_line(err: Exception, given: dict[str, Any], hints: dict[str, Any], *, w
         except ConfigurationError as explained:
             return explained
         if dotted == name and hints.get(name) is not None:
-            return ConfigurationError(f"`{key}` must be {_expected(hints[name])}, got {given[name]!r}")
+            return _wrong_type(key, hints[name], given[name])
         reason = " ".join(line.strip() for line in text.splitlines()[1:] if line.strip())
         return ConfigurationError(f"`{prefix}.{dotted}`: {reason or text}, got {given[name]!r}")
     return ConfigurationError(f"{what}: {' '.join(text.split())}")

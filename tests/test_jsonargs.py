@@ -62,6 +62,7 @@ def test_parse_init_args_simple_types_unions_literals():
         ({"flag": 0}, r"^`f.flag` must be a bool \(True or False\), got 0$"),
         ({"flag": "yes"}, r"^`f.flag` must be a bool \(True or False\), got 'yes'$"),
         ({"mode": "c"}, r"^`f.mode` must be one of 'a', 'b' or None, got 'c'$"),
+        ({"mode": "bb"}, r"^`f.mode` must be one of 'a', 'b' or None, got 'bb'; did you mean `b`\?$"),
         ({"when": 3}, r"^`f.when` must be str or timedelta or None, got 3$"),
         ({"obj": "x"}, r"^`f.obj` must be timedelta or None, got 'x'$"),
         ({"nn": 1}, r"^`f` got an unexpected argument `nn`; did you mean `n`\? Valid arguments: `n`, `x`, `flag`"),
@@ -139,6 +140,19 @@ def test_parse_init_args_follows_kwargs_and_keeps_strings_a_hint_admits():
             r"^`logger.init_args.flush_logs_every_n_steps` must be int, got 'x'$",
         ),
         (
+            {
+                "trainer": {
+                    "strategy": {
+                        "class_path": "lightning.pytorch.strategies.DDPStrategy",
+                        "init_args": {"start_method": "fork2"},
+                    }
+                }
+            },
+            r"^`trainer.strategy.init_args.start_method` must be one of 'popen', 'spawn', 'fork', 'forkserver', got "
+            r"'fork2'; did you mean `fork`\?$",
+        ),
+        (None, r"^`trainer.precision` must be one of .*, got '16-mixd'; did you mean `16-mixed`\?$"),
+        (
             {"trainer": {"plugins": [{"class_path": "lightning.pytorch.plugins.TorchCheckpointIOO"}]}},
             r"^`trainer.plugins\[0\].class_path`: module `lightning.pytorch.plugins` has no `TorchCheckpointIOO`; did",
         ),
@@ -147,7 +161,7 @@ def test_parse_init_args_follows_kwargs_and_keeps_strings_a_hint_admits():
 def test_values_are_checked_against_type_hints_before_training(recipe, match, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ll.ConfigurationError, match=match):
-        build_run(load_recipe(recipe))
+        build_run(load_recipe(recipe, [] if recipe else ["trainer.precision=16-mixd"]))
 
 
 def test_nested_class_specs_are_built(tmp_path, monkeypatch):
