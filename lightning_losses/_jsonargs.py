@@ -90,8 +90,8 @@ def parse_init_args(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             built = parser.instantiate(parsed)[_NEST]
-    except ConfigurationError as err:
-        raise ConfigurationError(f"`{prefix}`: {err}") from None
+    except ConfigurationError as err:  # a nested class of the library's: its message names its own argument
+        raise qualify(prefix, err) from None
     except Exception as err:  # noqa: BLE001 - a nested class's own checks (ValueError, TypeError, ...)
         raise ConfigurationError(f"{what}: {' '.join(str(err).split())}") from None
     # a string where the hint admits one stays as written (jsonargparse reads `"3"` for `int | str` as 3)

@@ -1,8 +1,11 @@
 """A loaded recipe -> data, model, callbacks, loggers and trainer (:func:`build_run`), every check before training.
 
 ``model`` / ``data`` are the bundled demo's arguments, or any ``LightningModule`` / ``LightningDataModule`` by import
-path (:mod:`lightning_losses._classpath`). A model's ``num_features`` / ``num_classes`` come from the datamodule when
-the model takes them and the datamodule has them; ``objective`` goes to the model's ``objective`` argument, or to
+path (:mod:`lightning_losses._classpath`). Every class's arguments (data, model, trainer, callbacks and loggers by
+``class_path``, and classes nested in them) are checked against its signature and type hints, and nested class specs
+built, by jsonargparse (:mod:`lightning_losses._jsonargs`). A model's ``num_features`` / ``num_classes`` come from
+the datamodule when the model takes them (also through ``**kwargs`` passed to a parent class) and the datamodule has
+them; ``objective`` goes to the model's ``objective`` argument, or to
 :meth:`~lightning_losses.LossesMixin.configure_objective` for a model that uses the mixin without taking it.
 """
 
