@@ -1,7 +1,9 @@
 """Recipe sections that name a class by import path, as LightningCLI does: ``{class_path: pkg.Cls, init_args: {...}}``
 or the short forms ``pkg.Cls`` (no arguments) and ``{class_path: pkg.Cls, key: value}`` (arguments beside it).
 
-A ``model`` / ``data`` section without ``class_path`` holds the arguments of the bundled demo class.
+A ``model`` / ``data`` section without ``class_path`` holds the arguments of the bundled demo class. The class is
+imported here (a misspelt name gets the nearest one); its arguments are checked, nested class specs built and the
+object made by :func:`lightning_losses._jsonargs.instantiate` (on jsonargparse).
 """
 
 from __future__ import annotations
@@ -10,11 +12,10 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from lightning_losses._validation import check_annotated, qualify, suggest
+from lightning_losses._validation import suggest
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.registry import check_kwargs
 
-__all__ = ["has_class_path", "import_class", "instantiate", "split_class_spec"]
+__all__ = ["has_class_path", "import_class", "split_class_spec"]
 
 
 def has_class_path(value: Any) -> bool:
@@ -58,17 +59,3 @@ def split_class_spec(value: Any, key: str) -> tuple[str, dict[str, Any]]:
     if both:
         raise ConfigurationError(f"`{key}` sets `{both[0]}` both beside `class_path` and in `init_args`; keep one")
     return value["class_path"], {**dict(init_args), **extra}
-
-
-def instantiate(value: Any, key: str, base: type | tuple[type, ...] | None = None, **linked: Any) -> Any:
-    """Build the object a class spec names; ``linked`` arguments are added where the class accepts them."""
-    path, kwargs = split_class_spec(value, key)
-    cls = import_class(path, f"{key}.class_path" if isinstance(value, Mapping) else key, base)
-    check_kwargs(cls.__init__, kwargs, what=f"`{key}` ({cls.__name__})")
-    check_annotated(cls.__init__, kwargs, prefix=f"{key}.init_args")
-    try:
-        return cls(**kwargs, **linked)
-    except ConfigurationError as err:
-        raise qualify(key, err) from None
-    except (TypeError, ValueError) as err:
-        raise ConfigurationError(f"`{key}` ({cls.__name__}): {' '.join(str(err).split())}") from None

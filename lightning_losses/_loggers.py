@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_losses._validation import check_bool, check_choice, qualify, suggest
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.registry import check_kwargs
 
 __all__ = ["LOGGERS", "build_logger", "build_loggers"]
 
@@ -68,8 +67,9 @@ def build_logger(spec: Any, save_dir: str) -> Any:
 
         kwargs.setdefault("save_dir", save_dir)
         kwargs.setdefault("name", "lightning_losses")
-        check_kwargs(CSVLogger.__init__, kwargs, what="`logger` (csv)")
-        return CSVLogger(**kwargs)
+        from lightning_losses._jsonargs import parse_init_args
+
+        return CSVLogger(**parse_init_args(CSVLogger, kwargs, what="`logger` (csv)", prefix="logger"))
     return _wandb_logger(kwargs, save_dir)
 
 
@@ -163,7 +163,9 @@ def build_loggers(spec: Any, save_dir: str) -> Any:
         cls = import_class(path, "logger.class_path", base=Logger)
         if "save_dir" in inspect.signature(cls.__init__).parameters:
             kwargs.setdefault("save_dir", save_dir)
-        check_kwargs(cls.__init__, kwargs, what=f"`logger` ({cls.__name__})")
+        from lightning_losses._jsonargs import parse_init_args
+
+        kwargs = parse_init_args(cls, kwargs, what=f"`logger` ({cls.__name__})", prefix="logger.init_args")
         try:
             return cls(**kwargs)
         except Exception as err:  # noqa: BLE001 - the logger's own argument checks

@@ -1,8 +1,11 @@
 """A loaded recipe -> data, model, callbacks, loggers and trainer (:func:`build_run`), every check before training.
 
 ``model`` / ``data`` are the bundled demo's arguments, or any ``LightningModule`` / ``LightningDataModule`` by import
-path (:mod:`lightning_losses._classpath`). A model's ``num_features`` / ``num_classes`` come from the datamodule when
-the model takes them and the datamodule has them; ``objective`` goes to the model's ``objective`` argument, or to
+path (:mod:`lightning_losses._classpath`). Every class's arguments (data, model, trainer, callbacks and loggers by
+``class_path``, and classes nested in them) are checked against its signature and type hints, and nested class specs
+built, by jsonargparse (:mod:`lightning_losses._jsonargs`). A model's ``num_features`` / ``num_classes`` come from
+the datamodule when the model takes them (also through ``**kwargs`` passed to a parent class) and the datamodule has
+them; ``objective`` goes to the model's ``objective`` argument, or to
 :meth:`~lightning_losses.LossesMixin.configure_objective` for a model that uses the mixin without taking it.
 """
 
@@ -16,7 +19,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_losses._classpath import has_class_path, import_class, instantiate, split_class_spec
+from lightning_losses._classpath import has_class_path, import_class, split_class_spec
+from lightning_losses._jsonargs import accepted_names, instantiate, parse_init_args
 from lightning_losses._loggers import build_loggers
 from lightning_losses._recipe_checks import (
     callback_keys,
@@ -25,9 +29,8 @@ from lightning_losses._recipe_checks import (
     check_top_level,
     check_trainer,
 )
-from lightning_losses._validation import check_annotated, qualify
+from lightning_losses._validation import qualify
 from lightning_losses.errors import ConfigurationError
-from lightning_losses.registry import check_kwargs
 
 __all__ = ["DEFAULT_OBJECTIVE", "Run", "build_run"]
 
@@ -95,7 +98,7 @@ def _build_data(spec: Any) -> Any:
     kwargs = _plain(spec)
     if not isinstance(kwargs, dict):
         raise ConfigurationError(f"recipe key `data` must be a mapping, got {kwargs!r}")
-    check_kwargs(DigitsDataModule.__init__, kwargs, what="recipe section `data`")
+    kwargs = parse_init_args(DigitsDataModule, kwargs, what="recipe section `data`", prefix="data")
     try:
         datamodule = DigitsDataModule(**kwargs)
         datamodule.setup("fit")  # milliseconds; checks the split sizes against the batch size
@@ -117,7 +120,8 @@ def _build_model(spec: Any, datamodule: Any, objective: dict[str, Any]) -> Any:
         cls, kwargs = DigitsClassifier, _plain(spec) or {}
         if not isinstance(kwargs, dict):
             raise ConfigurationError(f"recipe key `model` must be a mapping, got {kwargs!r}")
-    params = inspect.signature(cls.__init__).parameters
+    # its own arguments and those its `**kwargs` pass on to a parent class (as jsonargparse follows them)
+    params = {*inspect.signature(cls.__init__).parameters, *accepted_names(cls)}
     linked: dict[str, Any] = {}
     for name in LINKED:
         if name in params and getattr(datamodule, name, None) is not None:
@@ -134,9 +138,8 @@ def _build_model(spec: Any, datamodule: Any, objective: dict[str, Any]) -> Any:
             f"`objective` configures a model that uses `lightning_losses.LossesMixin`; `{cls.__qualname__}` does not "
             "(put `ll.LossesMixin` first in its bases and call `self.compute_loss`, or remove `objective`)"
         )
-    check_kwargs(cls.__init__, kwargs, what="recipe section `model`")
-    if cls is not DigitsClassifier:  # (the demo checks its own arguments, with their ranges)
-        check_annotated(cls.__init__, kwargs, prefix="model.init_args")
+    prefix = "model.init_args" if has_class_path(spec) else "model"
+    kwargs = parse_init_args(cls, kwargs, what="recipe section `model`", prefix=prefix, skip=tuple(linked))
     try:
         model = cls(**kwargs, **linked)
     except ConfigurationError as err:
@@ -159,36 +162,6 @@ def _trainer_callbacks(spec: Any) -> list[Any]:
         return []
     items = spec if isinstance(spec, list) else [spec]
     return [instantiate(item, f"trainer.callbacks[{i}]", base=Callback) for i, item in enumerate(items)]
-
-
-TRAINER_OBJECTS = {  # trainer key -> the base class a ``{class_path, init_args}`` value must name (as LightningCLI)
-    "strategy": "lightning.pytorch.strategies.Strategy",
-    "accelerator": "lightning.pytorch.accelerators.Accelerator",
-    "profiler": "lightning.pytorch.profilers.Profiler",
-    "plugins": None,
-}
-
-
-def _trainer_objects(trainer_kwargs: dict[str, Any]) -> None:
-    """Build, in place, the ``trainer`` values given as ``{class_path, init_args}``: ``strategy`` (e.g.
-    ``ModelParallelStrategy`` with its mesh sizes), ``accelerator``, ``profiler`` and each of ``plugins``.
-
-    A plain string stays a registry name for Lightning to resolve.
-    """
-    for key, base_path in TRAINER_OBJECTS.items():
-        value = trainer_kwargs.get(key)
-        base = import_class(base_path, key) if base_path else None
-        if isinstance(value, list) and key == "plugins":
-            trainer_kwargs[key] = [
-                instantiate(item, f"trainer.{key}[{i}]", base=base) if isinstance(item, Mapping) else item
-                for i, item in enumerate(value)
-            ]
-        elif isinstance(value, Mapping):
-            if "class_path" not in value:
-                raise ConfigurationError(
-                    f"`trainer.{key}` must be a name or a mapping with `class_path` (and `init_args`), got {value!r}"
-                )
-            trainer_kwargs[key] = instantiate(value, f"trainer.{key}", base=base)
 
 
 def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
@@ -220,9 +193,11 @@ def build_run(cfg: DictConfig, *, extra_callbacks: Iterable[Any] = ()) -> Run:
     except (ConfigurationError, TypeError, ValueError) as err:
         raise qualify("callbacks", err) from None
     extra = _trainer_callbacks(trainer_kwargs.pop("callbacks", None))
-    _trainer_objects(trainer_kwargs)
-    check_kwargs(L.Trainer.__init__, trainer_kwargs, what="recipe section `trainer`", skip=("callbacks", "logger"))
-    check_annotated(L.Trainer.__init__, trainer_kwargs, prefix="trainer")
+    # every value checked against Trainer's type hints; `strategy` / `accelerator` / `profiler` / `plugins` given as
+    # `{class_path, init_args}` are built here (as LightningCLI does); a plain string stays a name for Lightning
+    trainer_kwargs = parse_init_args(
+        L.Trainer, trainer_kwargs, what="recipe section `trainer`", prefix="trainer", skip=("callbacks", "logger")
+    )
     check_trainer(trainer_kwargs)
     train_set = getattr(datamodule, "datasets", {}).get("train") if hasattr(datamodule, "datasets") else None
     check_callbacks(

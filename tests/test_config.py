@@ -6,7 +6,6 @@ import pytest
 from omegaconf import OmegaConf
 
 import lightning_losses as ll
-from lightning_losses._validation import check_annotated
 from lightning_losses.config import build_logger, build_run, default_recipe, load_recipe
 
 # configs/ subfolders whose recipes drive their own example (not the digits builder); each has its own test
@@ -262,34 +261,6 @@ def test_build_logger_forms(tmp_path):
     assert type(csv).__name__ == "CSVLogger"
     with pytest.raises(ll.ConfigurationError, match=r"`logger` \(csv\) got an unexpected argument `projct`"):
         build_logger({"name": "csv", "projct": "x"}, str(tmp_path))
-
-
-def test_check_annotated_simple_types_unions_literals():
-    from datetime import timedelta
-    from typing import Literal
-
-    def f(
-        n: int = 1,
-        x: float = 1.0,
-        flag: bool = True,
-        mode: Literal["a", "b"] | None = None,
-        when: str | timedelta | None = None,
-        anything=None,
-        obj: timedelta | None = None,
-    ): ...
-
-    check_annotated(f, {"n": 3, "x": 2, "flag": False, "mode": "b", "when": "1h", "anything": object()}, prefix="f")
-    for kwargs, match in [
-        ({"n": True}, r"`f.n` must be int, got True"),  # a bool is not an int here
-        ({"n": 2.5}, r"`f.n` must be int, got 2.5"),
-        ({"x": "1"}, r"`f.x` must be float, got '1'"),
-        ({"flag": 0}, r"`f.flag` must be bool, got 0"),
-        ({"mode": "c"}, r"`f.mode` must be one of 'a', 'b' or None, got 'c'"),
-        ({"when": 3}, r"`f.when` must be str or timedelta or None, got 3"),
-        ({"obj": "x"}, r"`f.obj` must be timedelta or None, got 'x'"),
-    ]:
-        with pytest.raises(ll.ConfigurationError, match=match):
-            check_annotated(f, kwargs, prefix="f")
 
 
 def test_recipe_files_that_hold_no_mapping_and_interpolating_overrides(tmp_path):

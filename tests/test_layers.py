@@ -57,7 +57,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
     ("callback pillars", ("reweighting", "perturbation", "entropy", "curvature")),
     (
         "recipes",
-        ("_recipe_checks", "_classpath", "_checkpoints", "_loggers", "_recipe_build", "config", "demo", "recipes"),
+        (
+            "_recipe_checks",
+            "_classpath",
+            "_checkpoints",
+            "_loggers",
+            "_recipe_build",
+            "config",
+            "demo",
+            "recipes",
+            "_jsonargs",
+        ),
     ),
     ("package", ("",)),  # lightning_losses/__init__.py
     ("commands", ("_save_recipe", "runner", "report", "compare", "cli")),

@@ -1,7 +1,7 @@
 """The one home of input validation (messages name the argument, what was expected and what arrived).
 
-* :mod:`lightning_losses._validation.arguments`: constructor / recipe arguments (numbers, choices, annotated
-  signatures, state-dict keys), re-exported here (``from lightning_losses._validation import check_int``);
+* :mod:`lightning_losses._validation.arguments`: constructor / recipe arguments (numbers, choices, type hints in
+  words, state-dict keys), re-exported here (``from lightning_losses._validation import check_int``);
 * :mod:`lightning_losses._validation.tensors`: call-time tensor inputs of the losses and the objective (shapes,
   dtypes, label ranges; free checks always, value checks that sync only with ``validate_args``).
 
@@ -11,26 +11,26 @@ Both sit in the lowest layer: they import nothing of the library but :mod:`light
 from __future__ import annotations
 
 from lightning_losses._validation.arguments import (
-    check_annotated,
     check_bool,
     check_choice,
     check_int,
     check_number,
     check_probability_vector,
     check_state_keys,
+    describe_type,
     nearest,
     qualify,
     suggest,
 )
 
 __all__ = [
-    "check_annotated",
     "check_bool",
     "check_choice",
     "check_int",
     "check_number",
     "check_probability_vector",
     "check_state_keys",
+    "describe_type",
     "nearest",
     "qualify",
     "suggest",

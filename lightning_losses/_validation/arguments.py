@@ -4,12 +4,11 @@ and value)."""
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any
 
@@ -18,12 +17,12 @@ import torch
 from lightning_losses.errors import ConfigurationError
 
 __all__ = [
-    "check_annotated",
     "check_bool",
     "check_choice",
     "check_int",
     "check_number",
     "check_probability_vector",
+    "describe_type",
     "nearest",
     "qualify",
     "suggest",
@@ -141,41 +140,20 @@ def check_int(name: str, value: Any, *, low: int | None = None, high: int | None
     return int(value)
 
 
-def _accepts(hint: Any, value: Any) -> bool | None:
-    """Whether ``value`` fits the annotation ``hint``: ``True`` / ``False``, or ``None`` when it cannot be told."""
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    origin = typing.get_origin(hint)
-    if origin is typing.Union or origin is types.UnionType:
-        verdicts = [_accepts(arg, value) for arg in typing.get_args(hint)]
-        if True in verdicts:
-            return True
-        return None if None in verdicts else False
-    if origin is typing.Literal:
-        return any(value == arg and type(value) is type(arg) for arg in typing.get_args(hint))
-    if origin is not None:  # list[int] -> list, dict[str, int] -> dict, Iterable[X] -> Iterable
-        hint = origin
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return None
+def describe_type(hint: Any) -> str:
+    """A type hint in words for messages: ``int | None`` -> ``"int or None"``, a ``Literal`` -> ``"one of ..."``.
 
-
-def _describe(hint: Any) -> str:
+    Example:
+        >>> describe_type(int | None)
+        'int or None'
+    """
     origin = typing.get_origin(hint)
     if origin is typing.Union or origin is types.UnionType:
         args = typing.get_args(hint)
         literals = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
-        parts = [_describe(a) for a in args if typing.get_origin(a) is not typing.Literal]
+        parts = [describe_type(a) for a in args if typing.get_origin(a) is not typing.Literal]
         if literals:
-            parts.insert(0, _describe(typing.Literal[tuple(literals)]))
+            parts.insert(0, describe_type(typing.Literal[tuple(literals)]))
         return " or ".join(dict.fromkeys(parts))
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(arg) for arg in typing.get_args(hint))
@@ -184,35 +162,6 @@ def _describe(hint: Any) -> str:
     if origin is None and isinstance(hint, type):
         return hint.__name__
     return str(hint).replace("typing.", "")
-
-
-def check_annotated(fn: Callable[..., Any], kwargs: Mapping[str, Any], *, prefix: str) -> None:
-    """Check each value of ``kwargs`` against ``fn``'s type annotation (simple types, unions, literals).
-
-    Catches what a YAML or command-line value can get wrong (``max_epochs: abc``) before the value reaches code that
-    would fail later, mid-training. Annotations that cannot be checked (classes a recipe cannot build) accept anything.
-
-    Raises:
-        ConfigurationError: ``"`prefix.key` must be int or None, got 'abc'"``.
-
-    Example:
-        >>> def f(steps: int | None = None): ...
-        >>> check_annotated(f, {"steps": 3}, prefix="trainer")
-        >>> check_annotated(f, {"steps": "3"}, prefix="trainer")
-        Traceback (most recent call last):
-        ...
-        lightning_losses.errors.ConfigurationError: `trainer.steps` must be int or None, got '3'
-    """
-    try:
-        hints = typing.get_type_hints(fn)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: nothing to check
-        hints = {}
-    params = inspect.signature(fn).parameters
-    for key, value in kwargs.items():
-        hint = hints.get(key, params[key].annotation if key in params else inspect.Parameter.empty)
-        if hint is inspect.Parameter.empty or _accepts(hint, value) is not False:
-            continue
-        raise ConfigurationError(f"`{prefix}.{key}` must be {_describe(hint)}, got {value!r}")
 
 
 def check_choice(name: str, value: Any, options: Sequence[str]) -> str:
