@@ -34,8 +34,8 @@ from lightning_losses.distributed import global_sum
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional import policy as PF
 from lightning_losses.functional.dual_ascent import dual_ascent_step, entropy_error
-from lightning_losses.functional.reward_transforms import normalize_weights
 from lightning_losses.losses.base import LOSSES, Loss
+from lightning_losses.losses.policy_rewards import PolicyInputNames, advantages_from_rewards
 from lightning_losses.losses.reward_transforms import RewardTransform, build_reward_transform
 
 __all__ = ["GRPO", "PolicyLoss", "PPOClip"]
@@ -48,23 +48,6 @@ def _pair(name: str, value: Sequence[float], low: float = 0.0) -> tuple[float, f
     if a > b:
         raise ConfigurationError(f"`{name}` must be a pair [low, high] with low <= high, got {value!r}")
     return a, b
-
-
-class _PolicyInputNames:
-    """``input_names()`` of the policy losses, on the class or an instance.
-
-    ``advantages`` and ``mask`` default to ``None`` in ``forward`` only so that ``rewards`` can replace
-    ``advantages``: both are required inputs, except ``advantages`` on an instance with a ``reward_transform``
-    (then ``rewards`` and ``group`` bring what the advantages are computed from).
-    """
-
-    def __get__(self, obj: PolicyLoss | None, owner: type[PolicyLoss]):
-        def input_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
-            required, optional = Loss.input_names.__func__(owner)
-            move = ("mask",) if getattr(obj, "reward_transform", None) is not None else ("advantages", "mask")
-            return (*required, *(n for n in optional if n in move)), tuple(n for n in optional if n not in move)
-
-        return input_names
 
 
 class PolicyLoss(Loss):
@@ -152,7 +135,7 @@ class PolicyLoss(Loss):
         self.register_buffer("entropy_coef", torch.tensor(coef, dtype=torch.float64))
         self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
 
-    input_names = _PolicyInputNames()
+    input_names = PolicyInputNames()
 
     def sample_mask(self, *, mask: torch.Tensor, **_: torch.Tensor) -> torch.Tensor:
         return mask.bool().any(-1)
@@ -172,7 +155,9 @@ class PolicyLoss(Loss):
             raise ValueError("`mask` [N, T] (1 on response tokens) is required")
         weights = None
         if self.reward_transform is not None:
-            advantages, weights = self._from_rewards(advantages, rewards, group, mask)
+            advantages, weights = advantages_from_rewards(
+                self.reward_transform, advantages, rewards, group, mask, normalize_std=self.normalize_std
+            )
         elif advantages is None:
             raise ValueError(
                 "`advantages` ([N] or [N, T]) is required; or set `reward_transform` and pass `rewards` and `group`"
@@ -210,37 +195,6 @@ class PolicyLoss(Loss):
                 self._update_entropy_coef(entropy, mask)
             self.calls += 1
         return out if weights is None else out * weights.to(out.dtype)
-
-    def _from_rewards(
-        self,
-        advantages: torch.Tensor | None,
-        rewards: torch.Tensor | None,
-        group: torch.Tensor | None,
-        mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Advantages and normalised per-response weights (or ``None``) from ``rewards`` via the reward transform."""
-        transform = self.reward_transform
-        name = type(transform).__name__
-        if rewards is None:
-            raise ValueError(f"`rewards` is required with `reward_transform` ({name}); got none")
-        if advantages is not None and transform.changes_rewards:
-            raise ValueError(
-                f"got both `advantages` and `rewards`: `reward_transform` ({name}) turns the rewards into the "
-                "advantages; pass one of them"
-            )
-        signal = transform(rewards=rewards, group=group)
-        if advantages is None:
-            if not signal.group_normalize:
-                advantages = signal.rewards
-            elif group is None:
-                raise ValueError(
-                    f"`group` [N] (the prompt id of each response) is required to turn `rewards` into GRPO's group "
-                    f"advantages (`reward_transform` {name})"
-                )
-            else:
-                advantages = PF.group_advantages(signal.rewards, group, normalize_std=self.normalize_std)
-        weights = None if signal.weights is None else normalize_weights(signal.weights, mask.bool().any(-1))
-        return advantages, weights
 
     def _ppo_options(
         self,
