@@ -4,7 +4,10 @@ bSAM's ascent divides by the precision :math:`s` of its optimizer (:class:`~ligh
 so the ``bsam`` preset (``rule="bayes"``) runs its step with that optimizer:
 
 1. ``"first"`` pass at the noisy point :math:`\tilde w = w + \xi/\sqrt{N s}` (per-replica under DDP unless
-   ``sync_ascent``), giving :math:`\tilde g`; its loss is the step's reported loss;
+   ``sync_ascent``), giving :math:`\tilde g`; its loss is the step's reported loss (with gradient accumulation the
+   callback clears the gradient accumulated at :math:`w` and re-evaluates the step's earlier micro-batches at the
+   noisy point too, BatchNorm statistics frozen for them: they updated them at :math:`w`; so k micro-batches give the
+   update of one batch of k times their size);
 2. the weights go to :math:`w + \rho\,\tilde g/s` (the preset's ``rho``, a number or a schedule; the optimizer's own
    ``rho`` is used by its closure step only); :math:`\sqrt{s}|\tilde g|` is averaged over ranks (the authors'
    m-sharpness with m = the per-device batch: each replica draws its own noise and perturbation) and handed to the

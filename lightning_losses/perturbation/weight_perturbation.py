@@ -53,6 +53,7 @@ from lightning_losses.perturbation.data_selection import check_selection, select
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.passes import (
     ascent_terms_only,
+    frozen_batchnorm,
     frozen_metrics,
     metric_modules,
     replay,
@@ -253,9 +254,17 @@ class WeightPerturbation(MixinCallback):
                 return loss
             terms = ascent_terms_only(module, ascent_terms if phase in ("first", "ascent") else None)
             if phase == "first":
+                # bsam's first pass is at the noisy point, not at the w of the step's earlier micro-batches
+                noisy = self.engine.rule == bayes_step.BAYES and len(self._batches) > 1
+                if noisy:
+                    torch_opt.zero_grad(set_to_none=True)
                 with terms:
                     loss = closure()
                 self._first_result = closure_result(closure)
+                if noisy:  # BatchNorm statistics frozen: those micro-batches updated them at w already
+                    with suppressed_logging(module), frozen_metrics(module, self._metrics):
+                        with frozen_batchnorm(batchnorm_modules(module) if self._bn is None else self._bn):
+                            self._replay(trainer, module, optimizer)
                 if fraction < 1.0 and loss is not None:
                     before[:] = [per_sample().detach()]
                 self._timer.first_done()
