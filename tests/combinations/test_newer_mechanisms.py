@@ -63,6 +63,7 @@ EXTRA = {
     "monitor": lambda: ll.CurvatureMonitor(every_n_steps=1, probe_size=8, power_iters=3, hutchinson_samples=2),
     "bsam": lambda: ll.WeightPerturbation("bsam", rho=0.01),
     "mesa": lambda: ll.MESA(coefficient=0.5, temperature=2.0, decay=0.5, start_epoch=0),
+    "wsam": lambda: ll.WSAM(rho=0.1, gamma=0.9, decouple=False),
 }
 
 
@@ -201,3 +202,14 @@ def test_mesa_teacher_keeps_a_frozen_submodule_in_eval_mode():
     model.bn.eval()  # a frozen BatchNorm inside a training model
     ll.MESA().teacher_logits(model, torch.randn(M.CHUNK, M.FEATURES, dtype=torch.float64))
     assert model.training and not model.bn.training
+
+
+def test_perp_grad_refuses_wsam_decoupled_and_projects_wsam_coupled():
+    """WSAM's default ``decouple=True`` applies its sharpness term after ``optimizer.step()``, outside the gradient
+    ⊥Grad projects: refused at setup. ``decouple=False`` puts it in the gradient: k=2 equals one batch of 2B."""
+    trainer = M.trainer_for([ll.WSAM(rho=0.1, gamma=0.9), ll.PerpGrad()], 1, max_steps=1)
+    with pytest.raises(ll.ConfigurationError, match=r"PerpGrad cannot project .*WSAM.*`decouple=True`.*decouple=False"):
+        trainer.fit(_Net(), DataLoader(M.MatrixData(), batch_size=M.CHUNK))
+    micro = fit(["wsam", "perp_grad"], k=2)
+    large = fit(["wsam", "perp_grad"], k=1, batch=2 * M.CHUNK)
+    assert (problem := first_difference(micro, large, 1e-10, EVERYTHING)) is None, problem
