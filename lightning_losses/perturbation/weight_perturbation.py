@@ -53,7 +53,6 @@ from lightning_losses.perturbation.data_selection import check_selection, select
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.passes import (
     ascent_terms_only,
-    frozen_batchnorm,
     frozen_metrics,
     metric_modules,
     replay,
@@ -258,13 +257,15 @@ class WeightPerturbation(MixinCallback):
                 noisy = self.engine.rule == bayes_step.BAYES and len(self._batches) > 1
                 if noisy:
                     torch_opt.zero_grad(set_to_none=True)
-                with terms:
-                    loss = closure()
+                    bn = batchnorm_modules(module) if self._bn is None else self._bn
+                    with terms:
+                        loss = bayes_step.accumulated_noisy_pass(
+                            trainer, module, optimizer, closure, self._batches[:-1], bn, self._metrics, self.engine
+                        )
+                else:
+                    with terms:
+                        loss = closure()
                 self._first_result = closure_result(closure)
-                if noisy:  # BatchNorm statistics frozen: those micro-batches updated them at w already
-                    with suppressed_logging(module), frozen_metrics(module, self._metrics):
-                        with frozen_batchnorm(batchnorm_modules(module) if self._bn is None else self._bn):
-                            self._replay(trainer, module, optimizer)
                 if fraction < 1.0 and loss is not None:
                     before[:] = [per_sample().detach()]
                 self._timer.first_done()

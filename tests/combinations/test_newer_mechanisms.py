@@ -213,3 +213,44 @@ def test_perp_grad_refuses_wsam_decoupled_and_projects_wsam_coupled():
     micro = fit(["wsam", "perp_grad"], k=2)
     large = fit(["wsam", "perp_grad"], k=1, batch=2 * M.CHUNK)
     assert (problem := first_difference(micro, large, 1e-10, EVERYTHING)) is None, problem
+
+
+def _bsam_ddp_run(k: int) -> tuple:
+    """bsam (``sync_ascent=True``) under Lightning's DDP on this rank of the session's 2-process group, ``k``
+    micro-batches of ``DDP_CHUNK`` rows per rank (see ``_matrix.ddp_run``)."""
+    import os
+
+    from lightning_losses.distributed import rank
+
+    r = rank()
+    os.environ.update(LOCAL_RANK=str(r), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29557")
+    try:
+        callbacks = [ll.WeightPerturbation("bsam", rho=0.01, sync_ascent=True)]
+        snaps = _Snapshots(callbacks)
+        model = _Net(chunk=M.DDP_CHUNK)
+        model.bsam = True
+        loader = DataLoader(M.MatrixData(order=M.rank_order(r, M.DDP_CHUNK)), batch_size=M.DDP_CHUNK, shuffle=False)
+        torch.manual_seed(0)
+        trainer = M.trainer_for([*callbacks, snaps], k, strategy="ddp", devices=2, use_distributed_sampler=False)
+        trainer.fit(model, loader)
+        return tuple(snaps.steps)
+    finally:
+        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+            os.environ.pop(key, None)
+
+
+@pytest.mark.ddp
+def test_bsam_sync_ascent_under_ddp_with_accumulation_equals_one_process(ddp):
+    """With ``sync_ascent=True`` every rank draws the same noise (same seed), so 2 ranks x k=2 micro-batches of 4
+    rows equal one process on batches of 16 (the noisy gradient of all micro-batches averaged over the ranks)."""
+    rank0, rank1 = ddp.run(_bsam_ddp_run, 2)
+    assert len(rank0) == len(rank1) == 2
+    assert first_difference(rank0, rank1, 0.0, WEIGHTS) is None, "ranks disagree"
+    model = _Net(chunk=M.DDP_CHUNK)
+    model.bsam = True
+    snaps = _Snapshots([cb := ll.WeightPerturbation("bsam", rho=0.01)])
+    torch.manual_seed(0)
+    loader = DataLoader(M.MatrixData(), batch_size=4 * M.DDP_CHUNK, shuffle=False)
+    M.trainer_for([cb, snaps], 1).fit(model, loader)
+    assert (problem := first_difference(rank0, snaps.steps, 1e-10, WEIGHTS)) is None, problem
