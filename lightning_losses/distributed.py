@@ -24,6 +24,7 @@ __all__ = [
     "all_reduce_sum_with_grad",
     "data_parallel_group",
     "data_parallel_group_of",
+    "global_reductions",
     "global_sum",
     "is_distributed",
     "rank",
@@ -34,6 +35,18 @@ __all__ = [
 
 _AVAILABLE = dist.is_available()  # fixed for the build of torch
 _DATA_PARALLEL_GROUP: Any = None  # None: the default group (the world)
+_REDUCTIONS = 0  # calls of the global reductions below (one process too): see `global_reductions`
+
+
+def global_reductions() -> int:
+    """How many global-batch reductions (:func:`global_sum`, the all-gathers, :func:`all_reduce_sum_with_grad`) ran
+    in this process so far, distributed or not: a loss whose forward moves it depends on the whole batch."""
+    return _REDUCTIONS
+
+
+def _count() -> None:
+    global _REDUCTIONS
+    _REDUCTIONS += 1
 
 
 def set_data_parallel_group(group: Any) -> None:
@@ -86,6 +99,7 @@ def global_sum(tensor: torch.Tensor) -> torch.Tensor:
         >>> global_sum(torch.tensor([1.0, 2.0]))  # one process: unchanged
         tensor([1., 2.])
     """
+    _count()
     out = tensor.detach().clone()
     if is_distributed():
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=_DATA_PARALLEL_GROUP)
@@ -127,6 +141,7 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     gathered batch and scaled as a per-rank share, DDP's gradient average equals one process on the concatenated
     batch. Identity without a process group.
     """
+    _count()
     if not is_distributed():
         return tensor
     return _AllGatherWithGrad.apply(tensor)
@@ -143,6 +158,7 @@ def all_gather_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | No
         >>> all_gather_rows(torch.ones(3, 2))[1] is None  # one process
         True
     """
+    _count()
     if not is_distributed():
         return rows, None
     owner = rows.new_full((rows.shape[0], 1), float(rank()))
@@ -159,6 +175,7 @@ def all_gather_values(tensor: torch.Tensor) -> torch.Tensor:
         >>> all_gather_values(torch.ones(2, 2)).shape  # one process
         torch.Size([4])
     """
+    _count()
     flat = tensor.detach().reshape(-1)
     if not is_distributed():
         return flat
@@ -195,6 +212,7 @@ def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         >>> all_reduce_sum_with_grad(torch.tensor([1.0, 2.0]))  # one process: unchanged
         tensor([1., 2.])
     """
+    _count()
     if not is_distributed():
         return tensor
     return _AllReduceSumWithGrad.apply(tensor)

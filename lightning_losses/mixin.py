@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from lightning_losses import distributed
+from lightning_losses._accumulation import GlobalTermProbe
 from lightning_losses._objective_logging import log_objective_diagnostics
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.objective import Objective, ObjectiveOutput
@@ -83,6 +84,8 @@ class LossesMixin:
         trainer = self.__dict__.get("_trainer")
         if trainer is not None:
             distributed.use_strategy(trainer.strategy)
+            # the fit's first training call looks for batch-level terms (`_accumulation`)
+            self.__dict__["_ll_accumulation_check"] = stage == "fit" and trainer.accumulate_grad_batches > 1
         parent = getattr(super(), "setup", None)
         if parent is not None:
             parent(stage)
@@ -171,10 +174,18 @@ class LossesMixin:
         extra: dict[str, torch.Tensor] = {}
         for plugin in extra_plugins:
             extra.update(plugin.extra_terms(self, tensors, step))
+        probe = None
+        if training and state.get("_ll_accumulation_check"):
+            state["_ll_accumulation_check"] = False
+            probe = GlobalTermProbe(objective)
         # `forward` directly: an Objective has no hooks to run, and `nn.Module.__call__` costs two frames per step
-        out = objective.forward(
-            tensors, step=step, reweighter=plugins["reweighter"] if training else None, extra_terms=extra
-        )
+        try:
+            out = objective.forward(
+                tensors, step=step, reweighter=plugins["reweighter"] if training else None, extra_terms=extra
+            )
+        finally:
+            if probe is not None:
+                probe.report(trainer.accumulate_grad_batches)
         self.__dict__["objective_output"] = out  # plain attribute: skip nn.Module.__setattr__ on the hot path
         # Lightning allows no logging in predict
         if attached and stage != "predict" and not self.objective_logging_suppressed:

@@ -52,7 +52,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
     ),
     ("functional", ("functional",)),
     ("losses", ("losses",)),
-    ("objective", ("_objective_spec", "_objective_reduce", "_objective_logging", "objective", "mixin")),
+    (
+        "objective",
+        ("_objective_spec", "_objective_reduce", "_objective_logging", "objective", "mixin", "_accumulation"),
+    ),
     ("callback base", ("callbacks", "diagnostics")),
     ("callback pillars", ("reweighting", "perturbation", "entropy", "curvature")),
     (

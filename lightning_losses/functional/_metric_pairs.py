@@ -118,7 +118,7 @@ def _pairs(embeddings, target, ref_embeddings, ref_target, *, normalize: bool, g
         refs = ref_embeddings.to(dtype)
         refs = F.normalize(refs, dim=1) if normalize else refs
     m_local = refs.shape[0]
-    if gather and is_distributed():
+    if gather:  # identity in one process (counted as a global-batch reduction: `_accumulation`)
         refs = all_gather_with_grad(refs)
     pos, neg = _masks(target, ref_embeddings, ref_target, anchors.shape[0], m_local, gather, anchors.device)
     return Pairs(anchors, refs, pos, neg)

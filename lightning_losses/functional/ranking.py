@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lightning_losses._validation.tensors import check_binary
 from lightning_losses._validation.tensors import upcast_half as _upcast
-from lightning_losses.distributed import all_gather_with_grad, is_distributed
+from lightning_losses.distributed import all_gather_with_grad
 
 __all__ = ["AUC_SURROGATES", "auc_pairwise"]
 
@@ -66,7 +66,7 @@ def auc_pairwise(
     column = z.ndim == 1
     z, pos = (z.unsqueeze(-1), y.unsqueeze(-1) > 0.5) if column else (z, y > 0.5)
     ref_z, ref_pos = z, pos
-    if gather and is_distributed():
+    if gather:  # identity in one process (counted as a global-batch reduction: `_accumulation`)
         ref_z = all_gather_with_grad(z)
         ref_pos = all_gather_with_grad(pos.to(z.dtype)).detach() > 0.5
     # gap[i, j, k] = s_i - s_j for label k, signed so that f(gap) is the pair loss of the (positive, negative) pair

@@ -4,7 +4,10 @@ bSAM's ascent divides by the precision :math:`s` of its optimizer (:class:`~ligh
 so the ``bsam`` preset (``rule="bayes"``) runs its step with that optimizer:
 
 1. ``"first"`` pass at the noisy point :math:`\tilde w = w + \xi/\sqrt{N s}` (per-replica under DDP unless
-   ``sync_ascent``), giving :math:`\tilde g`; its loss is the step's reported loss;
+   ``sync_ascent``), giving :math:`\tilde g`; its loss is the step's reported loss (with gradient accumulation the
+   callback clears the gradient accumulated at :math:`w` and re-evaluates the step's earlier micro-batches at the
+   noisy point too, BatchNorm statistics frozen for them: they updated them at :math:`w`; so k micro-batches give the
+   update of one batch of k times their size);
 2. the weights go to :math:`w + \rho\,\tilde g/s` (the preset's ``rho``, a number or a schedule; the optimizer's own
    ``rho`` is used by its closure step only); :math:`\sqrt{s}|\tilde g|` is averaged over ranks (the authors'
    m-sharpness with m = the per-device batch: each replica draws its own noise and perturbation) and handed to the
@@ -21,6 +24,7 @@ precision term.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,8 +35,9 @@ from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
 from lightning_losses.perturbation.bsam import BSAM
+from lightning_losses.perturbation.passes import frozen_batchnorm, frozen_metrics, replay, suppressed_logging
 
-__all__ = ["BAYES", "attach", "bayes_step", "check_bayes"]
+__all__ = ["BAYES", "accumulated_noisy_pass", "attach", "bayes_step", "check_bayes"]
 
 #: the engine's ``rule`` of bSAM
 BAYES = "bayes"
@@ -145,3 +150,32 @@ def bayes_step(
         stats["skipped"] = torch.tensor(float(engine.skipped))
     engine.last_stats = stats
     return loss0
+
+
+def accumulated_noisy_pass(
+    trainer: Any,
+    module: Any,
+    optimizer: Any,
+    closure: Callable[[], Any],
+    earlier: Sequence[tuple[Any, int]],
+    bn_modules: Sequence[nn.Module],
+    metrics: Sequence[Any] | None,
+    engine: Any,
+) -> Tensor | None:
+    """The callback's ``"first"`` pass of a ``bsam`` step under gradient accumulation (the gradient accumulated at
+    :math:`w` already cleared): every micro-batch at the noisy point. The last one runs through Lightning's closure
+    (logged), the ``earlier`` ones (``(batch, batch_idx)``) are replayed (logging suppressed, metrics and BatchNorm
+    statistics put back: those micro-batches updated them at :math:`w`), all without DDP's gradient sync; with
+    ``sync_ascent`` the sum is then averaged over the ranks here, as DDP's sync would have. Returns the closure's loss.
+    """
+    block = getattr(trainer.strategy, "block_backward_sync", None)
+    with block() if block is not None else contextlib.nullcontext():
+        loss = closure()
+    with suppressed_logging(module), frozen_metrics(module, metrics), frozen_batchnorm(bn_modules):
+        replay(trainer, module, optimizer, earlier, "WeightPerturbation")
+    if engine.sync_ascent:
+        torch_opt = getattr(optimizer, "optimizer", optimizer)
+        grads = [p.grad for group in torch_opt.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            torch._foreach_copy_(grads, looksam.mean_over_ranks(grads))
+    return loss

@@ -12,7 +12,10 @@ the output of an exponential moving average of the weights on the same input, so
 
 active for ``start_epoch <= epoch < end_epoch``. The per-sample term is :func:`lightning_losses.functional.kd` with the
 EMA model's logits as the teacher; the EMA model is the training module itself evaluated (in eval mode, no gradient)
-with the averaged parameters and buffers (``torch.func.functional_call``). No weight perturbation.
+with the averaged parameters and buffers (``torch.func.functional_call``). No weight perturbation; every submodule's
+train / eval mode is put back afterwards (a frozen, eval-mode BatchNorm stays frozen). A step whose micro-batches
+all returned ``None`` from ``training_step`` (Lightning's skipped batch) does not move the EMA nor count in
+``updates``.
 
 Reference (AngusDujw/SAF ``MESA_train.py``, README): ``--reinforce`` :math:`\lambda` 0.8 (ImageNet ``run.sh``; 0.3 in
 the script), ``--temperature`` 5, ``kl_start_epoch`` 5 and ``kl_end_epoch`` 360 applied when ``kl_start_epoch < epoch
@@ -30,6 +33,7 @@ import torch
 from torch.func import functional_call
 from typing_extensions import override
 
+from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, MixinCallback
 from lightning_losses.errors import ConfigurationError
@@ -90,6 +94,7 @@ class MESA(MixinCallback):
         self.ema: dict[str, torch.Tensor] | None = None  #: averaged parameters and buffers, by state-dict name
         self.updates = 0  #: EMA updates so far (optimizer steps)
         self._seen_step: int | None = None
+        self._stepped = False  # a micro-batch of the current optimizer step was not skipped (its gradient counts)
 
     slot = "terms"
 
@@ -117,10 +122,13 @@ class MESA(MixinCallback):
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._stepped = self._stepped or not step_skipped(pl_module, outputs)
         if self.ema is None or trainer.global_step == self._seen_step:  # no optimizer step in this batch
             return
         self._seen_step = trainer.global_step
-        self.update(pl_module)
+        if self._stepped:  # a step whose micro-batches all returned None is skipped here too (DESIGN)
+            self.update(pl_module)
+        self._stepped = False
 
     def update(self, module: Any) -> None:
         """One EMA step towards ``module``'s current parameters and buffers (after an optimizer step)."""
@@ -148,16 +156,17 @@ class MESA(MixinCallback):
 
     # ------------------------------------------------------------------ the term
     def teacher_logits(self, module: Any, inputs: Any) -> torch.Tensor:
-        """The EMA model's output on ``inputs`` (eval mode, no gradient; the module's mode is put back)."""
+        """The EMA model's output on ``inputs`` (eval mode, no gradient; every submodule's mode is put back)."""
         if self.ema is None:
             self.ema = {n: t.clone() for n, t in self._current(module).items()}
-        was_training = module.training
+        modes = {m: m.training for m in module.modules()}  # per module: a frozen (eval) submodule stays frozen
         try:
             module.eval()
             with torch.no_grad():
                 return functional_call(module, self.ema, (inputs,))
         finally:
-            module.train(was_training)
+            for m, training in modes.items():
+                m.training = training
 
     def extra_terms(self, module: Any, tensors: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """The mixin's ``"terms"`` hook: ``{name: lambda * tau^2 KL(softmax(ema/tau) || softmax(z/tau))}``."""

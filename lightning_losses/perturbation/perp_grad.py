@@ -20,6 +20,8 @@ Where it acts: ``on_before_optimizer_step``, i.e. on the **final descent gradien
 * after the GradScaler's ``unscale_`` (``16-mixed``), on the summed gradient of every micro-batch
   (``accumulate_grad_batches``), and after DDP's all-reduce (DDP reduces in ``backward``): every rank projects the
   same gradient against the same weights, no communication;
+* not WSAM's decoupled form (``decouple=True``, its default): its sharpness term is applied after the optimizer
+  step, outside the gradient, so ``setup`` refuses it (``decouple=False`` puts the whole term in the gradient);
 * **before gradient clipping** (Lightning clips right after this hook): norm clipping sees the same global norm as
   without ⊥Grad (each tensor's norm is kept), value clipping acts on :math:`g_\perp`.
 
@@ -154,6 +156,15 @@ class PerpGrad(Callback):
             deepspeed="DeepSpeed keeps the gradients in its own partitioned buffers, so there is no `param.grad` to "
             "project",
         )
+        for cb in trainer.callbacks:
+            engine = getattr(cb, "engine", None)
+            if getattr(engine, "decouple", False):
+                raise ConfigurationError(
+                    f"PerpGrad cannot project the sharpness term of {type(cb).__name__} with `decouple=True`: that "
+                    "term is applied after `optimizer.step()`, outside the gradient PerpGrad projects, so part of "
+                    f"the update would keep its component along the weights; pass {type(cb).__name__}(..., "
+                    "decouple=False) (the whole descent gradient is then projected) or drop PerpGrad"
+                )
 
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:

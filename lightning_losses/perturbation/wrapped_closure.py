@@ -91,8 +91,18 @@ class WrappedClosure:
                 return loss
             terms = ascent_terms_only(module, ascent_terms if phase in ("first", "ascent") else None)
             if phase == "first":
-                with terms:
-                    loss = closure()
+                # bsam's first pass is at the noisy point, not at the w of the step's earlier micro-batches
+                noisy = self.engine.rule == bayes_step.BAYES and len(self._batches) > 1
+                if noisy:
+                    torch_opt.zero_grad(set_to_none=True)
+                    bn = batchnorm_modules(module) if self._bn is None else self._bn
+                    with terms:
+                        loss = bayes_step.accumulated_noisy_pass(
+                            trainer, module, optimizer, closure, self._batches[:-1], bn, self._metrics, self.engine
+                        )
+                else:
+                    with terms:
+                        loss = closure()
                 self._first_result = closure_result(closure)
                 if fraction < 1.0 and loss is not None:
                     before[:] = [per_sample().detach()]
