@@ -12,9 +12,10 @@ All follow the Trainer's ``log_every_n_steps`` (nothing at all with ``log_every_
 does not log runs no tensor operation for them: it keeps detached references to the step's per-sample values (no
 copy, no kernel, no host read), and the counting (one pass over the kept values per term) runs on the Trainer's
 logging steps, or every :data:`FOLD_EVERY` steps to bound what is kept. On a logging step the counts are summed over
-the data-parallel group (one small collective, every rank alike) and go to ``LightningModule.log_dict`` with the
-coefficients, so they are monitorable and aligned with ``train/*``. The counts are per-interval values, not state:
-nothing to checkpoint.
+the data-parallel group (one small collective, every rank alike) and go with the coefficients to
+``trainer.callback_metrics`` (monitorable) and into the Trainer's own row of ``train/*`` values
+(:func:`~lightning_losses.diagnostics.log_scalars`: no ``LightningModule.log`` result object per key). The counts are
+per-interval values, not state: nothing to checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from lightning_losses._compat import log_step, should_update_logs
+from lightning_losses.diagnostics import log_scalars
 from lightning_losses.distributed import global_sum
 
 __all__ = ["FOLD_EVERY", "log_objective_diagnostics"]
@@ -65,7 +67,7 @@ def log_objective_diagnostics(module: Any, trainer: Any, out: Any) -> None:
     reduced = global_sum(counts).to(torch.float32).unbind(0)
     metrics["objective/nonfinite"] = reduced[0]
     metrics.update({f"objective/nonfinite/{name}": v for name, v in zip(names, reduced[1:])})
-    module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
+    log_scalars(trainer, module, metrics)  # in the Trainer's row of the step, with `train/*`
 
 
 def _fold(

@@ -111,7 +111,10 @@ def test_wandb_offline_run_holds_the_diagnostics_media(tmp_path, monkeypatch):
     for key in ("objective/coef/cross_entropy", "objective/nonfinite", "perturbation/step_time"):
         assert _steps(rows, key) == train_steps, key
     assert all(r["objective/coef/cross_entropy"] == 1.0 and r["objective/nonfinite"] == 0 for r in train)
-    timed = [r for r in rows if "perturbation/step_time" in r]  # a callback's row of its own, at the same step
+    # one row per logging step: the Trainer's own, with every callback's and the objective's statistics in it
+    merged = {"entropy/mean", "reweight/ess", "perturbation/step_time", "objective/nonfinite"}
+    assert all(merged <= set(r) for r in train)
+    timed = [r for r in rows if "perturbation/step_time" in r]
     assert all(r["perturbation/time_ratio"] >= 1.0 and r["perturbation/step_time"] > 0 for r in timed)
     assert "entropy/mean" in trainer.callback_metrics
     # histograms: 64 bins; entropy every optimizer step (media_every_n_steps=1), reweighting on its logging steps
