@@ -23,6 +23,7 @@ steps (neither a logging step nor an epoch's first), minus 1, ``on`` minus ``off
 share of the step time; the work every step does alike cancels).
 
     OMP_NUM_THREADS=1 python bench/diagnostics.py --pairs 12 --epochs 6
+    OMP_NUM_THREADS=1 python bench/diagnostics.py --pairs 12 --epochs 6 --clock cpu   # a shared machine
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ import torch
 import lightning_losses as ll
 from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 
+#: ``--clock``: wall time, or this thread's CPU time (blind to the time the process waits for a core on a shared
+#: machine, and to the W&B service's own process; the step runs on this one thread with ``OMP_NUM_THREADS=1``)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+CLOCK = [time.perf_counter]
+
 
 class StepClock(L.Callback):
     """Intervals between consecutive ``on_train_batch_start`` calls of one epoch, and which of them are quiet: not a
@@ -51,7 +57,7 @@ class StepClock(L.Callback):
         self._last: tuple[int, float, int, int] | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        now = time.perf_counter()
+        now = CLOCK[0]()
         if self._last is not None and self._last[0] == trainer.current_epoch:
             self.intervals.append(now - self._last[1])
             step, first = self._last[2], self._last[3] == 0
@@ -111,6 +117,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--logger", choices=("wandb", "csv"), default="wandb")
     parser.add_argument("--device", default="cpu", help="Lightning accelerator: cpu, gpu, ...")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall", help="step times: wall or thread CPU time")
     parser.add_argument(
         "--baseline",
         choices=("silent", "lightning"),
@@ -118,6 +125,7 @@ def main() -> None:
         help="off: no step logs at all (silent), or Lightning's own train/* logs and SAM's on (lightning)",
     )
     args = parser.parse_args()
+    CLOCK[0] = CLOCKS[args.clock]
     torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     import os
@@ -147,7 +155,8 @@ def main() -> None:
         q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
         return f"median {q[1]:.4f} (quartiles {q[0]:.4f} - {q[2]:.4f}, {len(values)} pairs)"
 
-    print(f"\nlogger={args.logger} device={args.device} epochs={args.epochs} baseline={args.baseline}")
+    print(f"\nlogger={args.logger} device={args.device} epochs={args.epochs} baseline={args.baseline}", end=" ")
+    print(f"clock={args.clock}")
     on, off = (statistics.median(steps[d]) * 1e3 for d in (True, False))
     print(f"mean step: on {on:.3f} ms, off {off:.3f} ms (medians over runs)")
     print(f"step time on/off: {summary(step_ratios)}")

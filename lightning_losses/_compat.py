@@ -23,6 +23,8 @@ __all__ = [
     "attached_trainer",
     "closure_parts",
     "closure_result",
+    "in_training_batch",
+    "intercept_logger_rows",
     "log_step",
     "logger_connector",
     "metric_snapshot",
@@ -184,3 +186,37 @@ def norm_layer_types() -> tuple[type, ...]:
     names = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d", "InstanceNorm2d")
     names += ("InstanceNorm3d", "LazyBatchNorm1d", "LazyBatchNorm2d", "LazyBatchNorm3d")
     return tuple(getattr(nn, n) for n in names if hasattr(nn, n))
+
+
+# ---------------------------------------------------------------------------------------------- Lightning's rows
+@_reads("Trainer._logger_connector.log_metrics (every row the Trainer writes; wrapped on the instance)")
+def intercept_logger_rows(trainer: Any, before: Callable[[dict[str, Any], int], dict[str, Any]]) -> bool:
+    """Pass every row the Trainer writes to its loggers through ``before(metrics, step) -> metrics`` first (``step``:
+    the step the row is written at), installed once per Trainer; ``True`` when it is in place. Fallback without the
+    logger connector or its ``log_metrics``: ``False`` (the caller then writes its rows itself)."""
+    connector = logger_connector(trainer)
+    original = getattr(connector, "log_metrics", None)
+    if original is None:
+        return False
+    if connector.__dict__.get("_ll_rows_before") is None:
+
+        def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+            at = step
+            if at is None:  # Lightning's own rule: a `step` metric, else the steps that stepped so far
+                at = int(metrics["step"]) if "step" in metrics else log_step(trainer)
+            original(connector.__dict__["_ll_rows_before"](metrics, at), step)
+
+        connector.log_metrics = log_metrics
+    connector.__dict__["_ll_rows_before"] = before
+    return True
+
+
+@_reads("Trainer.fit_loop.epoch_loop.batch_progress.current (.ready, .completed)")
+def in_training_batch(trainer: Any) -> bool:
+    """Whether a training batch has started and not completed (its hooks, ``on_train_batch_end`` included, run; the
+    Trainer writes its step row after). Fallback: ``False``."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    current = getattr(getattr(loop, "batch_progress", None), "current", None)
+    if current is None or not hasattr(current, "ready") or not hasattr(current, "completed"):
+        return False
+    return bool(getattr(trainer, "training", False)) and current.ready > current.completed

@@ -3,12 +3,19 @@
 * ``objective/coef/{term}``: each term's coefficient at the step (its schedule's value);
 * ``objective/nonfinite``: samples whose per-sample objective total was NaN / inf since the previous logging step,
   summed over the data-parallel group (a loss that goes non-finite shows where the step's ``train/loss`` does not
-  say how many samples did it).
+  say how many samples did it);
+* ``objective/nonfinite/{term}``: the same count for each term's own values (before its coefficient; the extra terms
+  of plug-ins too), which names the term that went non-finite; for a batch-level term (one scalar per step), the
+  steps on which it was.
 
-Both follow the Trainer's ``log_every_n_steps``: a training step costs three tensor operations on the device (the
-count, no host read); on the Trainer's logging steps the count is summed over the data-parallel group (one small
-collective, every rank alike) and both go to ``LightningModule.log_dict``, so they are monitorable and aligned with
-``train/*``. The count is a per-interval value, not state: nothing to checkpoint.
+All follow the Trainer's ``log_every_n_steps`` (nothing at all with ``log_every_n_steps=0``). A training step that
+does not log runs no tensor operation for them: it keeps detached references to the step's per-sample values (no
+copy, no kernel, no host read), and the counting (one pass over the kept values per term) runs on the Trainer's
+logging steps, or every :data:`FOLD_EVERY` steps to bound what is kept. On a logging step the counts are summed over
+the data-parallel group (one small collective, every rank alike) and go with the coefficients to
+``trainer.callback_metrics`` (monitorable) and into the Trainer's own row of ``train/*`` values
+(:func:`~lightning_losses.diagnostics.log_scalars`: no ``LightningModule.log`` result object per key). The counts are
+per-interval values, not state: nothing to checkpoint.
 """
 
 from __future__ import annotations
@@ -18,33 +25,77 @@ from typing import Any
 import torch
 
 from lightning_losses._compat import log_step, should_update_logs
+from lightning_losses.diagnostics import log_scalars
 from lightning_losses.distributed import global_sum
 
-__all__ = ["log_objective_diagnostics"]
+__all__ = ["FOLD_EVERY", "log_objective_diagnostics"]
 
-_COUNT, _LOGGED_AT = "_ll_nonfinite_count", "_ll_nonfinite_logged_at"
+#: steps whose values are kept before they are counted (bounds the memory held between logging steps)
+FOLD_EVERY = 64
+
+_PENDING, _COUNT, _LOGGED_AT = "_ll_nonfinite_pending", "_ll_nonfinite_count", "_ll_nonfinite_logged_at"
 
 
 def log_objective_diagnostics(module: Any, trainer: Any, out: Any) -> None:
-    """Count ``out``'s non-finite per-sample totals and, on the Trainer's logging steps, log the count and the
-    coefficients (call on every rank, after each training ``compute_loss`` that is not a suppressed pass)."""
+    """Keep ``out``'s per-sample values for the non-finite counts and, on the Trainer's logging steps, log the counts
+    and the coefficients (call on every rank, after each training ``compute_loss`` that is not a suppressed pass)."""
+    if not trainer.log_every_n_steps:  # Lightning logs no step then: nothing would ever be read
+        return
     state = module.__dict__
-    at = log_step(trainer)
-    count = state.get(_COUNT)
-    if count is None or state.get(_LOGGED_AT, at) != at:  # the first call after the interval's log: a new interval
-        count = None
-        state.pop(_LOGGED_AT, None)
-    per_sample = out.per_sample.detach()
-    bad = torch.isfinite(per_sample).logical_not_().sum()
-    if count is None or count.device != bad.device:
-        count = bad
-    else:
-        count.add_(bad)
-    state[_COUNT] = count
-    if not should_update_logs(trainer):
+    logged_at = state.get(_LOGGED_AT)
+    if logged_at is not None and log_step(trainer) != logged_at:  # the first call after the interval's log
+        del state[_LOGGED_AT]
+        state.pop(_PENDING, None)
+        state.pop(_COUNT, None)
+    per_sample = out.per_sample
+    # `None`: the term is the total itself (one term, coefficient 1), counted once
+    terms = {name: None if v is per_sample else v.detach() for name, v in out.term_values.items()}
+    pending = state.get(_PENDING)
+    if pending is None:
+        pending = state[_PENDING] = []
+    pending.append((per_sample.detach(), terms))
+    logging = should_update_logs(trainer)
+    if not logging and len(pending) < FOLD_EVERY:
+        return
+    names, counts = _fold(state.get(_COUNT), state.pop(_PENDING))
+    state[_COUNT] = (names, counts)
+    if not logging:
         return
     # micro-batches of one logging step each log the interval's count so far (the last one, complete, is kept)
-    state[_LOGGED_AT] = at
-    metrics = {f"objective/coef/{name}": float(c) for name, c in out.coefficients.items()}
-    metrics["objective/nonfinite"] = global_sum(count).to(torch.float32)
-    module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
+    state[_LOGGED_AT] = log_step(trainer)
+    metrics: dict[str, Any] = {f"objective/coef/{name}": float(c) for name, c in out.coefficients.items()}
+    reduced = global_sum(counts).to(torch.float32).unbind(0)
+    metrics["objective/nonfinite"] = reduced[0]
+    metrics.update({f"objective/nonfinite/{name}": v for name, v in zip(names, reduced[1:])})
+    log_scalars(trainer, module, metrics)  # in the Trainer's row of the step, with `train/*`
+
+
+def _fold(
+    previous: tuple[list[str], torch.Tensor] | None, pending: list[tuple[torch.Tensor, dict[str, Any]]]
+) -> tuple[list[str], torch.Tensor]:
+    """Add the non-finite counts of the ``pending`` steps to ``previous`` (``(term names, int64 [1 + terms])``, the
+    total first); a term absent from some steps counts over the steps that have it."""
+    names = [] if previous is None else list(previous[0])
+    columns: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    totals = []
+    for total, terms in pending:
+        totals.append(total)
+        for name, values in terms.items():
+            column = columns.get(name)
+            if column is None:
+                names.append(name)
+                column = columns[name] = []
+            column.append(total if values is None else values.reshape(-1))
+    device = totals[0].device
+    counts = torch.stack([_nonfinite(totals, device)] + [_nonfinite(columns[name], device) for name in names])
+    if previous is not None:
+        counts[: previous[1].numel()] += previous[1].to(counts.device)
+    return names, counts
+
+
+def _nonfinite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """How many of the values in ``tensors`` are NaN / inf (an int64 scalar on ``device``)."""
+    if not tensors:
+        return torch.zeros((), dtype=torch.int64, device=device)
+    flat = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+    return torch.isfinite(flat).logical_not_().sum()

@@ -45,9 +45,11 @@ class ObjectiveOutput:
         terms: global mean of each term over the counted samples (detached scalars), for logging; a single
             unweighted term with coefficient 1 holds ``value`` itself (the mixin then logs it once, as the loss).
         coefficients: each term's coefficient at this step.
+        term_values: each term's values by name before its coefficient (``[N]`` per sample with gradient, or a
+            scalar for a batch-level term; the extra terms too): what the non-finite counts per term are taken of.
     """
 
-    __slots__ = ("_weights", "coefficients", "loss", "per_sample", "size", "terms", "value")
+    __slots__ = ("_weights", "coefficients", "loss", "per_sample", "size", "term_values", "terms", "value")
 
     def __init__(
         self,
@@ -57,9 +59,11 @@ class ObjectiveOutput:
         weights: torch.Tensor | None,
         terms: dict[str, torch.Tensor],
         coefficients: dict[str, float],
+        term_values: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.loss, self.value, self.per_sample, self._weights = loss, value, per_sample, weights
         self.terms, self.coefficients, self.size = terms, coefficients, per_sample.shape[0]
+        self.term_values = {} if term_values is None else term_values
 
     @property
     def weights(self) -> torch.Tensor:
@@ -152,4 +156,4 @@ def reduce_terms(
     if batch_level is not None:
         loss = loss + batch_level
         value = value + batch_level.detach()
-    return ObjectiveOutput(loss, value, per_sample, weights, terms, coefficients)
+    return ObjectiveOutput(loss, value, per_sample, weights, terms, coefficients, values)

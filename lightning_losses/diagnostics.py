@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from lightning_losses._compat import log_step, logger_connector
+from lightning_losses._log_rows import write_row
 from lightning_losses._validation import check_int
 from lightning_losses.distributed import all_gather_values, global_sum
 
@@ -47,8 +48,10 @@ def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own
     logging steps (the callers' default) and on a callback's own period (``own_interval``, kept for the callers'
     clarity: the path is the same). Not through ``LightningModule.log``: Lightning keeps a result object per key
     and step there, a fraction of a millisecond per key, which for the tens of diagnostic keys of a step would cost
-    percents of a small model's step time (``bench/diagnostics.py``). Without Lightning's logger connector (another
-    Trainer), ``pl_module.log_dict(on_step=True)``.
+    percents of a small model's step time (``bench/diagnostics.py``). In a training batch on one of the Trainer's
+    logging steps they are written inside the Trainer's own row of that step (one logger call for every callback's
+    values, :mod:`lightning_losses._log_rows`); at other times in a row of their own, at once. Without Lightning's
+    logger connector (another Trainer), ``pl_module.log_dict(on_step=True)``.
     """
     if not metrics:
         return
@@ -61,7 +64,7 @@ def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own
         for k, v in metrics.items()
     }
     trainer.callback_metrics.update(values)
-    connector.log_metrics(values, step=log_step(trainer))
+    write_row(trainer, values)
 
 
 def media_loggers(trainer: Any) -> list[Any]:

@@ -26,7 +26,7 @@ class Probe(L.LightningModule):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
         self.mean = torchmetrics.MeanMetric()
-        self.seen = {"closures": [], "logs_due": [], "results": []}
+        self.seen = {"closures": [], "logs_due": [], "results": [], "in_batch": []}
 
     def training_step(self, batch, batch_idx):
         loss = self.net(batch[0]).pow(2).mean()
@@ -41,6 +41,10 @@ class Probe(L.LightningModule):
     def on_train_batch_start(self, batch, batch_idx):
         connector = self.trainer._logger_connector
         self.seen["logs_due"].append((_compat.should_update_logs(self.trainer), connector.should_update_logs))
+        self._in_batch = _compat.in_training_batch(self.trainer)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.seen["in_batch"].append((self._in_batch, _compat.in_training_batch(self.trainer)))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -138,9 +142,29 @@ def _log_step(trainer, module):
     assert _compat.log_step(type("T", (), {"global_step": 7})()) == 7  # fallback without the loop
 
 
+def _intercept_logger_rows(trainer, module):
+    seen = []
+    assert _compat.intercept_logger_rows(trainer, lambda metrics, step: seen.append((dict(metrics), step)) or metrics)
+    connector = trainer._logger_connector
+    connector.log_metrics({"a": 1.0}, step=3)
+    connector.log_metrics({"b": 2.0})  # Lightning's own rows: the step it writes at
+    assert seen == [({"a": 1.0}, 3), ({"b": 2.0}, trainer.fit_loop.epoch_loop._batches_that_stepped)]
+    assert _compat.intercept_logger_rows(trainer, lambda metrics, step: metrics)  # installed once, `before` replaced
+    connector.log_metrics({"c": 3.0}, step=1)
+    assert len(seen) == 2
+    assert not _compat.intercept_logger_rows(SimpleNamespace(), lambda metrics, step: metrics)  # fallback
+
+
+def _in_training_batch(trainer, module):
+    seen = module.seen["in_batch"]
+    assert seen == [(True, True)] * 4  # in on_train_batch_start and in on_train_batch_end
+    assert not _compat.in_training_batch(trainer)  # after the fit
+    assert not _compat.in_training_batch(SimpleNamespace(training=True))  # fallback
+
+
 CHECKS = {f.__name__[1:]: f for f in (_closure_parts, _closure_result, _logger_connector, _should_update_logs)}
 CHECKS |= {f.__name__[1:]: f for f in (_attached_trainer, _state_key, _takes_batch_idx, _metric_snapshot)}
-CHECKS |= {f.__name__[1:]: f for f in (_norm_layer_types, _log_step)}
+CHECKS |= {f.__name__[1:]: f for f in (_norm_layer_types, _log_step, _intercept_logger_rows, _in_training_batch)}
 
 
 def test_every_accessor_is_checked():

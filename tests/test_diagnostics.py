@@ -150,3 +150,30 @@ def test_histograms_cover_the_global_batch_under_ddp(ddp):
     for step, counts, bins in ddp.run(_histogram_on_rank):
         assert step == 5 and counts == [1] * 7  # 0..6 from both ranks, the NaN left out
         assert bins[0] == 0.0 and bins[-1] == 6.0
+
+
+def test_every_diagnostic_of_a_logging_step_is_in_the_trainers_own_row(tmp_path):
+    """One logger row per logging step: ``train/*``, the objective's and every callback's step statistics together
+    (one logger call a step, whatever the number of callbacks); an own interval between them gets rows of its own."""
+    logger = CSVLogger(tmp_path)
+    callbacks = [
+        ll.SampleReweighting("group_dro", step_size=0.01, media_every_n_steps=0),
+        ll.EntropyControl(beta=0.1, log_every_n_steps=3),  # its own interval: optimizer steps 3 and 6
+        ll.SAM(rho=0.05),
+    ]
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        callbacks=callbacks, logger=logger, accelerator="cpu", default_root_dir=tmp_path, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, max_steps=6, log_every_n_steps=2,
+    )  # fmt: skip
+    trainer.fit(DigitsClassifier(num_features=74, dropout=0.0), DigitsDataModule(batch_size=64, spurious=0.9))
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        rows = [{k: v for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    steps = [int(r["step"]) for r in rows if "train/loss" in r]
+    assert steps == [1, 3, 5]
+    keys = {"reweight/ess", "perturbation/sharpness", "objective/nonfinite", "objective/coef/cross_entropy"}
+    assert all(keys <= set(r) for r in rows if "train/loss" in r)
+    # the entropy row of its step 2 on its own; at step 5 it falls on a logging step: in that row; last, the epoch's
+    assert [(int(r["step"]), "train/loss" in r, "entropy/mean" in r) for r in rows] == [
+        (1, True, False), (2, False, True), (3, True, False), (5, True, True), (5, False, False),
+    ]  # fmt: skip

@@ -75,28 +75,134 @@ def test_single_term_objective_logs_its_coefficient_and_count(tmp_path):
 
 def _count_on_rank():
     """Rank 0 has one NaN sample, rank 1 two inf ones; the logged count is the group's."""
-    from types import SimpleNamespace
-
     import torch.distributed as dist
 
     from lightning_losses._objective_logging import log_objective_diagnostics
 
-    class Module:
-        def __init__(self):
-            self.logged = []
-
-        def log_dict(self, metrics, **kwargs):
-            self.logged.append({k: float(v) for k, v in metrics.items()})
-
     bad = float("nan") if dist.get_rank() == 0 else float("inf")
     per_sample = torch.tensor([1.0, bad, 2.0] if dist.get_rank() == 0 else [bad, bad])
-    connector = SimpleNamespace(should_update_logs=True)
-    trainer = SimpleNamespace(global_step=4, log_every_n_steps=1, _logger_connector=connector)
-    module = Module()
-    log_objective_diagnostics(module, trainer, SimpleNamespace(per_sample=per_sample, coefficients={"ce": 0.5}))
-    return module.logged
+    rows = []
+    out = _output(per_sample, ce=per_sample * 2)
+    out.coefficients = {"ce": 0.5}
+    log_objective_diagnostics(_Module(), _trainer(rows, 4, True), out)
+    return rows
 
 
 def test_nonfinite_count_is_summed_over_the_data_parallel_group(ddp):
     for logged in ddp.run(_count_on_rank):
-        assert logged == [{"objective/coef/ce": 0.5, "objective/nonfinite": 3.0}]
+        assert logged == [{"objective/coef/ce": 0.5, "objective/nonfinite": 3.0, "objective/nonfinite/ce": 3.0}]
+
+
+class _NanAux(DigitsClassifier):
+    """Two terms on two logit heads; the ``aux`` head gets a NaN in 2 samples of training batch 2 (that step is
+    skipped)."""
+
+    def __init__(self):
+        super().__init__(dropout=0.0, cosine_schedule=False)
+        self.configure_objective(
+            {"ce": {"loss": "cross_entropy"}, "aux": {"loss": "cross_entropy", "inputs": {"logits": "aux_logits"}}}
+        )
+        self.seen = 0
+
+    def training_step(self, batch, batch_idx):
+        self.seen += 1
+        logits = self(batch["x"])
+        aux = logits.clone()
+        if self.seen == 2:
+            aux[:2, 0] = float("nan")
+        loss = self.compute_loss(aux_logits=aux, **self.objective_tensors(logits, batch))
+        return loss if torch.isfinite(loss) else None
+
+
+def test_nonfinite_counts_per_term_name_the_term_that_went_nonfinite(tmp_path):
+    trainer, rows = _fit(_NanAux(), tmp_path, max_steps=4, log_every_n_steps=2)
+    logged = [r for r in rows if r.get("objective/nonfinite")]
+    assert [int(r["step"]) for r in logged] == [1, 3]
+    assert [float(r["objective/nonfinite"]) for r in logged] == [2.0, 0.0]
+    assert [float(r["objective/nonfinite/aux"]) for r in logged] == [2.0, 0.0]
+    assert [float(r["objective/nonfinite/ce"]) for r in logged] == [0.0, 0.0]
+    assert float(trainer.callback_metrics["objective/nonfinite/aux"]) == 0.0
+
+
+class _Module:
+    """What the diagnostics use of a LightningModule: its ``__dict__``."""
+
+
+class _Connector:
+    """A logger connector that records the rows written."""
+
+    def __init__(self, rows, logging):
+        self.rows, self.should_update_logs = rows, logging
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append({k: float(v) for k, v in metrics.items()})
+
+
+def _trainer(rows, step, logging, every=1):
+    from types import SimpleNamespace
+
+    connector = _Connector(rows, logging)
+    return SimpleNamespace(global_step=step, log_every_n_steps=every, callback_metrics={}, _logger_connector=connector)
+
+
+def _output(per_sample, **term_values):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(per_sample=per_sample, coefficients=dict.fromkeys(term_values, 1.0), term_values=term_values)
+
+
+def test_a_step_that_does_not_log_runs_no_tensor_operation():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from lightning_losses._objective_logging import log_objective_diagnostics
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    per_sample = torch.tensor([1.0, float("nan"), 2.0], requires_grad=True) * 1.0
+    module, rows = _Module(), []
+    with Ops() as mode:
+        for step in range(3):
+            log_objective_diagnostics(module, _trainer(rows, step, False, every=10), _output(per_sample, a=per_sample))
+    assert set(mode.ops) <= {"aten.detach.default"}  # references kept, nothing computed, nothing read
+    assert rows == []
+    log_objective_diagnostics(module, _trainer(rows, 3, True, every=10), _output(per_sample, a=per_sample))
+    assert rows == [{"objective/coef/a": 1.0, "objective/nonfinite": 4.0, "objective/nonfinite/a": 4.0}]
+
+
+def test_values_kept_between_logging_steps_are_bounded_and_counted(monkeypatch):
+    import lightning_losses._objective_logging as diagnostics
+
+    monkeypatch.setattr(diagnostics, "FOLD_EVERY", 2)
+    module, rows = _Module(), []
+    total = torch.tensor([float("inf"), 1.0])
+    term = torch.tensor([float("nan"), float("nan")])
+    log = diagnostics.log_objective_diagnostics
+    for step in range(5):
+        log(module, _trainer(rows, step, False), _output(total, t=term, b=torch.tensor(1.0)))
+        assert len(module.__dict__.get(diagnostics._PENDING, ())) < 2
+    out = _output(total, t=term, b=torch.tensor(float("inf")))  # a batch-level term: counted per step
+    log(module, _trainer(rows, 5, True), out)
+    assert rows == [
+        {
+            "objective/coef/t": 1.0, "objective/coef/b": 1.0,
+            "objective/nonfinite": 6.0, "objective/nonfinite/t": 12.0, "objective/nonfinite/b": 1.0,
+        }
+    ]  # fmt: skip
+    log(module, _trainer(rows, 6, True), _output(total, t=term, b=torch.tensor(1.0)))
+    assert rows[-1]["objective/nonfinite"] == 1.0  # a new interval
+
+
+def test_nothing_is_kept_when_the_trainer_never_logs_a_step():
+    from lightning_losses._objective_logging import log_objective_diagnostics
+
+    module, rows = _Module(), []
+    for step in range(3):
+        log_objective_diagnostics(module, _trainer(rows, step, False, every=0), _output(torch.ones(4), a=torch.ones(4)))
+    assert not any(k.startswith("_ll_nonfinite") for k in module.__dict__) and rows == []

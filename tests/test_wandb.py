@@ -111,7 +111,10 @@ def test_wandb_offline_run_holds_the_diagnostics_media(tmp_path, monkeypatch):
     for key in ("objective/coef/cross_entropy", "objective/nonfinite", "perturbation/step_time"):
         assert _steps(rows, key) == train_steps, key
     assert all(r["objective/coef/cross_entropy"] == 1.0 and r["objective/nonfinite"] == 0 for r in train)
-    timed = [r for r in rows if "perturbation/step_time" in r]  # a callback's row of its own, at the same step
+    # one row per logging step: the Trainer's own, with every callback's and the objective's statistics in it
+    merged = {"entropy/mean", "reweight/ess", "perturbation/step_time", "objective/nonfinite"}
+    assert all(merged <= set(r) for r in train)
+    timed = [r for r in rows if "perturbation/step_time" in r]
     assert all(r["perturbation/time_ratio"] >= 1.0 and r["perturbation/step_time"] > 0 for r in timed)
     assert "entropy/mean" in trainer.callback_metrics
     # histograms: 64 bins; entropy every optimizer step (media_every_n_steps=1), reweighting on its logging steps
@@ -170,3 +173,33 @@ def test_wandb_reweighting_without_groups_logs_a_per_class_table(tmp_path, monke
     first = [row for row in table["data"] if row[0] == 3]
     assert sum(row[2] for row in first) == 2 * 64  # the two batches since the last log, every class counted once
     assert {row[1] for row in first} <= set(range(10)) and all(row[5] > 0 for row in first)
+
+
+def test_default_media_cadence_logs_the_group_table_every_ten_epochs_and_at_the_end(tmp_path, monkeypatch):
+    """Histograms about once per epoch; the table (an artifact a log) at the first epoch, every 10 epochs and at the
+    end, each time with every row since the start (one per group present, per epoch)."""
+    import lightning as L
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+    from lightning_losses.reweighting.callback import TABLE_EVERY_EPOCHS
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(project="ll-test", save_dir=str(tmp_path), offline=True)
+    L.seed_everything(0, verbose=False)
+    callback = ll.SampleReweighting("group_dro", step_size=0.01)
+    trainer = L.Trainer(
+        callbacks=[callback], logger=logger, max_epochs=12,
+        limit_train_batches=1, log_every_n_steps=1, limit_val_batches=0, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(DigitsClassifier(num_features=74, dropout=0.0), DigitsDataModule(batch_size=64, spurious=0.9))
+    logger.experiment.finish()
+    (run_file,) = finished_run_files(tmp_path)
+    rows = read_history(run_file)
+    assert TABLE_EVERY_EPOCHS == 10 and _steps(rows, "reweight/weights/_type") == list(range(12))
+    tables = [r for r in rows if "reweight/groups/_type" in r]
+    assert [r["trainer/global_step"] for r in tables] == [0, 10, 12]
+    rows_logged = [r["reweight/groups/nrows"] for r in tables]
+    assert rows_logged[0] == 2 and rows_logged[-1] == len(callback.group_table.rows) > rows_logged[1] > 12

@@ -53,6 +53,9 @@ __all__ = ["SampleReweighting"]
 
 _Attached = AttachedReweighter  # the former name (tests and old imports)
 
+#: with the default media cadence, the group / class tables are logged once every this many epochs (and at the end)
+TABLE_EVERY_EPOCHS = 10
+
 
 @CALLBACKS.register("sample_reweighting", aliases=("reweighting",))
 class SampleReweighting(MixinCallback):
@@ -68,7 +71,9 @@ class SampleReweighting(MixinCallback):
             histograms ``reweight/weights`` and ``reweight/losses`` (per-sample, the batch of rank 0) and, with
             groups, the table ``reweight/groups`` (:class:`~lightning_losses.reweighting.metrics.GroupTable`), else,
             with integer class targets, ``reweight/classes`` (per class, over the steps since the last log). Default
-            ``None``: about once per epoch; ``0``: never. Loggers without media (CSV) get none of it.
+            ``None``: about once per epoch (the tables grow a row per group each time but are logged, whole, once
+            every :data:`TABLE_EVERY_EPOCHS` epochs and at the end of training); ``0``: never. Loggers without media
+            (CSV) get none of it.
         **kwargs: the strategy's arguments (e.g. ``step_size=0.01`` for ``group_dro``).
 
     Example:
@@ -96,6 +101,7 @@ class SampleReweighting(MixinCallback):
         self._class_metric: GroupAccuracy | None = None  # per class, for the media table of a run without groups
         self.class_table = GroupTable("class")
         self._last_logged_step = -1
+        self._table_epoch: int | None = None  # the epoch the tables were last logged in (default media cadence)
         self._undo: dict[str, Any] | None = None  # the reweighter's state at the start of the micro-batch
         self._committed = False  # an optimizer step committed the state during this micro-batch
         self._uncommitted = 0  # micro-batches merged since the last commit
@@ -230,14 +236,34 @@ class SampleReweighting(MixinCallback):
         # logging steps, or drop it when they do not coincide)
         log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
         if media_loggers(trainer) and self.media.due(step, trainer.current_epoch):
-            self._log_media(trainer, output, last, stats)
+            publish = self._table_due(trainer.current_epoch)
+            self._log_media(trainer, output, last, stats, publish)
             if class_stats is not None:
                 labels = class_labels(last["logits"], last["target"])[0]
                 log_group_table(
-                    trainer, "reweight/classes", self.class_table, class_stats, output, labels, self.reweighter
+                    trainer, "reweight/classes", self.class_table, class_stats, output, labels, self.reweighter, publish
                 )
 
-    def _log_media(self, trainer: Any, output: Any, last: dict[str, Any], stats: dict[str, Any] | None) -> None:
+    def _table_due(self, epoch: int) -> bool:
+        """Whether this media step logs the tables too: every media step with ``media_every_n_steps=N``; with the
+        default cadence, the first one, then one every :data:`TABLE_EVERY_EPOCHS` epochs (a W&B table is an artifact,
+        tens of milliseconds a log; its rows still grow at every media step and ``on_train_end`` logs the rest)."""
+        if self.media.every is not None:
+            return True
+        if self._table_epoch is not None and epoch - self._table_epoch < TABLE_EVERY_EPOCHS:
+            return False
+        self._table_epoch = epoch
+        return True
+
+    @override
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if media_loggers(trainer):  # the rows added since the tables were last logged (no collective)
+            self.group_table.publish(trainer, "reweight/groups")
+            self.class_table.publish(trainer, "reweight/classes")
+
+    def _log_media(
+        self, trainer: Any, output: Any, last: dict[str, Any], stats: dict[str, Any] | None, publish: bool
+    ) -> None:
         weights = None if output is None else output.weights
         if isinstance(weights, torch.Tensor):  # gathered over ranks: every rank calls, an empty batch too
             log_histogram(trainer, "reweight/weights", weights)
@@ -245,7 +271,8 @@ class SampleReweighting(MixinCallback):
             log_histogram(trainer, "reweight/losses", last["losses"])
         group = last.get("group")
         if stats is not None and isinstance(group, torch.Tensor):
-            log_group_table(trainer, "reweight/groups", self.group_table, stats, output, group, self.reweighter)
+            table = self.group_table
+            log_group_table(trainer, "reweight/groups", table, stats, output, group, self.reweighter, publish)
 
     # ------------------------------------------------------------------ checkpointing
     @override

@@ -147,6 +147,13 @@ class GroupTable:
     def __init__(self, label: str = "group") -> None:
         self.columns = ("step", label, "count", "loss", "acc", "weight")
         self.rows: list[list[Any]] = []
+        self.logged_rows = 0  # rows in the last table logged
+
+    def publish(self, trainer: Any, key: str) -> None:
+        """Log the whole table to the media loggers when it has rows not logged yet."""
+        if len(self.rows) > self.logged_rows:
+            log_table(trainer, key, self.columns, self.rows)
+            self.logged_rows = len(self.rows)
 
     def add(self, step: int, stats: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
         """Append the groups with samples (``stats`` from :meth:`GroupAccuracy.compute`; ``weight`` per group)."""
@@ -181,14 +188,23 @@ def class_labels(logits: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor] 
 
 
 def log_group_table(
-    trainer: Any, key: str, table: GroupTable, stats: dict[str, torch.Tensor], output: Any, labels: Any, reweighter: Any
+    trainer: Any,
+    key: str,
+    table: GroupTable,
+    stats: dict[str, torch.Tensor],
+    output: Any,
+    labels: Any,
+    reweighter: Any,
+    publish: bool = True,
 ) -> None:
-    """Add the rows of ``stats`` (:meth:`GroupAccuracy.compute`) to ``table`` and log it whole to the media loggers;
-    the weight column from the objective's per-sample ``output.weights`` (or ``q``, see :func:`group_weights`)."""
+    """Add the rows of ``stats`` (:meth:`GroupAccuracy.compute`) to ``table`` and, with ``publish``, log it whole to
+    the media loggers; the weight column from the objective's per-sample ``output.weights`` (or ``q``, see
+    :func:`group_weights`)."""
     size = stats["acc"].numel()
     weights = None if output is None else output.weights
     if not isinstance(weights, torch.Tensor) or weights.shape != labels.shape:
         weights = torch.ones_like(labels, dtype=torch.float32)
     valid = (labels >= 0) & (labels < size)  # an `ignore_index` target is no class (host sync: media steps only)
     table.add(log_step(trainer), stats, group_weights(reweighter, weights[valid], labels[valid], size))
-    log_table(trainer, key, table.columns, table.rows)
+    if publish:
+        table.publish(trainer, key)

@@ -1,0 +1,61 @@
+"""One logger row per training step for the step statistics of every diagnostic (the objective's and each callback's).
+
+Each write to the loggers is a logger call (W&B: a history row, milliseconds; CSV: a row), and Lightning writes its
+own row of ``train/*`` values on each of its logging steps, after the batch-end hooks. The statistics that the
+objective and the library's callbacks send during a training batch on such a step (the usual case: they follow
+``log_every_n_steps``) are kept and written inside that row, so a logging step costs one logger call whatever the
+number of callbacks, and every value sits in the same row as ``train/loss``. Values sent at any other time (a
+callback's own interval that falls between the Trainer's logging steps, the end of the fit, evaluation) are written
+at once, in a row of their own. A kept row that the Trainer did not write (a step it left out, e.g. one that
+accumulates gradients) goes out, at its own step, before the Trainer's next row.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from lightning_losses._compat import (
+    in_training_batch,
+    intercept_logger_rows,
+    log_step,
+    logger_connector,
+    should_update_logs,
+)
+
+__all__ = ["write_row"]
+
+_KEPT = "_ll_kept_row"
+
+
+def write_row(trainer: Any, values: dict[str, Any]) -> None:
+    """Send ``values`` (scalars or scalar tensors, already global) to the Trainer's loggers at :func:`log_step`: in
+    the Trainer's own row of this step when it writes one after this training batch, otherwise now."""
+    connector = logger_connector(trainer)
+    step = log_step(trainer)
+    state = trainer.__dict__
+    kept = state.get(_KEPT)
+    if kept is not None and kept[0] != step:  # a row kept for an earlier step: out first, at its own step
+        del state[_KEPT]
+        connector.log_metrics(kept[1], step=kept[0])
+        kept = None
+    if in_training_batch(trainer) and should_update_logs(trainer):
+        if intercept_logger_rows(trainer, partial(_merge_kept, trainer)):
+            if kept is None:
+                state[_KEPT] = (step, dict(values))
+            else:
+                kept[1].update(values)
+            return
+    connector.log_metrics(values, step=step)
+
+
+def _merge_kept(trainer: Any, metrics: dict[str, Any], step: int) -> dict[str, Any]:
+    """What the Trainer writes at ``step``: its ``metrics`` with the row kept for that step; a row kept for another
+    step is written first, at its own step."""
+    kept = trainer.__dict__.pop(_KEPT, None)
+    if kept is None:
+        return metrics
+    if kept[0] == step:
+        return {**metrics, **kept[1]}
+    logger_connector(trainer).log_metrics(kept[1], step=kept[0])
+    return metrics

@@ -1,0 +1,55 @@
+"""The diagnostics' scalars in the Trainer's own logger rows (``lightning_losses._log_rows``)."""
+
+from types import SimpleNamespace
+
+from lightning_losses._log_rows import write_row
+
+
+class _Connector:
+    def __init__(self):
+        self.should_update_logs, self.rows = True, []
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append((dict(metrics), step))
+
+
+def _trainer(step):
+    current = SimpleNamespace(ready=1, completed=0)  # inside a training batch
+    loop = SimpleNamespace(_batches_that_stepped=step, batch_progress=SimpleNamespace(current=current))
+    return SimpleNamespace(training=True, global_step=step, fit_loop=SimpleNamespace(epoch_loop=loop),
+                           _logger_connector=_Connector())  # fmt: skip
+
+
+def test_values_of_a_logging_step_go_into_the_trainers_row_of_that_step():
+    trainer = _trainer(3)
+    connector = trainer._logger_connector
+    write_row(trainer, {"a": 1.0})
+    write_row(trainer, {"b": 2.0, "a": 3.0})  # a later value of the same step wins
+    assert connector.rows == []
+    connector.log_metrics({"train/loss": 0.5})  # the Trainer's own row, after the batch-end hooks
+    assert connector.rows == [({"train/loss": 0.5, "a": 3.0, "b": 2.0}, None)]
+
+
+def test_a_kept_row_the_trainer_does_not_write_goes_out_first_at_its_own_step():
+    trainer = _trainer(4)
+    connector = trainer._logger_connector
+    write_row(trainer, {"c": 3.0})  # step 4: the Trainer writes no row (a micro-batch that accumulates)
+    trainer.fit_loop.epoch_loop._batches_that_stepped = 5
+    connector.log_metrics({"train/loss": 0.4})
+    assert connector.rows == [({"c": 3.0}, 4), ({"train/loss": 0.4}, None)]
+    trainer.fit_loop.epoch_loop._batches_that_stepped = 6
+    write_row(trainer, {"d": 1.0})
+    trainer.fit_loop.epoch_loop._batches_that_stepped = 7
+    write_row(trainer, {"e": 1.0})  # the next value kept writes the earlier one out
+    assert connector.rows[2:] == [({"d": 1.0}, 6)]
+
+
+def test_values_outside_a_training_batch_or_off_the_logging_steps_are_written_at_once():
+    trainer = _trainer(2)
+    connector = trainer._logger_connector
+    connector.should_update_logs = False  # a callback's own interval between the Trainer's logging steps
+    write_row(trainer, {"a": 1.0})
+    connector.should_update_logs = True
+    trainer.fit_loop.epoch_loop.batch_progress.current.completed = 1  # e.g. `on_fit_end`
+    write_row(trainer, {"b": 1.0})
+    assert connector.rows == [({"a": 1.0}, 2), ({"b": 1.0}, 2)]
