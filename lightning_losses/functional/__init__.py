@@ -207,3 +207,8 @@ __all__ = [
     "wpo_log_weights",
     "z_loss",
 ]
+
+# importance-aware adversarial training (issue 20)
+from lightning_losses.functional.adversarial import sovr  # noqa: E402
+
+__all__ += ["sovr"]

@@ -179,3 +179,8 @@ __all__ = [
     "VREx",
     "ZLoss",
 ]
+
+# importance-aware adversarial training (issue 20)
+from lightning_losses.losses.adversarial import SOVR  # noqa: E402
+
+__all__ += ["SOVR"]
