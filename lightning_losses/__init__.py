@@ -138,3 +138,8 @@ __all__ += [
     "TemperatureScaling",
     "Tent",
 ]
+
+# USEFUL (issue 20)
+from lightning_losses.reweighting import USEFUL, UpsampleSampler  # noqa: E402
+
+__all__ += ["USEFUL", "UpsampleSampler"]

@@ -68,3 +68,9 @@ __all__ = [
 from lightning_losses.reweighting.preference import WPO  # noqa: E402
 
 __all__ += ["WPO"]
+
+# USEFUL: upsample the slow-learnable clusters (issue 20)
+from lightning_losses.reweighting.upsample import UpsampleSampler  # noqa: E402
+from lightning_losses.reweighting.useful import USEFUL  # noqa: E402
+
+__all__ += ["USEFUL", "UpsampleSampler"]
