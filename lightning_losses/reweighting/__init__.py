@@ -74,3 +74,8 @@ from lightning_losses.reweighting.upsample import UpsampleSampler  # noqa: E402
 from lightning_losses.reweighting.useful import USEFUL  # noqa: E402
 
 __all__ += ["USEFUL", "UpsampleSampler"]
+
+# STORM: self-taught meta loss rescaling (issue 20)
+from lightning_losses.reweighting.meta import STORM  # noqa: E402
+
+__all__ += ["STORM"]

@@ -25,6 +25,7 @@ STRATEGIES = {
     "ema_class_loss": {"momentum": 0.8, "temperature": 0.5},
     "jtt": {"upweight": 4.0, "stage_epochs": 1},
     "per_sample_ema": {"momentum": 0.7, "temperature": 0.5},
+    "storm": {"meta_lr": 2.0, "hidden": 4},  # issue 20
 }
 STATEFUL = ("lin_upper", "group_dro", "class_balanced", "ema_class_loss", "jtt", "per_sample_ema")
 # extra kwargs that fix every lazily-sized state up front (no sizing collective or host sync in any step)
