@@ -259,3 +259,46 @@ def test_a_run_resumed_after_a_crash_matches_an_uninterrupted_one(tmp_path, cras
     assert up > clean.upsampled.float().mean()  # the slow clusters are over-represented after the split
     for a, b in zip(clean_model.parameters(), resumed_model.parameters()):
         torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------- a DDP Trainer run
+def _ddp_trainer_useful():
+    import os
+
+    from lightning_losses.distributed import rank
+
+    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29556")  # unused: the group already exists
+    try:
+        L.seed_everything(0, verbose=False)
+        cb, spy = ll.USEFUL(separating_epoch=1), _Spy()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=2,
+            strategy="ddp",
+            max_epochs=2,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            callbacks=[cb, spy],
+        )
+        dm = DigitsDataModule(label_noise=0.4, sampler="upsample", batch_size=64)
+        trainer.fit(DigitsClassifier(dropout=0.0), dm)
+        return cb.upsampled, {e: torch.cat(v) for e, v in spy.seen.items()}, len(dm.datasets["train"])
+    finally:
+        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+            os.environ.pop(key, None)
+
+
+@pytest.mark.ddp
+def test_a_ddp_trainer_takes_one_split_and_shards_the_upsampled_epoch(ddp):
+    (mask0, seen0, n), (mask1, seen1, _) = ddp.run(_ddp_trainer_useful)
+    assert torch.equal(mask0, mask1) and 0 < int(mask0.sum()) < n
+    full = ll.UpsampleSampler(n, num_replicas=1, rank=0, seed=0)
+    full.set_upsampled(mask0, 2)
+    full.set_epoch(1)
+    want = full.epoch_indices()
+    want = torch.cat([want, want[: 2 * len(seen0[1]) - n]])  # DistributedSampler's padding
+    assert torch.equal(torch.stack([seen0[1], seen1[1]], dim=1).reshape(-1), want)
