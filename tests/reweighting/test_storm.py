@@ -13,8 +13,9 @@ from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.meta import storm_rescaler
 
 
-def _loop_step(omega, hidden, losses, logits, target, embeddings=None):
-    """Explicit per-sample / per-pair loops (float64, autograd through Omega only): (weights, meta gradient)."""
+def _loop_step(omega, hidden, losses, logits, target, embeddings=None, alpha=10.0, per_class=True):
+    """Explicit per-sample / per-pair loops (float64, autograd through Omega only): (weights, meta gradient) of
+    J = sum_j w_j l_j - alpha sum_{i != j} w_i w_j G_ij, w = Omega / sum Omega."""
     n, c = logits.shape
     omega = omega.detach().clone().requires_grad_(True)
     d = 4
@@ -36,36 +37,40 @@ def _loop_step(omega, hidden, losses, logits, target, embeddings=None):
     for f in feats:
         acts = [torch.relu(sum(w1[h][k] * f[k] for k in range(d)) + b1[h]) for h in range(hidden)]
         scale.append(torch.sigmoid(sum(w2[h] * acts[h] for h in range(hidden)) + b2))
-    total = sum(scale)
-    v = [float(s) / float(total) for s in scale]
-    objective = 0.0
+    if per_class:  # Omega_i / (its label's Omega sum) * (its label's count) / N
+        share = []
+        for i in range(n):
+            peers = [j for j in range(n) if int(target[j]) == int(target[i])]
+            share.append(scale[i] / sum(scale[j] for j in peers) * len(peers) / n)
+    else:
+        total = sum(scale)
+        share = [sc / total for sc in scale]
+    objective = sum(share[j] * float(losses[j]) for j in range(n))
     for i in range(n):
-        a = 0.0
         for j in range(n):
             if j == i:
                 continue
             kk = sum(rs[i][q] * rs[j][q] for q in range(c))
             if embeddings is not None:
                 kk *= sum(float(x) * float(yv) for x, yv in zip(embeddings[i], embeddings[j])) + 1.0
-            a += v[j] * kk
-        objective = objective - scale[i] / total * a
+            objective = objective - alpha * share[i] * share[j] * kk
     (grad,) = torch.autograd.grad(objective, omega)
-    weights = torch.stack([s.detach() for s in scale]) * n / float(total)
+    weights = torch.stack([sh.detach() for sh in share]) * n
     return weights, grad
 
 
-@pytest.mark.parametrize("with_embeddings", [False, True])
-def test_weights_and_meta_step_match_explicit_float64_loops(with_embeddings):
+@pytest.mark.parametrize(("with_embeddings", "per_class"), [(False, True), (True, True), (True, False)])
+def test_weights_and_meta_step_match_explicit_float64_loops(with_embeddings, per_class):
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(7, 3, generator=g, dtype=torch.float64) * 2
     target = torch.randint(0, 3, (7,), generator=g)
     losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
     emb = torch.randn(7, 5, generator=g, dtype=torch.float64) if with_embeddings else None
-    r = ll.build_reweighter("storm", meta_lr=0.5, hidden=3, seed=2)
+    r = ll.build_reweighter("storm", meta_lr=0.5, lookahead_lr=3.0, per_class=per_class, hidden=3, seed=2)
     before = r.omega.clone()
     kw = {"embeddings": emb} if with_embeddings else {}
     got = r(losses=losses, logits=logits, target=target, **kw)
-    want_w, want_grad = _loop_step(before, 3, losses, logits, target, emb)
+    want_w, want_grad = _loop_step(before, 3, losses, logits, target, emb, alpha=3.0, per_class=per_class)
     torch.testing.assert_close(got, want_w, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(r.omega, before - 0.5 * want_grad, rtol=1e-10, atol=1e-12)
     assert not torch.equal(r.omega, before)
@@ -115,8 +120,10 @@ def test_state_dict_round_trip_continues_identically():
     ("kwargs", "match"),
     [
         ({"meta_lr": -1.0}, r"`meta_lr` must be .*0.*got -1.0"),
+        ({"lookahead_lr": -2.0}, r"`lookahead_lr` must be .*0.*got -2.0"),
         ({"hidden": 0}, r"`hidden` must be .*1.*got 0"),
         ({"seed": -1}, r"`seed` must be .*0.*got -1"),
+        ({"per_class": "yes"}, r"`per_class` must be a bool"),
     ],
 )
 def test_invalid_arguments_are_refused(kwargs, match):
