@@ -125,7 +125,7 @@ class USEFUL(MixinCallback):
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         epoch = int(trainer.current_epoch)
         if not self.decided and epoch >= self.separating_epoch:
-            self.decide()
+            self.decide(device=pl_module.device)
             count = self.upsampled.sum().float()  # type: ignore[union-attr]
             pl_module.log("useful/upsampled", count, on_step=False, on_epoch=True, sync_dist=False)
         if self.decided:  # also after a resume: the sampler is rebuilt bare
@@ -205,8 +205,11 @@ class USEFUL(MixinCallback):
             mask = keep if value.ndim == 1 else keep[:, None]
             getattr(self, name)[index] = torch.where(mask, value[rep].to(old[name].dtype), old[name])
 
-    def decide(self) -> torch.Tensor:
-        """Compute the slow clusters from the recorded table (rank 0's result on every rank) and free the table."""
+    def decide(self, device: torch.device | None = None) -> torch.Tensor:
+        """Compute the slow clusters from the recorded table (rank 0's result on every rank) and free the table.
+
+        ``device``: where the broadcast runs (the module's device: NCCL needs a GPU tensor, while a table restored
+        from a checkpoint may sit on the CPU); default the table's device."""
         if self.outputs is None:
             raise ConfigurationError(
                 f"USEFUL recorded no outputs before epoch {self.separating_epoch}: it needs `compute_loss(logits=..., "
@@ -215,10 +218,10 @@ class USEFUL(MixinCallback):
         mask = slow_cluster(self.outputs, self.targets, self.losses, self.stamp, self.iterations)  # type: ignore
         if distributed.is_distributed():  # the same decision on every rank, whatever the floating-point path
             group = distributed.data_parallel_group()
-            flags = mask.to(torch.uint8)
+            flags = mask.to(device=device or mask.device, dtype=torch.uint8)
             src = dist.get_global_rank(group, 0) if group is not None else 0
             dist.broadcast(flags, src=src, group=group)
-            mask = flags.bool()
+            mask = flags.bool().to(mask.device)
         self.upsampled, self.decided = mask, True
         self.outputs = self.losses = self.targets = self.stamp = None
         return mask
