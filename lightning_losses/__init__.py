@@ -163,3 +163,9 @@ __all__ += [
     "list_reward_transforms",
 ]
 __all__ += ["PerpGrad"]
+
+
+# USEFUL (issue 20)
+from lightning_losses.reweighting import USEFUL, UpsampleSampler  # noqa: E402
+
+__all__ += ["USEFUL", "UpsampleSampler"]

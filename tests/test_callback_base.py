@@ -26,6 +26,7 @@ STATE_KEYS = [  # the keys written by the releases before the base class: they m
     (lambda: ll.EntropyControl(target=1.0, lr=0.1, name="ent2"), "EntropyControl{'name': 'ent2'}"),
     (lambda: ll.SAF(), "SAF{'name': 'saf'}"),
     (lambda: ll.SAF(name="x"), "SAF{'name': 'x'}"),
+    (lambda: ll.USEFUL(), "USEFUL{'separating_epoch': 1, 'factor': 2}"),
 ]
 
 MIXIN_CALLBACKS = {
@@ -33,6 +34,7 @@ MIXIN_CALLBACKS = {
     "step": lambda: SAM(rho=0.05),
     "terms": lambda: ll.EntropyControl(target=1.0, lr=0.1),
     "terms (SAF)": lambda: ll.SAF(num_samples=4),
+    "terms (USEFUL)": lambda: ll.USEFUL(num_samples=4),
 }
 
 

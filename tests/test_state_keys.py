@@ -14,6 +14,7 @@ STATEFUL = {
     "EntropyControl `entropy`": lambda: ll.EntropyControl(target=1.0, lr=0.1),
     "EntropyController": lambda: EntropyController(target=1.0, lr=0.1),
     "GroupDRO": lambda: ll.build_reweighter("group_dro", num_groups=2),
+    "USEFUL": lambda: ll.USEFUL(),
 }
 
 

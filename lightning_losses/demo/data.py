@@ -16,10 +16,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.sampler import BalancedSampler
+from lightning_losses.reweighting.upsample import UpsampleSampler
 
 __all__ = ["DictDataset", "DigitsDataModule", "make_digits_splits"]
 
-SAMPLERS = ("none", "balanced_groups", "balanced_classes")
+SAMPLERS = ("none", "balanced_groups", "balanced_classes", "upsample")
 SAMPLER_MODES = ("oversample", "subsample")
 
 
@@ -129,7 +130,9 @@ class DigitsDataModule(L.LightningDataModule):
             spurious group equally likely, as Group DRO's ``--reweight_groups``; needs ``spurious > 0``) or
             ``"balanced_classes"`` (every class equally likely). Default ``"none"``. A balanced sampler is a
             ``DistributedSampler``: under DDP each rank gets a disjoint shard of the same balanced epoch, and
-            Lightning reseeds it every epoch (``seed + epoch``).
+            Lightning reseeds it every epoch (``seed + epoch``). ``"upsample"``: an
+            :class:`~lightning_losses.reweighting.UpsampleSampler` (plain shuffling until the ``useful`` callback
+            chooses the samples to upsample).
         sampler_mode: ``"oversample"`` (draw ``len(train)`` samples with replacement, probability ``1 / n_g``) or
             ``"subsample"`` (keep ``min_g n_g`` samples of every group / class, without replacement). Default
             ``"oversample"``.
@@ -213,7 +216,7 @@ class DigitsDataModule(L.LightningDataModule):
             )
         self.datasets = datasets
 
-    def balanced_sampler(self) -> BalancedSampler | None:
+    def balanced_sampler(self) -> BalancedSampler | UpsampleSampler | None:
         """The training :class:`~lightning_losses.reweighting.BalancedSampler` (``None`` when ``sampler="none"``).
 
         Sharded by the attached Trainer's world size and rank (by the initialised process group without a Trainer).
@@ -221,9 +224,11 @@ class DigitsDataModule(L.LightningDataModule):
         if self.sampler == "none":
             return None
         self.setup()
-        ids = self.datasets["train"].tensors["group" if self.sampler == "balanced_groups" else "target"]
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (None, None)
+        if self.sampler == "upsample":
+            return UpsampleSampler(len(self.datasets["train"]), num_replicas=replicas, rank=rank, seed=self.seed)
+        ids = self.datasets["train"].tensors["group" if self.sampler == "balanced_groups" else "target"]
         return BalancedSampler(ids, mode=self.sampler_mode, num_replicas=replicas, rank=rank, seed=self.seed)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

@@ -127,14 +127,16 @@ class DigitsClassifier(LossesMixin, L.LightningModule):
         return loss
 
     def wants_embeddings(self) -> bool:
-        """Whether a term of the objective reads ``embeddings`` (e.g. ``coral``): then the penultimate features are
-        passed under that name (cached per objective: checked once, not every step)."""
+        """Whether a term of the objective reads ``embeddings`` (e.g. ``coral``), or the attached reweighter lists
+        them in its ``optional_inputs`` (``storm``): then the penultimate features are passed under that name (the
+        objective's answer cached per objective: checked once, not every step)."""
         objective = self.objective
         cached = self.__dict__.get("_wants_embeddings")
         if cached is None or cached[0] is not objective:
             wants = any(t.source(a) == "embeddings" for t in objective.terms for a in sum(t.loss.input_names(), ()))
             cached = self.__dict__["_wants_embeddings"] = (objective, wants)
-        return cached[1]
+        attached = (self.__dict__.get("_ll_plugin_slots") or {}).get("reweighter")
+        return cached[1] or "embeddings" in getattr(getattr(attached, "reweighter", None), "optional_inputs", ())
 
     def objective_tensors(
         self, logits: torch.Tensor, batch: dict[str, torch.Tensor], embeddings: torch.Tensor | None = None

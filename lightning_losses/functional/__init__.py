@@ -231,3 +231,8 @@ __all__ = [
 from lightning_losses.functional.mat import mat_joint, mat_loss, mat_shift  # noqa: E402
 
 __all__ += ["mat_joint", "mat_loss", "mat_shift"]
+
+# importance-aware adversarial training (issue 20)
+from lightning_losses.functional.adversarial import sovr  # noqa: E402
+
+__all__ += ["sovr"]

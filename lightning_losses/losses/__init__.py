@@ -211,3 +211,8 @@ __all__ = [
 from lightning_losses.losses.mat import MAT  # noqa: E402
 
 __all__ += ["MAT"]
+
+# importance-aware adversarial training (issue 20)
+from lightning_losses.losses.adversarial import SOVR  # noqa: E402
+
+__all__ += ["SOVR"]

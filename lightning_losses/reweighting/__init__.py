@@ -73,3 +73,14 @@ __all__ += ["WPO"]
 from lightning_losses.reweighting.class_gradients import PerClassNormalized  # noqa: E402
 
 __all__ += ["PerClassNormalized"]
+
+# USEFUL: upsample the slow-learnable clusters (issue 20)
+from lightning_losses.reweighting.upsample import UpsampleSampler  # noqa: E402
+from lightning_losses.reweighting.useful import USEFUL  # noqa: E402
+
+__all__ += ["USEFUL", "UpsampleSampler"]
+
+# STORM: self-taught meta loss rescaling (issue 20)
+from lightning_losses.reweighting.meta import STORM  # noqa: E402
+
+__all__ += ["STORM"]

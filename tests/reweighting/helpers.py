@@ -26,6 +26,7 @@ STRATEGIES = {
     "jtt": {"upweight": 4.0, "stage_epochs": 1},
     "per_sample_ema": {"momentum": 0.7, "temperature": 0.5},
     "per_class_normalized": {},  # issue 20
+    "storm": {"meta_lr": 2.0, "hidden": 4},  # issue 20
 }
 STATEFUL = ("lin_upper", "group_dro", "class_balanced", "ema_class_loss", "jtt", "per_sample_ema")
 # extra kwargs that fix every lazily-sized state up front (no sizing collective or host sync in any step)

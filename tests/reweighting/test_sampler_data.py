@@ -20,7 +20,7 @@ from lightning_losses.reweighting import BalancedSampler
     [
         (
             {"sampler": "balanced"},
-            r"`sampler` must be one of `none`, `balanced_groups`, `balanced_classes`, got "
+            r"`sampler` must be one of `none`, `balanced_groups`, `balanced_classes`, `upsample`, got "
             r"'balanced'; did you mean `balanced_groups`\?",
         ),
         (
