@@ -12,8 +12,11 @@ accumulates gradients) goes out, at its own step, before the Trainer's next row.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
+
+import torch
 
 from lightning_losses._compat import (
     in_training_batch,
@@ -23,7 +26,7 @@ from lightning_losses._compat import (
     should_update_logs,
 )
 
-__all__ = ["write_row"]
+__all__ = ["log_scalars", "write_row"]
 
 _KEPT = "_ll_kept_row"
 
@@ -59,3 +62,30 @@ def _merge_kept(trainer: Any, metrics: dict[str, Any], step: int) -> dict[str, A
         return {**metrics, **kept[1]}
     logger_connector(trainer).log_metrics(kept[1], step=kept[0])
     return metrics
+
+
+def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own_interval: bool = False) -> None:
+    """Log step statistics (tensors or numbers, already global) from a callback hook, at :func:`log_step`.
+
+    The values go to ``trainer.callback_metrics`` (monitorable by ``EarlyStopping`` / ``ModelCheckpoint``) and to
+    every logger now, at the step the Trainer's own ``train/*`` logs of this batch are written at: on the Trainer's
+    logging steps (the callers' default) and on a callback's own period (``own_interval``, kept for the callers'
+    clarity: the path is the same). Not through ``LightningModule.log``: Lightning keeps a result object per key
+    and step there, a fraction of a millisecond per key, which for the tens of diagnostic keys of a step would cost
+    percents of a small model's step time (``bench/diagnostics.py``). In a training batch on one of the Trainer's
+    logging steps they are written inside the Trainer's own row of that step (one logger call for every callback's
+    values, :func:`write_row`); at other times in a row of their own, at once. Without Lightning's
+    logger connector (another Trainer), ``pl_module.log_dict(on_step=True)``.
+    """
+    if not metrics:
+        return
+    connector = logger_connector(trainer)
+    if connector is None:
+        pl_module.log_dict(dict(metrics), on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
+        return
+    values = {
+        k: v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
+        for k, v in metrics.items()
+    }
+    trainer.callback_metrics.update(values)
+    write_row(trainer, values)

@@ -14,7 +14,7 @@ copy, no kernel, no host read), and the counting (one pass over the kept values 
 logging steps, or every :data:`FOLD_EVERY` steps to bound what is kept. On a logging step the counts are summed over
 the data-parallel group (one small collective, every rank alike) and go with the coefficients to
 ``trainer.callback_metrics`` (monitorable) and into the Trainer's own row of ``train/*`` values
-(:func:`~lightning_losses.diagnostics.log_scalars`: no ``LightningModule.log`` result object per key). The counts are
+(:func:`~lightning_losses._log_rows.log_scalars`: no ``LightningModule.log`` result object per key). The counts are
 per-interval values, not state: nothing to checkpoint.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from lightning_losses._compat import log_step, should_update_logs
-from lightning_losses.diagnostics import log_scalars
+from lightning_losses._log_rows import log_scalars
 from lightning_losses.distributed import global_sum
 
 __all__ = ["FOLD_EVERY", "log_objective_diagnostics"]

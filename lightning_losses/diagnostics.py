@@ -17,13 +17,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from lightning_losses._compat import log_step, logger_connector
-from lightning_losses._log_rows import write_row
+from lightning_losses._compat import log_step
+from lightning_losses._log_rows import log_scalars
 from lightning_losses._validation import check_int
 from lightning_losses.distributed import all_gather_values, global_sum
 
@@ -38,33 +38,6 @@ __all__ = [
     "media_loggers",
     "reliability_diagram",
 ]
-
-
-def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own_interval: bool = False) -> None:
-    """Log step statistics (tensors or numbers, already global) from a callback hook, at :func:`log_step`.
-
-    The values go to ``trainer.callback_metrics`` (monitorable by ``EarlyStopping`` / ``ModelCheckpoint``) and to
-    every logger now, at the step the Trainer's own ``train/*`` logs of this batch are written at: on the Trainer's
-    logging steps (the callers' default) and on a callback's own period (``own_interval``, kept for the callers'
-    clarity: the path is the same). Not through ``LightningModule.log``: Lightning keeps a result object per key
-    and step there, a fraction of a millisecond per key, which for the tens of diagnostic keys of a step would cost
-    percents of a small model's step time (``bench/diagnostics.py``). In a training batch on one of the Trainer's
-    logging steps they are written inside the Trainer's own row of that step (one logger call for every callback's
-    values, :mod:`lightning_losses._log_rows`); at other times in a row of their own, at once. Without Lightning's
-    logger connector (another Trainer), ``pl_module.log_dict(on_step=True)``.
-    """
-    if not metrics:
-        return
-    connector = logger_connector(trainer)
-    if connector is None:
-        pl_module.log_dict(dict(metrics), on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
-        return
-    values = {
-        k: v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
-        for k, v in metrics.items()
-    }
-    trainer.callback_metrics.update(values)
-    write_row(trainer, values)
 
 
 def media_loggers(trainer: Any) -> list[Any]:

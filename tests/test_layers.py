@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
             "errors",
             "_cli_parser",
             "_compat",
+            "_log_rows",
             "_validation",
             "registry",
             "distributed",
