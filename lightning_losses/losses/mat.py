@@ -75,6 +75,9 @@ class MAT(LabelLoss):
         tensor([0.0947, 0.0947])
     """
 
+    #: the calibration :math:`J` is taken over the (global) batch: a per-micro-batch value under accumulation
+    batch_statistics = True
+
     def __init__(
         self,
         num_classes: int,
