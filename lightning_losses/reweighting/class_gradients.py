@@ -89,7 +89,7 @@ class PerClassNormalized(Reweighter):
         label = target.masked_fill(~valid, 0)
         onehot = F.one_hot(label, num_classes).to(torch.float64) * valid.unsqueeze(1)
         grad = logits.detach().to(torch.float64).softmax(-1) - onehot  # d CE / d z, zero rows for left-out samples
-        grad = grad * valid.unsqueeze(1)
+        grad = torch.where(valid.unsqueeze(1), grad, torch.zeros_like(grad))  # `where`: a NaN row must not spread
         ones = torch.ones(n, 1, dtype=torch.float64, device=logits.device)
         if self.features is None:
             inputs_ = ones
@@ -99,6 +99,7 @@ class PerClassNormalized(Reweighter):
                 got = list(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
                 raise ValueError(f"reweighter `{self.strategy}`: `{self.features}` must have shape [{n}, D], got {got}")
             inputs_ = torch.cat([feats.detach().to(torch.float64), ones], 1)
+            inputs_ = torch.where(valid.unsqueeze(1), inputs_, torch.zeros_like(inputs_))
         # G[c] = sum over class-c samples of grad_i (outer) [h_i, 1], without an [N, C, C, D] intermediate
         by_class = (onehot.unsqueeze(2) * grad.unsqueeze(1)).reshape(n, num_classes * num_classes)
         class_grad = (by_class.T @ inputs_).reshape(num_classes, num_classes, inputs_.shape[1])

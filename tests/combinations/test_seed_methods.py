@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 import lightning_losses as ll
 from lightning_losses._accumulation import GlobalTermProbe
 from lightning_losses.errors import AccumulationWarning
+from lightning_losses.functional.adversarial import sovr
 from lightning_losses.losses.mat import MAT
 
 from . import _matrix as M
@@ -118,3 +119,53 @@ def test_accumulated_step_is_the_mean_of_micro_batch_objectives_and_warned(spec)
     with torch.no_grad():
         expected = {f"model/{n}": p - 0.2 * grads[n] for n, p in params.items()}
     assert not M.differences({k: micro[0][k] for k in expected}, expected, 1e-12)
+
+
+# ---------------------------------------------------------------- non-finite samples
+
+
+def test_a_nan_sample_takes_no_part_in_the_sovr_ranking():
+    """The other samples get the losses of the batch without the NaN sample (the switch counts finite margins)."""
+    g = torch.Generator().manual_seed(1)
+    logits, target = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    with_nan = logits.clone()
+    with_nan[2, 1] = float("nan")
+    keep = torch.tensor([0, 1, 3, 4, 5, 6])
+    for fraction in (0.3, 0.5, 0.8):
+        got = sovr(with_nan, target, fraction=fraction)
+        torch.testing.assert_close(got[keep], sovr(logits[keep], target[keep], fraction=fraction), rtol=0, atol=0)
+        assert torch.isnan(got[2])
+
+
+def test_a_nan_sample_takes_no_part_in_per_class_normalized_weights():
+    """Weight 0 for the NaN sample, and the others' weights those of the batch without it (not NaN)."""
+    g = torch.Generator().manual_seed(2)
+    logits, target = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    logits[3, 0] = float("nan")
+    losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    keep = torch.tensor([0, 1, 2, 4, 5, 6])
+    reweighter, alone = ll.build_reweighter("per_class_normalized"), ll.build_reweighter("per_class_normalized")
+    weights = reweighter(losses=losses, logits=logits, target=target)
+    expected = alone(losses=losses[keep], logits=logits[keep], target=target[keep])
+    assert float(weights[3]) == 0.0
+    torch.testing.assert_close(weights[keep], expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(reweighter.class_weights(), alone.class_weights(), rtol=1e-12, atol=0)
+
+
+class _Diagnostics(M.L.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        metrics = trainer.callback_metrics
+        self.seen.append({k: float(metrics[k]) for k in metrics if k.startswith("objective/nonfinite")})
+
+
+def test_objective_nonfinite_counts_the_sovr_and_mat_rows():
+    """Batch 1 of ``"nan"`` has 3 NaN samples (skipped by ``training_step``): each term counts its 3 NaN rows, the
+    total 3; batch 0 none."""
+    spec = {"sovr": {"fraction": 0.5}, "mat": {"num_classes": M.CLASSES, "coefficient": 0.5}}
+    diagnostics = _Diagnostics()
+    _fit(_Net(spec), 1, callbacks=[diagnostics], data="nan", max_epochs=1, log_every_n_steps=1)
+    names = ("objective/nonfinite", "objective/nonfinite/sovr", "objective/nonfinite/mat")
+    assert diagnostics.seen == [dict.fromkeys(names, 0.0), dict.fromkeys(names, 3.0)], diagnostics.seen
