@@ -169,3 +169,74 @@ def test_objective_nonfinite_counts_the_sovr_and_mat_rows():
     _fit(_Net(spec), 1, callbacks=[diagnostics], data="nan", max_epochs=1, log_every_n_steps=1)
     names = ("objective/nonfinite", "objective/nonfinite/sovr", "objective/nonfinite/mat")
     assert diagnostics.seen == [dict.fromkeys(names, 0.0), dict.fromkeys(names, 3.0)], diagnostics.seen
+
+
+# ---------------------------------------------------------------- storm
+
+
+def _storm():
+    return ll.SampleReweighting("storm", meta_lr=0.5, lookahead_lr=2.0, seed=1)
+
+
+def _same(a, b, tol=0.0, prefixes=("model/", "opt/", "rew/", "useful/")):
+    assert len(a) == len(b) > 0, (len(a), len(b))
+    for s, (x, y) in enumerate(zip(a, b), start=1):
+        bad = M.differences(x, y, tol, prefixes)
+        assert not bad, f"step {s}: {bad}"
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_storm_meta_step_runs_once_per_optimizer_step_under_sam(k):
+    """SAM's second pass replays the weights of the pass at ``w``: radius 0 equals no SAM bitwise (a second meta step
+    would move omega), and with a radius the first step's omega is the one without SAM."""
+    alone, _, _ = _fit(_Net(), k, callbacks=[_storm()])
+    zero, _, _ = _fit(_Net(), k, callbacks=[_storm(), ll.SAM(rho=0.0)])
+    _same(zero, alone)
+    sam, _, _ = _fit(_Net(), k, callbacks=[_storm(), ll.SAM(rho=0.1)])
+    assert not M.differences(sam[0], alone[0], 0.0, ("rew/",))
+    assert [int(s["rew/step"]) for s in sam] == list(range(1, len(alone) + 1))
+    assert M.differences(sam[-1], alone[-1], 1e-6, ("model/",)), "SAM changed nothing"
+
+
+def test_storm_accumulation_equals_the_reweighter_alone_fed_the_micro_batches():
+    """k=2: the step's omega is the standalone STORM's after both micro-batches at ``w0`` (one commit), and the
+    parameters are SGD's ``w0 - lr * mean_m grad(weighted mean of micro-batch m)`` with its weights."""
+    micro, _, _ = _fit(_Net(), 2, callbacks=[_storm(), ll.SAM(rho=0.0)], max_epochs=1)
+    model, storm = _Net(), _storm().reweighter
+    storm.accumulating = True
+    params = dict(model.named_parameters())
+    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+    for batch in DataLoader(M.MatrixData(), batch_size=M.CHUNK, shuffle=False):
+        logits = model(batch["x"])
+        losses = torch.nn.functional.cross_entropy(logits, batch["target"], reduction="none")
+        weights = storm(losses=losses.detach(), logits=logits.detach(), target=batch["target"])
+        loss = (weights * losses).sum() / weights.sum()
+        for n, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
+            grads[n] += g / 2
+    storm.commit()
+    with torch.no_grad():
+        expected = {f"model/{n}": p - 0.2 * grads[n] for n, p in params.items()}
+    expected.update({f"rew/{k}": v for k, v in storm.state_dict().items()})
+    assert not M.differences({k: micro[0][k] for k in expected}, expected, 1e-12)
+
+
+@pytest.mark.parametrize(("k", "data"), [(1, "nan"), (2, "nan_first")])
+def test_storm_with_sam_and_a_nan_micro_batch_leaves_no_trace(k, data):
+    """The NaN micro-batch's ``training_step`` returns ``None`` after ``compute_loss``: the same as a model that
+    returns ``None`` before it (omega, the meta-gradient sum, counters, weights), bitwise."""
+    nan, _, _ = _fit(_Net(), k, callbacks=[_storm(), ll.SAM(rho=0.1)], data=data)
+    skip, _, _ = _fit(_Net(skip_nonfinite_inputs=True), k, callbacks=[_storm(), ll.SAM(rho=0.1)], data=data)
+    _same(nan, skip)
+
+
+def test_storm_with_sam_and_accumulation_resumes_exactly(tmp_path):
+    """One epoch, checkpoint, resume for the second == two epochs uninterrupted (omega, model, optimizer)."""
+    whole, _, _ = _fit(_Net(), 2, callbacks=[_storm(), ll.SAM(rho=0.1)])
+    first, _, trainer = _fit(_Net(), 2, callbacks=[_storm(), ll.SAM(rho=0.1)], max_epochs=1)
+    trainer.save_checkpoint(tmp_path / "epoch0.ckpt")
+    snaps = _Snapshots([cb := _storm()])
+    snaps.steps = list(first)  # the resumed fit starts at global_step 1
+    loader = DataLoader(M.MatrixData(), batch_size=M.CHUNK, shuffle=False)
+    trainer = M.trainer_for([cb, ll.SAM(rho=0.1), snaps], 2)
+    trainer.fit(_Net(), loader, ckpt_path=tmp_path / "epoch0.ckpt")
+    _same(snaps.steps, whole)
