@@ -240,3 +240,60 @@ def test_storm_with_sam_and_accumulation_resumes_exactly(tmp_path):
     trainer = M.trainer_for([cb, ll.SAM(rho=0.1), snaps], 2)
     trainer.fit(_Net(), loader, ckpt_path=tmp_path / "epoch0.ckpt")
     _same(snaps.steps, whole)
+
+
+# ---------------------------------------------------------------- useful
+
+
+class _Recorded(_Net):
+    """Keeps the logits of every ``compute_loss`` call at the unperturbed weights, by sample index."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.at_w: dict[int, torch.Tensor] = {}
+
+    def compute_loss(self, **tensors):
+        if self.current_epoch == 0 and not self.objective_logging_suppressed:
+            for i, row in zip(tensors["index"].tolist(), tensors["logits"].detach()):
+                self.at_w[i] = row.clone()
+        return super().compute_loss(**tensors)
+
+
+def _useful_fit(model, k, callbacks, data=None, epochs=1, seed=38):
+    """``USEFUL(separating_epoch=1)`` over an ``UpsampleSampler`` (seed 38: the ``"nan"`` samples 9, 12, 14 fall in
+    batch 1 and the ``"nan_first"`` ones 1, 4 in batch 0 of epoch 0)."""
+    useful = ll.USEFUL(separating_epoch=1)
+    snaps = _Snapshots([useful])
+    sampler = ll.UpsampleSampler(M.N, seed=seed)
+    loader = DataLoader(M.MatrixData(nan=data), batch_size=M.CHUNK, sampler=sampler)
+    M.trainer_for([useful, *callbacks, snaps], k, max_epochs=epochs).fit(model, loader)
+    return useful, snaps.steps
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_useful_records_the_outputs_at_w_under_sam_and_splits_them(k):
+    """With SAM (and accumulation) the table holds each sample's logits of the pass at ``w`` (never ``w + e``), and
+    the split at epoch 1 is ``slow_cluster`` of that table."""
+    from lightning_losses.functional.clustering import slow_cluster
+
+    model = _Recorded()
+    useful, steps = _useful_fit(model, k, [ll.SAM(rho=0.1)])
+    assert sorted(model.at_w) == list(range(M.N))
+    outputs = torch.stack([model.at_w[i] for i in range(M.N)]).float()
+    target = M.MatrixData().target
+    losses = torch.nn.functional.cross_entropy(outputs, target, reduction="none")
+    torch.testing.assert_close(useful.outputs, outputs, rtol=0, atol=0)
+    torch.testing.assert_close(useful.losses, losses, rtol=0, atol=0)
+    assert bool(useful.stamp.all()) and torch.equal(useful.targets, target)
+    expected = slow_cluster(outputs, target, losses, torch.ones(M.N, dtype=torch.bool), useful.iterations)
+    assert torch.equal(useful.decide(), expected) and bool(expected.any())
+
+
+@pytest.mark.parametrize(("k", "data"), [(1, "nan"), (2, "nan_first")])
+def test_useful_with_sam_and_a_nan_micro_batch_records_nothing_of_it(k, data):
+    """A micro-batch whose ``training_step`` returns ``None`` after ``compute_loss`` leaves the table as a model that
+    returns ``None`` before it (bitwise), and the model as well."""
+    _, nan = _useful_fit(_Net(), k, [ll.SAM(rho=0.1)], data=data)
+    _, skip = _useful_fit(_Net(skip_nonfinite_inputs=True), k, [ll.SAM(rho=0.1)], data=data)
+    _same(nan, skip)
+    assert int(skip[-1]["useful/stamp"].sum()) == M.CHUNK, "one batch recorded"
