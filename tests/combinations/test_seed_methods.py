@@ -220,7 +220,7 @@ def test_storm_accumulation_equals_the_reweighter_alone_fed_the_micro_batches():
     assert not M.differences({k: micro[0][k] for k in expected}, expected, 1e-12)
 
 
-@pytest.mark.parametrize(("k", "data"), [(1, "nan"), (2, "nan_first")])
+@pytest.mark.parametrize(("k", "data"), [(1, "nan"), (2, "nan"), (2, "nan_first")])
 def test_storm_with_sam_and_a_nan_micro_batch_leaves_no_trace(k, data):
     """The NaN micro-batch's ``training_step`` returns ``None`` after ``compute_loss``: the same as a model that
     returns ``None`` before it (omega, the meta-gradient sum, counters, weights), bitwise."""
@@ -289,7 +289,7 @@ def test_useful_records_the_outputs_at_w_under_sam_and_splits_them(k):
     assert torch.equal(useful.decide(), expected) and bool(expected.any())
 
 
-@pytest.mark.parametrize(("k", "data"), [(1, "nan"), (2, "nan_first")])
+@pytest.mark.parametrize(("k", "data"), [(1, "nan"), (2, "nan"), (2, "nan_first")])
 def test_useful_with_sam_and_a_nan_micro_batch_records_nothing_of_it(k, data):
     """A micro-batch whose ``training_step`` returns ``None`` after ``compute_loss`` leaves the table as a model that
     returns ``None`` before it (bitwise), and the model as well."""
@@ -297,3 +297,41 @@ def test_useful_with_sam_and_a_nan_micro_batch_records_nothing_of_it(k, data):
     _, skip = _useful_fit(_Net(skip_nonfinite_inputs=True), k, [ll.SAM(rho=0.1)], data=data)
     _same(nan, skip)
     assert int(skip[-1]["useful/stamp"].sum()) == M.CHUNK, "one batch recorded"
+
+
+# ---------------------------------------------------------------- ignore_index targets
+
+
+@pytest.mark.parametrize("strategy", ["storm", "per_class_normalized"])
+@pytest.mark.parametrize(
+    "spec",
+    [{"ce": {"loss": "cross_entropy"}}, {"sovr": {"fraction": 0.5}, "mat": {"num_classes": M.CLASSES}}],
+    ids=["ce", "sovr+mat"],
+)
+def test_ignored_targets_count_nowhere_in_the_newest_terms_and_reweighters(strategy, spec):
+    """Samples labelled ``ignore_index`` change nothing: the loss, its gradient, the other samples' weights and the
+    reweighter's state equal those of the batch without them."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(10, M.CLASSES, generator=g, dtype=torch.float64)
+    target = torch.randint(0, M.CLASSES, (10,), generator=g)
+    ignored = torch.tensor([1, 4, 7])
+    keep = torch.tensor([0, 2, 3, 5, 6, 8, 9])
+    target[ignored] = -100
+    full, part = logits.clone().requires_grad_(True), logits[keep].clone().requires_grad_(True)
+    results = []
+    for z, y, index in ((full, target, torch.arange(10)), (part, target[keep], keep)):
+        objective = ll.Objective(spec)
+        objective.train()
+        for term in objective.terms:
+            if isinstance(term.loss, MAT):
+                term.loss.load_held_out(_held_out(10))
+        reweighter = ll.build_reweighter(strategy)
+        out = objective({"logits": z, "target": y, "index": index}, reweighter=reweighter)
+        (grad,) = torch.autograd.grad(out.loss, z)
+        results.append((out.loss.detach(), grad, out.weights, reweighter.state_dict()))
+    (loss, grad, weights, state), (loss_k, grad_k, weights_k, state_k) = results
+    torch.testing.assert_close(loss, loss_k, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad[keep], grad_k, rtol=1e-12, atol=1e-15)
+    assert not grad[ignored].any() and not weights[ignored].any()
+    torch.testing.assert_close(weights[keep], weights_k, rtol=1e-12, atol=0)
+    assert not M.differences(state, state_k, 1e-12)
