@@ -335,3 +335,43 @@ def test_ignored_targets_count_nowhere_in_the_newest_terms_and_reweighters(strat
     assert not grad[ignored].any() and not weights[ignored].any()
     torch.testing.assert_close(weights[keep], weights_k, rtol=1e-12, atol=0)
     assert not M.differences(state, state_k, 1e-12)
+
+
+# ---------------------------------------------------------------- DDP
+
+
+_DDP_SPEC = {"sovr": {"fraction": 0.5}, "mat": {"num_classes": M.CLASSES, "coefficient": 0.5}}
+
+
+def _ddp_fit(k: int) -> list:
+    """storm + SAM (``sync_ascent``) on ``sovr + mat`` under Lightning's DDP on this rank of the session's 2-process
+    group, ``k`` micro-batches of ``DDP_CHUNK`` rows per rank (see ``_matrix.ddp_run``)."""
+    import os
+
+    from lightning_losses.distributed import rank
+
+    r = rank()
+    os.environ.update(LOCAL_RANK=str(r), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29557")
+    try:
+        callbacks = [_storm(), ll.SAM(rho=0.1, sync_ascent=True)]
+        snaps = _Snapshots(callbacks)
+        loader = DataLoader(M.MatrixData(order=M.rank_order(r, M.DDP_CHUNK)), batch_size=M.DDP_CHUNK, shuffle=False)
+        trainer = M.trainer_for([*callbacks, snaps], k, strategy="ddp", devices=2, use_distributed_sampler=False)
+        trainer.fit(_Net(_DDP_SPEC, chunk=M.DDP_CHUNK), loader)
+        return snaps.steps
+    finally:
+        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+            os.environ.pop(key, None)
+
+
+@pytest.mark.ddp
+def test_storm_sovr_mat_with_sam_and_accumulation_under_ddp_equal_one_process(ddp):
+    """2 ranks x k=2 micro-batches of 4 rows == one process, k=2 micro-batches of 8 (the ranks' rows concatenated):
+    SOVR's ranking and MAT's calibration over the global micro-batch, STORM's meta step from the gathered batch."""
+    rank0, rank1 = ddp.run(_ddp_fit, 2)
+    # BatchNorm running statistics are per rank (DDP broadcasts rank 0's at each forward): left out
+    trained = ("model/inp", "model/mix", "model/head", "model/bn.weight", "model/bn.bias", "opt/", "rew/")
+    _same(rank0, rank1, prefixes=trained)
+    one, _, _ = _fit(_Net(_DDP_SPEC, chunk=M.DDP_CHUNK), 2, 2 * M.DDP_CHUNK, [_storm(), ll.SAM(rho=0.1)])
+    _same(rank0, one, 1e-10, trained)
