@@ -161,12 +161,15 @@ class _Diagnostics(M.L.Callback):
         self.seen.append({k: float(metrics[k]) for k in metrics if k.startswith("objective/nonfinite")})
 
 
-def test_objective_nonfinite_counts_the_sovr_and_mat_rows():
+@pytest.mark.parametrize("k", [1, 2])
+def test_objective_nonfinite_counts_the_sovr_and_mat_rows(k):
     """Batch 1 of ``"nan"`` has 3 NaN samples (skipped by ``training_step``): each term counts its 3 NaN rows, the
-    total 3; batch 0 none."""
+    total 3; batch 0 none. With k=2 and SAM (the step's two micro-batches, the perturbed pass not counted) the step's
+    count after its last micro-batch is 3 as well."""
     spec = {"sovr": {"fraction": 0.5}, "mat": {"num_classes": M.CLASSES, "coefficient": 0.5}}
     diagnostics = _Diagnostics()
-    _fit(_Net(spec), 1, callbacks=[diagnostics], data="nan", max_epochs=1, log_every_n_steps=1)
+    callbacks = [diagnostics] if k == 1 else [ll.SAM(rho=0.1), diagnostics]
+    _fit(_Net(spec), k, callbacks=callbacks, data="nan", max_epochs=1, log_every_n_steps=1)
     names = ("objective/nonfinite", "objective/nonfinite/sovr", "objective/nonfinite/mat")
     assert diagnostics.seen == [dict.fromkeys(names, 0.0), dict.fromkeys(names, 3.0)], diagnostics.seen
 
