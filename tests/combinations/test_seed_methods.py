@@ -201,25 +201,28 @@ def test_storm_meta_step_runs_once_per_optimizer_step_under_sam(k):
     assert M.differences(sam[-1], alone[-1], 1e-6, ("model/",)), "SAM changed nothing"
 
 
-def test_storm_accumulation_equals_the_reweighter_alone_fed_the_micro_batches():
-    """k=2: the step's omega is the standalone STORM's after both micro-batches at ``w0`` (one commit), and the
-    parameters are SGD's ``w0 - lr * mean_m grad(weighted mean of micro-batch m)`` with its weights."""
-    micro, _, _ = _fit(_Net(), 2, callbacks=[_storm(), ll.SAM(rho=0.0)], max_epochs=1)
-    model, storm = _Net(), _storm().reweighter
-    storm.accumulating = True
+@pytest.mark.parametrize("strategy", ["storm", "per_class_normalized"])
+def test_accumulation_equals_the_reweighter_alone_fed_the_micro_batches(strategy):
+    """k=2: the step's state is the standalone reweighter's after both micro-batches at ``w0`` (one commit: STORM's
+    omega moves once by the summed meta-gradient), and the parameters are SGD's ``w0 - lr * mean_m grad(weighted mean
+    of micro-batch m)`` with its weights (``per_class_normalized``: each micro-batch's class gradients on their own)."""
+    build = _storm if strategy == "storm" else lambda: ll.SampleReweighting("per_class_normalized")
+    micro, _, _ = _fit(_Net(), 2, callbacks=[build(), ll.SAM(rho=0.0)], max_epochs=1)
+    model, reweighter = _Net(), build().reweighter
+    reweighter.accumulating = True
     params = dict(model.named_parameters())
     grads = {n: torch.zeros_like(p) for n, p in params.items()}
     for batch in DataLoader(M.MatrixData(), batch_size=M.CHUNK, shuffle=False):
         logits = model(batch["x"])
         losses = torch.nn.functional.cross_entropy(logits, batch["target"], reduction="none")
-        weights = storm(losses=losses.detach(), logits=logits.detach(), target=batch["target"])
+        weights = reweighter(losses=losses.detach(), logits=logits.detach(), target=batch["target"])
         loss = (weights * losses).sum() / weights.sum()
         for n, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
             grads[n] += g / 2
-    storm.commit()
+    reweighter.commit()
     with torch.no_grad():
         expected = {f"model/{n}": p - 0.2 * grads[n] for n, p in params.items()}
-    expected.update({f"rew/{k}": v for k, v in storm.state_dict().items()})
+    expected.update({f"rew/{k}": v for k, v in reweighter.state_dict().items()})
     assert not M.differences({k: micro[0][k] for k in expected}, expected, 1e-12)
 
 
