@@ -43,7 +43,9 @@ class PerClassNormalized(Reweighter):
     the objective's weighted mean sets its **length** to :math:`\lVert \sum_c \hat g_c \rVert \cdot H / C` with
     :math:`H` the harmonic mean of the per-class mean-loss gradient norms (multiply the learning rate by :math:`C / H`
     for the paper's fixed-length step). The weights are computed from ``logits`` for the softmax cross entropy, the
-    paper's loss, whatever the objective's terms. Stateless: each global batch is normalised on its own.
+    paper's loss, whatever the objective's terms. Stateless: each global batch is normalised on its own; under
+    gradient accumulation each micro-batch (over all ranks) is, so the step is the mean of the micro-batches' PCNSGD
+    directions, not PCNSGD on one batch ``k`` times larger.
 
     Args:
         features: name of the ``compute_loss`` input holding the last linear layer's inputs ``[N, D]`` (e.g.
