@@ -297,11 +297,12 @@ def test_useful_records_the_outputs_at_w_under_sam_and_splits_them(k):
 
 @pytest.mark.parametrize(("k", "data"), [(1, "nan"), (2, "nan"), (2, "nan_first")])
 def test_useful_with_sam_and_a_nan_micro_batch_records_nothing_of_it(k, data):
-    """A micro-batch whose ``training_step`` returns ``None`` after ``compute_loss`` leaves the table as a model that
-    returns ``None`` before it (bitwise), and the model as well."""
-    _, nan = _useful_fit(_Net(), k, [ll.SAM(rho=0.1)], data=data)
-    _, skip = _useful_fit(_Net(skip_nonfinite_inputs=True), k, [ll.SAM(rho=0.1)], data=data)
+    """A micro-batch whose ``training_step`` returns ``None`` after ``compute_loss`` leaves the table (and the count of
+    non-finite rows) as a model that returns ``None`` before it (bitwise), and the model as well."""
+    useful_nan, nan = _useful_fit(_Net(), k, [ll.SAM(rho=0.1)], data=data)
+    useful_skip, skip = _useful_fit(_Net(skip_nonfinite_inputs=True), k, [ll.SAM(rho=0.1)], data=data)
     _same(nan, skip)
+    assert int(useful_nan.nonfinite) == int(useful_skip.nonfinite) == 0, "the skipped micro-batch's NaN rows counted"
     assert int(skip[-1]["useful/stamp"].sum()) == M.CHUNK, "one batch recorded"
 
 
