@@ -382,3 +382,30 @@ def test_storm_sovr_mat_with_sam_and_accumulation_under_ddp_equal_one_process(dd
     _same(rank0, rank1, prefixes=trained)
     one, _, _ = _fit(_Net(_DDP_SPEC, chunk=M.DDP_CHUNK), 2, 2 * M.DDP_CHUNK, [_storm(), ll.SAM(rho=0.1)])
     _same(rank0, one, 1e-10, trained)
+
+
+# ---------------------------------------------------------------- all together, resumed
+
+
+def _together(tmp_path, epochs, ckpt=None, steps=None):
+    """useful + storm + SAM on ``sovr + mat``, k=2, 3 epochs (the split at epoch 1's start)."""
+    useful, storm = ll.USEFUL(separating_epoch=1), _storm()
+    snaps = _Snapshots([useful, storm])
+    snaps.steps = list(steps or [])
+    loader = DataLoader(M.MatrixData(), batch_size=M.CHUNK // 2, sampler=ll.UpsampleSampler(M.N, seed=38))
+    trainer = M.trainer_for([useful, storm, ll.SAM(rho=0.1), snaps], 2, max_epochs=epochs)
+    trainer.fit(_Net(_DDP_SPEC), loader, ckpt_path=ckpt)
+    if ckpt is None and epochs < 3:
+        trainer.save_checkpoint(tmp_path / "split.ckpt")
+    return useful, snaps.steps
+
+
+def test_useful_storm_sovr_mat_with_sam_and_accumulation_resume_at_the_split_exactly(tmp_path):
+    """Checkpoint after the recording epoch (the table, not the split), resume: the split, the upsampled epochs, omega,
+    the model and the optimizer equal an uninterrupted run's, bitwise."""
+    whole_useful, whole = _together(tmp_path, 3)
+    _, first = _together(tmp_path, 1)
+    resumed_useful, resumed = _together(tmp_path, 3, tmp_path / "split.ckpt", first)
+    assert whole_useful.decided and torch.equal(resumed_useful.upsampled, whole_useful.upsampled)
+    assert 0 < int(whole_useful.upsampled.sum()) < M.N
+    _same(resumed, whole)
