@@ -102,6 +102,36 @@ def test_probe_names_sovr_and_mat(spec, extra):
     assert [str(w.message).split(" are ")[0] for w in caught] == [f"objective term(s) `{next(iter(spec))}`"]
 
 
+def test_every_loss_whose_values_depend_on_the_other_samples_is_announced_under_accumulation():
+    """Registry-wide: a per-sample loss whose values on rows ``[0, 2, 3]`` change when the other rows of the batch
+    are dropped (on the contract test's inputs) is found by the accumulation probe (``batch_statistics`` or a global
+    reduction in its forward), so that ``k`` micro-batches are never silently taken for one batch of ``k*B``."""
+    from lightning_losses import distributed
+    from lightning_losses.losses.base import LOSSES
+    from tests.losses import test_contract as contract
+
+    keep, missed = [0, 2, 3], []
+    for name in ll.list_losses():
+        loss = ll.build_loss(name, **contract.REQUIRED_ARGS.get(name, {}))
+        if loss.batch_level:
+            continue
+        required, optional = loss.input_names()
+        inputs = contract._inputs(
+            contract._family(LOSSES.get(name)), required + tuple(k for k in optional if k == "target"), name
+        )
+        inputs = {k: v.detach() for k, v in inputs.items()}
+        before = distributed.global_reductions()
+        full = loss(**inputs)
+        flagged = loss.batch_statistics or distributed.global_reductions() != before
+        rows = {
+            k: v[keep] if v.ndim and v.shape[0] == contract.N and k != "cost_embedding" else v
+            for k, v in inputs.items()
+        }
+        if not flagged and not torch.allclose(full[keep], loss(**rows), rtol=1e-5, atol=1e-6, equal_nan=True):
+            missed.append(name)
+    assert not missed, f"batch-dependent per-sample losses the accumulation probe does not find: {missed}"
+
+
 @pytest.mark.parametrize("spec", [{"sovr": {"fraction": 0.5}}, {"mat": {"num_classes": M.CLASSES}}], ids=str)
 def test_accumulated_step_is_the_mean_of_micro_batch_objectives_and_warned(spec):
     """k=2: the first step is SGD's ``w - lr * mean_m grad_m`` (first momentum buffer = gradient), each micro-batch's
