@@ -439,3 +439,26 @@ def test_useful_storm_sovr_mat_with_sam_and_accumulation_resume_at_the_split_exa
     assert whole_useful.decided and torch.equal(resumed_useful.upsampled, whole_useful.upsampled)
     assert 0 < int(whole_useful.upsampled.sum()) < M.N
     _same(resumed, whole)
+
+
+def test_every_reweighter_leaves_a_row_with_nan_logits_out_like_a_masked_sample():
+    """Registry-wide: a sample whose logits (hence loss) are NaN gets weight 0, and the other weights and the state
+    equal the same calls with that sample masked (the strategies that read ``logits`` must not let its row spread)."""
+    from tests.reweighting.helpers import BATCH, STRATEGIES, make_steps
+
+    for name in sorted(STRATEGIES):
+        poisoned, masked = ll.build_reweighter(name, **STRATEGIES[name]), ll.build_reweighter(name, **STRATEGIES[name])
+        for s, (epoch, inputs) in enumerate(make_steps(4, seed=3)):
+            at = (1, 6, 3)[s % 3]
+            bad = {**inputs, "logits": inputs["logits"].clone(), "losses": inputs["losses"].clone()}
+            bad["logits"][at, 0] = bad["losses"][at] = float("nan")
+            mask = torch.ones(BATCH, dtype=torch.bool)
+            mask[at] = False
+            for r in (poisoned, masked):
+                r.set_epoch(epoch)
+            got, expected = poisoned(**bad), masked(**inputs, sample_mask=mask)
+            assert bool(torch.isfinite(got).all()) and float(got[at]) == 0.0, (name, s, got)
+            torch.testing.assert_close(got, expected, msg=f"{name}, step {s}")
+        state, reference = poisoned.state_dict(), masked.state_dict()
+        assert int(state.pop("nonfinite")) == 4 and int(reference.pop("nonfinite")) == 0, name
+        assert not M.differences(state, reference, 1e-12), name
