@@ -104,7 +104,7 @@ class Loss(nn.Module):
         return None
 
     def extra_repr(self) -> str:
-        hidden = {"training", "validate_args"}
+        hidden = {"training", "validate_args", "batch_statistics"}
         items = [f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in hidden]
         return ", ".join(items)
 

@@ -462,3 +462,11 @@ def test_every_reweighter_leaves_a_row_with_nan_logits_out_like_a_masked_sample(
         state, reference = poisoned.state_dict(), masked.state_dict()
         assert int(state.pop("nonfinite")) == 4 and int(reference.pop("nonfinite")) == 0, name
         assert not M.differences(state, reference, 1e-12), name
+
+
+def test_batch_statistics_is_not_an_argument_in_the_repr():
+    assert repr(ll.build_loss("sovr", fraction=0.3)) == "SOVR(fraction=0.3, gather=True, ignore_index=-100)"
+    assert (
+        ll.build_loss("sovr", fraction=0.3).batch_statistics
+        and not ll.build_loss("sovr", fraction=1.0).batch_statistics
+    )
