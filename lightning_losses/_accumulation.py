@@ -7,8 +7,9 @@ soft F1, the environment penalties ``irm_v1`` / ``vrex`` / ``coral``, ``vne``, P
 with batch statistics (``normalization="token"``'s global token count, ``auc_pairwise``'s pairs, ``ens_loss``'s and
 the AOT losses' sorts, STEER's range, Clip-Cov / KL-Cov, PF-PPO's weight normalisation). The step's gradient is then
 the mean of the k micro-batch objectives, **not** the gradient of one batch of ``k*B`` (which per-sample terms with
-uniform weights give exactly). A term is recognised by ``batch_level`` or by a global reduction of
-:mod:`lightning_losses.distributed` in its forward (counted even in one process).
+uniform weights give exactly). A term is recognised by ``batch_level``, by ``batch_statistics`` (SOVR's margin
+ranking, MAT's calibration: batch statistics without a global reduction in one process or with ``gather=False``) or
+by a global reduction of :mod:`lightning_losses.distributed` in its forward (counted even in one process).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class GlobalTermProbe:
 
     def _after(self, term: Any) -> Any:
         def hook(module: Any, args: Any, output: Any) -> None:
-            if term.loss.batch_level or distributed.global_reductions() != self._count:
+            batch = term.loss.batch_level or getattr(term.loss, "batch_statistics", False)
+            if batch or distributed.global_reductions() != self._count:
                 self.found.append(term.name)
 
         return hook

@@ -30,7 +30,10 @@ def logit_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def sovr_selection(margins: torch.Tensor, valid: torch.Tensor, fraction: float, gather: bool = True) -> torch.Tensor:
     r"""Boolean ``[N]``: the sample is among the :math:`\lfloor M \cdot N_{valid} \rfloor` smallest margins of the
-    (global, with ``gather`` under DDP) batch; ties by batch position (rank order under DDP), invalid samples never."""
+    (global, with ``gather`` under DDP) batch; ties by batch position (rank order under DDP), invalid samples never.
+    A non-finite margin (NaN / inf logits) counts as invalid: it takes no part in the ranking nor in :math:`N_{valid}`,
+    so the other samples are switched as in the batch without it."""
+    valid = valid & torch.isfinite(margins.detach())
     keyed = torch.where(valid, margins.detach(), torch.full_like(margins, float("inf")))
     mine = None
     if gather:

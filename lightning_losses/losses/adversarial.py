@@ -44,6 +44,7 @@ class SOVR(LabelLoss):
         self.fraction = check_number("fraction", fraction, low=0.0, high=1.0)
         self.gather = check_bool("gather", gather)
         self.ignore_index = check_int("ignore_index", ignore_index)
+        self.batch_statistics = 0.0 < self.fraction < 1.0  # the switch depends on the other samples' margins
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         kw = {"fraction": self.fraction, "gather": self.gather, "ignore_index": self.ignore_index}

@@ -74,10 +74,14 @@ class Loss(nn.Module):
             (:class:`~lightning_losses.losses.LabelLoss`, ...) set it.
         batch_level: ``True`` for set-level losses (global Dice, AnyLoss) whose ``forward`` returns a scalar for the
             whole (global) batch; such terms are added to the objective after reweighting.
+        batch_statistics: ``True`` for per-sample losses whose values depend on the other samples of the batch (a
+            ranking, a calibration) even where no global reduction runs (one process, ``gather=False``): under
+            gradient accumulation they are named in the ``AccumulationWarning`` (``lightning_losses._accumulation``).
     """
 
     family: ClassVar[str | None] = None
     batch_level: ClassVar[bool] = False
+    batch_statistics: bool = False
 
     def __init__(self, validate_args: bool = True) -> None:
         super().__init__()
@@ -100,7 +104,7 @@ class Loss(nn.Module):
         return None
 
     def extra_repr(self) -> str:
-        hidden = {"training", "validate_args"}
+        hidden = {"training", "validate_args", "batch_statistics"}
         items = [f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in hidden]
         return ", ".join(items)
 

@@ -15,7 +15,8 @@ batch** (index, target and mask gathered at one sync point, the rows read from t
 ranks gives each sample the shift of one process on the concatenated batch. A sample without a held-out row takes no
 part in :math:`J` and gets no shift (plain cross entropy). In evaluation (``module.eval()``: validation, test) the loss
 is the plain cross entropy of the unshifted logits, as the reference evaluates its model. With gradient
-accumulation the calibration is per micro-batch (the reference calibrates on each mini-batch).
+accumulation the calibration is per micro-batch (the reference calibrates on each mini-batch; announced by an
+``AccumulationWarning``).
 
 Non-finite held-out rows (counted in ``nonfinite``) and the rows of samples whose label is ``ignore_index`` are never
 written. A step skipped after the write leaves its rows written: they are data (the same sample always gets the same
@@ -74,6 +75,9 @@ class MAT(LabelLoss):
         >>> loss(logits=torch.zeros(2, 2), target=torch.tensor([0, 1]), index=torch.tensor([0, 1])).round(decimals=4)
         tensor([0.0947, 0.0947])
     """
+
+    #: the calibration :math:`J` is taken over the (global) batch: a per-micro-batch value under accumulation
+    batch_statistics = True
 
     def __init__(
         self,

@@ -43,7 +43,9 @@ class PerClassNormalized(Reweighter):
     the objective's weighted mean sets its **length** to :math:`\lVert \sum_c \hat g_c \rVert \cdot H / C` with
     :math:`H` the harmonic mean of the per-class mean-loss gradient norms (multiply the learning rate by :math:`C / H`
     for the paper's fixed-length step). The weights are computed from ``logits`` for the softmax cross entropy, the
-    paper's loss, whatever the objective's terms. Stateless: each global batch is normalised on its own.
+    paper's loss, whatever the objective's terms. Stateless: each global batch is normalised on its own; under
+    gradient accumulation each micro-batch (over all ranks) is, so the step is the mean of the micro-batches' PCNSGD
+    directions, not PCNSGD on one batch ``k`` times larger.
 
     Args:
         features: name of the ``compute_loss`` input holding the last linear layer's inputs ``[N, D]`` (e.g.
@@ -89,7 +91,7 @@ class PerClassNormalized(Reweighter):
         label = target.masked_fill(~valid, 0)
         onehot = F.one_hot(label, num_classes).to(torch.float64) * valid.unsqueeze(1)
         grad = logits.detach().to(torch.float64).softmax(-1) - onehot  # d CE / d z, zero rows for left-out samples
-        grad = grad * valid.unsqueeze(1)
+        grad = torch.where(valid.unsqueeze(1), grad, torch.zeros_like(grad))  # `where`: a NaN row must not spread
         ones = torch.ones(n, 1, dtype=torch.float64, device=logits.device)
         if self.features is None:
             inputs_ = ones
@@ -99,6 +101,7 @@ class PerClassNormalized(Reweighter):
                 got = list(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
                 raise ValueError(f"reweighter `{self.strategy}`: `{self.features}` must have shape [{n}, D], got {got}")
             inputs_ = torch.cat([feats.detach().to(torch.float64), ones], 1)
+            inputs_ = torch.where(valid.unsqueeze(1), inputs_, torch.zeros_like(inputs_))
         # G[c] = sum over class-c samples of grad_i (outer) [h_i, 1], without an [N, C, C, D] intermediate
         by_class = (onehot.unsqueeze(2) * grad.unsqueeze(1)).reshape(n, num_classes * num_classes)
         class_grad = (by_class.T @ inputs_).reshape(num_classes, num_classes, inputs_.shape[1])

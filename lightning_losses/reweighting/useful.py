@@ -91,8 +91,9 @@ class USEFUL(MixinCallback):
         self.stamp: torch.Tensor | None = None  #: ``[num_samples]`` 1 where recorded
         self.upsampled: torch.Tensor | None = None  #: ``[num_samples]`` bool: the slow clusters (after the split)
         self.decided = False
-        self.nonfinite: torch.Tensor | int = 0  #: samples not recorded (non-finite outputs)
+        self.nonfinite: torch.Tensor | int = 0  #: samples not recorded (non-finite outputs; skipped steps not counted)
         self._journal: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
+        self._nonfinite_before: torch.Tensor | int = 0  # the count at the micro-batch's start (undone if skipped)
 
     @override
     def state_key_fields(self) -> dict[str, Any]:
@@ -133,7 +134,7 @@ class USEFUL(MixinCallback):
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self._journal = []
+        self._journal, self._nonfinite_before = [], self.nonfinite
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -141,6 +142,7 @@ class USEFUL(MixinCallback):
             for index, rows in reversed(self._journal):  # the skipped step recorded nothing
                 for name, old in rows.items():
                     getattr(self, name)[index] = old
+            self.nonfinite = self._nonfinite_before  # nor counted anything
         self._journal = None
 
     @override
