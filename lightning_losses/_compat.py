@@ -29,6 +29,7 @@ __all__ = [
     "logger_connector",
     "metric_snapshot",
     "norm_layer_types",
+    "restart_train_iterator",
     "restore_metric",
     "set_closure_result",
     "should_update_logs",
@@ -220,3 +221,18 @@ def in_training_batch(trainer: Any) -> bool:
     if current is None or not hasattr(current, "ready") or not hasattr(current, "completed"):
         return False
     return bool(getattr(trainer, "training", False)) and current.ready > current.completed
+
+
+@_reads("Trainer.fit_loop._data_fetcher")
+def restart_train_iterator(trainer: Any) -> bool:
+    """Create the training dataloader's iterator anew (a sampler changed after Lightning created it); ``True`` when
+    done. Lightning creates the first iterator of a fit before ``on_train_epoch_start`` and, since 2.5.3, keeps it
+    for the first epoch of a resumed fit (Lightning issue #21938): a loader with workers has then drawn its first
+    indices from the sampler as it was before the hook. Call it from ``on_train_epoch_start`` only (the epoch loop
+    creates the iterator of every later epoch after that hook). Fallback without the attribute: ``False`` (nothing
+    restarted)."""
+    fetcher = getattr(getattr(trainer, "fit_loop", None), "_data_fetcher", None)
+    if fetcher is None:
+        return False
+    iter(fetcher)
+    return True

@@ -26,9 +26,13 @@ class Probe(L.LightningModule):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
         self.mean = torchmetrics.MeanMetric()
-        self.seen = {"closures": [], "logs_due": [], "results": [], "in_batch": []}
+        self.seen = {"closures": [], "logs_due": [], "results": [], "in_batch": [], "restarted": [], "batches": []}
+
+    def on_train_epoch_start(self):
+        self.seen["restarted"].append(_compat.restart_train_iterator(self.trainer))
 
     def training_step(self, batch, batch_idx):
+        self.seen["batches"].append(batch[0].clone())
         loss = self.net(batch[0]).pow(2).mean()
         self.mean(loss.detach())
         return loss
@@ -162,9 +166,17 @@ def _in_training_batch(trainer, module):
     assert not _compat.in_training_batch(SimpleNamespace(training=True))  # fallback
 
 
+def _restart_train_iterator(trainer, module):
+    assert module.seen["restarted"] == [True]  # the fit's first iterator made anew in `on_train_epoch_start`
+    data = trainer.train_dataloader.dataset.tensors[0]
+    assert torch.equal(torch.cat(module.seen["batches"]), data)  # every batch once, in order
+    assert not _compat.restart_train_iterator(SimpleNamespace())  # fallback
+
+
 CHECKS = {f.__name__[1:]: f for f in (_closure_parts, _closure_result, _logger_connector, _should_update_logs)}
 CHECKS |= {f.__name__[1:]: f for f in (_attached_trainer, _state_key, _takes_batch_idx, _metric_snapshot)}
 CHECKS |= {f.__name__[1:]: f for f in (_norm_layer_types, _log_step, _intercept_logger_rows, _in_training_batch)}
+CHECKS |= {f.__name__[1:]: f for f in (_restart_train_iterator,)}
 
 
 def test_every_accessor_is_checked():

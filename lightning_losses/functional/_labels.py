@@ -58,5 +58,8 @@ def label_log_probs(
 
 
 def masked(loss: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Zero the loss of ignored samples (``where``, so a non-finite value there cannot leak into gradients)."""
+    """Zero the loss of ignored samples (``where``: a non-finite loss value there reaches neither the total nor, through
+    this op, the gradient). Non-finite *inputs* of an ignored row (NaN logits) can still give NaN gradients through
+    the loss's own backward (e.g. ``log_softmax``'s), exactly as with ``torch.nn.functional.cross_entropy(
+    ignore_index=...)``."""
     return torch.where(valid, loss, torch.zeros_like(loss))

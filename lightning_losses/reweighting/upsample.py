@@ -60,6 +60,7 @@ class UpsampleSampler(DistributedSampler):
         self.epoch = 0
         self.upsampled = torch.zeros(self.size, dtype=torch.bool)
         self.factor = 1
+        self._drawn: tuple[int, int, torch.Tensor] | None = None  # (epoch, factor, upsampled) of the last draw
         if self.drop_last:
             self.num_samples = self.size // self.num_replicas
         else:
@@ -76,6 +77,15 @@ class UpsampleSampler(DistributedSampler):
             )
         self.upsampled, self.factor = mask.clone(), check_int("factor", factor, low=1)
 
+    def stale(self) -> bool:
+        """Whether the last :meth:`__iter__` drew from another epoch or upsampled set than the current one (``False``
+        before any draw): the iterator that a ``DataLoader`` with workers created early then follows the old
+        distribution (see :func:`~lightning_losses._compat.restart_train_iterator`)."""
+        drawn = self._drawn
+        if drawn is None:
+            return False
+        return drawn[0] != self.epoch or drawn[1] != self.factor or not torch.equal(drawn[2], self.upsampled)
+
     def epoch_indices(self) -> torch.Tensor:
         """The current epoch's index list (all ranks together, before sharding)."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -84,6 +94,7 @@ class UpsampleSampler(DistributedSampler):
         return pool[torch.randperm(pool.numel(), generator=g)[: self.size]]
 
     def __iter__(self) -> Iterator[int]:
+        self._drawn = (self.epoch, self.factor, self.upsampled)  # `set_upsampled` replaces the tensor, never edits it
         indices = self.epoch_indices()
         if self.drop_last:
             indices = indices[: self.total_size]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from typing_extensions import override
 
 from lightning_losses import distributed
+from lightning_losses._compat import restart_train_iterator
 from lightning_losses._state import representative, step_skipped
 from lightning_losses._validation import check_int, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, MixinCallback
@@ -121,6 +122,7 @@ class USEFUL(MixinCallback):
                 f"USEFUL: `num_samples`={self.num_samples} but the training UpsampleSampler covers {sampler.size} "
                 "samples; they must both be the training set's length"
             )
+        self._first_epoch_of_fit = True
 
     @override
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
@@ -129,8 +131,13 @@ class USEFUL(MixinCallback):
             self.decide(device=pl_module.device)
             count = self.upsampled.sum().float()  # type: ignore[union-attr]
             pl_module.log("useful/upsampled", count, on_step=False, on_epoch=True, sync_dist=False)
+        sampler = self._sampler(trainer)
         if self.decided:  # also after a resume: the sampler is rebuilt bare
-            self._sampler(trainer).set_upsampled(self.upsampled.cpu(), self.factor)  # type: ignore[union-attr]
+            sampler.set_upsampled(self.upsampled.cpu(), self.factor)  # type: ignore[union-attr]
+        # the fit's first iterator exists before this hook (later ones are made after it): a loader with workers has
+        # drawn from the sampler as it was (a resume at an epoch boundary: epoch 0's order, nothing upsampled)
+        if self.__dict__.pop("_first_epoch_of_fit", False) and sampler.stale():
+            restart_train_iterator(trainer)
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:

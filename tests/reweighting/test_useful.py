@@ -222,7 +222,7 @@ class _Spy(L.Callback):
         self.seen[trainer.current_epoch].append(batch["index"].clone())
 
 
-def _fit(tmp_path, spy, ckpt_path=None, epochs=3):
+def _fit(tmp_path, spy, ckpt_path=None, epochs=3, num_workers=0):
     cb = ll.USEFUL(separating_epoch=1)
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -237,20 +237,28 @@ def _fit(tmp_path, spy, ckpt_path=None, epochs=3):
     )
     L.seed_everything(0)
     model = DigitsClassifier(dropout=0.0)  # dropout draws from the global RNG, which checkpoints do not hold
-    trainer.fit(model, DigitsDataModule(label_noise=0.4, sampler="upsample", batch_size=32), ckpt_path=ckpt_path)
+    data = DigitsDataModule(label_noise=0.4, sampler="upsample", batch_size=32, num_workers=num_workers)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
     return cb, model
 
 
-@pytest.mark.parametrize("crash_at", [(1, 2), (2, 1)])
-def test_a_run_resumed_after_a_crash_matches_an_uninterrupted_one(tmp_path, crash_at):
+@pytest.mark.parametrize(
+    ("crash_at", "num_workers"),
+    # with workers, Lightning creates the resumed fit's first iterator before `on_train_epoch_start` (the sampler
+    # still at epoch 0, nothing upsampled): USEFUL has it created anew
+    [((1, 2), 0), ((2, 1), 0), ((2, 1), 1)],
+    ids=["table-in-ckpt", "split-in-ckpt", "split-in-ckpt-workers"],
+)
+def test_a_run_resumed_after_a_crash_matches_an_uninterrupted_one(tmp_path, crash_at, num_workers):
     # (1, 2): the checkpoint of epoch 0 holds the recorded table, not the split; (2, 1): it holds the split
     clean_spy = _Spy()
-    clean, clean_model = _fit(tmp_path / "clean", clean_spy)
+    clean, clean_model = _fit(tmp_path / "clean", clean_spy, num_workers=num_workers)
     crash_spy = _Spy(crash_at=crash_at)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(tmp_path / "crash", crash_spy)
+        _fit(tmp_path / "crash", crash_spy, num_workers=num_workers)
     resumed_spy = _Spy()
-    resumed, resumed_model = _fit(tmp_path / "crash", resumed_spy, ckpt_path=str(tmp_path / "crash" / "last.ckpt"))
+    last = str(tmp_path / "crash" / "last.ckpt")
+    resumed, resumed_model = _fit(tmp_path / "crash", resumed_spy, ckpt_path=last, num_workers=num_workers)
     assert clean.decided and resumed.decided and torch.equal(clean.upsampled, resumed.upsampled)
     assert sorted(resumed_spy.seen) == list(range(crash_at[0], 3))
     for epoch in resumed_spy.seen:
