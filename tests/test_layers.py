@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
             "_cli_parser",
             "_compat",
             "_log_rows",
+            "_deferred",
             "_validation",
             "registry",
             "distributed",

@@ -34,6 +34,7 @@ import lightning as L
 import torch
 from typing_extensions import override
 
+from lightning_losses._deferred import Deferred
 from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
@@ -147,6 +148,7 @@ class EntropyControl(MixinCallback):
         self.last_metrics: dict[str, float] = {}
         self._last_step = 0
         self._window: torch.Tensor | None = None  # [sum, count, nonfinite, class sums..., class counts...] (local)
+        self._pending = Deferred(self._fold_window)  # the steps' entropies since the window was last folded
         self.nonfinite = torch.zeros((), dtype=torch.float64)  # entropies left out as NaN / inf (global, logged)
         self._undo: tuple[Any, ...] | None = None
 
@@ -168,7 +170,18 @@ class EntropyControl(MixinCallback):
         return entropies(tensors[self.input], tensors.get("target"), self.ignore_index, self.normalization, self.input)
 
     def _accumulate_window(self, h: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor, target: Any):
-        self._window = merge_window(self._window, window_statistics(h, mask, logits, target, self.per_class))
+        """Keep the step's entropies for the window (folded when it is read: :mod:`lightning_losses._deferred`)."""
+        per_class = self.per_class and logits.ndim == 2
+        target = target if per_class and isinstance(target, torch.Tensor) else None
+        self._pending.add(h.detach(), mask, logits.detach() if per_class else None, target)
+
+    def _fold_window(self, h: torch.Tensor, mask: Any, logits: Any, target: Any) -> None:
+        stats = window_statistics(h, mask, logits, target, logits is not None)
+        self._window = merge_window(self._window, stats)
+
+    def _folded_window(self) -> torch.Tensor | None:
+        self._pending.flush()
+        return self._window
 
     def extra_terms(self, module: Any, tensors: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
         """The mixin's ``"terms"`` hook: ``{f"{name}_bonus": -beta * H}`` per sample; observes H for the controller."""
@@ -187,13 +200,16 @@ class EntropyControl(MixinCallback):
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         controller = None if self.controller is None else self.controller.snapshot()
-        self._undo = (controller, self._window)
+        if self._pending.full():  # no undo pending here
+            self._pending.flush()
+        self._undo = (controller, self._window, len(self._pending))
         self._last_per_sample = None
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         if self._undo is not None and step_skipped(pl_module, args[0] if args else None):
-            controller, self._window = self._undo  # the skipped micro-batch's entropies never happened
+            controller, self._window, kept = self._undo  # the skipped micro-batch's entropies never happened
+            self._pending.truncate(kept)
             self._last_per_sample = None
             if self.controller is not None:
                 self.controller.restore(controller)
@@ -204,7 +220,7 @@ class EntropyControl(MixinCallback):
         self._last_step = step
         own = self.log_every_n_steps is not None
         log_now = step % self.log_every_n_steps == 0 if own else step_logs_due(trainer)
-        window = self._window if log_now else None
+        window = self._folded_window() if log_now else None
         reduced: torch.Tensor | None = None
         if self.controller is not None:
             out = self.controller.update(step - 1, window)
@@ -247,7 +263,7 @@ class EntropyControl(MixinCallback):
         return {
             "controller": None if self.controller is None else self.controller.state_dict(),
             "last_step": self._last_step,
-            "window": None if self._window is None else global_sum(self._window).cpu(),
+            "window": None if self._folded_window() is None else global_sum(self._window).cpu(),
             "nonfinite": self.nonfinite.detach().cpu().clone(),
         }
 
@@ -274,6 +290,7 @@ class EntropyControl(MixinCallback):
         if window is not None:  # the global window: counted once, on rank 0 (the next reduction adds the others)
             window = window.clone() if rank() == 0 else torch.zeros_like(window)
         self._window = window
+        self._pending.clear()
         self.nonfinite = torch.as_tensor(state_dict.get("nonfinite", 0.0), dtype=torch.float64).clone()
 
     def __repr__(self) -> str:

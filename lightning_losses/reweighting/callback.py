@@ -31,12 +31,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 from typing_extensions import override
 
+from lightning_losses._deferred import Deferred
 from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
-from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, media_loggers
+from lightning_losses.diagnostics import MediaCadence, log_scalars, media_loggers
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.attached import AttachedReweighter, datamodule_groups, dataset_length
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
@@ -46,8 +48,11 @@ from lightning_losses.reweighting.metrics import (
     class_labels,
     global_weight_stats,
     log_group_table,
+    log_media,
 )
 from lightning_losses.sync import sync_statistics
+
+Opt = Tensor | None
 
 __all__ = ["SampleReweighting"]
 
@@ -99,6 +104,8 @@ class SampleReweighting(MixinCallback):
         self._attached: AttachedReweighter | None = None
         self._group_metric: GroupAccuracy | None = None
         self._class_metric: GroupAccuracy | None = None  # per class, for the media table of a run without groups
+        self._pending_groups = Deferred(self._update_groups)  # the steps' metric updates since the last log
+        self._pending_classes = Deferred(self._update_classes)
         self.class_table = GroupTable("class")
         self._last_logged_step = -1
         self._table_epoch: int | None = None  # the epoch the tables were last logged in (default media cadence)
@@ -129,6 +136,7 @@ class SampleReweighting(MixinCallback):
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
         self.reweighter.accumulating = False
+        self._flush_metrics()  # nothing kept by reference past the fit
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -192,23 +200,27 @@ class SampleReweighting(MixinCallback):
         last = self.reweighter.last
         group, target, logits = last.get("group"), last.get("target"), last.get("logits")
         track_groups = group is not None and target is not None and isinstance(logits, torch.Tensor)
+        # kept by reference and added to the metrics on logging steps (`lightning_losses._deferred`)
+        losses, sample_mask = last.get("losses"), last.get("sample_mask")
+        losses = losses.detach() if isinstance(losses, torch.Tensor) else None
         if track_groups and logits.ndim == 2 and target.ndim == 1:
-            metric = self._group_metric_for(group, trainer)
-            metric.update(logits, target, group, last.get("losses"), mask=last.get("sample_mask"))
+            self._group_metric_for(group, trainer)  # sized on the first step (a collective when the size is unknown)
+            self._pending_groups.add(logits.detach(), target, group, losses, sample_mask)
         elif self.media.every != 0 and class_labels(logits, target) is not None and media_loggers(trainer):
             if self._class_metric is None:
                 self._class_metric = GroupAccuracy(logits.shape[-1]).to(logits.device)
-            labels, valid = class_labels(logits, target)
-            mask = valid if last.get("sample_mask") is None else valid & last["sample_mask"]
-            self._class_metric.update(logits, labels, labels, last.get("losses"), mask=mask)
+            self._pending_classes.add(logits.detach(), target, losses, sample_mask)
         step = trainer.global_step
         if self.log_every_n_steps is None:
             due = step_logs_due(trainer)
         else:
             due = step % self.log_every_n_steps == 0
         if not due or step == self._last_logged_step:
+            if self._pending_groups.full() or self._pending_classes.full():  # the same step on every rank
+                self._flush_metrics()
             return
         self._last_logged_step = step
+        self._flush_metrics()
         output = getattr(pl_module, "objective_output", None)
         metrics: dict[str, torch.Tensor] = {}
         stats: dict[str, torch.Tensor] | None = None
@@ -237,12 +249,24 @@ class SampleReweighting(MixinCallback):
         log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
         if media_loggers(trainer) and self.media.due(step, trainer.current_epoch):
             publish = self._table_due(trainer.current_epoch)
-            self._log_media(trainer, output, last, stats, publish)
+            log_media(trainer, self.group_table, self.reweighter, output, last, stats, publish)
             if class_stats is not None:
                 labels = class_labels(last["logits"], last["target"])[0]
                 log_group_table(
                     trainer, "reweight/classes", self.class_table, class_stats, output, labels, self.reweighter, publish
                 )
+
+    def _flush_metrics(self) -> None:
+        self._pending_groups.flush()
+        self._pending_classes.flush()
+
+    def _update_groups(self, logits: Tensor, target: Tensor, group: Tensor, losses: Opt, mask: Opt) -> None:
+        self._group_metric.update(logits, target, group, losses, mask=mask)  # type: ignore[union-attr]
+
+    def _update_classes(self, logits: Tensor, target: Tensor, losses: Opt, sample_mask: Opt) -> None:
+        labels, valid = class_labels(logits, target)  # type: ignore[misc]
+        mask = valid if sample_mask is None else valid & sample_mask
+        self._class_metric.update(logits, labels, labels, losses, mask=mask)  # type: ignore[union-attr]
 
     def _table_due(self, epoch: int) -> bool:
         """Whether this media step logs the tables too: every media step with ``media_every_n_steps=N``; with the
@@ -260,19 +284,6 @@ class SampleReweighting(MixinCallback):
         if media_loggers(trainer):  # the rows added since the tables were last logged (no collective)
             self.group_table.publish(trainer, "reweight/groups")
             self.class_table.publish(trainer, "reweight/classes")
-
-    def _log_media(
-        self, trainer: Any, output: Any, last: dict[str, Any], stats: dict[str, Any] | None, publish: bool
-    ) -> None:
-        weights = None if output is None else output.weights
-        if isinstance(weights, torch.Tensor):  # gathered over ranks: every rank calls, an empty batch too
-            log_histogram(trainer, "reweight/weights", weights)
-        if isinstance(last.get("losses"), torch.Tensor):
-            log_histogram(trainer, "reweight/losses", last["losses"])
-        group = last.get("group")
-        if stats is not None and isinstance(group, torch.Tensor):
-            table = self.group_table
-            log_group_table(trainer, "reweight/groups", table, stats, output, group, self.reweighter, publish)
 
     # ------------------------------------------------------------------ checkpointing
     @override

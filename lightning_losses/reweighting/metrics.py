@@ -18,10 +18,18 @@ import torch
 import torchmetrics
 
 from lightning_losses._compat import log_step
-from lightning_losses.diagnostics import log_table
+from lightning_losses.diagnostics import log_histogram, log_table
 from lightning_losses.sync import sync_statistics
 
-__all__ = ["GroupAccuracy", "GroupTable", "class_labels", "global_weight_stats", "group_weights", "log_group_table"]
+__all__ = [
+    "GroupAccuracy",
+    "GroupTable",
+    "class_labels",
+    "global_weight_stats",
+    "group_weights",
+    "log_group_table",
+    "log_media",
+]
 
 
 def global_weight_stats(
@@ -208,3 +216,24 @@ def log_group_table(
     table.add(log_step(trainer), stats, group_weights(reweighter, weights[valid], labels[valid], size))
     if publish:
         table.publish(trainer, key)
+
+
+def log_media(
+    trainer: Any,
+    table: GroupTable,
+    reweighter: Any,
+    output: Any,
+    last: dict[str, Any],
+    stats: dict[str, Any] | None,
+    publish: bool,
+) -> None:
+    """A media step of ``SampleReweighting``: histograms of the global batch's weights and losses and, with groups,
+    a row of the group table (logged when ``publish``)."""
+    weights = None if output is None else output.weights
+    if isinstance(weights, torch.Tensor):  # gathered over ranks: every rank calls, an empty batch too
+        log_histogram(trainer, "reweight/weights", weights)
+    if isinstance(last.get("losses"), torch.Tensor):
+        log_histogram(trainer, "reweight/losses", last["losses"])
+    group = last.get("group")
+    if stats is not None and isinstance(group, torch.Tensor):
+        log_group_table(trainer, "reweight/groups", table, stats, output, group, reweighter, publish)
