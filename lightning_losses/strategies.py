@@ -10,6 +10,11 @@ dimension). Refused at ``setup`` with a :class:`~lightning_losses.errors.Configu
   overflowing fp16 steps, none of which Lightning's hooks (and so the callbacks) see;
 - FSDP1 (``FSDPStrategy``): flat parameters, untested; use ``ModelParallelStrategy`` (FSDP2);
 - any other strategy: whether its processes share a batch (and so which group to reduce over) is unknown.
+
+A callback that needs whole parameters on every rank (Entropy-SGD's replica-local Langevin iterates, the curvature
+monitor's Hessian-vector products and per-sample gradients) also refuses ``ModelParallelStrategy``
+(:func:`refuse_sharded`). It must do so at ``setup`` by the strategy, not by looking at the parameters: Lightning calls
+the callbacks' ``setup`` before ``configure_model`` applies ``fully_shard``, so the parameters are still plain tensors.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ from typing import Any
 
 from lightning_losses.errors import ConfigurationError
 
-__all__ = ["SUPPORTED_STRATEGIES", "check_strategy"]
+__all__ = ["SUPPORTED_STRATEGIES", "UNSHARDED_STRATEGIES", "check_strategy", "refuse_sharded"]
 
 #: the strategies the callbacks support, as the errors name them
 SUPPORTED_STRATEGIES = (
     "one device (`SingleDeviceStrategy`), DDP (`DDPStrategy`: `ddp`, `ddp_spawn`, `ddp_fork`, ...) and FSDP2 / "
     "tensor parallelism (`ModelParallelStrategy`)"
+)
+
+#: the strategies of the callbacks that need whole parameters (:func:`refuse_sharded`), as the errors name them
+UNSHARDED_STRATEGIES = (
+    "one device (`SingleDeviceStrategy`) and DDP (`DDPStrategy`: `ddp`, `ddp_spawn`, `ddp_fork`, ...)"
 )
 
 _DEEPSPEED = (
@@ -53,3 +63,23 @@ def check_strategy(strategy: Any, what: str, *, supported: str = SUPPORTED_STRAT
         raise ConfigurationError(f"{what} does not support the `{name}` strategy: {deepspeed}; supported: {supported}")
     if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy, ModelParallelStrategy)):
         raise ConfigurationError(f"{what} does not support the `{name}` strategy; supported: {supported}")
+
+
+def refuse_sharded(strategy: Any, what: str, why: str) -> None:
+    """Raise a :class:`~lightning_losses.errors.ConfigurationError` naming ``strategy`` when it shards the parameters
+    (``ModelParallelStrategy``: FSDP2 / tensor parallelism), which the callback ``what`` cannot run on (``why``).
+
+    Example:
+        >>> from lightning.pytorch.strategies import ModelParallelStrategy
+        >>> refuse_sharded(ModelParallelStrategy(), "EntropySGD", "its Langevin steps are replica-local")
+        Traceback (most recent call last):
+        ...
+        lightning_losses.errors.ConfigurationError: EntropySGD does not support the `ModelParallelStrategy` strategy ...
+    """
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if isinstance(strategy, ModelParallelStrategy):
+        raise ConfigurationError(
+            f"{what} does not support the `{type(strategy).__name__}` strategy (FSDP2 / tensor parallelism: every "
+            f"rank holds only shards of the parameters): {why}; supported: {UNSHARDED_STRATEGIES}"
+        )

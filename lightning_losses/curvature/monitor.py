@@ -22,7 +22,8 @@ only compares two integers) the callback evaluates, on a probe batch fixed at th
 checkpoint restores it whatever the number of ranks); rank ``r`` evaluates rows ``r::world`` and every product,
 gradient and sum is summed over the data-parallel group, so each value equals one process on the whole probe. When it
 runs depends only on ``global_step`` / ``current_epoch``, the same on every rank; the random vectors come from a CPU
-generator seeded with ``seed + global_step``, the same on every rank.
+generator seeded with ``seed + global_step``, the same on every rank. FSDP2 / tensor parallelism
+(``ModelParallelStrategy``) is refused at ``setup``: the products and per-sample gradients need whole parameters.
 
 **Cost** per run, for a probe of ``B`` rows: ``power_iters + hutchinson_samples`` double-backward products (about 2-3
 forward-backward passes each), one per-sample-gradient pass (about ``B`` single-sample backward passes, vectorised)
@@ -48,6 +49,7 @@ from lightning_losses.diagnostics import log_scalars
 from lightning_losses.entropy._batch import ForwardFn, batch_logits, batch_target, check_forward_args, check_target_key
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional import curvature as C
+from lightning_losses.strategies import refuse_sharded
 
 __all__ = ["CurvatureMonitor"]
 
@@ -252,6 +254,15 @@ class CurvatureMonitor(L.Callback):
         log_scalars(trainer, pl_module, {k: v.float() for k, v in out.items()}, own_interval=True)
 
     # ------------------------------------------------------------------ hooks
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        refuse_sharded(
+            getattr(trainer, "strategy", None),
+            "CurvatureMonitor",
+            "its Hessian-vector products, per-sample gradients and power-iteration vectors are formed on whole "
+            "parameters (summed over data-parallel ranks), not on shards",
+        )
+
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         if self.probe is None:

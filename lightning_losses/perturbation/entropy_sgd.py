@@ -28,7 +28,8 @@ DDP: the inner loop is replica-local (every backward under ``no_sync``; each ran
 outer gradient is averaged over ranks (one all-reduce per optimizer step), so every rank takes the same optimizer step
 from the same :math:`x` and the weights stay identical. The noise is a pure function of ``seed``, the step, the inner
 index and the rank (a resumed run draws the same noise). A non-finite outer gradient on any rank skips the optimizer
-step on every rank (``.grad`` left ``None``; counted in ``skipped``): one host sync per optimizer step.
+step on every rank (``.grad`` left ``None``; counted in ``skipped``): one host sync per optimizer step. FSDP2 /
+tensor parallelism (``ModelParallelStrategy``) is refused at ``setup`` (replica-local iterates need whole weights).
 
 Differences from the authors' code (ucla-vision/entropy-sgd ``python/optim.py``): their inner step also applies the
 outer optimizer's weight decay and Nesterov momentum (here plain SGLD: put an L2 term in the loss if wanted); their
@@ -52,6 +53,7 @@ from lightning_losses.diagnostics import log_scalars
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import looksam
 from lightning_losses.perturbation.sharding import is_sharded
+from lightning_losses.strategies import refuse_sharded
 
 __all__ = ["EntropySGD"]
 
@@ -129,6 +131,13 @@ class EntropySGD(MixinCallback):
 
     @override
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if trainer is not None:  # before `configure_model`: the parameters are not sharded yet, the strategy tells
+            refuse_sharded(
+                trainer.strategy,
+                "EntropySGD",
+                "its Langevin iterates are replica-local copies of the whole weights (the inner backward passes run "
+                "without gradient synchronisation), which FSDP2 cannot form",
+            )
         super().setup(trainer, pl_module, stage)
         if trainer is None or stage != "fit":
             return

@@ -93,3 +93,26 @@ def test_reducing_callbacks_accept_the_supported_strategies(name):
         ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
     ):
         _setup(REDUCING[name](), strategy)
+
+
+#: callbacks that need whole parameters on every rank: refused under FSDP2 / tensor parallelism at setup
+WHOLE_PARAMETERS = {
+    "EntropySGD": lambda: ll.EntropySGD(inner_steps=2),
+    "CurvatureMonitor": lambda: ll.CurvatureMonitor(every_n_steps=1),
+}
+
+
+@pytest.mark.parametrize("name", list(WHOLE_PARAMETERS))
+def test_callbacks_needing_whole_parameters_refuse_model_parallel_at_setup(name):
+    import torch
+
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    with pytest.raises(ConfigurationError, match=rf"^{name} does not support the `ModelParallelStrategy` strategy "
+                       r"\(FSDP2 / tensor parallelism: every rank holds only shards of the parameters\): .*; "
+                       r"supported: one device \(`SingleDeviceStrategy`\) and DDP \(`DDPStrategy`: `ddp`, "
+                       r"`ddp_spawn`, `ddp_fork`, \.\.\.\)$"):  # fmt: skip
+        _setup(WHOLE_PARAMETERS[name](), strategy)
+    for accepted in (SingleDeviceStrategy(torch.device("cpu")), DDPStrategy()):
+        WHOLE_PARAMETERS[name]().setup(
+            SimpleNamespace(strategy=accepted, accumulate_grad_batches=1, precision_plugin=None), Tiny(), "validate"
+        )

@@ -1,0 +1,74 @@
+"""Runs inside the 2-process gloo pool: the newer methods (reweighters, losses and callbacks added after the FSDP2
+support) fitted under FSDP2 and under DDP on the same data (``_fsdp2.fit``), and the ones refused under FSDP2."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+import lightning_losses as ll
+from lightning_losses.errors import ConfigurationError
+
+from . import _fsdp2
+
+
+def cases(held_out: str) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """name -> (callbacks factory, fit arguments); ``held_out``: MAT's table file."""
+    sync = {"sync_ascent": True}
+    return {
+        "storm": (lambda: [ll.SampleReweighting("storm", meta_lr=1.0, lookahead_lr=1.0)], {}),
+        "per_class_normalized": (lambda: [ll.SampleReweighting("per_class_normalized")], {}),
+        "sovr": (lambda: [], {"objective": {"sovr": {"fraction": 0.5}}}),
+        "mat": (
+            lambda: [],
+            {"objective": {"mat": {"num_classes": 3, "held_out": held_out, "temperature": 1.0}}, "indexed": True},
+        ),
+        "perp_grad": (lambda: [ll.PerpGrad()], {}),
+        "perp_grad_sam": (lambda: [ll.PerpGrad(), ll.SAM(rho=0.5, **sync)], {}),
+        "udim": (lambda: [ll.UDIM(rho=0.5, rho_x=0.5, lmbda=0.5, **sync)], {}),
+    }
+
+
+#: callbacks that need whole parameters: refused at setup under FSDP2
+REFUSED = {
+    "EntropySGD": lambda: ll.EntropySGD(inner_steps=2),
+    "CurvatureMonitor": lambda: ll.CurvatureMonitor(every_n_steps=1, probe_size=8, power_iters=2, hutchinson_samples=1),
+}
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def compare(tmp: str) -> dict[str, tuple[float, float]]:
+    """``name -> (|fsdp2 - ddp|, |ddp - plain ddp|)`` for every case (plain: cross entropy, no callback)."""
+    held_out = os.path.join(tmp, "held_out.pt")
+    if _fsdp2.rank() == 0:
+        torch.save(torch.randn(32, 3, generator=torch.Generator().manual_seed(5)), held_out)
+    torch.distributed.barrier()
+    plain: dict[bool, dict] = {}
+    out = {}
+    for name, (callbacks, kwargs) in cases(held_out).items():
+        indexed = kwargs.get("indexed", False)
+        if indexed not in plain:
+            plain[indexed] = _fsdp2.fit("ddp", [], indexed=indexed)
+        sharded = _fsdp2.fit("fsdp2", callbacks(), **kwargs)
+        replicated = _fsdp2.fit("ddp", callbacks(), **kwargs)
+        out[name] = (_max_diff(sharded, replicated), _max_diff(replicated, plain[indexed]))
+    return out
+
+
+def refusals() -> dict[str, str]:
+    """``name -> the error`` of a fit under FSDP2 with each callback of :data:`REFUSED`."""
+    out = {}
+    for name, callback in REFUSED.items():
+        try:
+            _fsdp2.fit("fsdp2", [callback()], steps=2)
+            out[name] = "no error"
+        except ConfigurationError as err:
+            out[name] = f"ConfigurationError: {err}"
+        except Exception as err:  # noqa: BLE001 - returned to the test
+            out[name] = repr(err)
+    return out

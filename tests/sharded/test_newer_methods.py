@@ -1,0 +1,38 @@
+"""The newer methods under FSDP2 (``ModelParallelStrategy``, ``fully_shard``, 2 CPU processes over gloo) against DDP
+on the same data: STORM and per-class normalised reweighting, the SOVR and MAT losses, ⊥Grad (alone and after SAM)
+and UDIM; Entropy-SGD and the curvature monitor, which need whole parameters, are refused at setup. All fits run in
+the session's one 2-process group (``ddp`` fixture). Tolerance as in ``test_fsdp2.py``."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import _newer
+
+ATOL = 1e-6
+
+pytestmark = pytest.mark.ddp
+
+
+def test_newer_methods_under_fsdp2_equal_ddp(ddp, tmp_path):
+    results = ddp.run(_newer.compare, str(tmp_path))
+    assert results[0] == results[1]
+    assert set(results[0]) == {"storm", "per_class_normalized", "sovr", "mat", "perp_grad", "perp_grad_sam", "udim"}
+    for name, (diff, moved) in results[0].items():
+        assert diff < ATOL, (name, diff)
+        assert moved > 1e-5, (name, moved)  # the method changed the run: the comparison is not vacuous
+
+
+def test_callbacks_needing_whole_parameters_are_refused_at_setup_under_fsdp2(ddp):
+    """Lightning calls the callbacks' ``setup`` before ``configure_model`` shards the parameters: the refusal goes by
+    the strategy (it used to crash inside the first step on a ``DTensor``)."""
+    for errors in ddp.run(_newer.refusals):
+        for name, message in errors.items():
+            assert message.startswith(
+                f"ConfigurationError: {name} does not support the `ModelParallelStrategy` strategy (FSDP2 / tensor "
+                "parallelism: every rank holds only shards of the parameters): "
+            ), message
+            assert message.endswith(
+                "supported: one device (`SingleDeviceStrategy`) and DDP (`DDPStrategy`: `ddp`, `ddp_spawn`, "
+                "`ddp_fork`, ...)"
+            ), message
