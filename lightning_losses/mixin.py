@@ -37,6 +37,7 @@ import torch
 
 from lightning_losses import distributed
 from lightning_losses._accumulation import GlobalTermProbe
+from lightning_losses._extra_state import load_extra_states, save_extra_states
 from lightning_losses._objective_logging import log_objective_diagnostics
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.objective import Objective, ObjectiveOutput
@@ -96,6 +97,23 @@ class LossesMixin:
         parent = getattr(super(), "teardown", None)
         if parent is not None:
             parent(stage)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Under FSDP2, also save the submodules' extra state apart (:mod:`lightning_losses._extra_state`: a full
+        FSDP2 checkpoint's loading drops it), then run the next class's hook."""
+        trainer = self.__dict__.get("_trainer")
+        if trainer is not None:
+            save_extra_states(self, checkpoint, trainer.strategy)
+        parent = getattr(super(), "on_save_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Set back the extra state saved apart by :meth:`on_save_checkpoint`, then run the next class's hook."""
+        load_extra_states(self, checkpoint)
+        parent = getattr(super(), "on_load_checkpoint", None)
+        if parent is not None:
+            parent(checkpoint)
 
     # ------------------------------------------------------------------ plug-ins
     def _ll_plugins(self) -> dict[str, Any]:

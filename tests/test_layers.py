@@ -56,7 +56,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # bottom to top; entries are modu
     ("losses", ("losses",)),
     (
         "objective",
-        ("_objective_spec", "_objective_reduce", "_objective_logging", "objective", "mixin", "_accumulation"),
+        (
+            "_objective_spec",
+            "_objective_reduce",
+            "_objective_logging",
+            "objective",
+            "mixin",
+            "_accumulation",
+            "_extra_state",
+        ),
     ),
     ("callback base", ("callbacks", "diagnostics")),
     ("callback pillars", ("reweighting", "perturbation", "entropy", "curvature")),

@@ -72,3 +72,39 @@ def refusals() -> dict[str, str]:
         except Exception as err:  # noqa: BLE001 - returned to the test
             out[name] = repr(err)
     return out
+
+
+def _mat(model: Any) -> Any:
+    from lightning_losses.losses.mat import MAT
+
+    (loss,) = [m for m in model.modules() if isinstance(m, MAT)]
+    return loss
+
+
+def mat_table_through_checkpoint(tmp: str, distributed_checkpoint: bool, num_samples: int | None) -> dict[str, float]:
+    """MAT's held-out table (its ``get_extra_state``) through an FSDP2 checkpoint: a fit with the table from a file
+    saves a checkpoint, a fresh model without the table (``num_samples``: its size) resumes from it.
+    ``{"seen": rows the resumed table has, "diff": max |resumed table - file|}``."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from tests.helpers.trainers import quiet_trainer
+
+    held_out = os.path.join(tmp, "held_out.pt")
+    path = os.path.join(tmp, f"mat-{distributed_checkpoint}.ckpt")
+    table = torch.randn(32, 3, generator=torch.Generator().manual_seed(5))
+    if _fsdp2.rank() == 0:
+        torch.save(table, held_out)
+    torch.distributed.barrier()
+    spec = {"num_classes": 3, "temperature": 1.0, "num_samples": num_samples}
+    with _fsdp2._lightning_env():
+        for source in (held_out, None):
+            strat = ModelParallelStrategy(
+                data_parallel_size=2, tensor_parallel_size=1, save_distributed_checkpoint=distributed_checkpoint
+            )
+            model = _fsdp2.Net(objective={"mat": {**spec, "held_out": source}})
+            trainer = quiet_trainer([], max_steps=1, strategy=strat, devices=2)
+            trainer.fit(model, _fsdp2.data(indexed=True), ckpt_path=None if source else path)
+            if source:
+                trainer.save_checkpoint(path)
+    rows, seen = _mat(model).held_out_logits(torch.arange(32))
+    return {"seen": int(seen.sum()), "diff": float((rows[seen] - table[seen]).abs().max()) if seen.any() else -1.0}
