@@ -108,3 +108,33 @@ def mat_table_through_checkpoint(tmp: str, distributed_checkpoint: bool, num_sam
                 trainer.save_checkpoint(path)
     rows, seen = _mat(model).held_out_logits(torch.arange(32))
     return {"seen": int(seen.sum()), "diff": float((rows[seen] - table[seen]).abs().max()) if seen.any() else -1.0}
+
+
+def useful(strategy: str) -> tuple[dict, torch.Tensor]:
+    """A 2-epoch fit with USEFUL (split after epoch 1) under ``"fsdp2"`` or ``"ddp"``: (weights, upsampled mask)."""
+    from torch.utils.data import DataLoader
+
+    from tests.helpers.trainers import quiet_trainer
+
+    loader = _fsdp2.data(indexed=True)
+    sampler = ll.UpsampleSampler(len(loader.dataset), num_replicas=2, rank=_fsdp2.rank(), seed=0)
+    loader = DataLoader(loader.dataset, batch_size=4, sampler=sampler)
+    cb = ll.USEFUL(separating_epoch=1)
+    with _fsdp2._lightning_env():
+        if strategy == "fsdp2":
+            from lightning.pytorch.strategies import ModelParallelStrategy
+
+            strat: Any = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        else:
+            strat = "ddp"
+        model = _fsdp2.Net()
+        t = quiet_trainer([cb], max_epochs=2, strategy=strat, devices=2, use_distributed_sampler=False)
+        t.fit(model, loader)
+    return _fsdp2.full_weights(model), cb.upsampled.clone()
+
+
+def useful_compare() -> tuple[float, bool, int]:
+    """``(|fsdp2 - ddp| weights, same upsampled mask, samples upsampled)``."""
+    sharded, mask_s = useful("fsdp2")
+    replicated, mask_r = useful("ddp")
+    return _max_diff(sharded, replicated), bool(torch.equal(mask_s, mask_r)), int(mask_r.sum())

@@ -45,3 +45,9 @@ def test_mat_table_resumes_from_fsdp2_checkpoint(ddp, tmp_path, distributed_chec
     args = (str(tmp_path), distributed_checkpoint, num_samples)
     for result in ddp.run(_newer.mat_table_through_checkpoint, *args):
         assert result == {"seen": 32, "diff": 0.0}, result
+
+
+def test_useful_under_fsdp2_equals_ddp(ddp):
+    """USEFUL's split (recorded outputs all-gathered, rank 0's decision broadcast) and the upsampled epoch after it."""
+    for diff, same_split, upsampled in ddp.run(_newer.useful_compare):
+        assert diff < ATOL and same_split and upsampled > 0, (diff, same_split, upsampled)

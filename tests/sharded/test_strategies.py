@@ -116,3 +116,10 @@ def test_callbacks_needing_whole_parameters_refuse_model_parallel_at_setup(name)
         WHOLE_PARAMETERS[name]().setup(
             SimpleNamespace(strategy=accepted, accumulate_grad_batches=1, precision_plugin=None), Tiny(), "validate"
         )
+
+
+def test_udim_under_fsdp2_needs_sync_ascent():
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    with pytest.raises(ConfigurationError, match=r"^UDIM under `ModelParallelStrategy` needs `sync_ascent=True`"):
+        _setup(ll.UDIM(rho_x=0.5), strategy)
+    _setup(ll.UDIM(rho_x=0.5, sync_ascent=True), strategy)  # accepted (FSDP2 == DDP: test_newer_methods.py)
