@@ -329,3 +329,19 @@ def test_bsam_optimizer_without_a_training_split_is_refused():
     model = DigitsClassifier(optimizer="bsam")
     with pytest.raises(ConfigurationError, match=r"`optimizer` = 'bsam' needs the training-set size: fit with a"):
         model.configure_optimizers()
+
+
+@pytest.mark.parametrize("sampler", ["none", "upsample", "balanced_groups"])
+def test_training_samplers_shard_over_the_data_parallel_ranks(sampler):
+    # under ModelParallelStrategy the tensor-parallel ranks of one replica must read the same batches: the strategy's
+    # `distributed_sampler_kwargs` (data-parallel size and rank) decides the shard, not the world size
+    from types import SimpleNamespace
+
+    dm = DigitsDataModule(sampler=sampler, spurious=0.9 if sampler == "balanced_groups" else 0.0)
+    strategy = SimpleNamespace(distributed_sampler_kwargs={"num_replicas": 2, "rank": 1})
+    dm.trainer = SimpleNamespace(strategy=strategy, world_size=4, global_rank=3)
+    loader = dm.train_dataloader()
+    assert (loader.sampler.num_replicas, loader.sampler.rank) == (2, 1)
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(), world_size=4, global_rank=3)  # no kwargs: the world
+    loader = dm.train_dataloader()
+    assert (loader.sampler.num_replicas, loader.sampler.rank) == (4, 3)

@@ -8,6 +8,8 @@ too).
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import numpy as np
 import torch
@@ -219,13 +221,12 @@ class DigitsDataModule(L.LightningDataModule):
     def balanced_sampler(self) -> BalancedSampler | UpsampleSampler | None:
         """The training :class:`~lightning_losses.reweighting.BalancedSampler` (``None`` when ``sampler="none"``).
 
-        Sharded by the attached Trainer's world size and rank (by the initialised process group without a Trainer).
+        Sharded over the attached Trainer's data-parallel ranks (by the initialised process group without a Trainer).
         """
         if self.sampler == "none":
             return None
         self.setup()
-        trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (None, None)
+        replicas, rank = _data_parallel_shard(self.trainer, (None, None))
         if self.sampler == "upsample":
             return UpsampleSampler(len(self.datasets["train"]), num_replicas=replicas, rank=rank, seed=self.seed)
         ids = self.datasets["train"].tensors["group" if self.sampler == "balanced_groups" else "target"]
@@ -240,7 +241,7 @@ class DigitsDataModule(L.LightningDataModule):
             # a checkpoint sees the batches an uninterrupted one would (a DataLoader's `shuffle=True` draws from the
             # global generator, which checkpoints do not hold); under DDP each rank takes its share, in order when
             # `shuffle=False` (Lightning would otherwise install a shuffling sampler)
-            replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            replicas, rank = _data_parallel_shard(trainer, (1, 0))
             sampler = DistributedSampler(
                 self.datasets[split], num_replicas=replicas, rank=rank, shuffle=shuffle, seed=self.seed
             )
@@ -261,3 +262,18 @@ class DigitsDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _data_parallel_shard(trainer: Any, default: tuple[Any, Any]) -> tuple[Any, Any]:
+    """``(num_replicas, rank)`` of the data-parallel dimension: the strategy's ``distributed_sampler_kwargs`` (under
+    ``ModelParallelStrategy`` the data-parallel size and rank, so the tensor-parallel ranks of one replica read the
+    same batches), else the Trainer's world size and rank; ``default`` without a Trainer."""
+    if trainer is None:
+        return default
+    try:
+        kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
+    except AssertionError:  # ModelParallelStrategy before its device mesh exists
+        kwargs = None
+    if isinstance(kwargs, dict) and "num_replicas" in kwargs and "rank" in kwargs:
+        return int(kwargs["num_replicas"]), int(kwargs["rank"])
+    return trainer.world_size, trainer.global_rank
