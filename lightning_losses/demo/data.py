@@ -271,7 +271,7 @@ def _data_parallel_shard(trainer: Any, default: tuple[Any, Any]) -> tuple[Any, A
     if trainer is None:
         return default
     try:
-        kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
+        kwargs = getattr(getattr(trainer, "strategy", None), "distributed_sampler_kwargs", None)
     except AssertionError:  # ModelParallelStrategy before its device mesh exists
         kwargs = None
     if isinstance(kwargs, dict) and "num_replicas" in kwargs and "rank" in kwargs:
