@@ -25,13 +25,11 @@ from typing import Any
 import torch
 
 from lightning_losses._compat import log_step, should_update_logs
+from lightning_losses._deferred import FOLD_EVERY
 from lightning_losses._log_rows import log_scalars
 from lightning_losses.distributed import global_sum
 
 __all__ = ["FOLD_EVERY", "log_objective_diagnostics"]
-
-#: steps whose values are kept before they are counted (bounds the memory held between logging steps)
-FOLD_EVERY = 64
 
 _PENDING, _COUNT, _LOGGED_AT = "_ll_nonfinite_pending", "_ll_nonfinite_count", "_ll_nonfinite_logged_at"
 

@@ -25,7 +25,7 @@ from lightning_losses._validation import qualify
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.registry import Registry
 from lightning_losses.slots import Slot
-from lightning_losses.strategies import check_strategy
+from lightning_losses.strategies import check_strategy, refuse_sharded
 
 __all__ = ["CALLBACKS", "MixinCallback", "build_callbacks", "list_callbacks", "require_mixin", "step_logs_due"]
 
@@ -90,12 +90,17 @@ class MixinCallback(Callback):
     is attached; default: the callback itself, which then follows the slot's protocol in
     :mod:`lightning_losses.slots`) and :meth:`check_module` (validation before attaching). ``setup`` raises a
     :class:`~lightning_losses.errors.ConfigurationError` for a module without the mixin or a strategy the library does
-    not support (:func:`lightning_losses.strategies.check_strategy`), runs :meth:`check_module`
-    and attaches the plug-in; ``teardown`` detaches it. A subclass that extends either calls ``super()``.
+    not support (:func:`lightning_losses.strategies.check_strategy`; also FSDP2 with :attr:`whole_parameters`), runs
+    :meth:`check_module` and attaches the plug-in; ``teardown`` detaches it. A subclass that extends either calls
+    ``super()``.
     """
 
     #: the mixin slot this callback plugs into
     slot: ClassVar[Slot]
+    #: why the callback needs whole (unsharded) parameters on every rank, or ``None``: with a reason, ``setup`` refuses
+    #: ``ModelParallelStrategy`` (:func:`~lightning_losses.strategies.refuse_sharded`; by the strategy, as ``setup``
+    #: runs before ``configure_model`` shards the parameters)
+    whole_parameters: ClassVar[str | None] = None
 
     def state_key_fields(self) -> dict[str, Any]:
         """The fields of :attr:`state_key`, in order (they must stay stable: checkpoints are keyed by them)."""
@@ -119,6 +124,8 @@ class MixinCallback(Callback):
         self.check_module(pl_module)
         if trainer is not None:  # reductions go over the strategy's data-parallel group (not the world under 2-D)
             check_strategy(trainer.strategy, type(self).__name__)  # DeepSpeed, FSDP1, unknown strategies: refused
+            if self.whole_parameters is not None:
+                refuse_sharded(trainer.strategy, type(self).__name__, self.whole_parameters)
             distributed.use_strategy(trainer.strategy)
         pl_module.attach(self.slot, self.slot_plugin(pl_module))
 

@@ -53,7 +53,6 @@ from lightning_losses.diagnostics import log_scalars
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import looksam
 from lightning_losses.perturbation.sharding import is_sharded
-from lightning_losses.strategies import refuse_sharded
 
 __all__ = ["EntropySGD"]
 
@@ -89,6 +88,10 @@ class EntropySGD(MixinCallback):
     """
 
     slot = "step"
+    whole_parameters = (
+        "its Langevin iterates are replica-local copies of the whole weights (the inner backward passes run "
+        "without gradient synchronisation), which FSDP2 cannot form"
+    )
 
     def __init__(
         self,
@@ -131,13 +134,6 @@ class EntropySGD(MixinCallback):
 
     @override
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if trainer is not None:  # before `configure_model`: the parameters are not sharded yet, the strategy tells
-            refuse_sharded(
-                trainer.strategy,
-                "EntropySGD",
-                "its Langevin iterates are replica-local copies of the whole weights (the inner backward passes run "
-                "without gradient synchronisation), which FSDP2 cannot form",
-            )
         super().setup(trainer, pl_module, stage)
         if trainer is None or stage != "fit":
             return

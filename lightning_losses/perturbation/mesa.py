@@ -97,6 +97,7 @@ class MESA(MixinCallback):
         self._stepped = False  # a micro-batch of the current optimizer step was not skipped (its gradient counts)
 
     slot = "terms"
+    whole_parameters = "its EMA teacher is a whole copy of the weights, evaluated as one model"
 
     @override
     def state_key_fields(self) -> dict[str, Any]:
@@ -114,8 +115,6 @@ class MESA(MixinCallback):
 
     @override
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        if any(is_sharded(p) for p in pl_module.parameters()):  # `configure_model` may shard after `setup`
-            self.check_module(pl_module)
         if self.ema is None:
             self.ema = {n: t.clone() for n, t in self._current(pl_module).items()}
         self._seen_step = trainer.global_step

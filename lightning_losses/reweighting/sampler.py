@@ -23,12 +23,45 @@ from lightning_losses.distributed import rank as current_rank
 from lightning_losses.distributed import world_size
 from lightning_losses.errors import ConfigurationError
 
-__all__ = ["BalancedSampler"]
+__all__ = ["BalancedSampler", "EpochListSampler"]
 
 _MODES = ("oversample", "subsample")
 
 
-class BalancedSampler(DistributedSampler):
+class EpochListSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose epoch is one index list built identically on every rank from ``seed + epoch``
+    (:meth:`epoch_indices`), padded to a multiple of ``num_replicas`` (or its tail dropped) and sharded
+    ``rank::num_replicas``. Subclasses call :meth:`_shard_over` with the epoch's length and implement
+    :meth:`epoch_indices`."""
+
+    def _shard_over(self, total: int, num_replicas: int | None, rank: int | None, seed: int, drop_last: bool) -> None:
+        self.total = total
+        self.num_replicas = world_size() if num_replicas is None else check_int("num_replicas", num_replicas, low=1)
+        self.rank = current_rank() if rank is None else check_int("rank", rank, low=0, high=self.num_replicas - 1)
+        self.seed = check_int("seed", seed)
+        self.drop_last = bool(drop_last)
+        self.shuffle = True
+        self.epoch = 0
+        self.num_samples = total // self.num_replicas if self.drop_last else math.ceil(total / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def epoch_indices(self) -> torch.Tensor:
+        """The current epoch's index list (all ranks together, before sharding)."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.epoch_indices()
+        if self.drop_last:
+            indices = indices[: self.total_size]
+        elif self.total_size > indices.numel():
+            indices = indices.repeat(math.ceil(self.total_size / indices.numel()))[: self.total_size]
+        return iter(indices[self.rank : self.total_size : self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class BalancedSampler(EpochListSampler):
     """Balanced sampling over groups (or classes) of a map-style dataset.
 
     Args:
@@ -66,22 +99,11 @@ class BalancedSampler(DistributedSampler):
                 f"`num_samples` applies to mode='oversample' only (a subsampled epoch has G * min_g n_g samples), "
                 f"got num_samples={num_samples!r} with mode='subsample'"
             )
-        self.total = len(ids) if num_samples is None else check_int("num_samples", num_samples, low=1)
-        self.num_replicas = world_size() if num_replicas is None else check_int("num_replicas", num_replicas, low=1)
-        self.rank = current_rank() if rank is None else check_int("rank", rank, low=0, high=self.num_replicas - 1)
-        self.seed = check_int("seed", seed)
-        self.drop_last = bool(drop_last)
-        self.shuffle = True
-        self.epoch = 0
-        counts = torch.bincount(self.groups)
-        self.counts = counts
+        total = len(ids) if num_samples is None else check_int("num_samples", num_samples, low=1)
+        self.counts = counts = torch.bincount(self.groups)
         if self.mode == "subsample":
-            self.total = int(counts[counts > 0].min()) * int((counts > 0).sum())
-        if self.drop_last:
-            self.num_samples = self.total // self.num_replicas
-        else:
-            self.num_samples = math.ceil(self.total / self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
+            total = int(counts[counts > 0].min()) * int((counts > 0).sum())
+        self._shard_over(total, num_replicas, rank, seed, drop_last)
 
     def epoch_indices(self) -> torch.Tensor:
         """The resampled index list of the current epoch (all ranks together, before sharding)."""
@@ -96,15 +118,3 @@ class BalancedSampler(DistributedSampler):
             kept.append(members[torch.randperm(members.numel(), generator=g)[:n_min]])
         chosen = torch.cat(kept)
         return chosen[torch.randperm(chosen.numel(), generator=g)]
-
-    def __iter__(self) -> Iterator[int]:
-        indices = self.epoch_indices()
-        if self.drop_last:
-            indices = indices[: self.total_size]
-        elif self.total_size > indices.numel():
-            repeats = math.ceil(self.total_size / indices.numel())
-            indices = indices.repeat(repeats)[: self.total_size]
-        return iter(indices[self.rank : self.total_size : self.num_replicas].tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples

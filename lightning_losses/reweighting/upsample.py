@@ -8,20 +8,17 @@ plain shuffling sampler.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DistributedSampler
 
 from lightning_losses._validation import check_int
-from lightning_losses.distributed import rank as current_rank
-from lightning_losses.distributed import world_size
+from lightning_losses.reweighting.sampler import EpochListSampler
 
 __all__ = ["UpsampleSampler"]
 
 
-class UpsampleSampler(DistributedSampler):
+class UpsampleSampler(EpochListSampler):
     r"""Shuffled sampling of ``range(num_samples)`` in which an upsampled set appears ``factor`` times.
 
     The epoch's list is a random ordering of the multiset :math:`\{0..n-1\} \cup (\text{factor} - 1) \times S`, cut
@@ -52,20 +49,10 @@ class UpsampleSampler(DistributedSampler):
         drop_last: bool = False,
     ) -> None:
         self.size = check_int("num_samples", num_samples, low=1)
-        self.num_replicas = world_size() if num_replicas is None else check_int("num_replicas", num_replicas, low=1)
-        self.rank = current_rank() if rank is None else check_int("rank", rank, low=0, high=self.num_replicas - 1)
-        self.seed = check_int("seed", seed)
-        self.drop_last = bool(drop_last)
-        self.shuffle = True
-        self.epoch = 0
+        self._shard_over(self.size, num_replicas, rank, seed, drop_last)
         self.upsampled = torch.zeros(self.size, dtype=torch.bool)
         self.factor = 1
         self._drawn: tuple[int, int, torch.Tensor] | None = None  # (epoch, factor, upsampled) of the last draw
-        if self.drop_last:
-            self.num_samples = self.size // self.num_replicas
-        else:
-            self.num_samples = math.ceil(self.size / self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
 
     def set_upsampled(self, upsampled: torch.Tensor, factor: int) -> None:
         """Upsample the samples where ``upsampled`` (boolean ``[num_samples]``) holds, ``factor`` (>= 1) times."""
@@ -95,12 +82,4 @@ class UpsampleSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         self._drawn = (self.epoch, self.factor, self.upsampled)  # `set_upsampled` replaces the tensor, never edits it
-        indices = self.epoch_indices()
-        if self.drop_last:
-            indices = indices[: self.total_size]
-        elif self.total_size > indices.numel():
-            indices = indices.repeat(math.ceil(self.total_size / indices.numel()))[: self.total_size]
-        return iter(indices[self.rank : self.total_size : self.num_replicas].tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
+        return super().__iter__()

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import lightning_losses as ll
+from tests.helpers.ddp import lightning_env
 from tests.helpers.trainers import quiet_trainer
 
 N = 16  # samples
@@ -296,15 +297,10 @@ def ddp_run(pert: str, rew: str, k: int, ent: bool) -> tuple:
     from lightning_losses.distributed import rank
 
     r = rank()
-    os.environ.update(LOCAL_RANK=str(r), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29557")  # unused: the group already exists
-    try:
+    with lightning_env():
         callbacks = callbacks_for(pert, False, rew, ent, sync_ascent=True)
         snaps = Snapshots(callbacks)
         loader = DataLoader(MatrixData(order=rank_order(r, DDP_CHUNK)), batch_size=DDP_CHUNK, shuffle=False)
         trainer = trainer_for([*callbacks, snaps], k, strategy="ddp", devices=2, use_distributed_sampler=False)
         trainer.fit(MatrixNet(chunk=DDP_CHUNK), loader)
         return tuple(snaps.steps)
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 import lightning_losses as ll
 from lightning_losses.perturbation import BSAM
+from tests.helpers.ddp import lightning_env
 
 from . import _matrix as M
 
@@ -218,14 +219,11 @@ def test_perp_grad_refuses_wsam_decoupled_and_projects_wsam_coupled():
 def _bsam_ddp_run(k: int) -> tuple:
     """bsam (``sync_ascent=True``) under Lightning's DDP on this rank of the session's 2-process group, ``k``
     micro-batches of ``DDP_CHUNK`` rows per rank (see ``_matrix.ddp_run``)."""
-    import os
 
     from lightning_losses.distributed import rank
 
     r = rank()
-    os.environ.update(LOCAL_RANK=str(r), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29557")
-    try:
+    with lightning_env():
         callbacks = [ll.WeightPerturbation("bsam", rho=0.01, sync_ascent=True)]
         snaps = _Snapshots(callbacks)
         model = _Net(chunk=M.DDP_CHUNK)
@@ -235,9 +233,6 @@ def _bsam_ddp_run(k: int) -> tuple:
         trainer = M.trainer_for([*callbacks, snaps], k, strategy="ddp", devices=2, use_distributed_sampler=False)
         trainer.fit(model, loader)
         return tuple(snaps.steps)
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 @pytest.mark.ddp

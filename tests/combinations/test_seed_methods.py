@@ -25,6 +25,7 @@ from lightning_losses._accumulation import GlobalTermProbe
 from lightning_losses.errors import AccumulationWarning
 from lightning_losses.functional.adversarial import sovr
 from lightning_losses.losses.mat import MAT
+from tests.helpers.ddp import lightning_env
 
 from . import _matrix as M
 
@@ -383,23 +384,17 @@ _DDP_SPEC = {"sovr": {"fraction": 0.5}, "mat": {"num_classes": M.CLASSES, "coeff
 def _ddp_fit(k: int) -> list:
     """storm + SAM (``sync_ascent``) on ``sovr + mat`` under Lightning's DDP on this rank of the session's 2-process
     group, ``k`` micro-batches of ``DDP_CHUNK`` rows per rank (see ``_matrix.ddp_run``)."""
-    import os
 
     from lightning_losses.distributed import rank
 
     r = rank()
-    os.environ.update(LOCAL_RANK=str(r), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29557")
-    try:
+    with lightning_env():
         callbacks = [_storm(), ll.SAM(rho=0.1, sync_ascent=True)]
         snaps = _Snapshots(callbacks)
         loader = DataLoader(M.MatrixData(order=M.rank_order(r, M.DDP_CHUNK)), batch_size=M.DDP_CHUNK, shuffle=False)
         trainer = M.trainer_for([*callbacks, snaps], k, strategy="ddp", devices=2, use_distributed_sampler=False)
         trainer.fit(_Net(_DDP_SPEC, chunk=M.DDP_CHUNK), loader)
         return snaps.steps
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 @pytest.mark.ddp

@@ -1,7 +1,6 @@
 """EntropyControl: the objective term, logging, a real controlled run, exact resume, recipes, DDP."""
 
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +16,7 @@ from lightning_losses.config import build_run, load_recipe
 from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional.entropy import entropy
+from tests.helpers.ddp import lightning_env
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -268,11 +268,8 @@ class _RecordingClassifier(DigitsClassifier):
 
 
 def _ddp_trainer_run():
-    from lightning_losses.distributed import rank
 
-    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29555")  # unused: the group already exists
-    try:
+    with lightning_env():
         L.seed_everything(0, verbose=False)
         cb = ll.EntropyControl(target=0.8, lr=0.05, beta_min=-10.0, beta_max=10.0)
         rec = _Recorder(cb)
@@ -280,9 +277,6 @@ def _ddp_trainer_run():
         trainer = _trainer([cb, rec], max_steps=12, strategy="ddp", devices=2, accumulate_grad_batches=2)
         trainer.fit(model, DigitsDataModule(batch_size=32))
         return rec.beta, rec.entropy, trainer.world_size, model.seen
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 def test_ddp_trainer_beta_identical_on_both_ranks(ddp):

@@ -7,10 +7,12 @@ remote traceback; a hang (e.g. one rank failed inside a collective) times out, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import socket
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import torch.multiprocessing as mp
@@ -102,3 +104,20 @@ class DDPPool:
             if p.is_alive():
                 p.terminate()
         self._procs = []
+
+
+@contextlib.contextmanager
+def lightning_env() -> Iterator[None]:
+    """Inside a worker of the pool: the environment a Lightning ``Trainer(strategy="ddp", devices=2)`` reads to join
+    the already initialised group as this rank (the port is never used: no rendezvous happens)."""
+    import torch.distributed as dist
+
+    os.environ.update(
+        LOCAL_RANK=str(dist.get_rank()), NODE_RANK="0", WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1"
+    )
+    os.environ.setdefault("MASTER_PORT", "29555")
+    try:
+        yield
+    finally:
+        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
+            os.environ.pop(key, None)

@@ -15,6 +15,7 @@ from pytorch_metric_learning import reducers as pml_reducers
 import lightning_losses as ll
 from lightning_losses.distributed import rank
 from lightning_losses.functional import proxy as PF
+from tests.helpers.ddp import lightning_env
 
 C, D = 4, 5
 
@@ -398,15 +399,9 @@ def _fit_embedder(name, batch_size):
 
 
 def _ddp_fit(name):
-    import os
 
-    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29556")  # unused: the group already exists
-    try:
+    with lightning_env():
         return _fit_embedder(name, batch_size=4)
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 @pytest.mark.ddp

@@ -8,6 +8,7 @@ from lightning.pytorch.callbacks import Callback
 
 import lightning_losses as ll
 from lightning_losses.errors import ConfigurationError
+from tests.helpers.ddp import lightning_env
 
 from ._combo import GROUPS, Net, dataset, fit, params, weights
 
@@ -380,19 +381,11 @@ def test_replayed_micro_batch_returning_none_under_ddp_raises_as_lightning_does(
 # ---------------------------------------------------------------------------------------------- DDP
 def _ddp_fit(perturb):
     """A real 2-process Lightning DDP run (inside the session's gloo group): group_dro, k=2, BatchNorm, tied."""
-    import os
 
-    from lightning_losses.distributed import rank
-
-    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29557")  # unused: the group already exists
-    try:
+    with lightning_env():
         callbacks = [REWEIGHTING["group_dro"]()] + ([IDENTITY_PERTURBATIONS["amp_inner_2"]()] if perturb else [])
         model, _ = fit(callbacks, model=Net(bn=True, tied=True), k=2, max_steps=3, strategy="ddp", devices=2)
         return params(model), model.calls
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 @pytest.mark.ddp

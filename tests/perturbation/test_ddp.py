@@ -6,6 +6,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightning_losses.distributed import rank
 from lightning_losses.perturbation import build_perturbation, perturbed_backward
+from tests.helpers.ddp import lightning_env
 
 from ._reference import amp_eps, descent_grad, grad_at, sam_eps, tiny_batch, tiny_model
 
@@ -99,7 +100,6 @@ def test_looksam_under_ddp_keeps_replicas_identical(ddp):
 
 
 def _lightning_ddp_run(sync_ascent=False):
-    import os
 
     import lightning as L
 
@@ -114,16 +114,11 @@ def _lightning_ddp_run(sync_ascent=False):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.seen.append((batch[0].double().clone(), batch[1].clone()))
 
-    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29556")  # unused: the group already exists
-    try:
+    with lightning_env():
         model, rec = Tiny(), Recorder()
         t = trainer([ll.SAM(rho=0.5, sync_ascent=sync_ascent), rec], max_steps=2, strategy="ddp", devices=2)
         t.fit(model, loader(4, n=16))  # Lightning's DistributedSampler: disjoint shuffled shards
         return {k: v.detach().double().clone() for k, v in model.net.named_parameters()}, rec.seen
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 def _lightning_references(seen0, seen1):

@@ -1,8 +1,6 @@
 """Entropy-SGD: the callback inside a Trainer against an explicit float64 loop of the Langevin inner loop and the
 outer step; optimizer state, DDP (replica-local inner loops, ranks identical), resume and argument checks."""
 
-import os
-
 import lightning as L
 import pytest
 import torch
@@ -10,6 +8,7 @@ from torch.utils.data import DataLoader, Subset
 
 import lightning_losses as ll
 from lightning_losses.errors import ConfigurationError
+from tests.helpers.ddp import lightning_env
 
 from ._lightning import Tiny, data, trainer
 from ._reference import loss_at, tiny_model
@@ -150,18 +149,13 @@ def _ddp_run(kw):
     from lightning_losses.distributed import rank
 
     r = rank()
-    os.environ.update(LOCAL_RANK=str(r), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29555")  # unused: the group already exists
-    try:
+    with lightning_env():
         model = Tiny()
         cb = ll.EntropySGD(**kw)
         t = trainer([cb], max_epochs=1, strategy="ddp", devices=2, use_distributed_sampler=False, precision="64-true")
         shard = Subset(data(24), list(range(12 * r, 12 * r + 12)))
         t.fit(model, DataLoader(shard, batch_size=4, shuffle=False))
         return {k: v.detach().clone() for k, v in model.named_parameters()}, t.global_step
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 @pytest.mark.ddp

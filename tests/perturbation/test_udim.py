@@ -1,8 +1,6 @@
 """UDIM: the callback inside a Trainer against an explicit float64 loop (SAM's epsilon, per-sample projected input
 ascent at w + epsilon, the lambda-weighted descent gradient); the batch interface, DDP and argument checks."""
 
-import os
-
 import lightning as L
 import pytest
 import torch
@@ -10,6 +8,7 @@ from torch.utils.data import DataLoader, Subset
 
 import lightning_losses as ll
 from lightning_losses.errors import ConfigurationError
+from tests.helpers.ddp import lightning_env
 
 from ._lightning import Tiny, data, trainer
 from ._reference import grad_at, loss_at, sam_eps, tiny_model
@@ -167,18 +166,13 @@ def _ddp_run(lmbda):
     from lightning_losses.distributed import rank
 
     r = rank()
-    os.environ.update(LOCAL_RANK=str(r), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29555")  # unused: the group already exists
-    try:
+    with lightning_env():
         model = Tiny()
         cb = ll.UDIM(rho=0.1, rho_x=0.4, lmbda=lmbda, input_steps=2, sync_ascent=True)
         t = trainer([cb], max_epochs=1, strategy="ddp", devices=2, use_distributed_sampler=False, precision="64-true")
         rows = [i for b in range(2) for i in range(8 * b + 4 * r, 8 * b + 4 * r + 4)]  # rank r: its half of each batch
         t.fit(model, DataLoader(Subset(data(16), rows), batch_size=4, shuffle=False))
         return {k: v.detach().clone() for k, v in model.named_parameters()}
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 @pytest.mark.ddp

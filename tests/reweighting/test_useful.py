@@ -16,6 +16,7 @@ import lightning_losses as ll
 from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional.clustering import slow_cluster
+from tests.helpers.ddp import lightning_env
 
 
 # ---------------------------------------------------------------- the split, against an explicit loop
@@ -271,13 +272,8 @@ def test_a_run_resumed_after_a_crash_matches_an_uninterrupted_one(tmp_path, cras
 
 # ---------------------------------------------------------------- a DDP Trainer run
 def _ddp_trainer_useful():
-    import os
 
-    from lightning_losses.distributed import rank
-
-    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29556")  # unused: the group already exists
-    try:
+    with lightning_env():
         L.seed_everything(0, verbose=False)
         cb, spy = ll.USEFUL(separating_epoch=1), _Spy()
         trainer = L.Trainer(
@@ -295,9 +291,6 @@ def _ddp_trainer_useful():
         dm = DigitsDataModule(label_noise=0.4, sampler="upsample", batch_size=64)
         trainer.fit(DigitsClassifier(dropout=0.0), dm)
         return cb.upsampled, {e: torch.cat(v) for e, v in spy.seen.items()}, len(dm.datasets["train"])
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 @pytest.mark.ddp

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_losses as ll
 from lightning_losses.distributed import rank
+from tests.helpers.ddp import lightning_env
 from tests.helpers.trainers import quiet_trainer
 
 
@@ -68,13 +69,8 @@ def data(n: int = 32, classes: int = 3, features: int = 8, indexed: bool = False
 
 @contextlib.contextmanager
 def _lightning_env():
-    os.environ.update(LOCAL_RANK=str(rank()), NODE_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29557")  # unused: the group already exists
-    try:
+    with lightning_env():
         yield
-    finally:
-        for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
 
 
 def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

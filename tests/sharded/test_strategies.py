@@ -99,6 +99,7 @@ def test_reducing_callbacks_accept_the_supported_strategies(name):
 WHOLE_PARAMETERS = {
     "EntropySGD": lambda: ll.EntropySGD(inner_steps=2),
     "CurvatureMonitor": lambda: ll.CurvatureMonitor(every_n_steps=1),
+    "MESA": lambda: ll.MESA(),
 }
 
 
