@@ -25,6 +25,7 @@ __all__ = [
     "closure_result",
     "in_training_batch",
     "intercept_logger_rows",
+    "log_on_step",
     "log_step",
     "logger_connector",
     "metric_snapshot",
@@ -109,6 +110,57 @@ def log_step(trainer: Any) -> int:
     optimizer steps finished before this batch's logs. Fallback: ``trainer.global_step``."""
     loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
+
+
+_LOGGED = "_ll_logged_on_step"
+
+
+@_reads(
+    "Trainer._results, LightningModule._current_fx_name, Trainer._logger_connector.should_reset_tensors, "
+    "_ResultCollection.update_metrics / .dataloader_idx (lightning.pytorch.trainer.connectors.logger_connector.result)"
+)
+def log_on_step(module: Any, trainer: Any, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
+    """``module.log(name, value, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch_size)`` for each of
+    ``metrics`` (detached scalar tensors), with a name's later calls in the same hook sent straight to the result
+    object its first call registered.
+
+    ``LightningModule.log`` checks its arguments, builds and compares the name's metadata and moves the result object
+    to the value's device on every call: about a millisecond on a CPU step (one logged loss is several percent of a
+    small model's step), though after the first call of a name in a hook nothing of it can change. A later call of the
+    same name in the same hook, of the same result collection, with a value on the same device and the collection not
+    due for its reset, goes to ``_ResultCollection.update_metrics`` (what ``log`` ends with): the same result object
+    gets the same update, so ``callback_metrics``, the logger rows and the checks of a user's own ``log`` of the name
+    are Lightning's own. Fallback without those attributes: ``module.log`` on every call.
+    """
+    state = module.__dict__
+    seen = state.get(_LOGGED)
+    if seen is None:
+        seen = state[_LOGGED] = {}
+    results = getattr(trainer, "_results", None)
+    fx = getattr(module, "_current_fx_name", None)
+    connector = getattr(trainer, "_logger_connector", None)
+    known = (
+        results is not None
+        and fx is not None
+        and getattr(results, "dataloader_idx", 0) is None
+        and hasattr(results, "update_metrics")
+        and hasattr(connector, "should_reset_tensors")
+        and hasattr(connector, "_current_fx")
+    )
+    fast = known and not connector.should_reset_tensors(fx)  # a new epoch's first call: `log` resets the collection
+    for name, value in metrics.items():
+        key = f"{fx}.{name}"
+        entry = seen.get(name)
+        if fast and entry is not None and entry[0] is results and entry[1] == fx and entry[3] == value.device:
+            metric = results.get(key)
+            if metric is entry[2]:
+                results.update_metrics(key, value, batch_size)
+                connector._current_fx = fx  # as `log` leaves it
+                continue
+        module.log(name, value, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch_size)
+        metric = results.get(key) if known else None
+        if metric is not None:
+            seen[name] = (results, fx, metric, value.device)
 
 
 @_reads("LightningModule._trainer")

@@ -37,6 +37,7 @@ import torch
 
 from lightning_losses import distributed
 from lightning_losses._accumulation import GlobalTermProbe
+from lightning_losses._compat import log_on_step
 from lightning_losses._extra_state import load_extra_states, save_extra_states
 from lightning_losses._objective_logging import log_objective_diagnostics
 from lightning_losses.errors import ConfigurationError
@@ -211,14 +212,15 @@ class LossesMixin:
             if not training and (muted is None or stage not in muted):
                 _mute_sync_dist_warning([_LOSS_KEYS[stage], *(f"{stage}/{k}" for k in out.terms)])
                 state["_ll_sync_warning_muted"] = {stage, *(muted or ())}
-            options = {"on_step": training, "on_epoch": not training, "batch_size": out.size or 1}
             if len(out.terms) == 1 and next(iter(out.terms.values())) is out.value:  # the term is the loss: log it once
-                self.log(_LOSS_KEYS[stage], out.value, sync_dist=False, **options)
+                metrics = {_LOSS_KEYS[stage]: out.value}
             else:
                 metrics = {_LOSS_KEYS[stage]: out.value, **{f"{stage}/{k}": v for k, v in out.terms.items()}}
-                self.log_dict(metrics, sync_dist=False, **options)
             if training:
+                log_on_step(self, trainer, metrics, out.size or 1)  # `self.log(on_step=True)`, its repeat calls cheap
                 log_objective_diagnostics(self, trainer, out)
+            else:
+                self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False, batch_size=out.size or 1)
         return out.loss
 
     # ------------------------------------------------------------------ optimizer step

@@ -27,6 +27,11 @@ class Probe(L.LightningModule):
         self.net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
         self.mean = torchmetrics.MeanMetric()
         self.seen = {"closures": [], "logs_due": [], "results": [], "in_batch": [], "restarted": [], "batches": []}
+        self.seen |= {"log_calls": [], "logged": []}
+
+    def log(self, name, *args, **kwargs):
+        self.seen["log_calls"].append(name)
+        super().log(name, *args, **kwargs)
 
     def on_train_epoch_start(self):
         self.seen["restarted"].append(_compat.restart_train_iterator(self.trainer))
@@ -35,6 +40,8 @@ class Probe(L.LightningModule):
         self.seen["batches"].append(batch[0].clone())
         loss = self.net(batch[0]).pow(2).mean()
         self.mean(loss.detach())
+        _compat.log_on_step(self, self.trainer, {"probe/loss": loss.detach(), "probe/twice": 2 * loss.detach()}, 4)
+        self.seen["logged"].append(loss.detach().clone())
         return loss
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
@@ -95,6 +102,21 @@ def _should_update_logs(trainer, module):
     assert len(seen) == 4 and all(ours == theirs for ours, theirs in seen) and any(t for t, _ in seen)
     assert _compat.should_update_logs(SimpleNamespace(global_step=4, log_every_n_steps=2))  # fallback rule
     assert not _compat.should_update_logs(SimpleNamespace(global_step=3, log_every_n_steps=2))
+
+
+def _log_on_step(trainer, module):
+    # the first call of each name goes through `LightningModule.log`, the three later ones straight to its result
+    assert module.seen["log_calls"] == ["probe/loss", "probe/twice"]
+    last = module.seen["logged"][-1]
+    assert torch.equal(trainer.callback_metrics["probe/loss"], last)
+    assert torch.equal(trainer.callback_metrics["probe/twice"], 2 * last)
+    assert torch.equal(trainer.logged_metrics["probe/loss"], last)  # the logging step's row (step 4)
+    calls = []
+    bare = SimpleNamespace(log=lambda name, value, **options: calls.append((name, options)))
+    for _ in range(2):  # fallback without a Trainer's result collection: `log` every time
+        _compat.log_on_step(bare, SimpleNamespace(), {"a": torch.tensor(1.0)}, 3)
+    expected = {"on_step": True, "on_epoch": False, "sync_dist": False, "batch_size": 3}
+    assert calls == [("a", expected)] * 2
 
 
 def _attached_trainer(trainer, module):
@@ -176,7 +198,7 @@ def _restart_train_iterator(trainer, module):
 CHECKS = {f.__name__[1:]: f for f in (_closure_parts, _closure_result, _logger_connector, _should_update_logs)}
 CHECKS |= {f.__name__[1:]: f for f in (_attached_trainer, _state_key, _takes_batch_idx, _metric_snapshot)}
 CHECKS |= {f.__name__[1:]: f for f in (_norm_layer_types, _log_step, _intercept_logger_rows, _in_training_batch)}
-CHECKS |= {f.__name__[1:]: f for f in (_restart_train_iterator,)}
+CHECKS |= {f.__name__[1:]: f for f in (_restart_train_iterator, _log_on_step)}
 
 
 def test_every_accessor_is_checked():
