@@ -22,8 +22,20 @@ than the cost measured; a steadier estimate is measured within each run: the mea
 steps (neither a logging step nor an epoch's first), minus 1, ``on`` minus ``off`` (the logging and media steps'
 share of the step time; the work every step does alike cancels).
 
+``--mode accounting`` measures the diagnostics' own time instead, inside each run, which the drift between runs
+does not blur: every hook of the four callbacks, the objective's statistics (``log_objective_diagnostics``) and the
+Trainer's logger rows are timed (thread CPU time) during the training steps (from an epoch's first batch to its
+validation), and the run's total of that time, ``on`` minus ``off`` (``off``: ``--baseline silent``, no step logs at
+all, so the rows Lightning writes for ``train/loss`` count against the diagnostics too), is divided by the ``off``
+run's total step time: the share of the step time the diagnostics take.
+
     OMP_NUM_THREADS=1 python bench/diagnostics.py --pairs 12 --epochs 6
     OMP_NUM_THREADS=1 python bench/diagnostics.py --pairs 12 --epochs 6 --clock cpu   # a shared machine
+    OMP_NUM_THREADS=1 python bench/diagnostics.py --mode accounting --pairs 4 --epochs 6 --clock cpu
+    OMP_NUM_THREADS=1 python bench/diagnostics.py --mode accounting --config default --logger csv --clock cpu
+
+``--config default`` runs the default recipe instead (cross entropy, no callback, a CSV logger as in the recipe):
+its diagnostics are the objective's statistics.
 """
 
 from __future__ import annotations
@@ -45,6 +57,8 @@ from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 #: machine, and to the W&B service's own process; the step runs on this one thread with ``OMP_NUM_THREADS=1``)
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 CLOCK = [time.perf_counter]
+#: callbacks added to every fit (the accounting's)
+EXTRA: list[L.Callback] = []
 
 
 class StepClock(L.Callback):
@@ -71,22 +85,31 @@ class StepClock(L.Callback):
 
 
 def fit(
-    diagnostics: bool, epochs: int, logger_kind: str, device: str, root: Path, baseline: str = "silent"
+    diagnostics: bool,
+    epochs: int,
+    logger_kind: str,
+    device: str,
+    root: Path,
+    baseline: str = "silent",
+    config: str = "all",
 ) -> tuple[float, float, float]:
-    """One fit; ``(mean step seconds, wall seconds, excess of the mean step over the quiet steps)``."""
+    """One fit; ``(mean step seconds, wall seconds, excess of the mean step over the quiet steps)``. ``config``:
+    ``all`` (every mechanism with diagnostics) or ``default`` (the default recipe: cross entropy, no callback; the
+    objective's statistics are its diagnostics)."""
     media = None if diagnostics else 0
     quiet = not diagnostics and baseline == "lightning"  # Lightning's own step logs on, the callbacks' off
     clock = StepClock()
-    callbacks = [
-        ll.SampleReweighting(
-            "group_dro", step_size=0.01, media_every_n_steps=media, log_every_n_steps=0 if quiet else None
-        ),
-        ll.EntropyControl(beta=0.1, media_every_n_steps=media, log_every_n_steps=10**9 if quiet else None),
-        ll.SAM(rho=0.05),
-        clock,
-    ]
-    if diagnostics:
-        callbacks.append(ll.CalibrationMonitor())
+    callbacks = [clock, *EXTRA]
+    if config == "all":
+        callbacks += [
+            ll.SampleReweighting(
+                "group_dro", step_size=0.01, media_every_n_steps=media, log_every_n_steps=0 if quiet else None
+            ),
+            ll.EntropyControl(beta=0.1, media_every_n_steps=media, log_every_n_steps=10**9 if quiet else None),
+            ll.SAM(rho=0.05),
+        ]
+        if diagnostics:
+            callbacks.append(ll.CalibrationMonitor())
     if logger_kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
@@ -101,14 +124,106 @@ def fit(
         accelerator=device, devices=1, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=root,
     )  # fmt: skip
-    model = DigitsClassifier(num_features=74, hidden_dim=256, depth=2, dropout=0.1)
-    data = DigitsDataModule(batch_size=64, spurious=0.9)
+    spurious = 0.9 if config == "all" else 0.0
+    model = DigitsClassifier(num_features=74 if spurious else 64, hidden_dim=256, depth=2, dropout=0.1)
+    data = DigitsDataModule(batch_size=64, spurious=spurious)
     start = time.perf_counter()
     trainer.fit(model, data)
     wall = time.perf_counter() - start
     if logger_kind == "wandb":
         logger.experiment.finish()
     return statistics.fmean(clock.intervals), wall, clock.excess()
+
+
+class Accounting(L.Callback):
+    """Thread CPU time spent in the timed functions (:func:`timed`) during the training steps of a fit."""
+
+    active = False
+    seconds = 0.0
+    depth = 0
+    by_name: dict[str, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        Accounting.active = True
+
+    def on_validation_start(self, trainer, pl_module):
+        Accounting.active = False
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        Accounting.active = False
+
+
+def timed(owner: object, name: str) -> None:
+    """Wrap ``owner.name`` so that its time inside the training steps adds to ``Accounting.seconds`` (nested timed
+    calls count once)."""
+    original = getattr(owner, name)
+    label = f"{getattr(owner, '__name__', owner)}.{name}"
+
+    def wrapper(*args, **kwargs):
+        if not Accounting.active or Accounting.depth:
+            return original(*args, **kwargs)
+        Accounting.depth += 1
+        start = CLOCK[0]()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent = CLOCK[0]() - start
+            Accounting.seconds += spent
+            Accounting.by_name[label] = Accounting.by_name.get(label, 0.0) + spent
+            Accounting.depth -= 1
+
+    setattr(owner, name, wrapper)
+
+
+def instrument() -> None:
+    """Time every ``on_*`` hook the four callbacks define (their own classes and bases up to Lightning's
+    ``Callback``), the objective's statistics and the Trainer's logger rows."""
+    from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
+
+    import lightning_losses.mixin as mixin
+
+    seen = set()
+    for cls in (ll.SampleReweighting, ll.EntropyControl, ll.SAM, ll.CalibrationMonitor):
+        for klass in cls.__mro__:
+            if klass is L.Callback or klass is object:
+                break
+            for name, value in vars(klass).items():
+                if name.startswith("on_") and callable(value) and (klass, name) not in seen:
+                    seen.add((klass, name))
+                    timed(klass, name)
+    timed(mixin, "log_objective_diagnostics")
+    timed(_LoggerConnector, "log_metrics")
+
+
+def accounting(args: argparse.Namespace) -> None:
+    instrument()
+    shares, parts = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.pairs + 1):
+            got = {}
+            for d in (True, False) if i % 2 == 0 else (False, True):
+                Accounting.seconds, Accounting.by_name = 0.0, {}
+                clock = StepClock()
+                EXTRA[:] = [Accounting(), clock]
+                fit(d, args.epochs, args.logger, args.device, Path(tmp) / f"{i}-{d}", "silent", args.config)
+                got[d] = (Accounting.seconds, sum(clock.intervals), len(clock.intervals), dict(Accounting.by_name))
+            if i == 0:
+                continue  # warm-up
+            (on, _, _, on_parts), (off, total, steps, off_parts) = got[True], got[False]
+            shares.append((on - off) / total)
+            for name in on_parts.keys() | off_parts.keys():
+                parts.setdefault(name, []).append((on_parts.get(name, 0.0) - off_parts.get(name, 0.0)) / steps)
+            print(
+                f"pair {i}: diagnostics {(on - off) / steps * 1e6:.0f} us per step of {total / steps * 1e3:.2f} ms: "
+                f"{shares[-1]:.4f} of the step time",
+                flush=True,
+            )
+    print("\nper step, on - off (median over pairs), the largest first:")
+    for name, values in sorted(parts.items(), key=lambda kv: -statistics.median(kv[1])):
+        if abs(statistics.median(values)) >= 2e-6:
+            print(f"  {name:55s} {statistics.median(values) * 1e6:7.1f} us")
+    q = statistics.quantiles(shares, n=4) if len(shares) > 1 else [shares[0]] * 3
+    print(f"\ndiagnostics' share of the step time: median {q[1]:.4f} (quartiles {q[0]:.4f} - {q[2]:.4f})")
 
 
 def main() -> None:
@@ -124,6 +239,10 @@ def main() -> None:
         default="silent",
         help="off: no step logs at all (silent), or Lightning's own train/* logs and SAM's on (lightning)",
     )
+    parser.add_argument("--mode", choices=("pairs", "accounting"), default="pairs", help="see the module docstring")
+    parser.add_argument(
+        "--config", choices=("all", "default"), default="all", help="every mechanism, or the default recipe"
+    )
     args = parser.parse_args()
     CLOCK[0] = CLOCKS[args.clock]
     torch.set_num_threads(1)
@@ -131,12 +250,16 @@ def main() -> None:
     import os
 
     os.environ.setdefault("WANDB_SILENT", "true")
+    if args.mode == "accounting":
+        accounting(args)
+        return
     step_ratios, wall_ratios, excess, steps = [], [], [], {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs + 1):
             order = (True, False) if i % 2 == 0 else (False, True)
             got = {
-                d: fit(d, args.epochs, args.logger, args.device, Path(tmp) / f"{i}-{d}", args.baseline) for d in order
+                d: fit(d, args.epochs, args.logger, args.device, Path(tmp) / f"{i}-{d}", args.baseline, args.config)
+                for d in order
             }
             if i == 0:
                 continue  # warm-up

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from lightning_losses._compat import (
+    callback_metrics_store,
     in_training_batch,
     intercept_logger_rows,
     log_step,
@@ -83,9 +84,11 @@ def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own
     if connector is None:
         pl_module.log_dict(dict(metrics), on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
         return
-    values = {
-        k: v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
-        for k, v in metrics.items()
-    }
-    trainer.callback_metrics.update(values)
+    values = {k: v.detach() for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+    numbers = [k for k in metrics if k not in values]
+    if numbers:  # one float64 tensor for all of them (monitors read tensors), in views
+        packed = torch.tensor([float(metrics[k]) for k in numbers], dtype=torch.float64)
+        values.update(zip(numbers, packed.unbind(0)))
+        values = {k: values[k] for k in metrics}  # the caller's order
+    callback_metrics_store(trainer).update(values)  # what `trainer.callback_metrics` returns, without its refresh
     write_row(trainer, values)

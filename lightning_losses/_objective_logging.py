@@ -84,16 +84,15 @@ def _fold(
                 names.append(name)
                 column = columns[name] = []
             column.append(total if values is None else values.reshape(-1))
-    device = totals[0].device
-    counts = torch.stack([_nonfinite(totals, device)] + [_nonfinite(columns[name], device) for name in names])
+    parts = [totals] + [columns[name] for name in names]
+    lengths = [sum(t.numel() for t in part) for part in parts]
+    # every value of every column in one pass: one concatenation, one test, one sum per column
+    flat = torch.cat([t for part in parts for t in part])
+    bad = torch.isfinite(flat).logical_not_()
+    if len(set(lengths)) == 1:
+        counts = bad.view(len(parts), lengths[0]).sum(1)
+    else:  # a batch-level term, or a term missing from some steps
+        counts = torch.stack([segment.sum() for segment in bad.split(lengths)])
     if previous is not None:
         counts[: previous[1].numel()] += previous[1].to(counts.device)
     return names, counts
-
-
-def _nonfinite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """How many of the values in ``tensors`` are NaN / inf (an int64 scalar on ``device``)."""
-    if not tensors:
-        return torch.zeros((), dtype=torch.int64, device=device)
-    flat = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
-    return torch.isfinite(flat).logical_not_().sum()

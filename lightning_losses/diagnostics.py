@@ -9,8 +9,8 @@
   ``wandb.Image`` through the logger's documented API at the same step;
   loggers without media (CSV, ...) are skipped without error and the values are not even moved to the host. ``wandb``
   is imported only when a W&B logger is there; W&B itself logs from rank 0 only.
-* :class:`MediaCadence`: when a callback logs media (``media_every_n_steps``: ``None`` about once per epoch, ``0``
-  never, ``N`` every ``N`` optimizer steps).
+* :class:`MediaCadence`: when a callback logs media (``media_every_n_steps``: ``None`` about once per epoch and at
+  most once per :data:`MEDIA_MIN_STEPS` steps, ``0`` never, ``N`` every ``N`` optimizer steps).
 * :func:`calibration_bins`, :func:`reliability_diagram`: the bins of a reliability diagram and its picture
   (matplotlib, Agg canvas, imported lazily).
 """
@@ -28,14 +28,17 @@ from lightning_losses._validation import check_int
 from lightning_losses.distributed import all_gather_values, global_sum
 
 __all__ = [
+    "MEDIA_MIN_STEPS",
     "MediaCadence",
     "calibration_bins",
     "log_histogram",
     "log_image",
     "log_reliability",
+    "log_reliability_bins",
     "log_scalars",
     "log_table",
     "media_loggers",
+    "reliability_bins",
     "reliability_diagram",
 ]
 
@@ -89,6 +92,8 @@ def log_image(trainer: Any, key: str, image: Any, *, step: int | None = None, ca
     loggers = media_loggers(trainer)
     if not loggers:
         return False
+    if callable(image) and not getattr(trainer, "is_global_zero", True):
+        return True  # W&B logs from rank 0 only: the picture is not drawn on the other ranks
     picture = image() if callable(image) else image
     extra = {} if caption is None else {"caption": [caption]}
     for logger in loggers:
@@ -96,35 +101,47 @@ def log_image(trainer: Any, key: str, image: Any, *, step: int | None = None, ca
     return True
 
 
+#: with the default cadence, media are at least this many optimizer steps apart (as Lightning's
+#: ``WandbLogger.watch``, whose histograms default to every 100 steps)
+MEDIA_MIN_STEPS = 100
+
+
 class MediaCadence:
     """When to log media, in optimizer steps.
 
     Args:
-        every: ``None`` (default): at the first call of each training epoch (about once per epoch); ``0``: never;
-            ``N``: at the first call at or after each multiple of ``N`` optimizer steps (exactly every ``N`` steps
-            for a caller that asks after every step; at its next logging step for one that asks only then).
+        every: ``None`` (default): about once per epoch: at the first call of each epoch, and no sooner than
+            :data:`MEDIA_MIN_STEPS` optimizer steps after the previous media (with epochs shorter than that, at the
+            first call at least that many steps later, wherever it falls in its epoch); ``0``: never; ``N``: at the
+            first call at or after each multiple of ``N`` optimizer steps (exactly every ``N`` steps for a caller that
+            asks after every step; at its next logging step for one that asks only then).
         name: the argument's name, for the error message.
+
+    A media step costs milliseconds (a W&B histogram or table is serialised and sent; a matplotlib picture is drawn):
+    once per epoch is nothing on epochs of thousands of steps, but several percent of the training time on epochs
+    of twenty; the spacing bounds it.
 
     Example:
         >>> c = MediaCadence(2)
         >>> [c.due(step, epoch=0) for step in (1, 2, 3, 4, 7, 8)]
         [False, True, False, True, True, True]
         >>> c = MediaCadence(None)
-        >>> [c.due(step, epoch) for step, epoch in ((1, 0), (2, 0), (3, 1))]
-        [True, False, True]
+        >>> [c.due(step, epoch) for step, epoch in ((1, 0), (2, 0), (300, 1), (350, 2), (400, 2), (401, 3))]
+        [True, False, True, False, True, False]
     """
 
     def __init__(self, every: int | None, name: str = "media_every_n_steps") -> None:
         self.every = None if every is None else check_int(name, every, low=0)
         self._epoch = -1
+        self._last: int | None = None  # the step of the last media (default cadence)
         self._next = self.every or 0  # the next multiple of `every` not yet served
 
     def due(self, step: int, epoch: int) -> bool:
         """Whether media are due at optimizer step ``step`` (``global_step`` after the step) of epoch ``epoch``."""
         if self.every is None:
-            if epoch == self._epoch:
+            if epoch == self._epoch or (self._last is not None and step - self._last < MEDIA_MIN_STEPS):
                 return False
-            self._epoch = epoch
+            self._epoch, self._last = epoch, step
             return True
         if self.every == 0 or step < self._next:
             return False
@@ -181,13 +198,31 @@ def reliability_diagram(
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def reliability_bins(trainer: Any, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int) -> torch.Tensor | None:
+    """The ``[3, n_bins]`` bins of a reliability diagram (counts, confidence sums, correct sums) of this rank's
+    ``confidence`` / ``correct`` (``[N]``), summed over ranks (one collective), when the Trainer has a media logger;
+    ``None`` otherwise. Call it on every rank: the decision is the same on all of them."""
+    if not media_loggers(trainer):
+        return None
+    return global_sum(torch.stack(calibration_bins(confidence, correct, n_bins)))
+
+
+def log_reliability_bins(
+    trainer: Any, key: str, bins: torch.Tensor, title: str = "", *, step: int | None = None
+) -> bool:
+    """Log the reliability diagram of :func:`reliability_bins`' ``bins`` to the media loggers (drawn on rank 0 only);
+    ``True`` when a logger took it."""
+    counts, conf, acc = bins.unbind(0)
+    return log_image(
+        trainer, key, lambda: reliability_diagram(counts, conf, acc, title), step=step, caption=title or None
+    )
+
+
 def log_reliability(
     trainer: Any, key: str, confidence: torch.Tensor, correct: torch.Tensor, n_bins: int, title: str = ""
 ) -> bool:
     """Log the reliability diagram of this rank's ``confidence`` / ``correct`` (``[N]``), binned and summed over
     ranks (one collective), to the media loggers. Call it on every rank: the decision (whether the Trainer has a
     media logger) is the same on all of them. ``True`` when a logger took it."""
-    if not media_loggers(trainer):
-        return False
-    counts, conf, acc = global_sum(torch.stack(calibration_bins(confidence, correct, n_bins))).unbind(0)
-    return log_image(trainer, key, lambda: reliability_diagram(counts, conf, acc, title), caption=title or None)
+    bins = reliability_bins(trainer, confidence, correct, n_bins)
+    return bins is not None and log_reliability_bins(trainer, key, bins, title)

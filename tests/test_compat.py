@@ -42,6 +42,7 @@ class Probe(L.LightningModule):
         self.mean(loss.detach())
         _compat.log_on_step(self, self.trainer, {"probe/loss": loss.detach(), "probe/twice": 2 * loss.detach()}, 4)
         self.seen["logged"].append(loss.detach().clone())
+        self._logs_due()
         return loss
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
@@ -56,6 +57,11 @@ class Probe(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.seen["in_batch"].append((self._in_batch, _compat.in_training_batch(self.trainer)))
+        self._logs_due()
+
+    def _logs_due(self):
+        connector = self.trainer._logger_connector
+        self.seen["logs_due"].append((_compat.should_update_logs(self.trainer), connector.should_update_logs))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -99,7 +105,9 @@ def _logger_connector(trainer, module):
 
 def _should_update_logs(trainer, module):
     seen = module.seen["logs_due"]
-    assert len(seen) == 4 and all(ours == theirs for ours, theirs in seen) and any(t for t, _ in seen)
+    # batch start, training step and batch end of 4 steps (the answer kept within a batch while its counters hold)
+    assert len(seen) == 12 and all(ours == theirs for ours, theirs in seen) and any(t for t, _ in seen)
+    assert not all(t for t, _ in seen)
     assert _compat.should_update_logs(SimpleNamespace(global_step=4, log_every_n_steps=2))  # fallback rule
     assert not _compat.should_update_logs(SimpleNamespace(global_step=3, log_every_n_steps=2))
 
@@ -117,6 +125,15 @@ def _log_on_step(trainer, module):
         _compat.log_on_step(bare, SimpleNamespace(), {"a": torch.tensor(1.0)}, 3)
     expected = {"on_step": True, "on_epoch": False, "sync_dist": False, "batch_size": 3}
     assert calls == [("a", expected)] * 2
+
+
+def _callback_metrics_store(trainer, module):
+    store = _compat.callback_metrics_store(trainer)
+    assert store is trainer._logger_connector._callback_metrics
+    store["probe/put"] = torch.tensor(1.0)
+    assert trainer.callback_metrics["probe/put"] == 1.0  # what the property returns next
+    fallback = SimpleNamespace(callback_metrics={"a": 1})
+    assert _compat.callback_metrics_store(fallback) is fallback.callback_metrics
 
 
 def _attached_trainer(trainer, module):
@@ -198,7 +215,7 @@ def _restart_train_iterator(trainer, module):
 CHECKS = {f.__name__[1:]: f for f in (_closure_parts, _closure_result, _logger_connector, _should_update_logs)}
 CHECKS |= {f.__name__[1:]: f for f in (_attached_trainer, _state_key, _takes_batch_idx, _metric_snapshot)}
 CHECKS |= {f.__name__[1:]: f for f in (_norm_layer_types, _log_step, _intercept_logger_rows, _in_training_batch)}
-CHECKS |= {f.__name__[1:]: f for f in (_restart_train_iterator, _log_on_step)}
+CHECKS |= {f.__name__[1:]: f for f in (_restart_train_iterator, _log_on_step, _callback_metrics_store)}
 
 
 def test_every_accessor_is_checked():
@@ -254,7 +271,7 @@ def test_private_attributes_are_read_only_through_compat():
     found = {
         (path.relative_to(root).as_posix(), pattern)
         for path in root.rglob("*.py")
-        if path.name != "_compat.py"
+        if path.relative_to(root).parts[0] != "_compat"
         for pattern in PRIVATE
         if re.search(pattern, path.read_text())
     }

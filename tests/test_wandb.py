@@ -176,21 +176,24 @@ def test_wandb_reweighting_without_groups_logs_a_per_class_table(tmp_path, monke
 
 
 def test_default_media_cadence_logs_the_group_table_every_ten_epochs_and_at_the_end(tmp_path, monkeypatch):
-    """Histograms about once per epoch; the table (an artifact a log) at the first epoch, every 10 epochs and at the
-    end, each time with every row since the start (one per group present, per epoch)."""
+    """Histograms about once per epoch, spaced by ``MEDIA_MIN_STEPS`` (2 here: epochs of one step); the table (an
+    artifact a log) at the first media step 10 epochs after the first one, and at the end, each time with every row
+    since the start (one per group present, per media step)."""
     import lightning as L
     from lightning.pytorch.loggers import WandbLogger
 
+    from lightning_losses import diagnostics
     from lightning_losses.demo import DigitsClassifier, DigitsDataModule
     from lightning_losses.reweighting.callback import TABLE_EVERY_EPOCHS
 
+    monkeypatch.setattr(diagnostics, "MEDIA_MIN_STEPS", 2)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     logger = WandbLogger(project="ll-test", save_dir=str(tmp_path), offline=True)
     L.seed_everything(0, verbose=False)
     callback = ll.SampleReweighting("group_dro", step_size=0.01)
     trainer = L.Trainer(
-        callbacks=[callback], logger=logger, max_epochs=12,
+        callbacks=[callback], logger=logger, max_epochs=13,
         limit_train_batches=1, log_every_n_steps=1, limit_val_batches=0, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
     )  # fmt: skip
@@ -198,8 +201,60 @@ def test_default_media_cadence_logs_the_group_table_every_ten_epochs_and_at_the_
     logger.experiment.finish()
     (run_file,) = finished_run_files(tmp_path)
     rows = read_history(run_file)
-    assert TABLE_EVERY_EPOCHS == 10 and _steps(rows, "reweight/weights/_type") == list(range(12))
+    assert TABLE_EVERY_EPOCHS == 10 and _steps(rows, "reweight/weights/_type") == [0, 2, 4, 6, 8, 10, 12]
     tables = [r for r in rows if "reweight/groups/_type" in r]
-    assert [r["trainer/global_step"] for r in tables] == [0, 10, 12]
-    rows_logged = [r["reweight/groups/nrows"] for r in tables]
-    assert rows_logged[0] == 2 and rows_logged[-1] == len(callback.group_table.rows) > rows_logged[1] > 12
+    assert [r["trainer/global_step"] for r in tables] == [10, 13]
+    # two groups: two rows per media step
+    assert [r["reweight/groups/nrows"] for r in tables] == [12, 14] and len(callback.group_table.rows) == 14
+
+
+@pytest.mark.parametrize(
+    ("every", "expected"),
+    [
+        pytest.param(None, lambda val: [val[0], val[-1]], id="default: first, then the last at the end of the fit"),
+        pytest.param(4, lambda val: [val[1], val[3], val[4]], id="every 4 steps, and the last"),
+        pytest.param(0, lambda val: [], id="never"),
+    ],
+)
+def test_reliability_diagrams_follow_the_media_cadence_and_the_last_is_drawn(tmp_path, monkeypatch, every, expected):
+    """Validation diagrams at the media cadence (default: at most once per ``MEDIA_MIN_STEPS``, 100 steps: the first
+    of these 2-step epochs only), the last validation epoch's drawn when the fit ends, at its own step; ``val/ece``
+    every epoch; the test diagram whatever the cadence."""
+    import lightning as L
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(project="ll-test", save_dir=str(tmp_path), offline=True)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        callbacks=[ll.CalibrationMonitor(media_every_n_steps=every)], logger=logger, max_epochs=5,
+        limit_train_batches=2, limit_val_batches=1, limit_test_batches=1, accelerator="cpu", default_root_dir=tmp_path,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    model, data = DigitsClassifier(dropout=0.0), DigitsDataModule(batch_size=32)
+    trainer.fit(model, data)
+    trainer.test(model, data)
+    logger.experiment.finish()
+    rows = read_history(finished_run_files(tmp_path)[0])
+    val = _steps(rows, "val/ece")
+    assert len(val) == 5 and trainer.global_step == 10  # validation after global steps 2, 4, ..., 10
+    assert _steps(rows, "val/reliability/_type") == expected(val)
+    assert len(_steps(rows, "test/reliability/_type")) == 1
+
+
+def test_pictures_are_drawn_on_rank_zero_only():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_losses.diagnostics import log_image
+
+    def draw():
+        raise AssertionError("drawn on a rank other than 0")
+
+    logger = WandbLogger.__new__(WandbLogger)  # a media logger; never called on rank 1
+    trainer = SimpleNamespace(loggers=[logger], is_global_zero=False)
+    assert log_image(trainer, "val/reliability", draw)

@@ -15,8 +15,8 @@ then predicts with :math:`z/T`: accuracy is unchanged (the argmax is), confidenc
   checkpointed.
 * :class:`CalibrationMonitor`: logs ``{stage}/ece`` for validation and test epochs (the logits are captured from the
   module's own forward call, so no extra forward is needed when ``*_step`` calls ``self(...)``) and, to W&B loggers,
-  the reliability diagram ``{stage}/reliability`` of the epoch (an image rendered from the metric's bins; loggers
-  without media get none, with no error).
+  the reliability diagram ``{stage}/reliability`` (an image rendered from the metric's bins, at the media cadence
+  of validation epochs and the end of the fit, every test epoch; loggers without media get none, with no error).
 """
 
 from __future__ import annotations
@@ -30,9 +30,16 @@ from torchmetrics.classification import MulticlassCalibrationError
 from torchmetrics.utilities import dim_zero_cat
 from typing_extensions import override
 
+from lightning_losses._compat import log_step
 from lightning_losses._validation import check_int, check_state_keys
 from lightning_losses.callbacks import CALLBACKS
-from lightning_losses.diagnostics import log_reliability, log_scalars
+from lightning_losses.diagnostics import (
+    MediaCadence,
+    log_reliability,
+    log_reliability_bins,
+    log_scalars,
+    reliability_bins,
+)
 from lightning_losses.entropy._batch import ForwardFn, batch_logits, batch_target, check_forward_args, check_target_key
 from lightning_losses.entropy.calibration_fit import collect_logits, expected_calibration_error, fit_temperature
 from lightning_losses.errors import ConfigurationError
@@ -152,6 +159,13 @@ class CalibrationMonitor(L.Callback):
         n_bins: equal-width confidence bins. Default 15.
         stages: from ``"val"``, ``"test"``. Default both.
         input_key / target_key / forward_fn: as in :class:`TemperatureScaling`.
+        media_every_n_steps: when validation epochs draw their reliability diagram (W&B loggers; the ECE is logged
+            every epoch): at the first validation epoch at or after every this many optimizer steps. Default
+            ``None``: about once per epoch, at most once per :data:`~lightning_losses.diagnostics.MEDIA_MIN_STEPS`
+            steps (:class:`~lightning_losses.diagnostics.MediaCadence`; a diagram is a matplotlib drawing of about
+            50 ms). The last validation epoch's diagram, when its epoch
+            drew none, is drawn when the fit ends, at that epoch's step. ``0``: no validation diagrams. Every test
+            epoch draws its diagram.
     """
 
     def __init__(
@@ -161,8 +175,11 @@ class CalibrationMonitor(L.Callback):
         input_key: str = "x",
         target_key: str = "target",
         forward_fn: ForwardFn | None = None,
+        media_every_n_steps: int | None = None,
     ) -> None:
         self.n_bins = check_int("n_bins", n_bins, low=1)
+        self.media = MediaCadence(media_every_n_steps)
+        self._held: tuple[int, torch.Tensor, str] | None = None  # a validation diagram not drawn yet: step, bins, title
         if isinstance(stages, str) or not stages or any(s not in ("val", "test") for s in stages):
             raise ConfigurationError(f"`stages` must be a non-empty list from 'val', 'test', got {stages!r}")
         self.stages = tuple(stages)
@@ -200,10 +217,25 @@ class CalibrationMonitor(L.Callback):
         else:
             conf = acc = torch.zeros(0, device=ece.device)
         title = f"{stage} ECE={float(ece):.4f}"
-        log_reliability(trainer, f"{stage}/reliability", conf, acc, self.n_bins, title)
+        bins = reliability_bins(trainer, conf, acc, self.n_bins)  # every epoch: a collective, on every rank alike
+        if bins is not None and stage == "test":
+            log_reliability_bins(trainer, "test/reliability", bins, title)
+        elif bins is not None and self.media.every != 0:
+            if self.media.due(int(trainer.global_step), trainer.current_epoch):
+                log_reliability_bins(trainer, "val/reliability", bins, title)
+                self._held = None
+            else:
+                self._held = (log_step(trainer), bins, title)
         self.metric.reset()
         self.last[stage] = float(ece)
         pl_module.log(f"{stage}/ece", ece, on_step=False, on_epoch=True)
+
+    @override
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._held is not None:  # the last validation epoch's diagram, which its epoch did not draw
+            step, bins, title = self._held
+            self._held = None
+            log_reliability_bins(trainer, "val/reliability", bins, title, step=step)
 
     @override
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:

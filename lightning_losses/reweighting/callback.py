@@ -76,9 +76,10 @@ class SampleReweighting(MixinCallback):
             histograms ``reweight/weights`` and ``reweight/losses`` (per-sample, the batch of rank 0) and, with
             groups, the table ``reweight/groups`` (:class:`~lightning_losses.reweighting.metrics.GroupTable`), else,
             with integer class targets, ``reweight/classes`` (per class, over the steps since the last log). Default
-            ``None``: about once per epoch (the tables grow a row per group each time but are logged, whole, once
-            every :data:`TABLE_EVERY_EPOCHS` epochs and at the end of training); ``0``: never. Loggers without media
-            (CSV) get none of it.
+            ``None``: about once per epoch, at most once per
+            :data:`~lightning_losses.diagnostics.MEDIA_MIN_STEPS` steps (the tables grow a row per group each time
+            but are logged, whole, every :data:`TABLE_EVERY_EPOCHS` epochs and at the end of training); ``0``: never.
+            Loggers without media (CSV) get none of it.
         **kwargs: the strategy's arguments (e.g. ``step_size=0.01`` for ``group_dro``).
 
     Example:
@@ -238,9 +239,9 @@ class SampleReweighting(MixinCallback):
         if self._group_metric is not None:
             stats = self._group_metric.compute()
             self._group_metric.reset()
-            for g in range(stats["acc"].numel()):
-                metrics[f"reweight/group_acc/{g}"] = stats["acc"][g]
-                metrics[f"reweight/group_loss/{g}"] = stats["loss"][g]
+            for g, (acc, loss) in enumerate(zip(stats["acc"].unbind(0), stats["loss"].unbind(0))):
+                metrics[f"reweight/group_acc/{g}"] = acc
+                metrics[f"reweight/group_loss/{g}"] = loss
             metrics["reweight/worst_group_acc"] = stats["worst_acc"]
         if not metrics:
             return
@@ -270,11 +271,15 @@ class SampleReweighting(MixinCallback):
 
     def _table_due(self, epoch: int) -> bool:
         """Whether this media step logs the tables too: every media step with ``media_every_n_steps=N``; with the
-        default cadence, the first one, then one every :data:`TABLE_EVERY_EPOCHS` epochs (a W&B table is an artifact,
-        tens of milliseconds a log; its rows still grow at every media step and ``on_train_end`` logs the rest)."""
+        default cadence, the first one at least :data:`TABLE_EVERY_EPOCHS` epochs after the first media step, then
+        one every :data:`TABLE_EVERY_EPOCHS` epochs (a W&B table is an artifact, about 10 ms a log; its rows still
+        grow at every media step and ``on_train_end`` logs them all)."""
         if self.media.every is not None:
             return True
-        if self._table_epoch is not None and epoch - self._table_epoch < TABLE_EVERY_EPOCHS:
+        if self._table_epoch is None:  # the first media step starts the count
+            self._table_epoch = epoch
+            return False
+        if epoch - self._table_epoch < TABLE_EVERY_EPOCHS:
             return False
         self._table_epoch = epoch
         return True

@@ -46,16 +46,21 @@ def global_weight_stats(
         {'ess': 0.5, 'entropy': 0.5, 'max': 1.0, 'min': 0.0, 'zero_fraction': 0.5}
     """
     w = weights.detach().to(torch.float64)
-    plogp = torch.where(w > 0, w * w.clamp_min(1e-300).log(), torch.zeros_like(w))
-    sums = torch.stack([w.sum(), w.square().sum(), w.new_tensor(float(w.numel())), plogp.sum(), (w == 0).sum()])
-    big = w.new_tensor(torch.finfo(torch.float64).max)
-    extremes = torch.stack([w.max() if w.numel() else -big, -(w.min() if w.numel() else big)])
+    # per sample: w, w^2, w log w (0 at w = 0) and w == 0, summed in one reduction; the count rides along
+    columns = torch.stack([w, w * w, torch.xlogy(w, w), (w == 0).to(torch.float64)])
     names = sorted(extra or {})
+    tail = [float(w.numel())] + [0.0] * len(names)
+    sums = torch.cat([columns.sum(1), w.new_tensor(tail)])
     if names:
-        sums = torch.cat([sums, torch.stack([extra[k].to(sums) for k in names])])  # type: ignore[index]
+        sums[5:] = torch.stack([extra[k].to(sums) for k in names])  # type: ignore[index]
+    if w.numel():
+        low, high = torch.aminmax(w)
+        extremes = torch.stack([high, -low])
+    else:
+        extremes = w.new_full((2,), -torch.finfo(torch.float64).max)
     synced, _ = sync_statistics({"sums": sums, "extremes": extremes}, {"sums": "sum", "extremes": "max"})
-    total, squares, n, wlogw, zeros = synced["sums"][:5]
-    summed = dict(zip(names, synced["sums"][5:]))
+    total, squares, wlogw, zeros, n = synced["sums"][:5].unbind(0)
+    summed = dict(zip(names, synced["sums"][5:].unbind(0)))
     n_safe = n.clamp_min(1.0)
     ess = total.square() / (n_safe * squares).clamp_min(1e-300)
     # H(p) with p = w / S: log S - sum(w log w) / S, normalised by log N

@@ -1,0 +1,173 @@
+"""Accessors of Lightning's logging: the logger connector and its rows, the result collection, the logging step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from lightning_losses._compat._registry import reads
+
+__all__ = [
+    "callback_metrics_store",
+    "in_training_batch",
+    "intercept_logger_rows",
+    "log_on_step",
+    "log_step",
+    "logger_connector",
+    "should_update_logs",
+]
+
+
+@reads("Trainer._logger_connector")
+def logger_connector(trainer: Any) -> Any | None:
+    """The Trainer's logger connector (``.log_metrics(metrics)`` sends to every logger now,
+    ``.should_update_logs``). Fallback: ``None`` (callers then log through ``LightningModule.log``)."""
+    return getattr(trainer, "_logger_connector", None)
+
+
+@reads("Trainer._logger_connector._callback_metrics")
+def callback_metrics_store(trainer: Any) -> dict[str, Any]:
+    """The dict that ``trainer.callback_metrics`` returns, without the property's refresh from the result collection
+    (it walks every value logged through ``LightningModule.log``: a fraction of a millisecond per read, each time).
+    Values put here are what the property returns next (it only adds the logged ones). Fallback:
+    ``trainer.callback_metrics``."""
+    store = getattr(logger_connector(trainer), "_callback_metrics", None)
+    return store if isinstance(store, dict) else trainer.callback_metrics
+
+
+_DUE = "_ll_logs_due"
+
+
+@reads(
+    "Trainer._logger_connector.should_update_logs; for its memo in training: Trainer.state.stage._value_, "
+    "Trainer.fit_loop.epoch_loop._batches_that_stepped / .batch_progress.current (.ready, .completed)"
+)
+def should_update_logs(trainer: Any) -> bool:
+    """Whether the Trainer writes its step logs after this training batch. Fallback without the connector: Lightning's
+    rule, ``global_step % log_every_n_steps == 0``.
+
+    Every diagnostic of a training batch asks (the objective's, each callback's, in several hooks), and Lightning's
+    property walks the active loop each time (some 20 µs on a CPU step); in training the answer is kept with the
+    counters it follows (the steps taken, the batch's progress, ``should_stop``, ``log_every_n_steps``) and reused
+    while they are unchanged."""
+    connector = logger_connector(trainer)
+    key = _training_batch_key(trainer) if connector is not None else None
+    if key is not None:
+        memo = connector.__dict__.get(_DUE)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+    due = getattr(connector, "should_update_logs", None)  # a property: evaluated once
+    if due is None:
+        return trainer.global_step % max(int(trainer.log_every_n_steps), 1) == 0
+    due = bool(due)
+    if key is not None:
+        connector.__dict__[_DUE] = (key, due)
+    return due
+
+
+def _training_batch_key(trainer: Any) -> tuple[Any, ...] | None:
+    """What :func:`should_update_logs` follows in training, or ``None`` outside training (no memo then)."""
+    stage = getattr(getattr(trainer, "state", None), "stage", None)
+    if getattr(stage, "_value_", None) != "train":  # the raw value: comparing Lightning's str enums runs Python code
+        return None
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    current = getattr(getattr(loop, "batch_progress", None), "current", None)
+    stepped = getattr(loop, "_batches_that_stepped", None)
+    if current is None or stepped is None:
+        return None
+    return stepped, current.ready, current.completed, trainer.should_stop, trainer.log_every_n_steps
+
+
+@reads("Trainer.fit_loop.epoch_loop._batches_that_stepped")
+def log_step(trainer: Any) -> int:
+    """The step the Trainer's own step logs (``train/*``) are written at now (``trainer/global_step`` in W&B): the
+    optimizer steps finished before this batch's logs. Fallback: ``trainer.global_step``."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
+
+
+_LOGGED = "_ll_logged_on_step"
+
+
+@reads(
+    "Trainer._results, LightningModule._current_fx_name, Trainer._logger_connector.should_reset_tensors, "
+    "_ResultCollection.update_metrics / .dataloader_idx (lightning.pytorch.trainer.connectors.logger_connector.result)"
+)
+def log_on_step(module: Any, trainer: Any, metrics: dict[str, torch.Tensor], batch_size: int) -> None:
+    """``module.log(name, value, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch_size)`` for each of
+    ``metrics`` (detached scalar tensors), with a name's later calls in the same hook sent straight to the result
+    object its first call registered.
+
+    ``LightningModule.log`` checks its arguments, builds and compares the name's metadata and moves the result object
+    to the value's device on every call: about a millisecond on a CPU step (one logged loss is several percent of a
+    small model's step), though after the first call of a name in a hook nothing of it can change. A later call of the
+    same name in the same hook, of the same result collection, with a value on the same device and the collection not
+    due for its reset, goes to ``_ResultCollection.update_metrics`` (what ``log`` ends with): the same result object
+    gets the same update, so ``callback_metrics``, the logger rows and the checks of a user's own ``log`` of the name
+    are Lightning's own. Fallback without those attributes: ``module.log`` on every call.
+    """
+    state = module.__dict__
+    seen = state.get(_LOGGED)
+    if seen is None:
+        seen = state[_LOGGED] = {}
+    results = getattr(trainer, "_results", None)
+    fx = getattr(module, "_current_fx_name", None)
+    connector = getattr(trainer, "_logger_connector", None)
+    known = (
+        results is not None
+        and fx is not None
+        and getattr(results, "dataloader_idx", 0) is None
+        and hasattr(results, "update_metrics")
+        and hasattr(connector, "should_reset_tensors")
+        and hasattr(connector, "_current_fx")
+    )
+    fast = known and not connector.should_reset_tensors(fx)  # a new epoch's first call: `log` resets the collection
+    for name, value in metrics.items():
+        key = f"{fx}.{name}"
+        entry = seen.get(name)
+        if fast and entry is not None and entry[0] is results and entry[1] == fx and entry[3] == value.device:
+            metric = results.get(key)
+            if metric is entry[2]:
+                results.update_metrics(key, value, batch_size)
+                connector._current_fx = fx  # as `log` leaves it
+                continue
+        module.log(name, value, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch_size)
+        metric = results.get(key) if known else None
+        if metric is not None:
+            seen[name] = (results, fx, metric, value.device)
+
+
+# ---------------------------------------------------------------------------------------------- Lightning's rows
+@reads("Trainer._logger_connector.log_metrics (every row the Trainer writes; wrapped on the instance)")
+def intercept_logger_rows(trainer: Any, before: Callable[[dict[str, Any], int], dict[str, Any]]) -> bool:
+    """Pass every row the Trainer writes to its loggers through ``before(metrics, step) -> metrics`` first (``step``:
+    the step the row is written at), installed once per Trainer; ``True`` when it is in place. Fallback without the
+    logger connector or its ``log_metrics``: ``False`` (the caller then writes its rows itself)."""
+    connector = logger_connector(trainer)
+    original = getattr(connector, "log_metrics", None)
+    if original is None:
+        return False
+    if connector.__dict__.get("_ll_rows_before") is None:
+
+        def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+            at = step
+            if at is None:  # Lightning's own rule: a `step` metric, else the steps that stepped so far
+                at = int(metrics["step"]) if "step" in metrics else log_step(trainer)
+            original(connector.__dict__["_ll_rows_before"](metrics, at), step)
+
+        connector.log_metrics = log_metrics
+    connector.__dict__["_ll_rows_before"] = before
+    return True
+
+
+@reads("Trainer.fit_loop.epoch_loop.batch_progress.current (.ready, .completed)")
+def in_training_batch(trainer: Any) -> bool:
+    """Whether a training batch has started and not completed (its hooks, ``on_train_batch_end`` included, run; the
+    Trainer writes its step row after). Fallback: ``False``."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    current = getattr(getattr(loop, "batch_progress", None), "current", None)
+    if current is None or not hasattr(current, "ready") or not hasattr(current, "completed"):
+        return False
+    return bool(getattr(trainer, "training", False)) and current.ready > current.completed
