@@ -177,10 +177,11 @@ def timed(owner: object, name: str) -> None:
 
 def instrument() -> None:
     """Time every ``on_*`` hook the four callbacks define (their own classes and bases up to Lightning's
-    ``Callback``), the objective's statistics and the Trainer's logger rows."""
+    ``Callback``), the objective's statistics, the Trainer's logger rows and the perturbation's in-step statistics."""
     from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 
     import lightning_losses.mixin as mixin
+    from lightning_losses.perturbation import functional as perturbation_functional
 
     seen = set()
     for cls in (ll.SampleReweighting, ll.EntropyControl, ll.SAM, ll.CalibrationMonitor):
@@ -193,6 +194,10 @@ def instrument() -> None:
                     timed(klass, name)
     timed(mixin, "log_objective_diagnostics")
     timed(_LoggerConnector, "log_metrics")
+    # the perturbation statistics computed inside the optimizer step (norms, cosine; the ascent's own gradient norm
+    # is timed in both runs alike and cancels)
+    for name in ("global_norm", "delta_grad_cosine"):
+        timed(perturbation_functional, name)
 
 
 def accounting(args: argparse.Namespace) -> None:

@@ -233,7 +233,7 @@ class EntropyControl(MixinCallback):
             self._log(trainer, pl_module, step, reduced)
         if log_now:
             self._window = None
-        due = self._last_per_sample is not None and media_loggers(trainer)
+        due = self.media.every != 0 and self._last_per_sample is not None and media_loggers(trainer)
         if due and self.media.due(step, trainer.current_epoch):
             log_histogram(trainer, f"{self.name}/per_sample", self._last_per_sample)
         self._last_per_sample = None
