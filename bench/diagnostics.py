@@ -10,8 +10,9 @@ logger. The mechanisms do the same work in both; only their diagnostics differ:
   a reliability diagram per validation epoch);
 * ``off``: ``Trainer(log_every_n_steps=0)`` (no step logs: the callbacks compute no statistics),
   ``media_every_n_steps=0``, no ``CalibrationMonitor``; with ``--baseline lightning`` the Trainer's own step logs
-  (``train/*``) stay on, and with them SAM's and the objective's statistics (which follow them), while reweighting
-  and entropy log nothing: ``on - off`` is then the cost of those two callbacks' logs, all media and the monitor.
+  (``train/*``) stay on, and with them the objective's statistics (which follow them), while reweighting, entropy and
+  SAM (``log_every_n_steps=0``) log nothing: ``on - off`` is then the cost of the callbacks' statistics, all media and
+  the monitor, with Lightning's own rows in both.
 
 Runs alternate ``on off off on`` (so slow drift of a shared machine cancels) with the same seed, data and model; the
 first pair is a warm-up and is dropped. Per run: the mean training-step time (the time from one
@@ -25,9 +26,10 @@ share of the step time; the work every step does alike cancels).
 ``--mode accounting`` measures the diagnostics' own time instead, inside each run, which the drift between runs
 does not blur: every hook of the four callbacks, the objective's statistics (``log_objective_diagnostics``) and the
 Trainer's logger rows are timed (thread CPU time) during the training steps (from an epoch's first batch to its
-validation), and the run's total of that time, ``on`` minus ``off`` (``off``: ``--baseline silent``, no step logs at
-all, so the rows Lightning writes for ``train/loss`` count against the diagnostics too), is divided by the ``off``
-run's total step time: the share of the step time the diagnostics take.
+validation), and the run's total of that time, ``on`` minus ``off`` (``off``: ``--baseline silent``, the default, no
+step logs at all, so the rows Lightning writes for ``train/loss`` count against the diagnostics too; ``--baseline
+lightning``: the callbacks' statistics off, Lightning's rows and the objective's statistics in both), is divided by
+the ``off`` run's total step time: the share of the step time the diagnostics take.
 
     OMP_NUM_THREADS=1 python bench/diagnostics.py --pairs 12 --epochs 6
     OMP_NUM_THREADS=1 python bench/diagnostics.py --pairs 12 --epochs 6 --clock cpu   # a shared machine
@@ -106,7 +108,7 @@ def fit(
                 "group_dro", step_size=0.01, media_every_n_steps=media, log_every_n_steps=0 if quiet else None
             ),
             ll.EntropyControl(beta=0.1, media_every_n_steps=media, log_every_n_steps=10**9 if quiet else None),
-            ll.SAM(rho=0.05),
+            ll.SAM(rho=0.05, log_every_n_steps=0 if quiet else None),
         ]
         if diagnostics:
             callbacks.append(ll.CalibrationMonitor())
@@ -210,7 +212,7 @@ def accounting(args: argparse.Namespace) -> None:
                 Accounting.seconds, Accounting.by_name = 0.0, {}
                 clock = StepClock()
                 EXTRA[:] = [Accounting(), clock]
-                fit(d, args.epochs, args.logger, args.device, Path(tmp) / f"{i}-{d}", "silent", args.config)
+                fit(d, args.epochs, args.logger, args.device, Path(tmp) / f"{i}-{d}", args.baseline, args.config)
                 got[d] = (Accounting.seconds, sum(clock.intervals), len(clock.intervals), dict(Accounting.by_name))
             if i == 0:
                 continue  # warm-up

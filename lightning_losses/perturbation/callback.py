@@ -60,6 +60,8 @@ class PresetCallback(WeightPerturbation):
         if cls.variants:
             first = next(iter(cls.variants))
             params.append(inspect.Parameter("variant", params[-1].kind, default=first, annotation="str"))
+        every = inspect.Parameter("log_every_n_steps", params[-1].kind, default=None, annotation="int | None")
+        params.append(every)
         params.append(inspect.Parameter("options", inspect.Parameter.VAR_KEYWORD, annotation="Any"))
         signature = inspect.Signature(params, return_annotation="None")
 
@@ -69,6 +71,7 @@ class PresetCallback(WeightPerturbation):
             named = {k: v for k, v in arguments.arguments.items() if k not in ("self", "options")}
             options = arguments.arguments["options"]
             variant = named.pop("variant", None)
+            every = named.pop("log_every_n_steps")
             name = cls.preset.name
             if cls.variants:
                 if variant not in cls.variants:
@@ -76,7 +79,8 @@ class PresetCallback(WeightPerturbation):
                     raise ConfigurationError(f"`variant` must be one of {valid}, got {variant!r}")
                 name = cls.variants[variant]
             taken = PRESETS[name].defaults
-            super(cls, self).__init__(name, **{k: v for k, v in named.items() if k in taken}, **options)
+            kept = {k: v for k, v in named.items() if k in taken}
+            super(cls, self).__init__(name, log_every_n_steps=every, **kept, **options)
             if cls.variants:
                 self.options["variant"] = variant
 

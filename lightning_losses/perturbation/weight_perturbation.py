@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from typing_extensions import override
 
+from lightning_losses._validation import check_int
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.diagnostics import log_scalars
 from lightning_losses.errors import ConfigurationError
@@ -66,11 +67,14 @@ class WeightPerturbation(WrappedClosure, MixinCallback):
             ``"asam_p2"``, ``"adversarial_model_perturbation"``, ``"awp"``, ``"gsam"``, ``"wsam"``,
             ``"friendly_sam"``, ``"esam"``) or a built
             :class:`~lightning_losses.perturbation.Perturbation`.
+        log_every_n_steps: collect and log the statistics below every this many optimizer steps (0 = never),
+            written to the Trainer's loggers on exactly those steps. Default ``None``: on the steps where the Trainer
+            writes its step logs (``Trainer(log_every_n_steps=...)``), as the other callbacks do.
         **options: the preset's arguments (``rho``, ``epsilon``, ``gamma``, ...) and engine options (``params``,
             ``ascent_terms``, ``sync_ascent``, ``freeze_bn``, ``every_n_steps``, ``probability``, ``reuse_alpha``,
             ``inner_steps``, ``warmup_epochs``).
 
-    Logged every step (``perturbation/...``, this rank's values): ``norm`` :math:`\|\delta\|`, ``sharpness``
+    Logged on the logging steps (``perturbation/...``, this rank's values): ``norm`` :math:`\|\delta\|`, ``sharpness``
     :math:`L(w+\delta) - L(w)` (same batch), ``grad_norm`` / ``grad_norm_perturbed`` (unscaled), ``radius``,
     ``cos_delta_grad`` (cosine between :math:`\delta` and the gradient at :math:`w + \delta`; for SAM the cosine between
     the gradients at :math:`w` and :math:`w + \delta`), ``skipped`` (non-finite ascent gradients so far),
@@ -91,7 +95,10 @@ class WeightPerturbation(WrappedClosure, MixinCallback):
         2
     """
 
-    def __init__(self, method: Any = "sam", **options: Any) -> None:
+    def __init__(self, method: Any = "sam", log_every_n_steps: int | None = None, **options: Any) -> None:
+        self.log_every_n_steps = (
+            None if log_every_n_steps is None else check_int("log_every_n_steps", log_every_n_steps, low=0)
+        )
         if isinstance(method, Perturbation):
             if options:
                 raise ConfigurationError("pass options to the preset, not next to an already built `Perturbation`")
@@ -164,7 +171,7 @@ class WeightPerturbation(WrappedClosure, MixinCallback):
 
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self.engine.collect_stats = step_logs_due(trainer)  # valid before the step too (as LearningRateMonitor uses it)
+        self.engine.collect_stats = self._stats_due(trainer, before=True)
         reshard_all(pl_module)  # after an evaluation pass FSDP2 leaves the root unsharded: perturb the shards
         if trainer.accumulate_grad_batches > 1:
             if batch_idx % trainer.accumulate_grad_batches == 0:
@@ -173,13 +180,20 @@ class WeightPerturbation(WrappedClosure, MixinCallback):
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._new_stats and step_logs_due(trainer):  # also on a step left unperturbed (no statistics then)
+        if self._new_stats and self._stats_due(trainer, before=False):  # also on a step left unperturbed
             stats = {f"perturbation/{k}": v for k, v in self.engine.last_stats.items()}
             stats["perturbation/perturbed_fraction"] = self.engine.perturbed_steps / max(trainer.global_step, 1)
             stats["perturbation/skipped"] = float(self.engine.skipped)
             stats.update(self._timer.metrics())
-            log_scalars(trainer, pl_module, stats)
+            log_scalars(trainer, pl_module, stats, own_interval=self.log_every_n_steps is not None)
         self._new_stats = False
+
+    def _stats_due(self, trainer: Any, before: bool) -> bool:
+        """Whether this optimizer step's statistics are collected (``before`` the step) and logged (after it)."""
+        every = self.log_every_n_steps
+        if every is None:
+            return step_logs_due(trainer)  # valid before the step too (as LearningRateMonitor uses it)
+        return every > 0 and (trainer.global_step + int(before)) % every == 0
 
     @override
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:

@@ -93,6 +93,30 @@ def test_statistics_logged_on_the_trainers_logging_steps_only():
     assert abs(float(t.callback_metrics["perturbation/norm"]) - 0.05) < 1e-6
 
 
+@pytest.mark.parametrize(("every", "steps"), [(3, [2, 5]), (0, []), (None, [0, 1, 2, 3, 4, 5])])
+def test_statistics_on_the_callbacks_own_interval(every, steps):
+    """``log_every_n_steps=N``: the statistics of optimizer steps N, 2N, ... (written at their steps, whatever the
+    Trainer's cadence); ``0``: none, and none are computed inside the step; ``None``: the Trainer's (every step)."""
+    model, logger = Tiny(), _KeyLogger()
+    callback = ll.SAM(rho=0.05, log_every_n_steps=every)
+    t = trainer([callback], max_steps=6, log_every_n_steps=1, logger=logger)
+    t.fit(model, loader(24))
+    assert logger.steps("train/loss") == list(range(6))
+    for key in ("perturbation/norm", "perturbation/cos_delta_grad", "perturbation/step_time"):
+        assert logger.steps(key) == steps, key
+    assert ("perturbation/norm" in t.callback_metrics) == bool(steps)
+    assert callback.state_key == ll.SAM(rho=0.05).state_key  # a logging cadence is not part of the state's identity
+    if every == 0:  # only the ascent's own gradient norm: no statistic was computed for logging
+        assert set(callback.engine.last_stats) == {"grad_norm"}
+
+
+def test_log_every_n_steps_is_validated():
+    with pytest.raises(ll.ConfigurationError, match=r"`log_every_n_steps` must be an integer >= 0, got -1"):
+        ll.SAM(log_every_n_steps=-1)
+    with pytest.raises(ll.ConfigurationError, match=r"`log_every_n_steps` must be an integer >= 0, got 'x'"):
+        ll.WeightPerturbation("asam", log_every_n_steps="x")
+
+
 def test_sam_step_precision_32_logs_once_and_counts_one_step():
     model, logger = Tiny(), _KeyLogger()
     t = trainer([ll.SAM(rho=0.05)], max_steps=2, logger=logger)

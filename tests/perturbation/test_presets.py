@@ -7,6 +7,9 @@ import pytest
 import lightning_losses as ll
 from lightning_losses.errors import ConfigurationError
 
+#: the end of every preset callback's signature: the logging cadence, then the engine options
+TAIL = "log_every_n_steps: 'int | None' = None, **options: 'Any') -> 'None'"
+
 SIGNATURES = {
     "sam": "(rho: 'Any' = 0.05, **options: 'Any') -> 'Perturbation'",
     "asam": "(rho: 'Any' = 0.5, eta: 'float' = 0.01, **options: 'Any') -> 'Perturbation'",
@@ -18,21 +21,25 @@ SIGNATURES = {
 }
 
 CALLBACKS = {  # class, registry name, signature, state key of the default instance (checkpoints are keyed by it)
-    "SAM": ("sam", "(rho: 'Any' = 0.05, **options: 'Any') -> 'None'", "SAM{'method': 'sam', 'rho': '0.05'}"),
+    "SAM": (
+        "sam",
+        "(rho: 'Any' = 0.05, " + TAIL,
+        "SAM{'method': 'sam', 'rho': '0.05'}",
+    ),
     "ASAM": (
         "asam",
-        "(rho: 'Any' = 0.5, eta: 'float' = 0.01, variant: 'str' = 'authors', **options: 'Any') -> 'None'",
+        "(rho: 'Any' = 0.5, eta: 'float' = 0.01, variant: 'str' = 'authors', " + TAIL,
         "ASAM{'method': 'asam', 'eta': '0.01', 'rho': '0.5', 'variant': \"'authors'\"}",
     ),
     "AdversarialModelPerturbation": (
         "adversarial_model_perturbation",
-        "(epsilon: 'Any' = 0.5, inner_lr: 'float' = 1.0, inner_steps: 'int' = 1, **options: 'Any') -> 'None'",
+        "(epsilon: 'Any' = 0.5, inner_lr: 'float' = 1.0, inner_steps: 'int' = 1, " + TAIL,
         "AdversarialModelPerturbation{'method': 'adversarial_model_perturbation', 'epsilon': '0.5', "
         "'inner_lr': '1.0', 'inner_steps': '1'}",
     ),
     "AWP": (
         "awp",
-        "(gamma: 'Any' = 0.005, warmup_epochs: 'int' = 0, **options: 'Any') -> 'None'",
+        "(gamma: 'Any' = 0.005, warmup_epochs: 'int' = 0, " + TAIL,
         "AWP{'method': 'awp', 'gamma': '0.005', 'warmup_epochs': '0'}",
     ),
 }
@@ -129,8 +136,8 @@ def test_a_new_preset_is_one_record(monkeypatch):
         str(inspect.signature(factory))
         == "(zeta: 'Any' = 0.3, inner_steps: 'int' = 2, **options: 'Any') -> 'Perturbation'"
     )
-    assert str(inspect.signature(Toy)) == "(zeta: 'Any' = 0.3, inner_steps: 'int' = 2, **options: 'Any') -> 'None'"
-    assert Toy.__doc__ == "Toy as a callback.\n\n``Toy(zeta=0.3, inner_steps=2, **options)``. Toy facts."
+    assert str(inspect.signature(Toy)) == "(zeta: 'Any' = 0.3, inner_steps: 'int' = 2, " + TAIL
+    assert Toy.__doc__ == "Toy as a callback.\n\n``Toy(zeta=0.3, inner_steps=2, log_every_n_steps=None, **options)``. Toy facts."
     for engine in (factory(every_n_steps=2), Toy(every_n_steps=2).engine):
         assert (engine.rule, engine.radius(0), engine.inner_steps, engine.every_n_steps) == ("clip", 0.3, 2, 2)
     with pytest.raises(ConfigurationError, match="^`zeta` must be >= 0.0, got -1.0$"):
