@@ -136,6 +136,11 @@ def _callback_metrics_store(trainer, module):
     assert _compat.callback_metrics_store(fallback) is fallback.callback_metrics
 
 
+def _epoch_to_run(trainer, module):
+    assert _compat.epoch_to_run(trainer) == trainer.fit_loop.epoch_progress.current.processed
+    assert _compat.epoch_to_run(SimpleNamespace(current_epoch=3)) == 3  # fallback
+
+
 def _attached_trainer(trainer, module):
     assert _compat.attached_trainer(module) is trainer
     assert _compat.attached_trainer(Probe()) is None
@@ -215,7 +220,7 @@ def _restart_train_iterator(trainer, module):
 CHECKS = {f.__name__[1:]: f for f in (_closure_parts, _closure_result, _logger_connector, _should_update_logs)}
 CHECKS |= {f.__name__[1:]: f for f in (_attached_trainer, _state_key, _takes_batch_idx, _metric_snapshot)}
 CHECKS |= {f.__name__[1:]: f for f in (_norm_layer_types, _log_step, _intercept_logger_rows, _in_training_batch)}
-CHECKS |= {f.__name__[1:]: f for f in (_restart_train_iterator, _log_on_step, _callback_metrics_store)}
+CHECKS |= {f.__name__[1:]: f for f in (_restart_train_iterator, _log_on_step, _callback_metrics_store, _epoch_to_run)}
 
 
 def test_every_accessor_is_checked():

@@ -10,6 +10,7 @@ from lightning_losses._compat._registry import reads
 
 __all__ = [
     "attached_trainer",
+    "epoch_to_run",
     "closure_parts",
     "closure_result",
     "restart_train_iterator",
@@ -93,3 +94,13 @@ def restart_train_iterator(trainer: Any) -> bool:
         return False
     iter(fetcher)
     return True
+
+
+@reads("Trainer.fit_loop.epoch_progress.current.processed")
+def epoch_to_run(trainer: Any) -> int:
+    """The training epoch the Trainer runs next, the one it hands the samplers' ``set_epoch``: on a fit resumed from a
+    checkpoint written at an epoch's end, the epoch after the checkpoint's (whose ``current_epoch`` it still reads
+    while the data are set up). Fallback: ``trainer.current_epoch`` (0 for an object without one)."""
+    current = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_progress", None), "current", None)
+    processed = getattr(current, "processed", None)
+    return int(getattr(trainer, "current_epoch", 0) if processed is None else processed)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from lightning_losses._compat import epoch_to_run
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.sampler import BalancedSampler
@@ -245,6 +246,11 @@ class DigitsDataModule(L.LightningDataModule):
             sampler = DistributedSampler(
                 self.datasets[split], num_replicas=replicas, rank=rank, shuffle=shuffle, seed=self.seed
             )
+        if split == "train" and trainer is not None:
+            # the order of the epoch the Trainer is in: Lightning calls `set_epoch` only after creating an epoch's
+            # iterator when a fit resumes (Lightning issue #21938), and a loader with workers draws its first indices
+            # then: without this, the first resumed epoch would repeat epoch 0's order
+            sampler.set_epoch(epoch_to_run(trainer))
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,

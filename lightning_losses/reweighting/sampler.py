@@ -32,7 +32,12 @@ class EpochListSampler(DistributedSampler):
     """A ``DistributedSampler`` whose epoch is one index list built identically on every rank from ``seed + epoch``
     (:meth:`epoch_indices`), padded to a multiple of ``num_replicas`` (or its tail dropped) and sharded
     ``rank::num_replicas``. Subclasses call :meth:`_shard_over` with the epoch's length and implement
-    :meth:`epoch_indices`."""
+    :meth:`epoch_indices`.
+
+    A ``DataModule`` that builds one should ``set_epoch`` it to the epoch the Trainer runs next
+    (``trainer.fit_loop.epoch_progress.current.processed``) when it builds the loader: when a fit resumes, Lightning
+    calls ``set_epoch`` only after it has created the epoch's iterator (Lightning issue #21938), and a loader with
+    workers draws its first indices then. The demo's ``DigitsDataModule`` does this."""
 
     def _shard_over(self, total: int, num_replicas: int | None, rank: int | None, seed: int, drop_last: bool) -> None:
         self.total = total

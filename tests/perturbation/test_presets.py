@@ -137,7 +137,8 @@ def test_a_new_preset_is_one_record(monkeypatch):
         == "(zeta: 'Any' = 0.3, inner_steps: 'int' = 2, **options: 'Any') -> 'Perturbation'"
     )
     assert str(inspect.signature(Toy)) == "(zeta: 'Any' = 0.3, inner_steps: 'int' = 2, " + TAIL
-    assert Toy.__doc__ == "Toy as a callback.\n\n``Toy(zeta=0.3, inner_steps=2, log_every_n_steps=None, **options)``. Toy facts."
+    call = "``Toy(zeta=0.3, inner_steps=2, log_every_n_steps=None, **options)``"
+    assert Toy.__doc__ == f"Toy as a callback.\n\n{call}. Toy facts."
     for engine in (factory(every_n_steps=2), Toy(every_n_steps=2).engine):
         assert (engine.rule, engine.radius(0), engine.inner_steps, engine.every_n_steps) == ("clip", 0.3, 2, 2)
     with pytest.raises(ConfigurationError, match="^`zeta` must be >= 0.0, got -1.0$"):
