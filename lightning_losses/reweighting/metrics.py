@@ -113,29 +113,37 @@ class GroupAccuracy(torchmetrics.Metric):
         if preds.is_floating_point() and preds.ndim == 2:
             preds = preds.argmax(-1)
         g = group.long()
-        counted = torch.ones_like(g, dtype=torch.float64) if mask is None else mask.to(torch.float64)
-        if mask is not None:
-            g = g.masked_fill(~mask, 0)
-
-        def per_group(values: torch.Tensor) -> torch.Tensor:
-            sums = torch.bincount(g, weights=values * counted, minlength=self.num_groups)
-            if sums.numel() > self.num_groups:  # a shape, known on the host: no extra sync
-                raise ValueError(
-                    f"GroupAccuracy got group id {sums.numel() - 1} but `num_groups` is {self.num_groups}; "
-                    "set `num_groups` to the true number of groups"
-                )
-            return sums
-
-        self.total += per_group(torch.ones_like(counted))
-        self.correct += per_group((preds == target).to(torch.float64))
+        columns = [torch.ones_like(g, dtype=torch.float64), (preds == target).to(torch.float64)]
         if losses is not None:
-            self.loss += per_group(losses.detach().to(torch.float64))
+            columns.append(losses.detach().to(torch.float64))
+        values = torch.stack(columns, 1)  # [N, K]: count, correct, loss
+        if mask is not None:
+            values = values * mask.unsqueeze(1)
+            g = g.masked_fill(~mask, 0)
+        k = values.shape[1]
+        # one bincount for every column: sample i adds values[i, j] at g_i * K + j
+        index = (g.unsqueeze(1) * k + torch.arange(k, device=g.device)).reshape(-1)
+        sums = torch.bincount(index, weights=values.reshape(-1), minlength=self.num_groups * k)
+        if sums.numel() > self.num_groups * k:  # a shape, known on the host: no extra sync
+            raise ValueError(
+                f"GroupAccuracy got group id {(sums.numel() - 1) // k} but `num_groups` is {self.num_groups}; "
+                "set `num_groups` to the true number of groups"
+            )
+        sums = sums.view(self.num_groups, k)
+        # in place: the states keep their tensors (no `Metric.__setattr__` per update)
+        self.total.add_(sums[:, 0])
+        self.correct.add_(sums[:, 1])
+        if losses is not None:
+            self.loss.add_(sums[:, 2])
 
     def compute(self) -> dict[str, torch.Tensor]:
+        counted = self.total.clamp_min(1.0)
+        acc = (self.correct / counted).float()
+        loss = (self.loss / counted).float()
         present = self.total > 0
-        acc = (self.correct / self.total.clamp_min(1.0)).float()
-        loss = (self.loss / self.total.clamp_min(1.0)).float()
-        worst = acc[present].min() if bool(present.any()) else acc.new_tensor(float("nan"))
+        # the lowest accuracy of the groups present, NaN when none is: no host read
+        worst = torch.where(present, acc, torch.inf).amin()
+        worst = torch.where(present.any(), worst, torch.nan)
         return {"acc": acc, "loss": loss, "count": self.total.clone(), "worst_acc": worst}
 
 
