@@ -237,11 +237,13 @@ def test_reliability_diagrams_follow_the_media_cadence_and_the_last_is_drawn(tmp
     model, data = DigitsClassifier(dropout=0.0), DigitsDataModule(batch_size=32)
     trainer.fit(model, data)
     trainer.test(model, data)
+    for _ in range(2):  # a validation run of its own draws its diagram whatever the cadence
+        trainer.validate(model, data)
     logger.experiment.finish()
     rows = read_history(finished_run_files(tmp_path)[0])
     val = _steps(rows, "val/ece")
-    assert len(val) == 5 and trainer.global_step == 10  # validation after global steps 2, 4, ..., 10
-    assert _steps(rows, "val/reliability/_type") == expected(val)
+    assert len(val) == 5 + 2 and trainer.global_step == 10  # the fit's after global steps 2, 4, ..., 10, then 2 runs
+    assert _steps(rows, "val/reliability/_type") == expected(val[:5]) + val[5:]
     assert len(_steps(rows, "test/reliability/_type")) == 1
 
 

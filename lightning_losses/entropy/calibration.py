@@ -164,8 +164,8 @@ class CalibrationMonitor(L.Callback):
             ``None``: about once per epoch, at most once per :data:`~lightning_losses.diagnostics.MEDIA_MIN_STEPS`
             steps (:class:`~lightning_losses.diagnostics.MediaCadence`; a diagram is a matplotlib drawing of about
             50 ms). The last validation epoch's diagram, when its epoch
-            drew none, is drawn when the fit ends, at that epoch's step. ``0``: no validation diagrams. Every test
-            epoch draws its diagram.
+            drew none, is drawn when the fit ends, at that epoch's step. ``0``: no validation diagrams during a fit.
+            Every test epoch, and every ``trainer.validate`` run, draws its diagram.
     """
 
     def __init__(
@@ -218,8 +218,9 @@ class CalibrationMonitor(L.Callback):
             conf = acc = torch.zeros(0, device=ece.device)
         title = f"{stage} ECE={float(ece):.4f}"
         bins = reliability_bins(trainer, conf, acc, self.n_bins)  # every epoch: a collective, on every rank alike
-        if bins is not None and stage == "test":
-            log_reliability_bins(trainer, "test/reliability", bins, title)
+        fitting = getattr(getattr(trainer.state, "fn", None), "_value_", None) == "fit"
+        if bins is not None and (stage == "test" or not fitting):  # `trainer.test` / `trainer.validate`: always
+            log_reliability_bins(trainer, f"{stage}/reliability", bins, title)
         elif bins is not None and self.media.every != 0:
             if self.media.due(int(trainer.global_step), trainer.current_epoch):
                 log_reliability_bins(trainer, "val/reliability", bins, title)
@@ -229,6 +230,10 @@ class CalibrationMonitor(L.Callback):
         self.metric.reset()
         self.last[stage] = float(ece)
         pl_module.log(f"{stage}/ece", ece, on_step=False, on_epoch=True)
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._held = None
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
