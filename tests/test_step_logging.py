@@ -18,22 +18,33 @@ def _log_every_call(module, trainer, metrics, batch_size):
         module.log(name, value, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch_size)
 
 
-def _fit(tmp_path, name, objective, callbacks):
+def _fit(tmp_path, name, objective, callbacks, override_log=False):
     L.seed_everything(0, verbose=False)
     calls = []
+    lightning_log = L.LightningModule.log
 
-    class Counted(DigitsClassifier):
-        def log(self, name, *args, **kwargs):
-            calls.append(name)
-            super().log(name, *args, **kwargs)
+    def counted(self, name, *args, **kwargs):  # `log_dict` passes the name by keyword
+        calls.append(name)
+        lightning_log(self, name, *args, **kwargs)
 
-    model = Counted(hidden_dim=16, dropout=0.0, objective=objective)
+    if override_log:  # a user's module with its own `log`: every call goes through it
+
+        class Model(DigitsClassifier):
+            def log(self, name, *args, **kwargs):
+                counted(self, name, *args, **kwargs)
+
+    else:  # Lightning's own `log`, counted where it is defined
+        Model = DigitsClassifier
+    model = Model(hidden_dim=16, dropout=0.0, objective=objective)
     trainer = L.Trainer(
         max_epochs=3, limit_train_batches=6, limit_val_batches=2, accumulate_grad_batches=2, log_every_n_steps=1,
         accelerator="cpu", devices=1, logger=L.pytorch.loggers.CSVLogger(tmp_path, name=name, version=0),
         callbacks=callbacks(), enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
+    with pytest.MonkeyPatch.context() as patch:
+        if not override_log:
+            patch.setattr(L.LightningModule, "log", counted)
+        trainer.fit(model, datamodule=DigitsDataModule(batch_size=32))
     with open(tmp_path / name / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     return rows, dict(trainer.callback_metrics), calls
@@ -68,3 +79,8 @@ def test_rows_and_monitored_values_equal_logging_every_call(tmp_path, monkeypatc
     # 3 epochs x 6 micro-batches: `LightningModule.log` ran for each name once per epoch, instead of on every call
     for key in keys:
         assert calls_ref.count(key) == 18 and calls.count(key) == 3, key
+
+
+def test_a_module_that_overrides_log_gets_every_call(tmp_path):
+    _, _, calls = _fit(tmp_path, "own", {"cross_entropy": {}}, list, override_log=True)
+    assert calls.count("train/loss") == 18  # 3 epochs x 6 micro-batches, all through the module's own `log`

@@ -106,7 +106,8 @@ def log_on_step(module: Any, trainer: Any, metrics: dict[str, torch.Tensor], bat
     same name in the same hook, of the same result collection, with a value on the same device and the collection not
     due for its reset, goes to ``_ResultCollection.update_metrics`` (what ``log`` ends with): the same result object
     gets the same update, so ``callback_metrics``, the logger rows and the checks of a user's own ``log`` of the name
-    are Lightning's own. Fallback without those attributes: ``module.log`` on every call.
+    are Lightning's own. A module whose class overrides ``log`` gets every call through it. Fallback without those
+    attributes: ``module.log`` on every call.
     """
     state = module.__dict__
     seen = state.get(_LOGGED)
@@ -118,6 +119,7 @@ def log_on_step(module: Any, trainer: Any, metrics: dict[str, torch.Tensor], bat
     known = (
         results is not None
         and fx is not None
+        and _own_log(type(module))
         and getattr(results, "dataloader_idx", 0) is None
         and hasattr(results, "update_metrics")
         and hasattr(connector, "should_reset_tensors")
@@ -137,6 +139,19 @@ def log_on_step(module: Any, trainer: Any, metrics: dict[str, torch.Tensor], bat
         metric = results.get(key) if known else None
         if metric is not None:
             seen[name] = (results, fx, metric, value.device)
+
+
+def _own_log(cls: type) -> bool:
+    """Whether ``cls.log`` is ``LightningModule.log`` itself (not a user's override), kept per class."""
+    own = _OWN_LOG.get(cls)
+    if own is None:
+        from lightning.pytorch import LightningModule
+
+        own = _OWN_LOG[cls] = getattr(cls, "log", None) is LightningModule.log
+    return own
+
+
+_OWN_LOG: dict[type, bool] = {}
 
 
 # ---------------------------------------------------------------------------------------------- Lightning's rows
