@@ -8,6 +8,7 @@ import torch
 
 from lightning_losses.demo import DigitsClassifier, DigitsDataModule, make_digits_splits
 from lightning_losses.errors import ConfigurationError
+from tests.helpers.trainers import quiet_trainer
 
 CLEAN = make_digits_splits()
 
@@ -196,19 +197,10 @@ def test_demo_fit_resumed_from_a_checkpoint_equals_an_uninterrupted_fit(tmp_path
     def fit(callbacks=(), ckpt_path=None):
         L.seed_everything(0, verbose=False)
         model = DigitsClassifier(dropout=0.0)
-        trainer = L.Trainer(
-            max_epochs=4,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_train_batches=3,
-            limit_val_batches=0,
-            deterministic=True,
-            default_root_dir=tmp_path,
-            callbacks=list(callbacks),
-            enable_checkpointing=bool(callbacks),
-        )
+        trainer = quiet_trainer(
+            list(callbacks), max_epochs=4, limit_train_batches=3, limit_val_batches=0, deterministic=True,
+            default_root_dir=tmp_path, enable_checkpointing=bool(callbacks),
+        )  # fmt: skip
         trainer.fit(model, datamodule=DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
         return model
 

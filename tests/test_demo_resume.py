@@ -2,24 +2,13 @@
 uninterrupted run draws (Lightning creates that epoch's iterator before it calls ``set_epoch``: Lightning issue
 #21938), for the default shuffling sampler and the balanced ones."""
 
-import collections
-
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_losses.demo import DigitsClassifier, DigitsDataModule
-
-
-class _Spy(L.Callback):
-    def __init__(self, crash_at=None):
-        self.seen, self.crash_at = collections.defaultdict(list), crash_at
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.crash_at == (trainer.current_epoch, batch_idx):
-            raise RuntimeError("simulated crash")
-        self.seen[trainer.current_epoch].append(batch["index"].clone())
+from tests.helpers.resume import BatchSpy
 
 
 def _fit(root, spy, data_kwargs, ckpt_path=None):
@@ -39,11 +28,11 @@ def _fit(root, spy, data_kwargs, ckpt_path=None):
     ids=["default-shuffle", "balanced-groups", "balanced-classes"],
 )
 def test_resumed_epochs_draw_the_uninterrupted_order_with_workers(tmp_path, data_kwargs):
-    clean = _Spy()
+    clean = BatchSpy()
     _fit(tmp_path / "clean", clean, data_kwargs)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(tmp_path / "crash", _Spy(crash_at=(2, 1)), data_kwargs)
-    resumed = _Spy()
+        _fit(tmp_path / "crash", BatchSpy(crash_at=(2, 1)), data_kwargs)
+    resumed = BatchSpy()
     _fit(tmp_path / "crash", resumed, data_kwargs, ckpt_path=str(tmp_path / "crash" / "last.ckpt"))
     assert sorted(resumed.seen) == [2]
     assert torch.equal(torch.cat(resumed.seen[2]), torch.cat(clean.seen[2]))

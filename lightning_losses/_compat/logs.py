@@ -129,16 +129,16 @@ def log_on_step(module: Any, trainer: Any, metrics: dict[str, torch.Tensor], bat
     for name, value in metrics.items():
         key = f"{fx}.{name}"
         entry = seen.get(name)
-        if fast and entry is not None and entry[0] is results and entry[1] == fx and entry[3] == value.device:
-            metric = results.get(key)
-            if metric is entry[2]:
+        # the key holds the hook's name: the same result object under it means the same hook
+        if fast and entry is not None and entry[0] is results and entry[2] == value.device:
+            if results.get(key) is entry[1]:
                 results.update_metrics(key, value, batch_size)
                 connector._current_fx = fx  # as `log` leaves it
                 continue
         module.log(name, value, on_step=True, on_epoch=False, sync_dist=False, batch_size=batch_size)
         metric = results.get(key) if known else None
         if metric is not None:
-            seen[name] = (results, fx, metric, value.device)
+            seen[name] = (results, metric, value.device)
 
 
 def _own_log(cls: type) -> bool:

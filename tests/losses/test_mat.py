@@ -11,6 +11,7 @@ import torch
 
 import lightning_losses as ll
 from lightning_losses.errors import ConfigurationError
+from tests.helpers.trainers import quiet_trainer
 
 
 def _data(n=11, c=3, seed=0):
@@ -273,19 +274,10 @@ def test_trainer_crash_and_resume_keeps_the_table_written_from_batches(tmp_path)
     def fit(callbacks=(), ckpt_path=None):
         L.seed_everything(0, verbose=False)
         model = HeldOutInEpochZero(dropout=0.0, objective={"mat": {"num_classes": 10, "temperature": 2.0}})
-        trainer = L.Trainer(
-            max_epochs=4,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            limit_train_batches=3,
-            limit_val_batches=0,
-            deterministic=True,
-            default_root_dir=tmp_path,
-            callbacks=list(callbacks),
-            enable_checkpointing=bool(callbacks),
-        )
+        trainer = quiet_trainer(
+            list(callbacks), max_epochs=4, limit_train_batches=3, limit_val_batches=0, deterministic=True,
+            default_root_dir=tmp_path, enable_checkpointing=bool(callbacks),
+        )  # fmt: skip
         trainer.fit(model, datamodule=DigitsDataModule(batch_size=32, shuffle=False), ckpt_path=ckpt_path)
         return model
 

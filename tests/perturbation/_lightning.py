@@ -45,6 +45,16 @@ def data(n: int = 16, seed: int = 1) -> TensorDataset:
     return TensorDataset(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g))
 
 
+def data_batches(n: int, batch_size: int, indices=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The samples of :func:`data` (float64 inputs), optionally only ``indices``, in batches of ``batch_size``: what
+    the float64 references step through."""
+    d = data(n)
+    xs, ys = d.tensors[0].double(), d.tensors[1]
+    if indices is not None:
+        xs, ys = xs[indices], ys[indices]
+    return [(xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
+
+
 def loader(batch_size: int = 8, n: int = 16) -> DataLoader:
     return DataLoader(data(n), batch_size=batch_size, shuffle=False)
 

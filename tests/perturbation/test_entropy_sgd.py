@@ -10,7 +10,7 @@ import lightning_losses as ll
 from lightning_losses.errors import ConfigurationError
 from tests.helpers.ddp import lightning_env
 
-from ._lightning import Tiny, data, trainer
+from ._lightning import Tiny, data, data_batches, trainer
 from ._reference import loss_at, tiny_model
 
 
@@ -48,14 +48,6 @@ def esgd_reference(shards, inner_steps, gamma, scoping, inner_lr, beta1, optimiz
     return {f"net.{k}": v.detach() for k, v in params.items()}, opt
 
 
-def _batches(n, batch_size, indices=None):
-    d = data(n)
-    xs, ys = d.tensors[0].double(), d.tensors[1]
-    if indices is not None:
-        xs, ys = xs[indices], ys[indices]
-    return [(xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
-
-
 KW = dict(inner_steps=3, gamma=0.5, scoping=0.2, inner_lr=0.3, beta1=0.75, noise=0.0)
 
 
@@ -67,7 +59,7 @@ def test_matches_float64_loop_and_optimizer_steps_once_per_outer_step(optimizer)
     t.fit(model, DataLoader(data(24), batch_size=4, shuffle=False))  # 6 batches: 2 outer steps of 3
     assert t.global_step == 2 and cb.outer_steps == 2 and model.training_step_calls == 6
     expected, opt = esgd_reference(
-        [_batches(24, 4)], **{k: v for k, v in KW.items() if k != "noise"}, optimizer=optimizer
+        [data_batches(24, 4)], **{k: v for k, v in KW.items() if k != "noise"}, optimizer=optimizer
     )
     for k, v in model.named_parameters():
         torch.testing.assert_close(v.detach(), expected[k], atol=1e-10, rtol=0, msg=k)
@@ -135,10 +127,10 @@ def test_checkpoint_and_validation_inside_an_outer_step_see_x(tmp_path):
     t = trainer([cb, Probe()], max_epochs=1, val_check_interval=2, num_sanity_val_steps=0, precision="64-true")
     loader = DataLoader(data(24), batch_size=4, shuffle=False)
     t.fit(model, loader, loader)
-    expected, _ = esgd_reference([_batches(24, 4)], **{k: v for k, v in KW.items() if k != "noise"})
+    expected, _ = esgd_reference([data_batches(24, 4)], **{k: v for k, v in KW.items() if k != "noise"})
     for k, v in model.named_parameters():  # the run is unchanged by the validations in its middle
         torch.testing.assert_close(v.detach(), expected[k], atol=1e-10, rtol=0, msg=k)
-    x1, _ = esgd_reference([_batches(24, 4)[:3]], **{k: v for k, v in KW.items() if k != "noise"})
+    x1, _ = esgd_reference([data_batches(24, 4)[:3]], **{k: v for k, v in KW.items() if k != "noise"})
     # validation after batch 4 (inside the second outer step) sees x after the first outer step
     assert any(torch.allclose(s, x1["net.0.weight"], atol=1e-10, rtol=0) for s in seen)
     saved = torch.load(tmp_path / "mid.ckpt", weights_only=False)["state_dict"]["net.0.weight"]
@@ -164,7 +156,7 @@ def test_ddp_replica_local_inner_loops_and_averaged_outer_gradient(ddp):
     assert s0 == s1 == 1
     for k in w0:
         torch.testing.assert_close(w0[k], w1[k], atol=0, rtol=0, msg=k)  # the ranks stay identical
-    shards = [_batches(24, 4, list(range(12 * r, 12 * r + 12))) for r in range(2)]
+    shards = [data_batches(24, 4, list(range(12 * r, 12 * r + 12))) for r in range(2)]
     expected, _ = esgd_reference(shards, **{k: v for k, v in KW.items() if k != "noise"})
     for k in w0:
         torch.testing.assert_close(w0[k], expected[k], atol=1e-10, rtol=0, msg=k)

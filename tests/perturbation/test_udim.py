@@ -10,7 +10,7 @@ import lightning_losses as ll
 from lightning_losses.errors import ConfigurationError
 from tests.helpers.ddp import lightning_env
 
-from ._lightning import Tiny, data, trainer
+from ._lightning import Tiny, data, data_batches, trainer
 from ._reference import grad_at, loss_at, sam_eps, tiny_model
 
 
@@ -44,14 +44,6 @@ def udim_reference(batches, rho, rho_x, lmbda, input_steps, steps=None):
     return {f"net.{k}": v.detach() for k, v in params.items()}
 
 
-def _batches(n, batch_size, indices=None):
-    d = data(n)
-    xs, ys = d.tensors[0].double(), d.tensors[1]
-    if indices is not None:
-        xs, ys = xs[indices], ys[indices]
-    return [(xs[i : i + batch_size], ys[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
-
-
 class _Restored(L.Callback):
     """Records whether the batch's input is unchanged after each step (UDIM perturbs it in place)."""
 
@@ -74,7 +66,7 @@ def test_matches_float64_loop(lmbda, input_steps):
     assert t.global_step == 2 and cb.engine.perturbed_steps == 2
     # passes per step: the first, K input passes, the descent at x~ and (lambda != 1) at x
     assert model.training_step_calls == 2 * (2 + input_steps + (lmbda != 1.0))
-    expected = udim_reference(_batches(16, 8), rho=0.1, rho_x=0.4, lmbda=lmbda, input_steps=input_steps)
+    expected = udim_reference(data_batches(16, 8), rho=0.1, rho_x=0.4, lmbda=lmbda, input_steps=input_steps)
     for k, v in model.named_parameters():
         torch.testing.assert_close(v.detach(), expected[k], atol=1e-10, rtol=0, msg=k)
     assert probe.same == [True, True]  # the batch's input is put back exactly
@@ -111,7 +103,7 @@ def _dict_loader(n=16):
 def test_mapping_batches_by_key_or_callable(input):
     model = _DictTiny()
     trainer([ll.UDIM(rho=0.1, rho_x=0.4, input=input)], max_epochs=1, precision="64-true").fit(model, _dict_loader())
-    expected = udim_reference(_batches(16, 8), rho=0.1, rho_x=0.4, lmbda=1.0, input_steps=1)
+    expected = udim_reference(data_batches(16, 8), rho=0.1, rho_x=0.4, lmbda=1.0, input_steps=1)
     for k, v in model.named_parameters():
         torch.testing.assert_close(v.detach(), expected[k], atol=1e-10, rtol=0, msg=k)
 
@@ -179,7 +171,7 @@ def _ddp_run(lmbda):
 def test_ddp_with_sync_ascent_equals_one_process_on_the_concatenated_batch(ddp):
     for lmbda in (1.0, 0.5):
         w0, w1 = ddp.run(_ddp_run, lmbda)
-        expected = udim_reference(_batches(16, 8), rho=0.1, rho_x=0.4, lmbda=lmbda, input_steps=2)
+        expected = udim_reference(data_batches(16, 8), rho=0.1, rho_x=0.4, lmbda=lmbda, input_steps=2)
         for k in w0:
             torch.testing.assert_close(w0[k], w1[k], atol=0, rtol=0, msg=k)
             torch.testing.assert_close(w0[k], expected[k], atol=1e-10, rtol=0, msg=k)

@@ -4,7 +4,6 @@ crash-and-resume run that matches an uninterrupted one, pinned validation messag
 
 from __future__ import annotations
 
-import collections
 import math
 
 import lightning as L
@@ -17,6 +16,7 @@ from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional.clustering import slow_cluster
 from tests.helpers.ddp import lightning_env
+from tests.helpers.resume import BatchSpy
 
 
 # ---------------------------------------------------------------- the split, against an explicit loop
@@ -213,16 +213,6 @@ def test_two_processes_decide_like_one_process_on_the_global_batch(ddp):
 
 
 # ---------------------------------------------------------------- crash and resume
-class _Spy(L.Callback):
-    def __init__(self, crash_at=None):
-        self.seen, self.crash_at = collections.defaultdict(list), crash_at
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.crash_at == (trainer.current_epoch, batch_idx):
-            raise RuntimeError("simulated crash")
-        self.seen[trainer.current_epoch].append(batch["index"].clone())
-
-
 def _fit(tmp_path, spy, ckpt_path=None, epochs=3, num_workers=0):
     cb = ll.USEFUL(separating_epoch=1)
     trainer = L.Trainer(
@@ -252,12 +242,12 @@ def _fit(tmp_path, spy, ckpt_path=None, epochs=3, num_workers=0):
 )
 def test_a_run_resumed_after_a_crash_matches_an_uninterrupted_one(tmp_path, crash_at, num_workers):
     # (1, 2): the checkpoint of epoch 0 holds the recorded table, not the split; (2, 1): it holds the split
-    clean_spy = _Spy()
+    clean_spy = BatchSpy()
     clean, clean_model = _fit(tmp_path / "clean", clean_spy, num_workers=num_workers)
-    crash_spy = _Spy(crash_at=crash_at)
+    crash_spy = BatchSpy(crash_at=crash_at)
     with pytest.raises(RuntimeError, match="simulated crash"):
         _fit(tmp_path / "crash", crash_spy, num_workers=num_workers)
-    resumed_spy = _Spy()
+    resumed_spy = BatchSpy()
     last = str(tmp_path / "crash" / "last.ckpt")
     resumed, resumed_model = _fit(tmp_path / "crash", resumed_spy, ckpt_path=last, num_workers=num_workers)
     assert clean.decided and resumed.decided and torch.equal(clean.upsampled, resumed.upsampled)
@@ -275,7 +265,7 @@ def _ddp_trainer_useful():
 
     with lightning_env():
         L.seed_everything(0, verbose=False)
-        cb, spy = ll.USEFUL(separating_epoch=1), _Spy()
+        cb, spy = ll.USEFUL(separating_epoch=1), BatchSpy()
         trainer = L.Trainer(
             accelerator="cpu",
             devices=2,
