@@ -13,7 +13,11 @@ from lightning_losses.diagnostics import MediaCadence, calibration_bins, log_his
 
 
 def test_media_every_n_steps_is_validated():
-    for build in (MediaCadence, lambda v: ll.SampleReweighting(media_every_n_steps=v)):
+    for build in (
+        MediaCadence,
+        lambda v: ll.SampleReweighting(media_every_n_steps=v),
+        lambda v: ll.CalibrationMonitor(media_every_n_steps=v),
+    ):
         with pytest.raises(ll.ConfigurationError, match=r"`media_every_n_steps` must be an integer >= 0, got -1"):
             build(-1)
     with pytest.raises(ll.ConfigurationError, match=r"`media_every_n_steps` must be an integer >= 0, got 'x'"):
