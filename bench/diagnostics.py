@@ -198,7 +198,7 @@ def instrument() -> None:
     timed(_LoggerConnector, "log_metrics")
     # the perturbation statistics computed inside the optimizer step (norms, cosine; the ascent's own gradient norm
     # is timed in both runs alike and cancels)
-    for name in ("global_norm", "delta_grad_cosine"):
+    for name in ("global_norm", "delta_grad_statistics"):
         timed(perturbation_functional, name)
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "MEDIA_MIN_STEPS",
     "MediaCadence",
     "calibration_bins",
+    "histogram",
     "log_histogram",
     "log_image",
     "log_reliability",
@@ -54,23 +55,46 @@ def _step(trainer: Any, step: int | None) -> int:
     return log_step(trainer) if step is None else int(step)
 
 
+def histogram(values: torch.Tensor, bins: int = 64) -> tuple[list[int], list[float]] | None:
+    """``(counts, edges)`` of the finite ``values`` over ``bins`` equal bins from their minimum to their maximum (the
+    last bin closed; ``numpy.histogram``'s rule, also for equal values: the range widened by 0.5 each side), counted
+    on the values' device; ``None`` without a finite value. Two host reads of a few numbers, no copy of the values.
+
+    Example:
+        >>> histogram(torch.tensor([0.0, 1.0, 1.0, 3.0, float("nan")]), bins=3)
+        ([1, 2, 1], [0.0, 1.0, 2.0, 3.0])
+    """
+    flat = values.detach().reshape(-1)
+    flat = flat[torch.isfinite(flat)]
+    if not flat.numel():
+        return None
+    flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
+    low, high = torch.aminmax(flat)
+    lo, hi = torch.stack([low, high]).tolist()
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts = [int(c) for c in torch.histc(flat, bins=bins, min=lo, max=hi).tolist()]
+    step = (hi - lo) / bins
+    return counts, [lo + i * step for i in range(bins)] + [hi]
+
+
 def log_histogram(trainer: Any, key: str, values: torch.Tensor, *, step: int | None = None, bins: int = 64) -> bool:
     """Log a histogram of ``values`` over the global batch (gathered from every data-parallel rank; non-finite values
     left out) to the media loggers; ``True`` when one took it.
 
     Call it on every rank, at a step that is the same on all of them (a media cadence): the values are gathered (two
-    collectives) only when the Trainer has a media logger, a decision every rank takes alike.
+    collectives) only when the Trainer has a media logger, a decision every rank takes alike. The bins are counted on
+    the device (:func:`histogram`) and handed to ``wandb.Histogram(np_histogram=...)``.
     """
     loggers = media_loggers(trainer)
     if not loggers:
         return False
-    flat = all_gather_values(values).float()
-    flat = flat[torch.isfinite(flat)].cpu()
-    if not flat.numel():
+    counts = histogram(all_gather_values(values), bins)
+    if counts is None:
         return False
     import wandb
 
-    hist = wandb.Histogram(flat.numpy(), num_bins=bins)
+    hist = wandb.Histogram(np_histogram=counts)
     for logger in loggers:
         logger.log_metrics({key: hist}, step=_step(trainer, step))
     return True

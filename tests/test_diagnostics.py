@@ -181,3 +181,26 @@ def test_every_diagnostic_of_a_logging_step_is_in_the_trainers_own_row(tmp_path)
     assert [(int(r["step"]), "train/loss" in r, "entropy/mean" in r) for r in rows] == [
         (1, True, False), (2, False, True), (3, True, False), (5, True, True), (5, False, False),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.randn(1000, generator=torch.Generator().manual_seed(0)),
+        torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 7 - 2,
+        torch.full((5,), 1.0),  # equal values: the range widened as numpy does
+        torch.tensor([3.0, float("inf"), float("nan"), -1.0]),
+        torch.arange(8, dtype=torch.int64),
+    ],
+)
+def test_device_histogram_equals_numpy(values):
+    import numpy as np
+
+    from lightning_losses.diagnostics import histogram
+
+    finite = values[torch.isfinite(values)].double().numpy()
+    counts, edges = np.histogram(finite, bins=16)
+    got = histogram(values, bins=16)
+    assert got[0] == counts.tolist()
+    np.testing.assert_allclose(got[1], edges, rtol=1e-6, atol=1e-9)
+    assert histogram(torch.tensor([float("nan")])) is None

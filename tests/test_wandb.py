@@ -93,7 +93,7 @@ def test_wandb_offline_run_holds_the_diagnostics_media(tmp_path, monkeypatch):
     ``entropy/*`` and the perturbation statistics are scalars on those steps too."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from lightning_losses.reweighting.metrics import GroupTable
+    from lightning_losses.reweighting.media import GroupTable
     from tests.test_diagnostics import _fit_all_diagnostics
 
     monkeypatch.setenv("WANDB_MODE", "offline")

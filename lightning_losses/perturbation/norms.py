@@ -22,6 +22,7 @@ __all__ = [
     "ShardSumFn",
     "ball_radii",
     "delta_grad_cosine",
+    "delta_grad_statistics",
     "foreach_mul",
     "global_norm",
     "mode_norms",
@@ -60,6 +61,56 @@ def global_norm(tensors: Sequence[Tensor], shard_sum: ShardSumFn | None = None) 
     return torch.linalg.vector_norm(tensor_norms(tensors, shard_sum))
 
 
+def delta_grad_statistics(
+    shards: Sequence[Tensor],
+    saved: Sequence[Tensor],
+    grads: Sequence[Tensor | None],
+    shard_sum: ShardSumFn | None = None,
+    delta_norm: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Cosine between the perturbation :math:`\delta` = ``shards - saved`` and ``grads`` (the gradient at
+    :math:`w + \delta`) (float32 0-d), and the L2 norm of ``grads`` (0-d, float64 if a tensor is, else float32).
+
+    .. math:: \cos = \frac{\sum_l \langle \delta_l, g_l\rangle}{\|\delta\|\,\|g\|}
+
+    For SAM, whose :math:`\delta` lies along the gradient at :math:`w`, this is the cosine between the gradients at
+    :math:`w` and :math:`w + \delta`. Reuses the step's tensors: one tensor-sized temporary at a time
+    (:math:`\delta_l`), no parameter-sized copy; the cosine is invariant to a gradient scale, the norm is not (divide
+    it out). A caller that already has :math:`\|\delta\|` (the engine: its ``norm`` statistic) passes it as
+    ``delta_norm``, and only the dot products and the gradient's norms are computed. Sharded tensors (FSDP2):
+    ``shards``, ``saved`` and ``grads`` are the local pieces and ``shard_sum`` sums the per-tensor sums over the groups
+    that shard each tensor (one collective). A tensor without gradient is left out (both NaN when none has one).
+
+    Example:
+        >>> cos, norm = delta_grad_statistics([torch.ones(2)], [torch.zeros(2)], [torch.tensor([0.0, 2.0])])
+        >>> cos, norm
+        (tensor(0.7071), tensor(2.))
+    """
+    present = [i for i, g in enumerate(grads) if g is not None]
+    if not present:
+        return torch.tensor(float("nan")), torch.tensor(float("nan"))
+    columns = 2 if delta_norm is not None else 3  # <d, g>, |g|^2 (and |d|^2)
+    rows = []  # per tensor of the local piece, zeros without gradient: one row per tensor for `shard_sum`
+    for x, s, g in zip(shards, saved, grads):
+        if g is None:
+            rows.append(torch.zeros(columns, device=x.device))
+            continue
+        x, g = x.detach(), g.detach()
+        if x.dtype not in (torch.float32, torch.float64):  # half precision: the sums in float32
+            x, s, g = x.float(), s.float(), g.float()
+        d, g = (x - s).reshape(-1), g.reshape(-1).to(x.dtype)
+        dots = (torch.dot(d, g), torch.dot(g, g)) if delta_norm is not None else (d @ g, g @ g, d @ d)
+        rows.append(torch.stack(dots))
+    dtype = torch.float64 if any(r.dtype == torch.float64 for r in rows) else torch.float32
+    terms = torch.stack([r if r.dtype == dtype else r.to(dtype) for r in rows])  # [tensors, columns]
+    if shard_sum is not None:  # one all-reduce for every column
+        terms = shard_sum(terms)
+    sums = terms.sum(0)
+    grad_norm = sums[1].sqrt()
+    dnorm = sums[2].sqrt() if delta_norm is None else delta_norm.to(dtype)
+    return (sums[0] / (dnorm * grad_norm).clamp_min(torch.finfo(dtype).tiny)).float(), grad_norm
+
+
 def delta_grad_cosine(
     shards: Sequence[Tensor],
     saved: Sequence[Tensor],
@@ -67,30 +118,13 @@ def delta_grad_cosine(
     shard_sum: ShardSumFn | None = None,
 ) -> Tensor:
     r"""Cosine between the perturbation :math:`\delta` = ``shards - saved`` and ``grads`` (the gradient at
-    :math:`w + \delta`), float32 0-d. For SAM, whose :math:`\delta` lies along the gradient at :math:`w`, this is the
-    cosine between the gradients at :math:`w` and :math:`w + \delta`. Reuses the step's tensors: one tensor-sized
-    temporary at a time, no parameter-sized copy; invariant to a gradient scale. Sharded tensors (FSDP2): ``shards``,
-    ``saved`` and ``grads`` are the local pieces and ``shard_sum`` sums the per-tensor dot products and squared norms
-    over the groups that shard each tensor. A tensor without gradient is left out.
+    :math:`w + \delta`), float32 0-d: the first value of :func:`delta_grad_statistics` (see there).
 
     Example:
         >>> delta_grad_cosine([torch.tensor([1.0, 1.0])], [torch.tensor([0.0, 0.0])], [torch.tensor([0.0, 2.0])])
         tensor(0.7071)
     """
-    rows = []  # per tensor: <d, g>, |d|^2, |g|^2 of the local piece (zeros without gradient: one row per tensor)
-    for x, s, g in zip(shards, saved, grads):
-        if g is None:
-            rows.append(torch.zeros(3, device=x.device))
-            continue
-        d, g = x.detach().float() - s.float(), g.detach().float()
-        rows.append(torch.stack(((d * g).sum(), d.square().sum(), g.square().sum())))
-    if all(g is None for g in grads):
-        return torch.tensor(float("nan"))
-    terms = torch.stack(rows)  # [tensors, 3]
-    if shard_sum is not None:  # one all-reduce for the three columns (a row per tensor)
-        terms = shard_sum(terms)
-    dot, dd, gg = terms.sum(0)
-    return dot / (dd.sqrt() * gg.sqrt()).clamp_min(torch.finfo(torch.float32).tiny)
+    return delta_grad_statistics(shards, saved, grads, shard_sum)[0]
 
 
 def scaling_factors(

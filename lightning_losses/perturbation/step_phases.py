@@ -127,7 +127,11 @@ class StepPhases:
             loss = run.forward_backward("descent")
         if perturbed and self.collect_stats:  # before `_restore`: delta = params - saved, no copy
             grads = [grad_shard(p) for p in run.params]
-            run.stats["cos_delta_grad"] = F.delta_grad_cosine(run.shards, self._saved, grads, run.shard_sum)
+            # |delta| is the ascent's `norm`: only the dot products and |g_p| are computed (one collective if sharded)
+            cos, run.descent_grad_norm = F.delta_grad_statistics(
+                run.shards, self._saved, grads, run.shard_sum, delta_norm=run.stats["norm"]
+            )
+            run.stats["cos_delta_grad"] = cos
         return loss
 
     def _restore(self, shards: list[Tensor]) -> None:
@@ -166,7 +170,9 @@ class StepPhases:
         gradient's norm is that of :math:`g_p`, before the descent rule)."""
         params, stats, inv_scale = run.params, run.stats, run.inv_scale
         if self.collect_stats and params and all(p.grad is not None for p in params):
-            g1 = F.global_norm([grad_shard(p) for p in params], run.shard_sum)
+            g1 = run.descent_grad_norm  # from the cosine's sums when the step was perturbed
+            if g1 is None:
+                g1 = F.global_norm([grad_shard(p) for p in params], run.shard_sum)
             stats["grad_norm_perturbed"] = g1 if inv_scale is None else g1 * inv_scale.to(g1.device)
         self._combine(run)
         if self.reuse_alpha is not None and run.first_grads is not None and params:

@@ -250,7 +250,8 @@ class Reweighter(DeclaredState):
         raise NotImplementedError
 
     def log_values(self) -> dict[str, torch.Tensor]:
-        """Extra scalars to log (group weights, ...), identical on every rank (the callback adds
+        """Extra values to log (group weights, ...), identical on every rank: a 0-d tensor logs as
+        ``reweight/{name}``, a 1-D one as ``reweight/{name}/{i}`` per element (the callback adds
         :meth:`nonfinite_count` as ``reweight/nonfinite``)."""
         return {}
 

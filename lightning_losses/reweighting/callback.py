@@ -42,14 +42,8 @@ from lightning_losses.diagnostics import MediaCadence, log_scalars, media_logger
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.attached import AttachedReweighter, datamodule_groups, dataset_length
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
-from lightning_losses.reweighting.metrics import (
-    GroupAccuracy,
-    GroupTable,
-    class_labels,
-    global_weight_stats,
-    log_group_table,
-    log_media,
-)
+from lightning_losses.reweighting.media import GroupTable, class_labels, log_group_table, log_media
+from lightning_losses.reweighting.step_logs import GroupSums, reweighting_row
 from lightning_losses.sync import sync_statistics
 
 Opt = Tensor | None
@@ -74,7 +68,7 @@ class SampleReweighting(MixinCallback):
             ``None``: on the steps where the Trainer writes its step logs (through ``LightningModule.log``).
         media_every_n_steps: W&B media at the first logging step at or after every this many optimizer steps:
             histograms ``reweight/weights`` and ``reweight/losses`` (per-sample, the batch of rank 0) and, with
-            groups, the table ``reweight/groups`` (:class:`~lightning_losses.reweighting.metrics.GroupTable`), else,
+            groups, the table ``reweight/groups`` (:class:`~lightning_losses.reweighting.media.GroupTable`), else,
             with integer class targets, ``reweight/classes`` (per class, over the steps since the last log). Default
             ``None``: about once per epoch, at most once per
             :data:`~lightning_losses.diagnostics.MEDIA_MIN_STEPS` steps (the tables grow a row per group each time
@@ -103,9 +97,9 @@ class SampleReweighting(MixinCallback):
         self.media = MediaCadence(media_every_n_steps)
         self.group_table = GroupTable()
         self._attached: AttachedReweighter | None = None
-        self._group_metric: GroupAccuracy | None = None
-        self._class_metric: GroupAccuracy | None = None  # per class, for the media table of a run without groups
-        self._pending_groups = Deferred(self._update_groups)  # the steps' metric updates since the last log
+        self._group_sums: GroupSums | None = None  # per group since the last log (accuracy, loss, count)
+        self._class_sums: GroupSums | None = None  # per class, for the media table of a run without groups
+        self._pending_groups = Deferred(self._update_groups)  # the steps' sums since the last log, folded when read
         self._pending_classes = Deferred(self._update_classes)
         self.class_table = GroupTable("class")
         self._last_logged_step = -1
@@ -185,32 +179,32 @@ class SampleReweighting(MixinCallback):
         self.reweighter.set_epoch(trainer.current_epoch)
 
     # ------------------------------------------------------------------ logging
-    def _group_metric_for(self, group: torch.Tensor, trainer: Any) -> GroupAccuracy:
-        if self._group_metric is None:
+    def _group_sums_for(self, group: torch.Tensor, trainer: Any) -> GroupSums:
+        if self._group_sums is None:
             size = getattr(self.reweighter, "num_groups", 0) or datamodule_groups(trainer)
             if not size:  # one collective, once
                 local = group.max().reshape(1) if group.numel() else group.new_full((1,), -1)
                 size = int(sync_statistics({"m": local}, {"m": "max"})[0]["m"]) + 1
-            self._group_metric = GroupAccuracy(size).to(group.device)
-        return self._group_metric
+            self._group_sums = GroupSums(size, group.device)
+        return self._group_sums
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._settle(pl_module, outputs) or self.log_every_n_steps == 0:
             return
+        # kept by reference (the reweighter's `last` holds detached tensors) and folded on logging steps
         last = self.reweighter.last
-        group, target, logits = last.get("group"), last.get("target"), last.get("logits")
-        track_groups = group is not None and target is not None and isinstance(logits, torch.Tensor)
-        # kept by reference and added to the metrics on logging steps (`lightning_losses._deferred`)
-        losses, sample_mask = last.get("losses"), last.get("sample_mask")
-        losses = losses.detach() if isinstance(losses, torch.Tensor) else None
-        if track_groups and logits.ndim == 2 and target.ndim == 1:
-            self._group_metric_for(group, trainer)  # sized on the first step (a collective when the size is unknown)
-            self._pending_groups.add(logits.detach(), target, group, losses, sample_mask)
-        elif self.media.every != 0 and class_labels(logits, target) is not None and media_loggers(trainer):
-            if self._class_metric is None:
-                self._class_metric = GroupAccuracy(logits.shape[-1]).to(logits.device)
-            self._pending_classes.add(logits.detach(), target, losses, sample_mask)
+        logits, target = last.get("logits"), last.get("target")
+        if isinstance(logits, Tensor) and isinstance(target, Tensor) and logits.ndim == 2 and target.ndim == 1:
+            group, losses = last.get("group"), last.get("losses")
+            if group is not None:
+                if self._group_sums is None:  # sized on the first step (a collective when the size is unknown)
+                    self._group_sums_for(group, trainer)
+                self._pending_groups.add(logits, target, group, losses, last.get("sample_mask"))
+            elif self.media.every != 0 and not target.is_floating_point() and media_loggers(trainer):
+                if self._class_sums is None:
+                    self._class_sums = GroupSums(logits.shape[-1], logits.device)
+                self._pending_classes.add(logits, target, losses, last.get("sample_mask"))
         step = trainer.global_step
         if self.log_every_n_steps is None:
             due = step_logs_due(trainer)
@@ -223,28 +217,9 @@ class SampleReweighting(MixinCallback):
         self._last_logged_step = step
         self._flush_metrics()
         output = getattr(pl_module, "objective_output", None)
-        metrics: dict[str, torch.Tensor] = {}
-        stats: dict[str, torch.Tensor] | None = None
-        if output is not None and output.weights.numel():
-            pending = {"nonfinite": self.reweighter.take_unsynced_nonfinite()}  # summed in the same collective
-            weight_stats = global_weight_stats(output.weights, extra=pending)
-            self.reweighter.nonfinite = self.reweighter.nonfinite + weight_stats.pop("nonfinite").to(torch.int64)
-            metrics.update({f"reweight/{k}": v for k, v in weight_stats.items()})
-        metrics["reweight/nonfinite"] = self.reweighter.nonfinite_count().detach().float()
-        metrics.update({f"reweight/{k}": v.detach().float() for k, v in self.reweighter.log_values().items()})
-        class_stats = None
-        if self._class_metric is not None:
-            class_stats = self._class_metric.compute()
-            self._class_metric.reset()
-        if self._group_metric is not None:
-            stats = self._group_metric.compute()
-            self._group_metric.reset()
-            for g, (acc, loss) in enumerate(zip(stats["acc"].unbind(0), stats["loss"].unbind(0))):
-                metrics[f"reweight/group_acc/{g}"] = acc
-                metrics[f"reweight/group_loss/{g}"] = loss
-            metrics["reweight/worst_group_acc"] = stats["worst_acc"]
-        if not metrics:
-            return
+        weights = output.weights if output is not None and output.weights.numel() else None
+        # every value from one collective and one host read (`step_logs`)
+        metrics, stats, class_stats = reweighting_row(self.reweighter, weights, self._group_sums, self._class_sums)
         # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's later
         # logging steps, or drop it when they do not coincide)
         log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
@@ -262,12 +237,12 @@ class SampleReweighting(MixinCallback):
         self._pending_classes.flush()
 
     def _update_groups(self, logits: Tensor, target: Tensor, group: Tensor, losses: Opt, mask: Opt) -> None:
-        self._group_metric.update(logits, target, group, losses, mask=mask)  # type: ignore[union-attr]
+        self._group_sums.add(logits, target, group, losses, mask)  # type: ignore[union-attr]
 
     def _update_classes(self, logits: Tensor, target: Tensor, losses: Opt, sample_mask: Opt) -> None:
         labels, valid = class_labels(logits, target)  # type: ignore[misc]
         mask = valid if sample_mask is None else valid & sample_mask
-        self._class_metric.update(logits, labels, labels, losses, mask=mask)  # type: ignore[union-attr]
+        self._class_sums.add(logits, labels, labels, losses, mask)  # type: ignore[union-attr]
 
     def _table_due(self, epoch: int) -> bool:
         """Whether this media step logs the tables too: every media step with ``media_every_n_steps=N``; with the

@@ -120,4 +120,4 @@ class PerClassNormalized(Reweighter):
         return self._class_weights
 
     def log_values(self):
-        return {f"class_weight/{c}": w.to(torch.float32) for c, w in enumerate(self._class_weights)}
+        return {"class_weight": self._class_weights}

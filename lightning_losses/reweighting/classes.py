@@ -147,7 +147,7 @@ class ClassBalanced(Reweighter):
         return F.class_balanced_weights(self.class_count, self.beta)
 
     def log_values(self):
-        return {f"class_weight/{c}": w for c, w in enumerate(self.class_weights())}
+        return {"class_weight": self.class_weights()}
 
 
 @REWEIGHTERS.register("ema_class_loss")
@@ -216,4 +216,4 @@ class EMAClassLoss(Reweighter):
         return F.softmax_weights(self.ema, self.temperature)
 
     def log_values(self):
-        return {f"class_weight/{c}": w for c, w in enumerate(self.class_weights().to(torch.float32))}
+        return {"class_weight": self.class_weights()}

@@ -133,6 +133,4 @@ class GroupDRO(Reweighter):
         return F.group_dro_weights(group, q, synced["group_count"]).to(losses.dtype)
 
     def log_values(self):
-        out = {f"q/{g}": v for g, v in enumerate(self.q.to(torch.float32))}
-        out.update({f"batch_group_loss/{g}": v for g, v in enumerate(self.group_loss.to(torch.float32))})
-        return out
+        return {"q": self.q, "batch_group_loss": self.group_loss}

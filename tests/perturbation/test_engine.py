@@ -8,6 +8,7 @@ from torch import nn
 import lightning_losses as ll
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.perturbation import Perturbation, build_perturbation, perturbed_backward
+from lightning_losses.perturbation import functional as F
 
 from ._reference import (
     amp_eps,
@@ -315,6 +316,36 @@ def test_logged_statistics_equal_their_definitions():
     assert abs(float(stats["norm"]) - 0.5) < 1e-9
     assert abs(float(stats["grad_norm"]) - norm(g.values())) < 1e-9
     assert abs(float(stats["grad_norm_perturbed"]) - norm(descent_grad(model, w, eps, x, y).values())) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("preset", "options"),
+    [("sam", {}), ("adversarial_model_perturbation", {"inner_steps": 3}), ("awp", {}), ("asam", {})],
+)
+def test_cosine_reuses_the_ascent_norm_of_the_whole_perturbation(monkeypatch, preset, options):
+    """The engine passes its ``norm`` statistic as ``|delta|``: it must be the norm of w + delta - w after the last
+    inner step (the whole perturbation, not the last increment); the cosine equals the one computed from scratch."""
+    from lightning_losses.perturbation import step_phases
+
+    seen = {}
+    original = step_phases.F.delta_grad_statistics
+
+    def spy(shards, saved, grads, shard_sum=None, delta_norm=None):
+        seen["scratch"] = original(shards, saved, grads, shard_sum)
+        seen["reused"] = original(shards, saved, grads, shard_sum, delta_norm=delta_norm)
+        return seen["reused"]
+
+    monkeypatch.setattr(step_phases.F, "delta_grad_statistics", spy)
+    model = tiny_model()
+    x, y = tiny_batch()
+    engine = build_perturbation(preset, **options)
+    perturbed_backward(engine, model, lambda: nn.functional.cross_entropy(model(x), y))
+    torch.testing.assert_close(seen["reused"], seen["scratch"], rtol=1e-9, atol=0)
+    assert abs(float(seen["scratch"][0])) < 0.999  # a cosine that tells
+    assert float(engine.last_stats["cos_delta_grad"]) == float(seen["scratch"][0])
+    # |g_p| over the perturbed tensors (AWP: the weights only), from the cosine's sums
+    perturbed = [p.grad for n, p in model.named_parameters() if preset != "awp" or n.endswith("weight")]
+    torch.testing.assert_close(engine.last_stats["grad_norm_perturbed"], F.global_norm(perturbed), rtol=1e-12, atol=0)
 
 
 def test_restore_is_exact_in_bfloat16():

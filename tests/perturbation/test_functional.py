@@ -147,3 +147,28 @@ def test_a_new_ascent_rule_is_one_table_entry(monkeypatch):
     assert engine.perturbed_steps == 1 and float(engine.last_stats["norm"]) > 0
     with pytest.raises(ValueError, match=r"`rule` must be one of \('normalise', 'clip', 'sign'\), got 'x'"):
         F.ascent_step(None, [torch.ones(1)], [torch.ones(1)], rule="x")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_delta_grad_statistics_equal_an_explicit_float64_loop(dtype):
+    """Cosine and gradient norm over the tensors that have a gradient, with ``|delta|`` computed or passed in."""
+    gen = torch.Generator().manual_seed(0)
+    saved = [torch.randn(4, 3, generator=gen).to(dtype), torch.randn(5, generator=gen).to(dtype), torch.randn(2)]
+    shards = [s + 0.1 * torch.randn(s.shape, generator=gen).to(s.dtype) for s in saved]
+    grads = [torch.randn(4, 3, generator=gen).to(dtype), torch.randn(5, generator=gen).to(dtype), None]
+    dot = dd = gg = 0.0
+    for x, s, g in zip(shards[:2], saved[:2], grads[:2]):  # the third tensor has no gradient: left out
+        for d, gi in zip((x.double() - s.double()).flatten().tolist(), g.double().flatten().tolist()):
+            dot, dd, gg = dot + d * gi, dd + d * d, gg + gi * gi
+    tol = {"rtol": 1e-12, "atol": 0} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    cos, norm_g = F.delta_grad_statistics(shards, saved, grads)
+    assert cos.dtype == torch.float32
+    assert norm_g.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    expected = torch.tensor(dot / (dd * gg) ** 0.5, dtype=torch.float64)
+    torch.testing.assert_close(cos.double(), expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(norm_g.double(), torch.tensor(gg**0.5, dtype=torch.float64), **tol)
+    # the engine passes |delta| (its `norm` statistic) and only the dot products are summed
+    given, _ = F.delta_grad_statistics(shards, saved, grads, delta_norm=torch.tensor(dd**0.5))
+    torch.testing.assert_close(given, cos, rtol=1e-6, atol=0)
+    assert float(F.delta_grad_cosine(shards, saved, grads)) == float(cos)
+    assert all(v.isnan() for v in F.delta_grad_statistics(shards, saved, [None, None, None]))

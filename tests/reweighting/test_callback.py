@@ -101,7 +101,7 @@ def test_datamodule_sizes_the_groups(tmp_path):
     model = DigitsClassifier(num_features=74, dropout=0.0)
     cb = ll.SampleReweighting("group_dro", step_size=0.5, log_every_n_steps=1)
     _trainer(tmp_path, [cb], limit_train_batches=2).fit(model, datamodule=_FirstBatchOneGroup())
-    assert cb.reweighter.num_groups == 2 and cb._group_metric.num_groups == 2
+    assert cb.reweighter.num_groups == 2 and cb._group_sums.size == 2
     assert not torch.allclose(cb.reweighter.q, torch.full((2,), 0.5, dtype=torch.float64))  # q moved, both groups
     # without a known group count training does not start (the first batch would give 1 group: too small)
     unsized = ll.SampleReweighting("group_dro", step_size=0.5)

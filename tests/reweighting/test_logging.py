@@ -97,6 +97,44 @@ def test_group_accuracy_is_global_under_ddp(ddp):
         torch.testing.assert_close(out1[key], expected[key])
 
 
+def _row_on_rank(whole: bool):
+    """The callback's logging-step values (``reweighting_row``) of the same 40 samples: all on this rank, or split
+    13 / 27 between two ranks."""
+    from lightning_losses.reweighting import build_reweighter
+    from lightning_losses.reweighting.step_logs import GroupSums, reweighting_row
+
+    logits, target, group, losses, mask = _group_batch()
+    weights = torch.rand(40, generator=torch.Generator().manual_seed(3), dtype=torch.float64).masked_fill(~mask, 0)
+    part = slice(None) if whole else (slice(0, 13) if rank() == 0 else slice(13, None))
+    sums = GroupSums(4)
+    sums.add(logits[part], target[part], group[part], losses[part], mask[part])
+    reweighter = build_reweighter("group_dro", num_groups=4, step_size=0.1)
+    metrics, stats, _ = reweighting_row(reweighter, weights[part], sums, None)
+    assert float(sums.sums.abs().sum()) == 0.0  # taken: the next interval starts from 0
+    return metrics, stats
+
+
+def test_logging_step_values_equal_loop_references_in_one_process_and_under_ddp(ddp):
+    """Weight statistics, per-group accuracy / loss / worst group and the strategy's values, from one collective and
+    one host read: equal over 1 process and 2 ranks, and to the loop references."""
+    whole, stats = _row_on_rank(True)
+    logits, target, group, losses, mask = _group_batch()
+    weights = torch.rand(40, generator=torch.Generator().manual_seed(3), dtype=torch.float64).masked_fill(~mask, 0)
+    for key, value in _weight_stats_reference(weights.tolist()).items():
+        assert whole[f"reweight/{key}"] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    acc, loss, worst = _group_reference(logits.argmax(-1), target, group, losses.tolist(), mask, 4)
+    for g in range(4):
+        assert whole[f"reweight/group_acc/{g}"] == pytest.approx(acc[g], abs=1e-12)
+        assert whole[f"reweight/group_loss/{g}"] == pytest.approx(loss[g], abs=1e-12)
+        assert whole[f"reweight/q/{g}"] == pytest.approx(0.25)  # a 1-D value: one key per element
+    assert stats["count"][3] == 0 and whole["reweight/worst_group_acc"] == pytest.approx(worst)  # group 3 is absent
+    assert whole["reweight/nonfinite"] == 0.0
+    for ranked, _ in ddp.run(_row_on_rank, False):
+        assert ranked.keys() == whole.keys()
+        for key, value in whole.items():
+            assert ranked[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+
+
 class _Recorder(Callback):
     """Records, after every training batch, what the reweighting callback saw (placed after it)."""
 

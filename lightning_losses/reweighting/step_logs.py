@@ -1,0 +1,115 @@
+"""The statistics of a logging step of ``SampleReweighting``, from one collective and one host read.
+
+A logging step writes a few tens of numbers: the weight statistics of the global batch, the non-finite count, the
+strategy's own values (``q/0``, ...) and, per group, the accuracy and mean loss since the last log. Each finished as
+a tensor would be a dozen tensor operations on a handful of numbers, and cold caches after the step's backward make
+each of them cost as much as a small matrix product. So the raw sums go into one float64 vector (device operations
+only: :func:`~lightning_losses.reweighting.metrics.weight_sums`, :class:`GroupSums`), are summed over the
+data-parallel group in one collective (:func:`~lightning_losses.sync.sync_statistics`), read to the host once, and
+finished in Python floats. The read is the host sync that Lightning's own row of the step makes anyway (it reads
+every logged value with ``.item()``); steps that do not log run none of this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lightning_losses.reweighting.metrics import (
+    group_stats_from_sums,
+    group_sums,
+    weight_stats_from_sums,
+    weight_sums,
+)
+from lightning_losses.sync import sync_statistics
+
+__all__ = ["GroupSums", "reweighting_row"]
+
+
+class GroupSums:
+    """Per-group sample count, correct predictions and loss sum since the last :meth:`take` (local to the rank,
+    float64 ``[size, 3]``; :func:`~lightning_losses.reweighting.metrics.group_sums` added in place).
+
+    Example:
+        >>> sums = GroupSums(2)
+        >>> sums.add(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([0.5, 1.5]))
+        >>> sums.take().tolist()
+        [1.0, 1.0, 0.5, 1.0, 0.0, 1.5]
+    """
+
+    def __init__(self, size: int, device: Any = None) -> None:
+        self.size = int(size)
+        self.sums = torch.zeros(self.size, 3, dtype=torch.float64, device=device)
+
+    def add(self, preds: Any, target: Any, group: Any, losses: Any = None, mask: Any = None) -> None:
+        self.sums.add_(group_sums(preds, target, group, self.size, losses, mask))
+
+    def take(self) -> torch.Tensor:
+        """The sums, flattened (``[size * 3]``), and a fresh start."""
+        out, self.sums = self.sums.reshape(-1), torch.zeros_like(self.sums)
+        return out
+
+
+def reweighting_row(
+    reweighter: Any, weights: torch.Tensor | None, groups: GroupSums | None, classes: GroupSums | None
+) -> tuple[dict[str, float], dict[str, Any] | None, dict[str, Any] | None]:
+    """The ``reweight/*`` values of a logging step (call on every rank alike: one collective under DDP).
+
+    Args:
+        reweighter: the strategy; its non-finite count of steps that synced nothing is summed over ranks here and
+            added to its ``nonfinite`` state (with ``weights`` only), its :meth:`log_values` are read.
+        weights: the objective's per-sample weights of this rank (``None``: no weight statistics).
+        groups / classes: the per-group / per-class sums since the last log (taken: they start again from 0).
+
+    Returns:
+        ``(metrics, group_stats, class_stats)``: Python floats by key, and the per-group / per-class statistics
+        (:func:`~lightning_losses.reweighting.metrics.group_stats_from_sums`) for the media.
+    """
+    f64 = torch.float64
+    parts: list[torch.Tensor] = []
+    stats: dict[str, torch.Tensor] = {}
+    if weights is not None:
+        sums, stats["extremes"] = weight_sums(weights)
+        pending = reweighter.take_unsynced_nonfinite().detach().reshape(1)
+        parts += [sums, pending if pending.dtype == f64 else pending.to(f64)]
+    parts += [acc.take() for acc in (groups, classes) if acc is not None]
+    if parts:
+        stats["sums"] = torch.cat(parts) if len(parts) > 1 else parts[0]
+    synced, _ = sync_statistics(stats, {"sums": "sum", "extremes": "max"})
+    if weights is not None:  # the state stays a device tensor (checkpointed); summed over ranks above
+        reweighter.nonfinite = reweighter.nonfinite + synced["sums"][5].to(torch.int64)
+    values = reweighter.log_values()
+    tail = [reweighter.nonfinite_count().detach().reshape(1)]
+    tail += [v.detach().reshape(-1) for v in values.values()]
+    device = tail[0].device
+    pieces = [synced[k] for k in ("sums", "extremes") if k in synced] + tail
+    pieces = [t if t.dtype == f64 and t.device == device else t.to(device, f64) for t in pieces]
+    host = torch.cat(pieces).tolist()  # the one host read
+    # layout: [weight sums (5), pending non-finite, group sums, class sums], [extremes (2)], [non-finite, values]
+    metrics: dict[str, float] = {}
+    at, end = 0, int(stats["sums"].numel()) if parts else 0
+    if weights is not None:
+        weight_stats = weight_stats_from_sums(host[:5], host[end : end + 2])
+        metrics.update({f"reweight/{k}": v for k, v in weight_stats.items()})
+        at, end = 6, end + 2
+    group_stats = class_stats = None
+    if groups is not None:
+        group_stats = group_stats_from_sums(host[at : at + 3 * groups.size])
+        at += 3 * groups.size
+    if classes is not None:
+        class_stats = group_stats_from_sums(host[at : at + 3 * classes.size])
+    metrics["reweight/nonfinite"] = host[end]
+    end += 1
+    for name, value in values.items():  # a 0-d value is one key, a 1-D one a key per element
+        if value.ndim == 0:
+            metrics[f"reweight/{name}"] = host[end]
+        else:
+            metrics.update({f"reweight/{name}/{i}": v for i, v in enumerate(host[end : end + value.numel()])})
+        end += value.numel()
+    if group_stats is not None:
+        for g, (acc, loss) in enumerate(zip(group_stats["acc"], group_stats["loss"])):
+            metrics[f"reweight/group_acc/{g}"] = acc
+            metrics[f"reweight/group_loss/{g}"] = loss
+        metrics["reweight/worst_group_acc"] = group_stats["worst_acc"]
+    return metrics, group_stats, class_stats
