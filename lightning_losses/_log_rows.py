@@ -85,10 +85,10 @@ def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own
         pl_module.log_dict(dict(metrics), on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
         return
     values = {k: v.detach() for k, v in metrics.items() if isinstance(v, torch.Tensor)}
-    numbers = [k for k in metrics if k not in values]
+    numbers = {k: float(v) for k, v in metrics.items() if k not in values}
+    store = callback_metrics_store(trainer)  # what `trainer.callback_metrics` returns, without its refresh
     if numbers:  # one float64 tensor for all of them (monitors read tensors), in views
-        packed = torch.tensor([float(metrics[k]) for k in numbers], dtype=torch.float64)
-        values.update(zip(numbers, packed.unbind(0)))
-        values = {k: values[k] for k in metrics}  # the caller's order
-    callback_metrics_store(trainer).update(values)  # what `trainer.callback_metrics` returns, without its refresh
-    write_row(trainer, values)
+        store.update(zip(numbers, torch.tensor(list(numbers.values()), dtype=torch.float64).unbind(0)))
+    store.update(values)
+    # the row: numbers as they are (no `.item()` per key when the loggers' row is written), in the caller's order
+    write_row(trainer, {k: numbers[k] if k in numbers else values[k] for k in metrics})

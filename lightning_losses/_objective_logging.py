@@ -62,7 +62,7 @@ def log_objective_diagnostics(module: Any, trainer: Any, out: Any) -> None:
     # micro-batches of one logging step each log the interval's count so far (the last one, complete, is kept)
     state[_LOGGED_AT] = log_step(trainer)
     metrics: dict[str, Any] = {f"objective/coef/{name}": float(c) for name, c in out.coefficients.items()}
-    reduced = global_sum(counts).to(torch.float32).unbind(0)
+    reduced = [float(v) for v in global_sum(counts).tolist()]  # one host read (the row reads its values anyway)
     metrics["objective/nonfinite"] = reduced[0]
     metrics.update({f"objective/nonfinite/{name}": v for name, v in zip(names, reduced[1:])})
     log_scalars(trainer, module, metrics)  # in the Trainer's row of the step, with `train/*`

@@ -45,10 +45,23 @@ __all__ = [
 
 
 def media_loggers(trainer: Any) -> list[Any]:
-    """The Trainer's loggers that take media (W&B); empty when there is none (no ``wandb`` import then)."""
+    """The Trainer's loggers that take media (W&B); empty when there is none (no ``wandb`` import then). Asked on
+    every step by the callbacks with media: the answer is kept on the Trainer for its list of loggers (while it is
+    the same list with the same length; Lightning's ``trainer.loggers = ...`` sets a new one)."""
+    loggers = getattr(trainer, "loggers", ())
+    state = getattr(trainer, "__dict__", None)
+    memo = None if state is None else state.get(_MEDIA)
+    if memo is not None and memo[0] is loggers and memo[1] == len(loggers):
+        return memo[2]
     from lightning.pytorch.loggers import WandbLogger
 
-    return [lg for lg in getattr(trainer, "loggers", ()) if isinstance(lg, WandbLogger)]
+    found = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if state is not None and isinstance(loggers, list):
+        state[_MEDIA] = (loggers, len(loggers), found)
+    return found
+
+
+_MEDIA = "_ll_media_loggers"
 
 
 def _step(trainer: Any, step: int | None) -> int:

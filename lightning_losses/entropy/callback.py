@@ -149,7 +149,7 @@ class EntropyControl(MixinCallback):
         self._last_step = 0
         self._window: torch.Tensor | None = None  # [sum, count, nonfinite, class sums..., class counts...] (local)
         self._pending = Deferred(self._fold_window)  # the steps' entropies since the window was last folded
-        self.nonfinite = torch.zeros((), dtype=torch.float64)  # entropies left out as NaN / inf (global, logged)
+        self.nonfinite = 0.0  # entropies left out as NaN / inf (global, logged; a float64 tensor in checkpoints)
         self._undo: tuple[Any, ...] | None = None
 
     slot = "terms"
@@ -240,17 +240,18 @@ class EntropyControl(MixinCallback):
 
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, reduced: torch.Tensor) -> None:
         beta = self.beta(step)
-        self.nonfinite = self.nonfinite.to(reduced.device) + reduced[2].to(torch.float64)
+        window = reduced.tolist()  # one host read (the Trainer's row of the step reads its values anyway)
+        self.nonfinite += window[2]
         metrics: dict[str, float] = {
-            f"{self.name}/mean": float(reduced[0] / reduced[1].clamp_min(1.0)),
+            f"{self.name}/mean": window[0] / max(window[1], 1.0),
             f"{self.name}/beta": float(beta),
-            f"{self.name}/nonfinite": float(self.nonfinite),
+            f"{self.name}/nonfinite": self.nonfinite,
         }
         if self.controller is not None:
             metrics[f"{self.name}/target"] = self.controller.target_at(step)
             if self.controller.band is not None:  # the target is the band's midpoint; log the edges too
                 metrics[f"{self.name}/band_low"], metrics[f"{self.name}/band_high"] = self.controller.band
-        metrics.update(class_means(self.name, reduced))
+        metrics.update(class_means(self.name, window))
         self.last_metrics = metrics
         log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
 
@@ -264,7 +265,7 @@ class EntropyControl(MixinCallback):
             "controller": None if self.controller is None else self.controller.state_dict(),
             "last_step": self._last_step,
             "window": None if self._folded_window() is None else global_sum(self._window).cpu(),
-            "nonfinite": self.nonfinite.detach().cpu().clone(),
+            "nonfinite": torch.tensor(self.nonfinite, dtype=torch.float64),
         }
 
     @override
@@ -291,7 +292,7 @@ class EntropyControl(MixinCallback):
             window = window.clone() if rank() == 0 else torch.zeros_like(window)
         self._window = window
         self._pending.clear()
-        self.nonfinite = torch.as_tensor(state_dict.get("nonfinite", 0.0), dtype=torch.float64).clone()
+        self.nonfinite = float(state_dict.get("nonfinite", 0.0))
 
     def __repr__(self) -> str:
         how = repr(self.controller) if self.controller is not None else f"beta={self.schedule!r}"

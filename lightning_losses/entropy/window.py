@@ -49,20 +49,22 @@ def window_statistics(
     h = h.detach()
     finite = torch.isfinite(h)
     counted = finite if mask is None else mask & finite
-    bad = (~finite if mask is None else mask & ~finite).sum().to(h.dtype)
-    h, m = torch.where(finite, h, 0.0), counted.to(h.dtype)
-    stats = [(h * m).sum().reshape(1), m.sum().reshape(1), bad.reshape(1)]
-    if per_class and logits.ndim == 2:
-        num_classes = logits.shape[-1]
-        use_target = isinstance(target, torch.Tensor) and not target.is_floating_point() and target.ndim == 1
-        labels = target.long() if use_target else logits.detach().argmax(-1)
-        valid = (labels >= 0) & (labels < num_classes) & finite
-        labels = torch.where(valid, labels, torch.zeros_like(labels))
-        w = valid.to(h.dtype)
-        sums = torch.zeros(num_classes, dtype=h.dtype, device=h.device).index_add_(0, labels, h * w)
-        counts = torch.zeros(num_classes, dtype=h.dtype, device=h.device).index_add_(0, labels, w)
-        stats += [sums, counts]
-    return torch.cat(stats)
+    kept = counted.sum()
+    seen = h.numel() if mask is None else mask.sum()  # the non-finite ones of these are counted apart
+    h = torch.where(counted, h, 0.0)
+    # one stack (promoted to h's dtype): sum over the counted samples, their count, the non-finite count
+    head = torch.stack([h.sum(), kept, seen - kept])
+    if not (per_class and logits.ndim == 2):
+        return head
+    num_classes = logits.shape[-1]
+    use_target = isinstance(target, torch.Tensor) and not target.is_floating_point() and target.ndim == 1
+    labels = target.long() if use_target else logits.detach().argmax(-1)
+    valid = (labels >= 0) & (labels < num_classes) & counted
+    labels = torch.where(valid, labels, torch.zeros_like(labels))
+    w = valid.to(h.dtype)
+    sums = torch.zeros(num_classes, dtype=h.dtype, device=h.device).index_add_(0, labels, h * w)
+    counts = torch.zeros(num_classes, dtype=h.dtype, device=h.device).index_add_(0, labels, w)
+    return torch.cat([head, sums, counts])
 
 
 def merge_window(window: torch.Tensor | None, stats: torch.Tensor) -> torch.Tensor:
@@ -70,15 +72,20 @@ def merge_window(window: torch.Tensor | None, stats: torch.Tensor) -> torch.Tens
     return stats if window is None or window.shape != stats.shape else window + stats
 
 
-def class_means(name: str, reduced: torch.Tensor) -> dict[str, float]:
-    """``{f"{name}/class_{c}": mean entropy}`` for the classes present in the (global) window ``reduced``."""
-    if reduced.numel() <= 3:
+def class_means(name: str, reduced: Any) -> dict[str, float]:
+    """``{f"{name}/class_{c}": mean entropy}`` for the classes present in the (global) window ``reduced`` (a tensor
+    or its values as a list).
+
+    Example:
+        >>> class_means("entropy", [3.0, 3.0, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0])
+        {'entropy/class_0': 1.0, 'entropy/class_1': 1.0}
+    """
+    values = reduced.tolist() if isinstance(reduced, torch.Tensor) else list(reduced)
+    if len(values) <= 3:
         return {}
-    num_classes = (reduced.numel() - 3) // 2
-    sums, counts = reduced[3 : 3 + num_classes], reduced[3 + num_classes :]
-    per_class = (sums / counts.clamp_min(1.0)).tolist()
-    present = (counts > 0).tolist()
-    return {f"{name}/class_{c}": v for c, (v, p) in enumerate(zip(per_class, present)) if p}
+    num_classes = (len(values) - 3) // 2
+    sums, counts = values[3 : 3 + num_classes], values[3 + num_classes :]
+    return {f"{name}/class_{c}": v / max(n, 1.0) for c, (v, n) in enumerate(zip(sums, counts)) if n > 0}
 
 
 def upgrade_window(window: torch.Tensor) -> torch.Tensor:

@@ -86,26 +86,35 @@ def delta_grad_statistics(
         >>> cos, norm
         (tensor(0.7071), tensor(2.))
     """
-    present = [i for i, g in enumerate(grads) if g is not None]
-    if not present:
+    if all(g is None for g in grads):
         return torch.tensor(float("nan")), torch.tensor(float("nan"))
-    columns = 2 if delta_norm is not None else 3  # <d, g>, |g|^2 (and |d|^2)
-    rows = []  # per tensor of the local piece, zeros without gradient: one row per tensor for `shard_sum`
-    for x, s, g in zip(shards, saved, grads):
+    dots: list[Tensor] = []  # per tensor of the local piece: <d, g> (and |d|^2); zeros without gradient
+    squares: list[Tensor] = []
+    flat_grads: list[Tensor] = []  # their norms in one kernel
+    for x, s, g in zip(shards, saved, grads):  # the engine's shards, saved copies and .grad need no detach
         if g is None:
-            rows.append(torch.zeros(columns, device=x.device))
+            dots.append(x.new_zeros((), dtype=torch.float32))
+            squares.append(dots[-1])
+            flat_grads.append(x.new_zeros(0, dtype=torch.float32))
             continue
-        x, g = x.detach(), g.detach()
+        if x.requires_grad or g.requires_grad:  # a caller's own tensors: no graph
+            x, g = x.detach(), g.detach()
         if x.dtype not in (torch.float32, torch.float64):  # half precision: the sums in float32
             x, s, g = x.float(), s.float(), g.float()
-        d, g = (x - s).reshape(-1), g.reshape(-1).to(x.dtype)
-        dots = (torch.dot(d, g), torch.dot(g, g)) if delta_norm is not None else (d @ g, g @ g, d @ d)
-        rows.append(torch.stack(dots))
-    dtype = torch.float64 if any(r.dtype == torch.float64 for r in rows) else torch.float32
-    terms = torch.stack([r if r.dtype == dtype else r.to(dtype) for r in rows])  # [tensors, columns]
+        d, g = (x - s).view(-1), g.reshape(-1)
+        g = g if g.dtype == d.dtype else g.to(d.dtype)
+        dots.append(torch.dot(d, g))
+        if delta_norm is None:
+            squares.append(torch.dot(d, d))
+        flat_grads.append(g)
+    columns = [torch.stack(dots), torch.stack(torch._foreach_norm(flat_grads)).square()]
+    if delta_norm is None:
+        columns.append(torch.stack(squares))
+    terms = torch.stack(columns, 1)  # [tensors, columns], promoted to float64 if a tensor is
     if shard_sum is not None:  # one all-reduce for every column
         terms = shard_sum(terms)
     sums = terms.sum(0)
+    dtype = sums.dtype
     grad_norm = sums[1].sqrt()
     dnorm = sums[2].sqrt() if delta_norm is None else delta_norm.to(dtype)
     return (sums[0] / (dnorm * grad_norm).clamp_min(torch.finfo(dtype).tiny)).float(), grad_norm

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "fsdp_units",
     "reshard_all",
     "SUPPORTED_STRATEGIES",
     "ShardSum",
@@ -63,21 +64,26 @@ def grad_shard(param: Tensor) -> Tensor | None:
     return local(grad)
 
 
-def reshard_all(module: torch.nn.Module) -> None:
-    """Reshard every FSDP2 unit of ``module`` (no-op for units already sharded, and without FSDP2).
+def fsdp_units(module: torch.nn.Module) -> list[Any]:
+    """The FSDP2 units (``fully_shard`` modules) in ``module``; empty without FSDP2."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return []
+    return [unit for unit in module.modules() if isinstance(unit, FSDPModule)]
+
+
+def reshard_all(module: torch.nn.Module, units: Sequence[Any] | None = None) -> None:
+    """Reshard every FSDP2 unit of ``module`` (no-op for units already sharded, and without FSDP2); ``units``: the
+    result of :func:`fsdp_units`, for a caller that keeps it (the module tree is walked once, not at every step).
 
     An evaluation pass leaves the root unit unsharded (FSDP2 keeps the root's gathered parameters for the next
     backward, which an inference pass never runs), and an unsharded unit registers its *unsharded* parameters on the
     module: the perturbation must see, save and move the sharded ones. Called before a training step reads the
     module's parameters; the next forward gathers them again (once per evaluation, not per step).
     """
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # torch without FSDP2
-        return
-    for unit in module.modules():
-        if isinstance(unit, FSDPModule):
-            unit.reshard()
+    for unit in fsdp_units(module) if units is None else units:
+        unit.reshard()
 
 
 def to_global(shard: Tensor, like: Tensor) -> Tensor:

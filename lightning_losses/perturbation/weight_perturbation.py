@@ -52,7 +52,7 @@ from lightning_losses.perturbation.checkpoints import unperturbed_checkpoint
 from lightning_losses.perturbation.engine import Perturbation, batchnorm_modules
 from lightning_losses.perturbation.passes import metric_modules
 from lightning_losses.perturbation.presets import build_perturbation
-from lightning_losses.perturbation.sharding import check_strategy, reshard_all
+from lightning_losses.perturbation.sharding import check_strategy, fsdp_units, reshard_all
 from lightning_losses.perturbation.timing import StepTimer
 from lightning_losses.perturbation.wrapped_closure import WrappedClosure
 
@@ -113,6 +113,7 @@ class WeightPerturbation(WrappedClosure, MixinCallback):
         self._batches: list[tuple[Any, int]] = []
         self._bn: list[torch.nn.Module] | None = None
         self._metrics: list[Any] | None = None
+        self._fsdp_units: list[Any] | None = None  # FSDP2 units of the module (`on_train_start`)
         self._new_stats = False
         self._first_result: Any = None
         self._hook_ran = False  # the wrapped closure ran in this optimizer step (the mixin hook is in effect)
@@ -155,11 +156,12 @@ class WeightPerturbation(WrappedClosure, MixinCallback):
         # after `LightningModule.setup` / `configure_model`, which may create layers and metrics
         self._bn = batchnorm_modules(pl_module)
         self._metrics = metric_modules(pl_module)
+        self._fsdp_units = fsdp_units(pl_module)  # walked once per fit, not at every step
 
     @override
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         super().teardown(trainer, pl_module, stage)
-        self._bn = self._metrics = None
+        self._bn = self._metrics = self._fsdp_units = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -172,7 +174,8 @@ class WeightPerturbation(WrappedClosure, MixinCallback):
     @override
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self.engine.collect_stats = self._stats_due(trainer, before=True)
-        reshard_all(pl_module)  # after an evaluation pass FSDP2 leaves the root unsharded: perturb the shards
+        # after an evaluation pass FSDP2 leaves the root unsharded: perturb the shards
+        reshard_all(pl_module, self._fsdp_units)
         if trainer.accumulate_grad_batches > 1:
             if batch_idx % trainer.accumulate_grad_batches == 0:
                 self._batches.clear()
