@@ -65,6 +65,10 @@ class LossesMixin:
     objective_logging_suppressed: bool = False
     #: suppressed (perturbed) passes so far; a plug-in that replays the step's per-call state tells passes apart by it.
     objective_suppressed_passes: int = 0
+    #: log the objective's own statistics in training (``objective/coef/{term}``, ``objective/nonfinite[/{term}]``,
+    #: :mod:`~lightning_losses._objective_logging`); ``False`` (a class or instance attribute) skips them and their
+    #: per-step bookkeeping. ``train/loss`` and ``train/{term}`` are logged either way.
+    objective_statistics: bool = True
 
     def configure_objective(self, spec: Any) -> Objective:
         """Set the objective from a mapping, a YAML path, a ``DictConfig`` or an :class:`Objective`.
@@ -218,7 +222,8 @@ class LossesMixin:
                 metrics = {_LOSS_KEYS[stage]: out.value, **{f"{stage}/{k}": v for k, v in out.terms.items()}}
             if training:
                 log_on_step(self, trainer, metrics, out.size or 1)  # `self.log(on_step=True)`, its repeat calls cheap
-                log_objective_diagnostics(self, trainer, out)
+                if self.objective_statistics:
+                    log_objective_diagnostics(self, trainer, out)
             else:
                 self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False, batch_size=out.size or 1)
         return out.loss

@@ -206,3 +206,14 @@ def test_nothing_is_kept_when_the_trainer_never_logs_a_step():
     for step in range(3):
         log_objective_diagnostics(module, _trainer(rows, step, False, every=0), _output(torch.ones(4), a=torch.ones(4)))
     assert not any(k.startswith("_ll_nonfinite") for k in module.__dict__) and rows == []
+
+
+def test_objective_statistics_off_logs_no_objective_keys_and_keeps_nothing(tmp_path):
+    """``objective_statistics = False``: no ``objective/*`` key, no per-step references kept; ``train/loss`` stays."""
+    model = _NanOnBatches({2})
+    model.objective_statistics = False
+    trainer, rows = _fit(model, tmp_path, max_steps=4, log_every_n_steps=2)
+    assert not any(k.startswith("objective/") for r in rows for k, v in r.items() if v)
+    assert not any(k.startswith("objective/") for k in trainer.callback_metrics)
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [1, 3]
+    assert not any(k.startswith("_ll_nonfinite") for k in vars(model))

@@ -111,22 +111,24 @@ def group_sums(
     """
     if preds.is_floating_point() and preds.ndim == 2:
         preds = preds.argmax(-1)
-    g = group.long()
-    columns = [torch.ones_like(g, dtype=torch.float64), (preds == target).to(torch.float64)]
-    columns.append(torch.zeros_like(columns[0]) if losses is None else losses.detach().to(torch.float64))
-    values = torch.stack(columns, 1)  # [N, 3]: count, correct, loss
-    if mask is not None:
-        values = values * mask.unsqueeze(1)
-        g = g.masked_fill(~mask, 0)
-    # one bincount for every column: sample i adds values[i, j] at g_i * 3 + j
-    index = (g.unsqueeze(1) * 3 + torch.arange(3, device=g.device)).reshape(-1)
-    sums = torch.bincount(index, weights=values.reshape(-1), minlength=num_groups * 3)
-    if sums.numel() > num_groups * 3:  # a shape, known on the host: no extra sync
+    g = group if group.dtype == torch.int64 else group.long()
+    correct = (preds == target).to(torch.float64)
+    loss = None if losses is None else losses.detach().to(torch.float64)
+    count = None
+    if mask is not None:  # a left-out sample adds 0 to group 0 (its id may be anything, e.g. an ignore_index)
+        g, count = g.masked_fill(~mask, 0), mask.to(torch.float64)
+        correct = correct * count
+        loss = None if loss is None else loss * count
+    # one bincount per column (each a single pass); the count's without weights when nothing is left out
+    columns = [torch.bincount(g, minlength=num_groups) if count is None else torch.bincount(g, count, num_groups)]
+    columns.append(torch.bincount(g, correct, num_groups))
+    columns.append(torch.zeros_like(columns[1]) if loss is None else torch.bincount(g, loss, num_groups))
+    if columns[0].numel() > num_groups:  # a shape, known on the host: no extra sync
         raise ValueError(
-            f"GroupAccuracy got group id {(sums.numel() - 1) // 3} but `num_groups` is {num_groups}; "
+            f"GroupAccuracy got group id {columns[0].numel() - 1} but `num_groups` is {num_groups}; "
             "set `num_groups` to the true number of groups"
         )
-    return sums.view(num_groups, 3)
+    return torch.stack(columns, 1).to(torch.float64)  # the unweighted count is int64: one cast with the stack
 
 
 def group_stats_from_sums(sums: Sequence[float]) -> dict[str, Any]:
