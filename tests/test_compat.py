@@ -109,7 +109,7 @@ def _logger_connector(trainer, module):
 
 def _should_update_logs(trainer, module):
     seen = module.seen["logs_due"]
-    # batch start, training step and batch end of 4 steps (the answer kept within a batch while its counters hold)
+    # batch start, training step and batch end of 4 steps (our rule on the counters equals the property)
     assert len(seen) == 12 and all(ours == theirs for ours, theirs in seen) and any(t for t, _ in seen)
     assert not all(t for t, _ in seen)
     assert _compat.should_update_logs(SimpleNamespace(global_step=4, log_every_n_steps=2))  # fallback rule

@@ -37,47 +37,31 @@ def callback_metrics_store(trainer: Any) -> dict[str, Any]:
     return store if isinstance(store, dict) else trainer.callback_metrics
 
 
-_DUE = "_ll_logs_due"
-
-
 @reads(
-    "Trainer._logger_connector.should_update_logs; for its memo in training: Trainer.state.stage._value_, "
-    "Trainer.fit_loop.epoch_loop._batches_that_stepped / .batch_progress.current (.ready, .completed)"
+    "Trainer._logger_connector.should_update_logs; in training its rule on Trainer.state.stage._value_, "
+    "Trainer.fit_loop.epoch_loop._batches_that_stepped, Trainer.should_stop, Trainer.log_every_n_steps"
 )
 def should_update_logs(trainer: Any) -> bool:
     """Whether the Trainer writes its step logs after this training batch. Fallback without the connector: Lightning's
     rule, ``global_step % log_every_n_steps == 0``.
 
     Every diagnostic of a training batch asks (the objective's, each callback's, in several hooks), and Lightning's
-    property walks the active loop each time (some 20 µs on a CPU step); in training the answer is kept with the
-    counters it follows (the steps taken, the batch's progress, ``should_stop``, ``log_every_n_steps``) and reused
-    while they are unchanged."""
+    property walks the active loop each time (some 20 µs on a CPU step, most of it comparing string enums); in
+    training its rule is evaluated on the counters directly: the fit loop's steps taken so far plus one divisible by
+    ``log_every_n_steps`` (never when it is 0), or ``should_stop``. The compat test compares the two."""
     connector = logger_connector(trainer)
-    key = _training_batch_key(trainer) if connector is not None else None
-    if key is not None:
-        memo = connector.__dict__.get(_DUE)
-        if memo is not None and memo[0] == key:
-            return memo[1]
+    if connector is None:
+        return trainer.global_step % max(int(trainer.log_every_n_steps), 1) == 0
+    stage = getattr(getattr(trainer, "state", None), "stage", None)
+    stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
+    # the raw value: comparing Lightning's str enums runs Python code
+    if getattr(stage, "_value_", None) == "train" and isinstance(stepped, int):
+        every = trainer.log_every_n_steps
+        return bool(every) and ((stepped + 1) % every == 0 or bool(trainer.should_stop))
     due = getattr(connector, "should_update_logs", None)  # a property: evaluated once
     if due is None:
         return trainer.global_step % max(int(trainer.log_every_n_steps), 1) == 0
-    due = bool(due)
-    if key is not None:
-        connector.__dict__[_DUE] = (key, due)
-    return due
-
-
-def _training_batch_key(trainer: Any) -> tuple[Any, ...] | None:
-    """What :func:`should_update_logs` follows in training, or ``None`` outside training (no memo then)."""
-    stage = getattr(getattr(trainer, "state", None), "stage", None)
-    if getattr(stage, "_value_", None) != "train":  # the raw value: comparing Lightning's str enums runs Python code
-        return None
-    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    current = getattr(getattr(loop, "batch_progress", None), "current", None)
-    stepped = getattr(loop, "_batches_that_stepped", None)
-    if current is None or stepped is None:
-        return None
-    return stepped, current.ready, current.completed, trainer.should_stop, trainer.log_every_n_steps
+    return bool(due)
 
 
 @reads("Trainer.fit_loop.epoch_loop._batches_that_stepped")
