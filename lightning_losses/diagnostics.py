@@ -17,7 +17,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "calibration_bins",
     "histogram",
     "log_histogram",
+    "log_histograms",
     "log_image",
     "log_reliability",
     "log_reliability_bins",
@@ -93,23 +94,32 @@ def histogram(values: torch.Tensor, bins: int = 64) -> tuple[list[int], list[flo
 
 def log_histogram(trainer: Any, key: str, values: torch.Tensor, *, step: int | None = None, bins: int = 64) -> bool:
     """Log a histogram of ``values`` over the global batch (gathered from every data-parallel rank; non-finite values
-    left out) to the media loggers; ``True`` when one took it.
+    left out) to the media loggers; ``True`` when one took it (:func:`log_histograms` with one key)."""
+    return log_histograms(trainer, {key: values}, step=step, bins=bins)
+
+
+def log_histograms(
+    trainer: Any, values: Mapping[str, torch.Tensor], *, step: int | None = None, bins: int = 64
+) -> bool:
+    """Log a histogram per key of ``values`` over the global batch (gathered from every data-parallel rank; non-finite
+    values left out) to the media loggers, in one logger call; ``True`` when one took any.
 
     Call it on every rank, at a step that is the same on all of them (a media cadence): the values are gathered (two
-    collectives) only when the Trainer has a media logger, a decision every rank takes alike. The bins are counted on
-    the device (:func:`histogram`) and handed to ``wandb.Histogram(np_histogram=...)``.
+    collectives a key) only when the Trainer has a media logger, a decision every rank takes alike. The bins are
+    counted on the device (:func:`histogram`) and handed to ``wandb.Histogram(np_histogram=...)``.
     """
     loggers = media_loggers(trainer)
     if not loggers:
         return False
-    counts = histogram(all_gather_values(values), bins)
-    if counts is None:
+    counted = {key: histogram(all_gather_values(v), bins) for key, v in values.items()}
+    counted = {key: c for key, c in counted.items() if c is not None}
+    if not counted:
         return False
     import wandb
 
-    hist = wandb.Histogram(np_histogram=counts)
+    row = {key: wandb.Histogram(np_histogram=c) for key, c in counted.items()}
     for logger in loggers:
-        logger.log_metrics({key: hist}, step=_step(trainer, step))
+        logger.log_metrics(row, step=_step(trainer, step))
     return True
 
 

@@ -175,6 +175,17 @@ def test_wandb_reweighting_without_groups_logs_a_per_class_table(tmp_path, monke
     assert {row[1] for row in first} <= set(range(10)) and all(row[5] > 0 for row in first)
 
 
+def test_default_table_cadence_needs_ten_epochs_and_a_thousand_steps():
+    """With short epochs the spacing in steps decides (a table is an artifact, about 10 ms a log)."""
+    from lightning_losses.reweighting.callback import TABLE_MIN_STEPS
+
+    callback = ll.SampleReweighting("group_dro", step_size=0.01)
+    assert TABLE_MIN_STEPS == 1000
+    at = [(0, 0), (10, 230), (20, 999), (44, 1012), (50, 3000), (54, 5000), (64, 6000)]
+    assert [callback._table_due(epoch, step) for epoch, step in at] == [False, False, False, True, False, True, True]
+    assert ll.SampleReweighting("group_dro", media_every_n_steps=5)._table_due(0, 0)  # an explicit cadence: always
+
+
 def test_default_media_cadence_logs_the_group_table_every_ten_epochs_and_at_the_end(tmp_path, monkeypatch):
     """Histograms about once per epoch, spaced by ``MEDIA_MIN_STEPS`` (2 here: epochs of one step); the table (an
     artifact a log) at the first media step 10 epochs after the first one, and at the end, each time with every row
@@ -184,9 +195,11 @@ def test_default_media_cadence_logs_the_group_table_every_ten_epochs_and_at_the_
 
     from lightning_losses import diagnostics
     from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+    from lightning_losses.reweighting import callback as reweighting_callback
     from lightning_losses.reweighting.callback import TABLE_EVERY_EPOCHS
 
     monkeypatch.setattr(diagnostics, "MEDIA_MIN_STEPS", 2)
+    monkeypatch.setattr(reweighting_callback, "TABLE_MIN_STEPS", 8)  # 1000 by default
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     logger = WandbLogger(project="ll-test", save_dir=str(tmp_path), offline=True)

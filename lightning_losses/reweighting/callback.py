@@ -54,6 +54,8 @@ _Attached = AttachedReweighter  # the former name (tests and old imports)
 
 #: with the default media cadence, the group / class tables are logged once every this many epochs (and at the end)
 TABLE_EVERY_EPOCHS = 10
+#: ... and at least this many optimizer steps apart
+TABLE_MIN_STEPS = 1000
 
 
 @CALLBACKS.register("sample_reweighting", aliases=("reweighting",))
@@ -72,7 +74,8 @@ class SampleReweighting(MixinCallback):
             with integer class targets, ``reweight/classes`` (per class, over the steps since the last log). Default
             ``None``: about once per epoch, at most once per
             :data:`~lightning_losses.diagnostics.MEDIA_MIN_STEPS` steps (the tables grow a row per group each time
-            but are logged, whole, every :data:`TABLE_EVERY_EPOCHS` epochs and at the end of training); ``0``: never.
+            but are logged, whole, every :data:`TABLE_EVERY_EPOCHS` epochs, at least :data:`TABLE_MIN_STEPS` steps
+            apart, and at the end of training); ``0``: never.
             Loggers without media (CSV) get none of it.
         **kwargs: the strategy's arguments (e.g. ``step_size=0.01`` for ``group_dro``).
 
@@ -103,7 +106,7 @@ class SampleReweighting(MixinCallback):
         self._pending_classes = Deferred(self._update_classes)
         self.class_table = GroupTable("class")
         self._last_logged_step = -1
-        self._table_epoch: int | None = None  # the epoch the tables were last logged in (default media cadence)
+        self._table_at: tuple[int, int] | None = None  # epoch and step the tables were last logged at (default)
         self._undo: dict[str, Any] | None = None  # the reweighter's state at the start of the micro-batch
         self._committed = False  # an optimizer step committed the state during this micro-batch
         self._uncommitted = 0  # micro-batches merged since the last commit
@@ -224,7 +227,7 @@ class SampleReweighting(MixinCallback):
         # logging steps, or drop it when they do not coincide)
         log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
         if media_loggers(trainer) and self.media.due(step, trainer.current_epoch):
-            publish = self._table_due(trainer.current_epoch)
+            publish = self._table_due(trainer.current_epoch, step)
             log_media(trainer, self.group_table, self.reweighter, output, last, stats, publish)
             if class_stats is not None:
                 labels = class_labels(last["logits"], last["target"])[0]
@@ -244,19 +247,20 @@ class SampleReweighting(MixinCallback):
         mask = valid if sample_mask is None else valid & sample_mask
         self._class_sums.add(logits, labels, labels, losses, mask)  # type: ignore[union-attr]
 
-    def _table_due(self, epoch: int) -> bool:
+    def _table_due(self, epoch: int, step: int) -> bool:
         """Whether this media step logs the tables too: every media step with ``media_every_n_steps=N``; with the
-        default cadence, the first one at least :data:`TABLE_EVERY_EPOCHS` epochs after the first media step, then
-        one every :data:`TABLE_EVERY_EPOCHS` epochs (a W&B table is an artifact, about 10 ms a log; its rows still
-        grow at every media step and ``on_train_end`` logs them all)."""
+        default cadence, the first one at least :data:`TABLE_EVERY_EPOCHS` epochs and :data:`TABLE_MIN_STEPS`
+        optimizer steps after the first media step, then likewise spaced (a W&B table is an artifact, about 10 ms a
+        log: every 10 epochs of 20 steps would be half a percent of the step time; its rows still grow at every media
+        step and ``on_train_end`` logs them all)."""
         if self.media.every is not None:
             return True
-        if self._table_epoch is None:  # the first media step starts the count
-            self._table_epoch = epoch
+        if self._table_at is None:  # the first media step starts the count
+            self._table_at = (epoch, step)
             return False
-        if epoch - self._table_epoch < TABLE_EVERY_EPOCHS:
+        if epoch - self._table_at[0] < TABLE_EVERY_EPOCHS or step - self._table_at[1] < TABLE_MIN_STEPS:
             return False
-        self._table_epoch = epoch
+        self._table_at = (epoch, step)
         return True
 
     @override

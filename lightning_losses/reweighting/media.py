@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lightning_losses._compat import log_step
-from lightning_losses.diagnostics import log_histogram, log_table
+from lightning_losses.diagnostics import log_histograms, log_table
 
 __all__ = ["GroupTable", "class_labels", "group_weights", "log_group_table", "log_media"]
 
@@ -114,10 +114,13 @@ def log_media(
     """A media step of ``SampleReweighting``: histograms of the global batch's weights and losses and, with groups,
     a row of the group table (logged when ``publish``)."""
     weights = None if output is None else output.weights
+    histograms = {}
     if isinstance(weights, torch.Tensor):  # gathered over ranks: every rank calls, an empty batch too
-        log_histogram(trainer, "reweight/weights", weights)
+        histograms["reweight/weights"] = weights
     if isinstance(last.get("losses"), torch.Tensor):
-        log_histogram(trainer, "reweight/losses", last["losses"])
+        histograms["reweight/losses"] = last["losses"]
+    if histograms:
+        log_histograms(trainer, histograms)  # one logger call for both
     group = last.get("group")
     if stats is not None and isinstance(group, torch.Tensor):
         log_group_table(trainer, "reweight/groups", table, stats, output, group, reweighter, publish)
