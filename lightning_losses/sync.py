@@ -57,7 +57,7 @@ def sync_statistics(
     if len(sizes) > 1:
         raise ValueError(f"`cat` statistics must share their first dimension, got {sorted(sizes)} for {cat_names}")
     if not is_distributed() or not stats:  # nothing to reduce: no collective at all
-        return {k: v.detach() for k, v in stats.items()}, 0
+        return {k: v.detach() if v.requires_grad else v for k, v in stats.items()}, 0
     ref = stats[names[0]]
     device = ref.device
     n_local = sizes.pop() if sizes else 0

@@ -130,7 +130,8 @@ class Reweighter(DeclaredState):
         self.add_state("epoch", torch.zeros((), dtype=torch.int64))
         #: samples left out because a value was NaN / inf (summed over ranks: identical on every rank)
         self.add_state("nonfinite", torch.zeros((), dtype=torch.int64))
-        self._unsynced_nonfinite = torch.zeros((), dtype=torch.int64)  # steps that synced nothing (DDP only)
+        #: this rank's count of steps that synced nothing (DDP only); None: none pending (no tensor op per step)
+        self._unsynced_nonfinite: torch.Tensor | None = None
 
     def size_stores(self, num_samples: int) -> None:
         """Give every per-sample store that grows on demand a fixed size (``num_samples``, the dataset length):
@@ -206,11 +207,13 @@ class Reweighter(DeclaredState):
         ids = self.id_sizes(inputs)
         synced_step = bool(local) or not is_distributed()  # whether this step reduces anything over ranks
         if synced_step:  # piggy-back on the packed buffer: no extra collective
-            local["_nonfinite"], reductions["_nonfinite"] = bad + self._unsynced_nonfinite, "sum"
+            pending = self._unsynced_nonfinite
+            local["_nonfinite"], reductions["_nonfinite"] = bad if pending is None else bad + pending, "sum"
             for key in ids:
                 local[f"_ids_{key}"], reductions[f"_ids_{key}"] = id_range(inputs[key], mask), "max"
         else:  # nothing to reduce in this step: count now, sum over ranks at the next step that syncs
-            self._unsynced_nonfinite = self._unsynced_nonfinite + bad
+            pending = self._unsynced_nonfinite
+            self._unsynced_nonfinite = bad if pending is None else pending + bad
             for key, (arg, size) in ids.items():
                 check_id_range(self.strategy, key, arg, size, id_range(inputs[key], mask))
         if any(r == "cat" for k, r in reductions.items() if k in local):
@@ -220,7 +223,7 @@ class Reweighter(DeclaredState):
             for key, (arg, size) in ids.items():  # synced extremes: the same decision on every rank
                 check_id_range(self.strategy, key, arg, size, synced.pop(f"_ids_{key}"))
             self.nonfinite = self.nonfinite + synced.pop("_nonfinite").to(torch.int64)
-            self._unsynced_nonfinite = torch.zeros_like(self._unsynced_nonfinite)
+            self._unsynced_nonfinite = None
         self.local_slice = slice(offset, offset + losses.numel())
         for name, spec in self._states.items():
             if spec.reduction is not None and name in synced:
@@ -258,13 +261,20 @@ class Reweighter(DeclaredState):
     def take_unsynced_nonfinite(self) -> torch.Tensor:
         """This rank's non-finite count of steps that synced nothing, handed over (and zeroed) so that a caller can
         sum it over ranks and add it to ``nonfinite`` (the callback does, in its logging collective)."""
-        pending, self._unsynced_nonfinite = self._unsynced_nonfinite, torch.zeros_like(self._unsynced_nonfinite)
-        return pending
+        pending, self._unsynced_nonfinite = self._unsynced_nonfinite, None
+        return torch.zeros_like(self.nonfinite) if pending is None else pending
+
+    @property
+    def unsynced_nonfinite_pending(self) -> bool:
+        """Whether :meth:`take_unsynced_nonfinite` has a count to hand over (the same on every rank: only a strategy
+        step that syncs nothing leaves one, under DDP)."""
+        return self._unsynced_nonfinite is not None
 
     def nonfinite_count(self) -> torch.Tensor:
         """Samples left out so far because a value was NaN / inf (summed over ranks; a strategy step that syncs
         nothing, e.g. fixed class weights, adds its local count at the next step that syncs)."""
-        return self.nonfinite + self._unsynced_nonfinite
+        pending = self._unsynced_nonfinite
+        return self.nonfinite if pending is None else self.nonfinite + pending
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())

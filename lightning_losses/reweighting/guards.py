@@ -130,7 +130,7 @@ class Undoable:
     _states: dict[str, Any]
     _stores: dict[str, Any]
     _staged: dict[str, torch.Tensor]
-    _unsynced_nonfinite: torch.Tensor
+    _unsynced_nonfinite: torch.Tensor | None
     last: dict[str, torch.Tensor]
 
     def snapshot(self) -> dict[str, Any]:

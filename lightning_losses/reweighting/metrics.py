@@ -36,7 +36,8 @@ def weight_sums(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's sums behind :func:`global_weight_stats`: ``[sum w, sum w^2, sum w log w, nonzero, n]`` (float64, to
     be summed over ranks) and ``[max w, -min w]`` (to be maxed over ranks), on the weights' device, in a few tensor
     operations and no host read."""
-    w = weights.detach().reshape(-1)
+    w = weights.detach() if weights.requires_grad else weights
+    w = w if w.ndim == 1 else w.reshape(-1)
     w = w if w.dtype == torch.float64 else w.to(torch.float64)
     if not w.numel():
         return w.new_zeros(5), w.new_full((2,), -torch.finfo(torch.float64).max)

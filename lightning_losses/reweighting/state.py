@@ -103,4 +103,5 @@ class DeclaredState(Undoable):
                 setattr(self, name, getattr(self, name).to(device))
             for store in self._stores.values():
                 store.to(device)
-            self._unsynced_nonfinite = self._unsynced_nonfinite.to(device)
+            if self._unsynced_nonfinite is not None:
+                self._unsynced_nonfinite = self._unsynced_nonfinite.to(device)

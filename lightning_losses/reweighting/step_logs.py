@@ -67,32 +67,36 @@ def reweighting_row(
         (:func:`~lightning_losses.reweighting.metrics.group_stats_from_sums`) for the media.
     """
     f64 = torch.float64
-    parts: list[torch.Tensor] = []
+    parts: list[torch.Tensor] = []  # summed over ranks, in one vector: weight sums, pending count, groups, classes
     stats: dict[str, torch.Tensor] = {}
+    pending = weights is not None and reweighter.unsynced_nonfinite_pending  # the same on every rank
     if weights is not None:
         sums, stats["extremes"] = weight_sums(weights)
-        pending = reweighter.take_unsynced_nonfinite().detach().reshape(1)
-        parts += [sums, pending if pending.dtype == f64 else pending.to(f64)]
-    parts += [acc.take() for acc in (groups, classes) if acc is not None]
+        parts.append(sums)
+        if pending:
+            parts.append(reweighter.take_unsynced_nonfinite().reshape(1).to(f64))
+    for acc in (groups, classes):
+        if acc is not None:
+            parts.append(acc.take())
     if parts:
         stats["sums"] = torch.cat(parts) if len(parts) > 1 else parts[0]
     synced, _ = sync_statistics(stats, {"sums": "sum", "extremes": "max"})
-    if weights is not None:  # the state stays a device tensor (checkpointed); summed over ranks above
+    if pending:  # the state stays a device tensor (checkpointed); summed over ranks above
         reweighter.nonfinite = reweighter.nonfinite + synced["sums"][5].to(torch.int64)
     values = reweighter.log_values()
-    tail = [reweighter.nonfinite_count().detach().reshape(1)]
-    tail += [v.detach().reshape(-1) for v in values.values()]
+    tail = [reweighter.nonfinite_count().reshape(1)]
+    tail += [v.detach().reshape(-1) if v.ndim != 1 or v.requires_grad else v for v in values.values()]
     device = tail[0].device
     pieces = [synced[k] for k in ("sums", "extremes") if k in synced] + tail
     pieces = [t if t.dtype == f64 and t.device == device else t.to(device, f64) for t in pieces]
     host = torch.cat(pieces).tolist()  # the one host read
-    # layout: [weight sums (5), pending non-finite, group sums, class sums], [extremes (2)], [non-finite, values]
+    # layout: [weight sums (5), pending count, group sums, class sums], [extremes (2)], [non-finite, values]
     metrics: dict[str, float] = {}
     at, end = 0, int(stats["sums"].numel()) if parts else 0
     if weights is not None:
         weight_stats = weight_stats_from_sums(host[:5], host[end : end + 2])
         metrics.update({f"reweight/{k}": v for k, v in weight_stats.items()})
-        at, end = 6, end + 2
+        at, end = 5 + int(pending), end + 2
     group_stats = class_stats = None
     if groups is not None:
         group_stats = group_stats_from_sums(host[at : at + 3 * groups.size])

@@ -135,6 +135,25 @@ def test_logging_step_values_equal_loop_references_in_one_process_and_under_ddp(
             assert ranked[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
+def _pending_count_on_rank():
+    """A strategy step that synced nothing left a local non-finite count (rank 0: 2, rank 1: 3): the logging step sums
+    it over ranks in its one collective and adds it to the state."""
+    from lightning_losses.reweighting import build_reweighter
+    from lightning_losses.reweighting.step_logs import reweighting_row
+
+    reweighter = build_reweighter("group_dro", num_groups=4, step_size=0.1)
+    reweighter._unsynced_nonfinite = torch.tensor(2 + rank())
+    assert reweighter.unsynced_nonfinite_pending
+    metrics, _, _ = reweighting_row(reweighter, torch.ones(3), None, None)
+    return metrics["reweight/nonfinite"], int(reweighter.nonfinite), reweighter.unsynced_nonfinite_pending
+
+
+def test_pending_nonfinite_counts_are_summed_over_ranks_in_the_logging_collective(ddp):
+    assert ddp.run(_pending_count_on_rank) == [(5.0, 5, False), (5.0, 5, False)]
+    reweighter = ll.reweighting.build_reweighter("group_dro", num_groups=4, step_size=0.1)
+    assert not reweighter.unsynced_nonfinite_pending and int(reweighter.take_unsynced_nonfinite()) == 0
+
+
 class _Recorder(Callback):
     """Records, after every training batch, what the reweighting callback saw (placed after it)."""
 
