@@ -220,8 +220,8 @@ class SampleReweighting(MixinCallback):
         self._last_logged_step = step
         self._flush_metrics()
         output = getattr(pl_module, "objective_output", None)
-        weights = output.weights if output is not None and output.weights.numel() else None
-        # every value from one collective and one host read (`step_logs`)
+        # every rank alike (an empty local batch too): every value from one collective and one host read (`step_logs`)
+        weights = None if output is None else output.weights
         metrics, stats, class_stats = reweighting_row(self.reweighter, weights, self._group_sums, self._class_sums)
         # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's later
         # logging steps, or drop it when they do not coincide)

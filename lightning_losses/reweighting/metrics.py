@@ -57,6 +57,8 @@ def weight_stats_from_sums(sums: Sequence[float], extremes: Sequence[float]) -> 
         {'ess': 0.5, 'entropy': 0.5, 'max': 1.0, 'min': 0.0, 'zero_fraction': 0.5}
     """
     total, squares, wlogw, nonzero, n = (float(v) for v in sums[:5])
+    if n == 0:  # no sample in the global batch: nothing to describe
+        return dict.fromkeys(("ess", "entropy", "max", "min", "zero_fraction"), math.nan)
     n_safe, total_safe = max(n, 1.0), max(total, 1e-300)
     return {
         "ess": total * total / max(n_safe * squares, 1e-300),

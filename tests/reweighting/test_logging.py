@@ -154,6 +154,28 @@ def test_pending_nonfinite_counts_are_summed_over_ranks_in_the_logging_collectiv
     assert not reweighter.unsynced_nonfinite_pending and int(reweighter.take_unsynced_nonfinite()) == 0
 
 
+def _row_with_an_empty_rank():
+    """Rank 1's batch is empty: it still joins the collective, and both ranks log rank 0's weight statistics."""
+    from lightning_losses.reweighting import build_reweighter
+    from lightning_losses.reweighting.step_logs import reweighting_row
+
+    weights = torch.tensor([0.5, 1.0, 2.0, 0.0, 0.5]) if rank() == 0 else torch.zeros(0)
+    metrics, _, _ = reweighting_row(build_reweighter("group_dro", num_groups=2), weights, None, None)
+    return {k: v for k, v in metrics.items() if not k.startswith("reweight/q")}
+
+
+def test_a_rank_with_an_empty_batch_joins_the_logging_collective(ddp):
+    expected = _weight_stats_reference([0.5, 1.0, 2.0, 0.0, 0.5])
+    for metrics in ddp.run(_row_with_an_empty_rank):
+        for key, value in expected.items():
+            assert metrics[f"reweight/{key}"] == pytest.approx(value, rel=1e-12), key
+    from lightning_losses.reweighting import build_reweighter
+    from lightning_losses.reweighting.step_logs import reweighting_row
+
+    empty, _, _ = reweighting_row(build_reweighter("group_dro", num_groups=2), torch.zeros(0), None, None)
+    assert all(math.isnan(empty[f"reweight/{key}"]) for key in expected)  # no sample at all: nothing to describe
+
+
 class _Recorder(Callback):
     """Records, after every training batch, what the reweighting callback saw (placed after it)."""
 
