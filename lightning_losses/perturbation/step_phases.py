@@ -12,11 +12,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_losses.distributed import global_sum, is_distributed, world_size
 from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
 from lightning_losses.perturbation.gradient_rules import DESCENT_RULES, DIRECTION_RULES
 from lightning_losses.perturbation.passes import restored_buffers
-from lightning_losses.perturbation.sharding import grad_shard
+from lightning_losses.perturbation.sharding import grad_shard, local
 from lightning_losses.perturbation.step_state import StepState
 
 __all__ = ["StepPhases"]
@@ -179,7 +180,12 @@ class StepPhases:
             self.orthogonal = looksam.orthogonal(run.first_grads, params, inv_scale, run.shard_sum)
         if self.collect_stats:
             if loss0 is not None and loss1 is not None:
-                stats["sharpness"] = (loss1.detach() - loss0.detach()).float()
+                # each rank's losses are of its own batch: the mean over the data-parallel group is the global
+                # batch's (k ranks = 1 process; with a per-replica ascent, the mean m-sharpness); one all-reduce
+                sharpness = local(loss1.detach() - loss0.detach())  # a replicated DTensor (tensor parallel): its value
+                if is_distributed():
+                    sharpness = global_sum(sharpness) / world_size()
+                stats["sharpness"] = sharpness.float()
             stats["radius"] = torch.tensor(run.radius)
             stats["skipped"] = torch.tensor(float(self.skipped))
         self.last_stats = stats

@@ -74,10 +74,11 @@ class WeightPerturbation(WrappedClosure, MixinCallback):
             ``ascent_terms``, ``sync_ascent``, ``freeze_bn``, ``every_n_steps``, ``probability``, ``reuse_alpha``,
             ``inner_steps``, ``warmup_epochs``).
 
-    Logged on the logging steps (``perturbation/...``, this rank's values): ``norm`` :math:`\|\delta\|`, ``sharpness``
-    :math:`L(w+\delta) - L(w)` (same batch), ``grad_norm`` / ``grad_norm_perturbed`` (unscaled), ``radius``,
-    ``cos_delta_grad`` (cosine between :math:`\delta` and the gradient at :math:`w + \delta`; for SAM the cosine between
-    the gradients at :math:`w` and :math:`w + \delta`), ``skipped`` (non-finite ascent gradients so far),
+    Logged on the logging steps (``perturbation/...``; this rank's values, which every rank shares with
+    ``sync_ascent=True``): ``norm`` :math:`\|\delta\|`, ``sharpness`` :math:`L(w+\delta) - L(w)` (same batch; the mean
+    over the data-parallel ranks, so the global batch's), ``grad_norm`` / ``grad_norm_perturbed`` (unscaled),
+    ``radius``, ``cos_delta_grad`` (cosine between :math:`\delta` and the gradient at :math:`w + \delta`; for SAM the
+    cosine between the gradients at :math:`w` and :math:`w + \delta`), ``skipped`` (non-finite ascent gradients so far),
     ``perturbed_fraction`` (perturbed optimizer steps over all
     optimizer steps so far; with ``every_n_steps`` / ``probability`` / LookSAM reuse the unperturbed steps log only
     ``skipped``, ``perturbed_fraction`` and the times), ``step_time`` (seconds of the step's closure, every pass) and

@@ -187,9 +187,20 @@ def _tensor(value: Any) -> torch.Tensor:
     return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
 
 
-def snapshot(trainer: L.Trainer, module: MatrixNet, callbacks: list[L.Callback]) -> dict[str, torch.Tensor]:
-    """Every state of the run, by name (``model/``, ``opt/``, ``rew/``, ``ent/``, ``pert/``, ``saf/``)."""
+#: the library's logged step statistics (``log/``: runs with ``log=True``), without the wall-clock ones
+LOGGED = ("reweight/", "entropy/", "perturbation/", "objective/", "train/")
+TIMED = ("perturbation/step_time", "perturbation/time_ratio", "perturbation/plain_step_time")
+
+
+def snapshot(
+    trainer: L.Trainer, module: MatrixNet, callbacks: list[L.Callback], log: bool = False
+) -> dict[str, torch.Tensor]:
+    """Every state of the run, by name (``model/``, ``opt/``, ``rew/``, ``ent/``, ``pert/``, ``saf/``) and, with
+    ``log``, the step's logged statistics (``log/``)."""
     out = {f"model/{k}": _tensor(v) for k, v in module.state_dict(keep_vars=False).items()}
+    if log:
+        logged = trainer.callback_metrics
+        out.update({f"log/{k}": _tensor(v) for k, v in logged.items() if k.startswith(LOGGED) and k not in TIMED})
     opt = trainer.optimizers[0].state_dict()["state"]
     for i, state in opt.items():
         out.update({f"opt/{i}/{k}": _tensor(v) for k, v in state.items() if v is not None})
@@ -212,13 +223,13 @@ def snapshot(trainer: L.Trainer, module: MatrixNet, callbacks: list[L.Callback])
 class Snapshots(L.Callback):
     """A snapshot after every optimizer step."""
 
-    def __init__(self, callbacks: list[L.Callback]) -> None:
-        self.callbacks = callbacks
+    def __init__(self, callbacks: list[L.Callback], log: bool = False) -> None:
+        self.callbacks, self.log = callbacks, log
         self.steps: list[dict[str, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
         if trainer.global_step > len(self.steps):
-            self.steps.append(snapshot(trainer, pl_module, self.callbacks))
+            self.steps.append(snapshot(trainer, pl_module, self.callbacks, self.log))
 
 
 def callbacks_for(pert: str, zero: bool, rew: str, ent: bool, sync_ascent: bool = False) -> list[L.Callback]:
@@ -232,7 +243,15 @@ def trainer_for(callbacks: list[L.Callback], k: int, **kwargs: Any) -> L.Trainer
 
 @functools.cache
 def run(
-    pert: str, zero: bool, rew: str, k: int, batch: int, ent: bool, data: str = "clean", chunk: int = CHUNK
+    pert: str,
+    zero: bool,
+    rew: str,
+    k: int,
+    batch: int,
+    ent: bool,
+    data: str = "clean",
+    chunk: int = CHUNK,
+    log: bool = False,
 ) -> tuple:
     """Snapshots after each optimizer step of one fit (cached: baselines are shared between cells).
 
@@ -241,15 +260,16 @@ def run(
             :data:`NAN_SAMPLES`; the model returns ``None`` on a non-finite loss); ``"skip"`` / ``"skip_first"`` (the
             same data, the model returns ``None`` before ``compute_loss``); ``"ragged"`` (:data:`RAGGED` samples).
         chunk: the ghost BatchNorm chunk (``DDP_CHUNK`` for the one-process reference of the DDP runs).
+        log: log every step (``log_every_n_steps=1``) and add the logged statistics to the snapshots (``log/``).
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     callbacks = callbacks_for(pert, zero, rew, ent)
-    snaps = Snapshots(callbacks)
+    snaps = Snapshots(callbacks, log)
     model = MatrixNet(skip_nonfinite_inputs=data.startswith("skip"), chunk=chunk)
     nan = {"skip": "nan", "skip_first": "nan_first"}.get(data, data if data.startswith("nan") else None)
     order = list(range(RAGGED)) if data == "ragged" else None
     loader = DataLoader(MatrixData(nan=nan, order=order), batch_size=batch, shuffle=False)
-    trainer = trainer_for([*callbacks, snaps], k)
+    trainer = trainer_for([*callbacks, snaps], k, **({"log_every_n_steps": 1} if log else {}))
     trainer.fit(model, loader)
     return tuple(snaps.steps)
 
@@ -290,7 +310,7 @@ def rank_order(rank: int, batch: int) -> list[int]:
     return [s + rank * batch + i for s in range(0, N, 2 * batch) for i in range(batch)]
 
 
-def ddp_run(pert: str, rew: str, k: int, ent: bool) -> tuple:
+def ddp_run(pert: str, rew: str, k: int, ent: bool, log: bool = False) -> tuple:
     """One fit under Lightning's DDP strategy on this rank of the already initialised 2-process group (rank ``r``
     gets rows ``[r*B, (r+1)*B)`` of every global batch of ``2B``, ``B = DDP_CHUNK``; perturbations with
     ``sync_ascent=True``)."""
@@ -299,8 +319,9 @@ def ddp_run(pert: str, rew: str, k: int, ent: bool) -> tuple:
     r = rank()
     with lightning_env():
         callbacks = callbacks_for(pert, False, rew, ent, sync_ascent=True)
-        snaps = Snapshots(callbacks)
+        snaps = Snapshots(callbacks, log)
         loader = DataLoader(MatrixData(order=rank_order(r, DDP_CHUNK)), batch_size=DDP_CHUNK, shuffle=False)
-        trainer = trainer_for([*callbacks, snaps], k, strategy="ddp", devices=2, use_distributed_sampler=False)
+        extra = {"log_every_n_steps": 1} if log else {}
+        trainer = trainer_for([*callbacks, snaps], k, strategy="ddp", devices=2, use_distributed_sampler=False, **extra)
         trainer.fit(MatrixNet(chunk=DDP_CHUNK), loader)
         return tuple(snaps.steps)

@@ -161,11 +161,14 @@ def _split_local(steps):
 @pytest.mark.ddp
 @pytest.mark.parametrize(("pert", "rew", "k", "ent"), DDP_CELLS)
 def test_ddp_equals_one_process_on_concatenated_batch(ddp, pert, rew, k, ent):
-    rank0, rank1 = (_split_local(r) for r in ddp.run(M.ddp_run, pert, rew, k, ent))
-    assert _first_difference(rank0, rank1, 0.0, EVERYTHING) is None, "ranks disagree"
-    one = _split_local(M.run(pert, False, rew, k, 2 * M.DDP_CHUNK, ent, chunk=M.DDP_CHUNK))
+    """Every state and every logged step statistic (``log/``: weight statistics, group accuracy, entropy, the
+    perturbation's norms, cosine and sharpness, the objective's counts, ``train/*``), at every step."""
+    rank0, rank1 = (_split_local(r) for r in ddp.run(M.ddp_run, pert, rew, k, ent, True))
+    assert _first_difference(rank0, rank1, 0.0, (*EVERYTHING, "log/")) is None, "ranks disagree"
+    one = _split_local(M.run(pert, False, rew, k, 2 * M.DDP_CHUNK, ent, chunk=M.DDP_CHUNK, log=True))
+    assert any(key.startswith("log/reweight/") for key in one[-1]) == (rew != "none")  # the statistics are there
     tol = 1e-6 if ent else 1e-10
-    problem = _first_difference(rank0, one, tol, EVERYTHING)
+    problem = _first_difference(rank0, one, tol, EVERYTHING) or _first_difference(rank0, one, 1e-6, ("log/",))
     assert problem is None, f"DDP {pert} + {rew} + k={k} + {ENT_IDS[ent]} != one process: {problem}"
 
 

@@ -161,8 +161,8 @@ def test_step_statistics_under_fsdp2_equal_ddp(ddp):
 
 
 def test_sam_step_under_fsdp2_packs_its_norms(ddp):
-    """One all-reduce for the ascent's norms; a logging step adds two: the perturbation's norm, and the cosine's dot
-    products with the perturbed gradient's squared norms (the cosine reuses the perturbation's norm), not one per
-    tensor or per sum."""
+    """One all-reduce for the ascent's norms; a logging step adds three: the perturbation's norm, the cosine's dot
+    products with the perturbed gradient's squared norms (the cosine reuses the perturbation's norm) and the
+    sharpness's mean over the ranks; not one per tensor or per sum."""
     assert ddp.run(_fsdp2.all_reduces_per_sam_step, False) == [1, 1]
-    assert ddp.run(_fsdp2.all_reduces_per_sam_step, True) == [3, 3]
+    assert ddp.run(_fsdp2.all_reduces_per_sam_step, True) == [4, 4]
