@@ -209,7 +209,9 @@ class SampleReweighting(MixinCallback):
                     self._class_sums = GroupSums(logits.shape[-1], logits.device)
                 self._pending_classes.add(logits, target, losses, last.get("sample_mask"))
         step = trainer.global_step
-        if self.log_every_n_steps is None:
+        if not self._committed:  # accumulating: no optimizer step in this micro-batch, its sums log with the step's
+            due = False
+        elif self.log_every_n_steps is None:
             due = step_logs_due(trainer)
         else:
             due = step % self.log_every_n_steps == 0

@@ -224,12 +224,13 @@ class Snapshots(L.Callback):
     """A snapshot after every optimizer step."""
 
     def __init__(self, callbacks: list[L.Callback], log: bool = False) -> None:
-        self.callbacks, self.log = callbacks, log
+        # not `self.log`: Lightning sets `callback.log` (the module's `log`) on every callback at fit start
+        self.callbacks, self.with_logs = callbacks, log
         self.steps: list[dict[str, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
         if trainer.global_step > len(self.steps):
-            self.steps.append(snapshot(trainer, pl_module, self.callbacks, self.log))
+            self.steps.append(snapshot(trainer, pl_module, self.callbacks, self.with_logs))
 
 
 def callbacks_for(pert: str, zero: bool, rew: str, ent: bool, sync_ascent: bool = False) -> list[L.Callback]:

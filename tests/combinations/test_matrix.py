@@ -111,6 +111,31 @@ def test_accumulation_equals_one_large_batch(pert, rew, k, ent):
         assert M.differences(micro[-1], plain[-1], 1e-6, ("model/",)), f"{pert} changed nothing"
 
 
+#: logged statistics over the samples since the last log (not of the last micro-batch alone)
+INTERVAL_LOGS = ("log/reweight/group_", "log/reweight/worst_group_acc", "log/reweight/nonfinite", "log/entropy/")
+INTERVAL_LOGS += ("log/objective/",)
+
+
+@pytest.mark.parametrize(
+    ("pert", "rew", "ent"),
+    [
+        ("sam", "group_dro", True),
+        ("none", "loss_softmax", False),
+        ("saf", "jtt", False),
+        ("asam", "per_sample_ema", True),
+    ],
+)
+def test_accumulation_logs_the_interval_statistics_of_one_large_batch(pert, rew, ent):
+    """On the first step (the same weights in both runs) the statistics over the step's samples (per-group accuracy
+    and loss, the entropy window, the non-finite counts) equal one large batch's: none is logged from a micro-batch
+    that did not step (a row at step 0 with half the samples, and the step's row with the other half, before)."""
+    micro = M.run(pert, False, rew, 2, M.CHUNK, ent, log=True)
+    large = M.run(pert, False, rew, 1, 2 * M.CHUNK, ent, log=True)
+    assert any(key.startswith("log/reweight/group_acc/") for key in micro[0])
+    problem = _first_difference(micro, large, 1e-6, INTERVAL_LOGS, steps={1})
+    assert problem is None, f"{pert} + {rew} + {ENT_IDS[ent]}: k=2 x {M.CHUNK} != 1 x {2 * M.CHUNK}: {problem}"
+
+
 # ---------------------------------------------------------------- a NaN batch / a skipped step
 
 
