@@ -65,9 +65,7 @@ class LossesMixin:
     objective_logging_suppressed: bool = False
     #: suppressed (perturbed) passes so far; a plug-in that replays the step's per-call state tells passes apart by it.
     objective_suppressed_passes: int = 0
-    #: log the objective's own statistics in training (``objective/coef/{term}``, ``objective/nonfinite[/{term}]``,
-    #: :mod:`~lightning_losses._objective_logging`); ``False`` (a class or instance attribute) skips them and their
-    #: per-step bookkeeping. ``train/loss`` and ``train/{term}`` are logged either way.
+    #: ``objective/coef/*``, ``objective/nonfinite[/*]`` in training (False: none; ``train/*`` is logged either way)
     objective_statistics: bool = True
 
     def configure_objective(self, spec: Any) -> Objective:

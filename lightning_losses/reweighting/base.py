@@ -130,8 +130,7 @@ class Reweighter(DeclaredState):
         self.add_state("epoch", torch.zeros((), dtype=torch.int64))
         #: samples left out because a value was NaN / inf (summed over ranks: identical on every rank)
         self.add_state("nonfinite", torch.zeros((), dtype=torch.int64))
-        #: this rank's count of steps that synced nothing (DDP only); None: none pending (no tensor op per step)
-        self._unsynced_nonfinite: torch.Tensor | None = None
+        self._unsynced_nonfinite: torch.Tensor | None = None  # count of steps that synced nothing (DDP), or None
 
     def size_stores(self, num_samples: int) -> None:
         """Give every per-sample store that grows on demand a fixed size (``num_samples``, the dataset length):
@@ -206,13 +205,12 @@ class Reweighter(DeclaredState):
         reductions: dict[str, str] = dict(self.statistics)
         ids = self.id_sizes(inputs)
         synced_step = bool(local) or not is_distributed()  # whether this step reduces anything over ranks
+        pending = self._unsynced_nonfinite
         if synced_step:  # piggy-back on the packed buffer: no extra collective
-            pending = self._unsynced_nonfinite
             local["_nonfinite"], reductions["_nonfinite"] = bad if pending is None else bad + pending, "sum"
             for key in ids:
                 local[f"_ids_{key}"], reductions[f"_ids_{key}"] = id_range(inputs[key], mask), "max"
         else:  # nothing to reduce in this step: count now, sum over ranks at the next step that syncs
-            pending = self._unsynced_nonfinite
             self._unsynced_nonfinite = bad if pending is None else pending + bad
             for key, (arg, size) in ids.items():
                 check_id_range(self.strategy, key, arg, size, id_range(inputs[key], mask))
@@ -259,15 +257,14 @@ class Reweighter(DeclaredState):
         return {}
 
     def take_unsynced_nonfinite(self) -> torch.Tensor:
-        """This rank's non-finite count of steps that synced nothing, handed over (and zeroed) so that a caller can
-        sum it over ranks and add it to ``nonfinite`` (the callback does, in its logging collective)."""
+        """This rank's non-finite count of steps that synced nothing, handed over (and zeroed) for a caller to sum over
+        ranks into ``nonfinite`` (the callback does, in its logging collective)."""
         pending, self._unsynced_nonfinite = self._unsynced_nonfinite, None
         return torch.zeros_like(self.nonfinite) if pending is None else pending
 
     @property
     def unsynced_nonfinite_pending(self) -> bool:
-        """Whether :meth:`take_unsynced_nonfinite` has a count to hand over (the same on every rank: only a strategy
-        step that syncs nothing leaves one, under DDP)."""
+        """Whether :meth:`take_unsynced_nonfinite` has a count (on every rank alike: a step that synced nothing)."""
         return self._unsynced_nonfinite is not None
 
     def nonfinite_count(self) -> torch.Tensor:
