@@ -257,8 +257,7 @@ class Reweighter(DeclaredState):
         return {}
 
     def take_unsynced_nonfinite(self) -> torch.Tensor:
-        """This rank's non-finite count of steps that synced nothing, handed over (and zeroed) for a caller to sum over
-        ranks into ``nonfinite`` (the callback does, in its logging collective)."""
+        """This rank's count of steps that synced nothing, handed over (zeroed) to be summed over ranks (callback)."""
         pending, self._unsynced_nonfinite = self._unsynced_nonfinite, None
         return torch.zeros_like(self.nonfinite) if pending is None else pending
 
