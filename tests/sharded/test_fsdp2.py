@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import lightning as L
 import pytest
 import torch
 
@@ -166,3 +167,39 @@ def test_sam_step_under_fsdp2_packs_its_norms(ddp):
     sharpness's mean over the ranks; not one per tensor or per sum."""
     assert ddp.run(_fsdp2.all_reduces_per_sam_step, False) == [1, 1]
     assert ddp.run(_fsdp2.all_reduces_per_sam_step, True) == [4, 4]
+
+
+class _LoggedRows(L.Callback):
+    """``trainer.callback_metrics`` after every training batch (the wall-clock keys left out)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        metrics = trainer.callback_metrics
+        self.rows.append({k: float(v) for k, v in metrics.items() if not k.endswith(("step_time", "time_ratio"))})
+
+
+def _logged_rows() -> dict[str, list[dict[str, float]]]:
+    out = {}
+    for strategy in ("fsdp2", "ddp"):
+        rows = _LoggedRows()
+        callbacks = [ll.SampleReweighting("loss_softmax"), ll.EntropyControl(beta=0.1), ll.SAM(rho=0.5, **_SYNC), rows]
+        _fsdp2.fit(strategy, callbacks, steps=4, trainer_kw={"log_every_n_steps": 1})
+        out[strategy] = rows.rows
+    return out
+
+
+def test_every_logged_statistic_under_fsdp2_equals_ddp(ddp):
+    """Reweighting, entropy, SAM and the objective together, logged every step: the weight statistics, the entropy
+    window, the perturbation's norms, cosine and sharpness and the objective's counts are the same under FSDP2 as
+    under DDP, on both ranks (the logging fast path and the packed collectives included)."""
+    got = ddp.run(_logged_rows)
+    assert got[0] == got[1]  # every rank logs the same values
+    fsdp2, plain = got[0]["fsdp2"], got[0]["ddp"]
+    assert len(fsdp2) == len(plain) == 4
+    keys = {"reweight/ess", "entropy/mean", "perturbation/cos_delta_grad", "perturbation/sharpness", "train/loss"}
+    for a, b in zip(fsdp2, plain):
+        assert keys <= a.keys() and a.keys() == b.keys()
+        for key, value in b.items():
+            assert a[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
