@@ -12,10 +12,13 @@ every logged value with ``.item()``); steps that do not log run none of this.
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 import torch
 
+from lightning_losses.distributed import is_distributed
 from lightning_losses.reweighting.metrics import (
     group_stats_from_sums,
     group_sums,
@@ -24,7 +27,10 @@ from lightning_losses.reweighting.metrics import (
 )
 from lightning_losses.sync import sync_statistics
 
-__all__ = ["GroupSums", "reweighting_row"]
+__all__ = ["HOST_WEIGHTS", "GroupSums", "host_weight_sums", "reweighting_row"]
+
+#: in one process, a batch of at most this many weights is described from the host read itself
+HOST_WEIGHTS = 512
 
 
 class GroupSums:
@@ -67,10 +73,13 @@ def reweighting_row(
         (:func:`~lightning_losses.reweighting.metrics.group_stats_from_sums`) for the media.
     """
     f64 = torch.float64
+    # the weights' sums on the device, summed over ranks with the group sums; or, in one process with a small batch,
+    # the weights themselves in the host read (a few Python sums are cheaper than a dozen cold tensor operations)
+    on_host = weights is not None and not is_distributed() and weights.numel() <= HOST_WEIGHTS
     parts: list[torch.Tensor] = []  # summed over ranks, in one vector: weight sums, pending count, groups, classes
     stats: dict[str, torch.Tensor] = {}
     pending = weights is not None and reweighter.unsynced_nonfinite_pending  # the same on every rank
-    if weights is not None:
+    if weights is not None and not on_host:
         sums, stats["extremes"] = weight_sums(weights)
         parts.append(sums)
         if pending:
@@ -81,22 +90,28 @@ def reweighting_row(
     if parts:
         stats["sums"] = torch.cat(parts) if len(parts) > 1 else parts[0]
     synced, _ = sync_statistics(stats, {"sums": "sum", "extremes": "max"})
-    if pending:  # the state stays a device tensor (checkpointed); summed over ranks above
+    if pending and not on_host:  # the state stays a device tensor (checkpointed); summed over ranks above
         reweighter.nonfinite = reweighter.nonfinite + synced["sums"][5].to(torch.int64)
     values = reweighter.log_values()
     tail = [reweighter.nonfinite_count().reshape(1)]
     tail += [v.detach().reshape(-1) if v.ndim != 1 or v.requires_grad else v for v in values.values()]
+    if on_host:
+        tail.append(weights.detach().reshape(-1))  # type: ignore[union-attr]
     device = tail[0].device
     pieces = [synced[k] for k in ("sums", "extremes") if k in synced] + tail
     pieces = [t if t.dtype == f64 and t.device == device else t.to(device, f64) for t in pieces]
     host = torch.cat(pieces).tolist()  # the one host read
-    # layout: [weight sums (5), pending count, group sums, class sums], [extremes (2)], [non-finite, values]
+    # layout: [weight sums (5), pending count, group sums, class sums], [extremes (2)], [non-finite, values, weights]
     metrics: dict[str, float] = {}
     at, end = 0, int(stats["sums"].numel()) if parts else 0
     if weights is not None:
-        weight_stats = weight_stats_from_sums(host[:5], host[end : end + 2])
+        if on_host:
+            values_w = host[len(host) - weights.numel() :]
+            weight_stats = weight_stats_from_sums(*host_weight_sums(values_w))
+        else:
+            weight_stats = weight_stats_from_sums(host[:5], host[end : end + 2])
+            at, end = 5 + int(pending), end + 2
         metrics.update({f"reweight/{k}": v for k, v in weight_stats.items()})
-        at, end = 5 + int(pending), end + 2
     group_stats = class_stats = None
     if groups is not None:
         group_stats = group_stats_from_sums(host[at : at + 3 * groups.size])
@@ -117,3 +132,20 @@ def reweighting_row(
             metrics[f"reweight/group_loss/{g}"] = loss
         metrics["reweight/worst_group_acc"] = group_stats["worst_acc"]
     return metrics, group_stats, class_stats
+
+
+def host_weight_sums(weights: list[float]) -> tuple[list[float], list[float]]:
+    """:func:`~lightning_losses.reweighting.metrics.weight_sums` of weights already on the host (Python floats).
+
+    Example:
+        >>> host_weight_sums([1.0, 1.0, 0.0, 0.0])
+        ([2.0, 2.0, 0.0, 2, 4], [1.0, -0.0])
+    """
+    if not weights:
+        return [0.0] * 5, [-sys.float_info.max] * 2
+    xlogx = sum(w * math.log(w) for w in weights if w > 0)
+    nonzero = sum(1 for w in weights if w != 0)
+    return [math.fsum(weights), math.fsum(w * w for w in weights), xlogx, nonzero, len(weights)], [
+        max(weights),
+        -min(weights),
+    ]

@@ -135,6 +135,21 @@ def test_logging_step_values_equal_loop_references_in_one_process_and_under_ddp(
             assert ranked[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
 
 
+@pytest.mark.parametrize("n", [5, 512, 513, 2000])
+def test_weight_statistics_from_the_host_read_and_from_device_sums_agree(n):
+    """In one process up to ``HOST_WEIGHTS`` weights are described from the host read itself, more from device sums:
+    both equal the loop reference."""
+    from lightning_losses.reweighting import build_reweighter
+    from lightning_losses.reweighting.step_logs import HOST_WEIGHTS, reweighting_row
+
+    assert HOST_WEIGHTS == 512
+    weights = torch.rand(n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    weights[::3] = 0.0
+    metrics, _, _ = reweighting_row(build_reweighter("group_dro", num_groups=2), weights, None, None)
+    for key, value in _weight_stats_reference(weights.tolist()).items():
+        assert metrics[f"reweight/{key}"] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+
+
 def _pending_count_on_rank():
     """A strategy step that synced nothing left a local non-finite count (rank 0: 2, rank 1: 3): the logging step sums
     it over ranks in its one collective and adds it to the state."""
