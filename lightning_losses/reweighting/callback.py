@@ -43,7 +43,7 @@ from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.attached import AttachedReweighter, datamodule_groups, dataset_length
 from lightning_losses.reweighting.base import Reweighter, build_reweighter
 from lightning_losses.reweighting.media import GroupTable, class_labels, log_group_table, log_media
-from lightning_losses.reweighting.step_logs import GroupSums, reweighting_row
+from lightning_losses.reweighting.step_logs import GroupSums, restore_interval, reweighting_row, save_interval
 from lightning_losses.sync import sync_statistics
 
 Opt = Tensor | None
@@ -274,7 +274,13 @@ class SampleReweighting(MixinCallback):
     # ------------------------------------------------------------------ checkpointing
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"strategy": self.reweighter.strategy, "reweighter": self.reweighter.state_dict()}
+        """The reweighter's state and the logging interval's: the per-group / per-class sums since the last log
+        (:func:`~lightning_losses.reweighting.step_logs.save_interval`: a collective) and the media tables' rows."""
+        self._flush_metrics()
+        tables = {"groups": self.group_table.rows, "classes": self.class_table.rows, "at": self._table_at}
+        interval = save_interval(self._group_sums, self._class_sums)
+        state = {"strategy": self.reweighter.strategy, "reweighter": self.reweighter.state_dict()}
+        return {**state, **interval, "tables": tables}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -284,3 +290,10 @@ class SampleReweighting(MixinCallback):
                 f"but this SampleReweighting uses `{self.reweighter.strategy}`"
             )
         self.reweighter.load_state_dict(state_dict["reweighter"])
+        self._group_sums, self._class_sums = restore_interval(state_dict)  # none in checkpoints before them
+        tables = state_dict.get("tables") or {}
+        self.group_table.rows = [list(r) for r in tables.get("groups", ())]
+        self.class_table.rows = [list(r) for r in tables.get("classes", ())]
+        self._table_at = None if tables.get("at") is None else tuple(tables["at"])
+        self._pending_groups.clear()
+        self._pending_classes.clear()

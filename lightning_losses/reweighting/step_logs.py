@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lightning_losses.distributed import is_distributed
+from lightning_losses.distributed import global_sum, is_distributed, rank
 from lightning_losses.reweighting.metrics import (
     group_stats_from_sums,
     group_sums,
@@ -27,7 +27,7 @@ from lightning_losses.reweighting.metrics import (
 )
 from lightning_losses.sync import sync_statistics
 
-__all__ = ["HOST_WEIGHTS", "GroupSums", "host_weight_sums", "reweighting_row"]
+__all__ = ["HOST_WEIGHTS", "GroupSums", "host_weight_sums", "restore_interval", "reweighting_row", "save_interval"]
 
 #: in one process, a batch of at most this many weights is described from the host read itself
 HOST_WEIGHTS = 512
@@ -49,12 +49,40 @@ class GroupSums:
         self.sums = torch.zeros(self.size, 3, dtype=torch.float64, device=device)
 
     def add(self, preds: Any, target: Any, group: Any, losses: Any = None, mask: Any = None) -> None:
-        self.sums.add_(group_sums(preds, target, group, self.size, losses, mask))
+        sums = group_sums(preds, target, group, self.size, losses, mask)
+        if self.sums.device != sums.device:  # restored from a checkpoint (CPU)
+            self.sums = self.sums.to(sums.device)
+        self.sums.add_(sums)
 
     def take(self) -> torch.Tensor:
         """The sums, flattened (``[size * 3]``), and a fresh start."""
         out, self.sums = self.sums.reshape(-1), torch.zeros_like(self.sums)
         return out
+
+
+def save_interval(groups: GroupSums | None, classes: GroupSums | None) -> dict[str, torch.Tensor | None]:
+    """The per-group / per-class sums since the last log, for a checkpoint: local to each rank, saved summed over the
+    data-parallel group (a collective, as ``Trainer.save_checkpoint`` runs on every rank; ``EntropyControl`` saves its
+    window alike)."""
+    return {
+        "group_sums": None if groups is None else global_sum(groups.sums).cpu(),
+        "class_sums": None if classes is None else global_sum(classes.sums).cpu(),
+    }
+
+
+def restore_interval(state: dict[str, Any]) -> tuple[GroupSums | None, GroupSums | None]:
+    """The accumulators of :func:`save_interval`'s state: the global sums on rank 0, zeros on the others (the next
+    log sums the ranks: counted once); ``None`` where the checkpoint has none."""
+    out = []
+    for key in ("group_sums", "class_sums"):
+        saved = state.get(key)
+        acc = None
+        if saved is not None:
+            acc = GroupSums(saved.shape[0])
+            if rank() == 0:
+                acc.sums = saved.to(torch.float64).clone()
+        out.append(acc)
+    return out[0], out[1]
 
 
 def reweighting_row(

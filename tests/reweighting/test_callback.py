@@ -16,6 +16,7 @@ from lightning_losses.config import build_run, load_recipe
 from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.callback import _Attached
+from lightning_losses.reweighting.step_logs import GroupSums
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -182,6 +183,65 @@ def test_checkpoint_resume_continues_exactly(tmp_path, name, options):
         torch.testing.assert_close(final[key], reference[key], msg=key)
     for p, q in zip(resumed_model.parameters(), model.parameters()):
         torch.testing.assert_close(p, q)
+
+
+class _LoggedValues(L.Callback):
+    """``reweight/*`` of ``trainer.callback_metrics`` after every optimizer step that logged (``every`` steps)."""
+
+    def __init__(self, every):
+        self.every, self.rows = every, {}
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if trainer.global_step % self.every == 0:
+            metrics = trainer.callback_metrics
+            self.rows[trainer.global_step] = {k: float(v) for k, v in metrics.items() if k.startswith("reweight/")}
+
+
+def test_resume_mid_interval_logs_what_an_uninterrupted_fit_logs(tmp_path):
+    """The checkpoint falls between two logs (after step 5 of steps logged every 3): the sums of steps 4 and 5 are
+    saved with it, so the resumed fit's first log (step 6) covers steps 4-6 as the uninterrupted one does; the group
+    table keeps its rows."""
+
+    def model_and_data():
+        torch.manual_seed(0)
+        dm = DigitsDataModule(spurious=0.9)
+        dm.setup()
+        return DigitsClassifier(num_features=dm.num_features, dropout=0.0, cosine_schedule=False), dm
+
+    def callbacks():
+        return ll.SampleReweighting("group_dro", step_size=0.5, num_groups=2, media_every_n_steps=2), _LoggedValues(3)
+
+    kwargs = {"limit_train_batches": 5, "enable_checkpointing": True, "log_every_n_steps": 3}
+    model, dm = model_and_data()
+    straight, straight_rows = callbacks()
+    _trainer(tmp_path / "a", [straight, straight_rows], max_epochs=2, **kwargs).fit(model, _loader(dm))
+    first_model, dm = model_and_data()
+    _trainer(tmp_path / "b", list(callbacks()), max_epochs=1, **kwargs).fit(first_model, _loader(dm))
+    (ckpt,) = (tmp_path / "b").rglob("*.ckpt")
+    resumed_model, dm = model_and_data()
+    resumed, resumed_rows = callbacks()
+    trainer = _trainer(tmp_path / "c", [resumed, resumed_rows], max_epochs=2, **kwargs)
+    trainer.fit(resumed_model, train_dataloaders=_loader(dm), ckpt_path=str(ckpt))
+    assert sorted(resumed_rows.rows) == [6, 9] and "reweight/group_acc/0" in resumed_rows.rows[6]
+    for step in (6, 9):
+        assert resumed_rows.rows[step] == pytest.approx(straight_rows.rows[step], rel=1e-6, abs=1e-9), step
+
+
+def test_state_dict_round_trips_the_interval_and_the_tables():
+    """Sums since the last log, the media tables' rows and their cadence come back; a checkpoint from before they were
+    saved loads with none."""
+    cb = ll.SampleReweighting("group_dro", step_size=0.5, num_groups=2)
+    cb._group_sums = GroupSums(2)
+    cb._group_sums.add(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), torch.tensor([0, 1, 1]), torch.ones(3))
+    cb.group_table.rows, cb._table_at = [[3, 0, 1, 0.5, 1.0, 0.4]], (1, 5)
+    state = cb.state_dict()
+    back = ll.SampleReweighting("group_dro", step_size=0.5, num_groups=2)
+    back.load_state_dict(state)
+    torch.testing.assert_close(back._group_sums.sums, cb._group_sums.sums)
+    assert back._class_sums is None and back.group_table.rows == cb.group_table.rows and back._table_at == (1, 5)
+    old = ll.SampleReweighting("group_dro", step_size=0.5, num_groups=2)
+    old.load_state_dict({"strategy": "group_dro", "reweighter": state["reweighter"]})
+    assert old._group_sums is None and old.group_table.rows == [] and old._table_at is None
 
 
 def test_checkpoint_of_another_strategy_is_rejected():
