@@ -15,7 +15,9 @@ logging steps, or every :data:`FOLD_EVERY` steps to bound what is kept. On a log
 the data-parallel group (one small collective, every rank alike) and go with the coefficients to
 ``trainer.callback_metrics`` (monitorable) and into the Trainer's own row of ``train/*`` values
 (:func:`~lightning_losses._log_rows.log_scalars`: no ``LightningModule.log`` result object per key). The counts are
-per-interval values, not state: nothing to checkpoint.
+per-interval values: a checkpoint written between two logs keeps the interval's counts so far (summed over the
+data-parallel group, restored on rank 0: :func:`save_nonfinite_counts`), so that a resumed fit logs what an
+uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -27,9 +29,18 @@ import torch
 from lightning_losses._compat import log_step, should_update_logs
 from lightning_losses._deferred import FOLD_EVERY
 from lightning_losses._log_rows import log_scalars
-from lightning_losses.distributed import global_sum
+from lightning_losses.distributed import global_sum, rank
 
-__all__ = ["FOLD_EVERY", "log_objective_diagnostics"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "FOLD_EVERY",
+    "load_nonfinite_counts",
+    "log_objective_diagnostics",
+    "save_nonfinite_counts",
+]
+
+#: the checkpoint entry of the interval's non-finite counts
+CHECKPOINT_KEY = "lightning_losses_objective_nonfinite"
 
 _PENDING, _COUNT, _LOGGED_AT = "_ll_nonfinite_pending", "_ll_nonfinite_count", "_ll_nonfinite_logged_at"
 
@@ -96,3 +107,35 @@ def _fold(
     if previous is not None:
         counts[: previous[1].numel()] += previous[1].to(counts.device)
     return names, counts
+
+
+def save_nonfinite_counts(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Put the non-finite counts since the last log under :data:`CHECKPOINT_KEY` of ``checkpoint``, summed over the
+    data-parallel group (a collective: ``on_save_checkpoint`` runs on every rank); nothing before the first count."""
+    state = module.__dict__
+    pending = state.pop(_PENDING, None)
+    if pending:
+        state[_COUNT] = _fold(state.get(_COUNT), pending)
+    if state.get(_COUNT) is None:
+        return
+    names, counts = state[_COUNT]
+    checkpoint[CHECKPOINT_KEY] = {
+        "names": list(names),
+        "counts": global_sum(counts).cpu(),
+        "logged_at": state.get(_LOGGED_AT),
+    }
+
+
+def load_nonfinite_counts(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Set back :func:`save_nonfinite_counts`' counts: the global ones on rank 0, zeros on the others (the next log
+    sums the ranks); a checkpoint without them starts the interval empty."""
+    state = module.__dict__
+    for key in (_PENDING, _COUNT, _LOGGED_AT):
+        state.pop(key, None)
+    saved = checkpoint.get(CHECKPOINT_KEY)
+    if saved is None:
+        return
+    counts = saved["counts"].clone()
+    state[_COUNT] = (list(saved["names"]), counts if rank() == 0 else torch.zeros_like(counts))
+    if saved.get("logged_at") is not None:
+        state[_LOGGED_AT] = saved["logged_at"]

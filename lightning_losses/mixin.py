@@ -39,7 +39,7 @@ from lightning_losses import distributed
 from lightning_losses._accumulation import GlobalTermProbe
 from lightning_losses._compat import log_on_step
 from lightning_losses._extra_state import load_extra_states, save_extra_states
-from lightning_losses._objective_logging import log_objective_diagnostics
+from lightning_losses._objective_logging import load_nonfinite_counts, log_objective_diagnostics, save_nonfinite_counts
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.objective import Objective, ObjectiveOutput
 
@@ -90,33 +90,33 @@ class LossesMixin:
             distributed.use_strategy(trainer.strategy)
             # the fit's first training call looks for batch-level terms (`_accumulation`)
             self.__dict__["_ll_accumulation_check"] = stage == "fit" and trainer.accumulate_grad_batches > 1
-        parent = getattr(super(), "setup", None)
-        if parent is not None:
-            parent(stage)
+        self._ll_next_hook("setup", stage)
 
     def teardown(self, stage: str) -> None:
         """Drop the data-parallel group registered by :meth:`setup`, then run the next class's ``teardown``."""
         distributed.set_data_parallel_group(None)
-        parent = getattr(super(), "teardown", None)
-        if parent is not None:
-            parent(stage)
+        self._ll_next_hook("teardown", stage)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Under FSDP2, also save the submodules' extra state apart (:mod:`lightning_losses._extra_state`: a full
-        FSDP2 checkpoint's loading drops it), then run the next class's hook."""
+        """Save the interval's non-finite counts; under FSDP2 also the submodules' extra state apart
+        (:mod:`lightning_losses._extra_state`); then run the next class's hook."""
         trainer = self.__dict__.get("_trainer")
         if trainer is not None:
             save_extra_states(self, checkpoint, trainer.strategy)
-        parent = getattr(super(), "on_save_checkpoint", None)
-        if parent is not None:
-            parent(checkpoint)
+        save_nonfinite_counts(self, checkpoint)
+        self._ll_next_hook("on_save_checkpoint", checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Set back the extra state saved apart by :meth:`on_save_checkpoint`, then run the next class's hook."""
+        """Set back what :meth:`on_save_checkpoint` saved apart, then run the next class's hook."""
         load_extra_states(self, checkpoint)
-        parent = getattr(super(), "on_load_checkpoint", None)
+        load_nonfinite_counts(self, checkpoint)
+        self._ll_next_hook("on_load_checkpoint", checkpoint)
+
+    def _ll_next_hook(self, name: str, *args: Any) -> None:
+        """The next class's hook ``name`` in the MRO, if it has one (cooperative ``super()`` for the mixin's hooks)."""
+        parent = getattr(super(), name, None)
         if parent is not None:
-            parent(checkpoint)
+            parent(*args)
 
     # ------------------------------------------------------------------ plug-ins
     def _ll_plugins(self) -> dict[str, Any]:

@@ -27,14 +27,14 @@ class _NanOnBatches(DigitsClassifier):
         return loss if torch.isfinite(loss) else None  # skip the step, as a user would
 
 
-def _fit(model, tmp_path, **kwargs):
+def _fit(model, tmp_path, ckpt_path=None, **kwargs):
     L.seed_everything(0, verbose=False)
     logger = CSVLogger(tmp_path)
     trainer = L.Trainer(
         logger=logger, accelerator="cpu", default_root_dir=tmp_path, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, **kwargs,
     )  # fmt: skip
-    trainer.fit(model, DigitsDataModule(batch_size=32))
+    trainer.fit(model, DigitsDataModule(batch_size=32), ckpt_path=ckpt_path)
     with open(f"{logger.log_dir}/metrics.csv") as f:
         return trainer, list(csv.DictReader(f))
 
@@ -217,3 +217,22 @@ def test_objective_statistics_off_logs_no_objective_keys_and_keeps_nothing(tmp_p
     assert not any(k.startswith("objective/") for k in trainer.callback_metrics)
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == [1, 3]
     assert not any(k.startswith("_ll_nonfinite") for k in vars(model))
+
+
+def test_resume_between_two_logs_keeps_the_intervals_counts(tmp_path):
+    """Logs every 3 steps; NaN batches 4 and 5 (3 samples each); the checkpoint after step 4 falls between two logs:
+    the resumed fit's log at step 5 counts both batches, as the uninterrupted fit's does."""
+
+    def fit(name, max_steps, seen=0, ckpt=None):
+        model = _NanOnBatches({4, 5})
+        model.seen = seen  # the test model's batch counter (not part of the checkpoint)
+        trainer, rows = _fit(model, tmp_path / name, max_steps=max_steps, log_every_n_steps=3, ckpt_path=ckpt)
+        counts = [(int(r["step"]), float(r["objective/nonfinite"])) for r in rows if r.get("objective/nonfinite")]
+        return trainer, counts
+
+    _, straight = fit("a", 6)
+    trainer, before = fit("b", 4)
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")  # a collective under DDP: every rank saves its counts
+    _, resumed = fit("c", 6, seen=4, ckpt=str(tmp_path / "mid.ckpt"))
+    assert straight == [(2, 0.0), (5, 6.0)] and before == [(2, 0.0)]
+    assert resumed == [(5, 6.0)]
