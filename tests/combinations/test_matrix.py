@@ -160,6 +160,33 @@ def test_nan_batch_skipped_by_training_step_leaves_all_state(pert, rew, k, ent, 
             assert torch.isfinite(value).all(), f"{key} is not finite after the run"
 
 
+#: what a NaN batch logs by design: the objective's counts of its NaN samples, and the values the skipped batch's
+#: `compute_loss` logged before `training_step` returned None (Lightning keeps them)
+NAN_LOGGED = ("log/objective/nonfinite", "log/train/")
+
+
+@pytest.mark.parametrize(
+    ("pert", "rew", "k", "ent"),
+    [
+        ("sam", "group_dro", 1, True),
+        ("sam", "group_dro", 2, True),
+        ("saf", "jtt", 2, False),
+        ("asam", "loss_softmax", 1, False),
+    ],
+)
+def test_nan_batch_leaves_no_trace_in_the_logged_statistics(pert, rew, k, ent):
+    """Logged every step: the weight and group statistics, the entropy window and the perturbation's statistics of a
+    run with a NaN batch (skipped after ``compute_loss``) equal those of the run that skips it before."""
+    nan = M.run(pert, False, rew, k, M.CHUNK, ent, data="nan", log=True)
+    skip = M.run(pert, False, rew, k, M.CHUNK, ent, data="skip", log=True)
+    counted = [s.get("log/objective/nonfinite") for s in nan]
+    assert any(c is not None and float(c) > 0 for c in counted)  # the NaN samples were seen (and counted)
+    strip = [{key: v for key, v in s.items() if not key.startswith(NAN_LOGGED)} for s in nan]
+    kept = [{key: v for key, v in s.items() if not key.startswith(NAN_LOGGED)} for s in skip]
+    problem = _first_difference(strip, kept, 0.0, ("log/",))
+    assert problem is None, f"{pert} + {rew} + k={k} + {ENT_IDS[ent]}: the NaN batch shows in the logs: {problem}"
+
+
 # ---------------------------------------------------------------- DDP
 
 
