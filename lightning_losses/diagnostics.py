@@ -78,6 +78,7 @@ def histogram(values: torch.Tensor, bins: int = 64) -> tuple[list[int], list[flo
         >>> histogram(torch.tensor([0.0, 1.0, 1.0, 3.0, float("nan")]), bins=3)
         ([1, 2, 1], [0.0, 1.0, 2.0, 3.0])
     """
+    bins = check_int("bins", bins, low=1)
     flat = values.detach().reshape(-1)
     flat = flat[torch.isfinite(flat)]
     if not flat.numel():

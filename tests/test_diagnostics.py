@@ -204,3 +204,11 @@ def test_device_histogram_equals_numpy(values):
     assert got[0] == counts.tolist()
     np.testing.assert_allclose(got[1], edges, rtol=1e-6, atol=1e-9)
     assert histogram(torch.tensor([float("nan")])) is None
+
+
+def test_histogram_bins_are_validated():
+    from lightning_losses.diagnostics import histogram
+    from lightning_losses.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"`bins` must be an integer >= 1, got 0"):
+        histogram(torch.ones(3), bins=0)
