@@ -29,7 +29,7 @@ import torch
 from lightning_losses._compat import log_step, should_update_logs
 from lightning_losses._deferred import FOLD_EVERY
 from lightning_losses._log_rows import log_scalars
-from lightning_losses.distributed import global_sum, rank
+from lightning_losses.distributed import global_sum, rank_zero_share
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -135,7 +135,6 @@ def load_nonfinite_counts(module: Any, checkpoint: dict[str, Any]) -> None:
     saved = checkpoint.get(CHECKPOINT_KEY)
     if saved is None:
         return
-    counts = saved["counts"].clone()
-    state[_COUNT] = (list(saved["names"]), counts if rank() == 0 else torch.zeros_like(counts))
+    state[_COUNT] = (list(saved["names"]), rank_zero_share(saved["counts"]))
     if saved.get("logged_at") is not None:
         state[_LOGGED_AT] = saved["logged_at"]

@@ -24,10 +24,12 @@ __all__ = [
     "all_reduce_sum_with_grad",
     "data_parallel_group",
     "data_parallel_group_of",
+    "global_mean",
     "global_reductions",
     "global_sum",
     "is_distributed",
     "rank",
+    "rank_zero_share",
     "set_data_parallel_group",
     "use_strategy",
     "world_size",
@@ -104,6 +106,28 @@ def global_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=_DATA_PARALLEL_GROUP)
     return out
+
+
+def global_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average ``tensor`` over the data-parallel group (:func:`global_sum` over the group's size; one collective).
+
+    Example:
+        >>> global_mean(torch.tensor([1.0, 2.0]))  # one process: unchanged
+        tensor([1., 2.])
+    """
+    return global_sum(tensor) / world_size()
+
+
+def rank_zero_share(total: torch.Tensor) -> torch.Tensor:
+    """A total over the data-parallel group, read back from a checkpoint, as this rank's share: ``total`` on rank 0,
+    zeros on the others, so that the next sum over the ranks counts it once (a logging window saved with
+    :func:`global_sum`).
+
+    Example:
+        >>> rank_zero_share(torch.tensor([3.0]))  # one process: rank 0
+        tensor([3.])
+    """
+    return total.clone() if rank() == 0 else torch.zeros_like(total)
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

@@ -39,7 +39,7 @@ from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, media_loggers
-from lightning_losses.distributed import global_sum, rank
+from lightning_losses.distributed import global_sum, rank_zero_share
 from lightning_losses.entropy.controller import EntropyController
 from lightning_losses.entropy.window import class_means, entropies, merge_window, upgrade_window, window_statistics
 from lightning_losses.errors import ConfigurationError
@@ -289,7 +289,7 @@ class EntropyControl(MixinCallback):
         if window is not None and "nonfinite" not in state_dict:  # [sum, count, ...] -> [sum, count, 0, ...]
             window = upgrade_window(window)
         if window is not None:  # the global window: counted once, on rank 0 (the next reduction adds the others)
-            window = window.clone() if rank() == 0 else torch.zeros_like(window)
+            window = rank_zero_share(window)
         self._window = window
         self._pending.clear()
         self.nonfinite = float(state_dict.get("nonfinite", 0.0))

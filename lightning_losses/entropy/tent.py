@@ -39,7 +39,7 @@ from typing_extensions import override
 
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number
 from lightning_losses.callbacks import CALLBACKS
-from lightning_losses.distributed import global_sum, is_distributed, world_size
+from lightning_losses.distributed import global_mean, is_distributed
 from lightning_losses.entropy._batch import ForwardFn, batch_logits, check_forward_args
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.functional.entropy import entropy
@@ -230,7 +230,7 @@ class Tent(L.Callback):
                 grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
                 flat = torch.cat([g.reshape(-1) for g in grads])
                 if self.sync_grads and is_distributed():
-                    flat = global_sum(flat) / world_size()
+                    flat = global_mean(flat)
                     for p, g in zip(self._params, torch.split(flat, [q.numel() for q in self._params])):
                         p.grad = g.view_as(p)
                 if not bool(

@@ -44,5 +44,5 @@ def mean_over_ranks(tensors: list[Tensor]) -> list[Tensor]:
     if not distributed.is_distributed():
         return tensors
     flat = torch.cat([t.reshape(-1) for t in tensors])
-    flat = distributed.global_sum(flat) / distributed.world_size()
+    flat = distributed.global_mean(flat)
     return [c.view_as(t) for c, t in zip(flat.split([t.numel() for t in tensors]), tensors)]

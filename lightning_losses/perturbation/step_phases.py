@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_losses.distributed import global_sum, is_distributed, world_size
+from lightning_losses.distributed import global_mean, is_distributed
 from lightning_losses.perturbation import functional as F
 from lightning_losses.perturbation import looksam
 from lightning_losses.perturbation.gradient_rules import DESCENT_RULES, DIRECTION_RULES
@@ -184,7 +184,7 @@ class StepPhases:
                 # batch's (k ranks = 1 process; with a per-replica ascent, the mean m-sharpness); one all-reduce
                 sharpness = local(loss1.detach() - loss0.detach())  # a replicated DTensor (tensor parallel): its value
                 if is_distributed():
-                    sharpness = global_sum(sharpness) / world_size()
+                    sharpness = global_mean(sharpness)
                 stats["sharpness"] = sharpness.float()
             stats["radius"] = torch.tensor(run.radius)
             stats["skipped"] = torch.tensor(float(self.skipped))

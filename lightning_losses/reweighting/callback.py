@@ -182,14 +182,12 @@ class SampleReweighting(MixinCallback):
         self.reweighter.set_epoch(trainer.current_epoch)
 
     # ------------------------------------------------------------------ logging
-    def _group_sums_for(self, group: torch.Tensor, trainer: Any) -> GroupSums:
-        if self._group_sums is None:
-            size = getattr(self.reweighter, "num_groups", 0) or datamodule_groups(trainer)
-            if not size:  # one collective, once
-                local = group.max().reshape(1) if group.numel() else group.new_full((1,), -1)
-                size = int(sync_statistics({"m": local}, {"m": "max"})[0]["m"]) + 1
-            self._group_sums = GroupSums(size, group.device)
-        return self._group_sums
+    def _create_group_sums(self, group: torch.Tensor, trainer: Any) -> None:
+        size = getattr(self.reweighter, "num_groups", 0) or datamodule_groups(trainer)
+        if not size:  # one collective, once
+            local = group.max().reshape(1) if group.numel() else group.new_full((1,), -1)
+            size = int(sync_statistics({"m": local}, {"m": "max"})[0]["m"]) + 1
+        self._group_sums = GroupSums(size, group.device)
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -202,7 +200,7 @@ class SampleReweighting(MixinCallback):
             group, losses = last.get("group"), last.get("losses")
             if group is not None:
                 if self._group_sums is None:  # sized on the first step (a collective when the size is unknown)
-                    self._group_sums_for(group, trainer)
+                    self._create_group_sums(group, trainer)
                 self._pending_groups.add(logits, target, group, losses, last.get("sample_mask"))
             elif self.media.every != 0 and not target.is_floating_point() and media_loggers(trainer):
                 if self._class_sums is None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from lightning_losses.distributed import global_sum, is_distributed, rank
+from lightning_losses.distributed import global_sum, is_distributed, rank_zero_share
 from lightning_losses.reweighting.metrics import (
     group_stats_from_sums,
     group_sums,
@@ -71,16 +71,15 @@ def save_interval(groups: GroupSums | None, classes: GroupSums | None) -> dict[s
 
 
 def restore_interval(state: dict[str, Any]) -> tuple[GroupSums | None, GroupSums | None]:
-    """The accumulators of :func:`save_interval`'s state: the global sums on rank 0, zeros on the others (the next
-    log sums the ranks: counted once); ``None`` where the checkpoint has none."""
+    """The accumulators of :func:`save_interval`'s state (:func:`~lightning_losses.distributed.rank_zero_share`: the
+    next log sums the ranks, counted once); ``None`` where the checkpoint has none."""
     out = []
     for key in ("group_sums", "class_sums"):
         saved = state.get(key)
         acc = None
         if saved is not None:
             acc = GroupSums(saved.shape[0])
-            if rank() == 0:
-                acc.sums = saved.to(torch.float64).clone()
+            acc.sums = rank_zero_share(saved.to(torch.float64))
         out.append(acc)
     return out[0], out[1]
 
@@ -100,66 +99,62 @@ def reweighting_row(
         ``(metrics, group_stats, class_stats)``: Python floats by key, and the per-group / per-class statistics
         (:func:`~lightning_losses.reweighting.metrics.group_stats_from_sums`) for the media.
     """
-    f64 = torch.float64
     # the weights' sums on the device, summed over ranks with the group sums; or, in one process with a small batch,
     # the weights themselves in the host read (a few Python sums are cheaper than a dozen cold tensor operations)
     on_host = weights is not None and not is_distributed() and weights.numel() <= HOST_WEIGHTS
-    parts: list[torch.Tensor] = []  # summed over ranks, in one vector: weight sums, pending count, groups, classes
-    stats: dict[str, torch.Tensor] = {}
-    pending = weights is not None and reweighter.unsynced_nonfinite_pending  # the same on every rank
+    local: dict[str, torch.Tensor] = {}  # named pieces, reduced over the ranks in one collective
     if weights is not None and not on_host:
-        sums, stats["extremes"] = weight_sums(weights)
-        parts.append(sums)
-        if pending:
-            parts.append(reweighter.take_unsynced_nonfinite().reshape(1).to(f64))
-    for acc in (groups, classes):
+        local["weights"], local["extremes"] = weight_sums(weights)
+        if reweighter.unsynced_nonfinite_pending:  # the same on every rank
+            local["pending"] = reweighter.take_unsynced_nonfinite().reshape(1)
+    for name, acc in (("groups", groups), ("classes", classes)):
         if acc is not None:
-            parts.append(acc.take())
-    if parts:
-        stats["sums"] = torch.cat(parts) if len(parts) > 1 else parts[0]
-    synced, _ = sync_statistics(stats, {"sums": "sum", "extremes": "max"})
-    if pending and not on_host:  # the state stays a device tensor (checkpointed); summed over ranks above
-        reweighter.nonfinite = reweighter.nonfinite + synced["sums"][5].to(torch.int64)
+            local[name] = acc.take()
+    synced, _ = sync_statistics(local, {name: "max" if name == "extremes" else "sum" for name in local})
+    if "pending" in synced:  # the state stays a device tensor (checkpointed); summed over ranks above
+        reweighter.nonfinite = reweighter.nonfinite + synced["pending"][0].to(torch.int64)
     values = reweighter.log_values()
-    tail = [reweighter.nonfinite_count().reshape(1)]
-    tail += [v.detach().reshape(-1) if v.ndim != 1 or v.requires_grad else v for v in values.values()]
+    read = {**synced, "nonfinite": reweighter.nonfinite_count()}
+    read.update({f"value/{name}": v for name, v in values.items()})
     if on_host:
-        tail.append(weights.detach().reshape(-1))  # type: ignore[union-attr]
-    device = tail[0].device
-    pieces = [synced[k] for k in ("sums", "extremes") if k in synced] + tail
-    pieces = [t if t.dtype == f64 and t.device == device else t.to(device, f64) for t in pieces]
-    host = torch.cat(pieces).tolist()  # the one host read
-    # layout: [weight sums (5), pending count, group sums, class sums], [extremes (2)], [non-finite, values, weights]
+        read["raw_weights"] = weights  # type: ignore[assignment]
+    host = _read_once(read)
     metrics: dict[str, float] = {}
-    at, end = 0, int(stats["sums"].numel()) if parts else 0
     if weights is not None:
         if on_host:
-            values_w = host[len(host) - weights.numel() :]
-            weight_stats = weight_stats_from_sums(*host_weight_sums(values_w))
+            weight_stats = weight_stats_from_sums(*host_weight_sums(host["raw_weights"]))
         else:
-            weight_stats = weight_stats_from_sums(host[:5], host[end : end + 2])
-            at, end = 5 + int(pending), end + 2
+            weight_stats = weight_stats_from_sums(host["weights"], host["extremes"])
         metrics.update({f"reweight/{k}": v for k, v in weight_stats.items()})
-    group_stats = class_stats = None
-    if groups is not None:
-        group_stats = group_stats_from_sums(host[at : at + 3 * groups.size])
-        at += 3 * groups.size
-    if classes is not None:
-        class_stats = group_stats_from_sums(host[at : at + 3 * classes.size])
-    metrics["reweight/nonfinite"] = host[end]
-    end += 1
+    metrics["reweight/nonfinite"] = host["nonfinite"][0]
     for name, value in values.items():  # a 0-d value is one key, a 1-D one a key per element
+        got = host[f"value/{name}"]
         if value.ndim == 0:
-            metrics[f"reweight/{name}"] = host[end]
+            metrics[f"reweight/{name}"] = got[0]
         else:
-            metrics.update({f"reweight/{name}/{i}": v for i, v in enumerate(host[end : end + value.numel()])})
-        end += value.numel()
+            metrics.update({f"reweight/{name}/{i}": v for i, v in enumerate(got)})
+    group_stats = None if groups is None else group_stats_from_sums(host["groups"])
+    class_stats = None if classes is None else group_stats_from_sums(host["classes"])
     if group_stats is not None:
         for g, (acc, loss) in enumerate(zip(group_stats["acc"], group_stats["loss"])):
             metrics[f"reweight/group_acc/{g}"] = acc
             metrics[f"reweight/group_loss/{g}"] = loss
         metrics["reweight/worst_group_acc"] = group_stats["worst_acc"]
     return metrics, group_stats, class_stats
+
+
+def _read_once(tensors: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Every tensor of ``tensors`` as a list of Python floats, by name, from one host read (one concatenation in
+    float64 on the first tensor's device)."""
+    device, flat = next(iter(tensors.values())).device, []
+    for t in tensors.values():  # no call where there is nothing to do: each is a kernel launch on a cold step
+        t = t.detach() if t.requires_grad else t
+        t = t if t.ndim == 1 else t.reshape(-1)
+        flat.append(t if t.dtype == torch.float64 and t.device == device else t.to(device, torch.float64))
+    values, out, at = torch.cat(flat).tolist(), {}, 0
+    for name, t in zip(tensors, flat):
+        out[name], at = values[at : at + t.numel()], at + t.numel()
+    return out
 
 
 def host_weight_sums(weights: list[float]) -> tuple[list[float], list[float]]:

@@ -17,6 +17,7 @@ from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 from lightning_losses.errors import ConfigurationError
 from lightning_losses.reweighting.callback import _Attached
 from lightning_losses.reweighting.step_logs import GroupSums
+from tests.helpers.trainers import LoggedMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -185,18 +186,6 @@ def test_checkpoint_resume_continues_exactly(tmp_path, name, options):
         torch.testing.assert_close(p, q)
 
 
-class _LoggedValues(L.Callback):
-    """``reweight/*`` of ``trainer.callback_metrics`` after every optimizer step that logged (``every`` steps)."""
-
-    def __init__(self, every):
-        self.every, self.rows = every, {}
-
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        if trainer.global_step % self.every == 0:
-            metrics = trainer.callback_metrics
-            self.rows[trainer.global_step] = {k: float(v) for k, v in metrics.items() if k.startswith("reweight/")}
-
-
 def test_resume_mid_interval_logs_what_an_uninterrupted_fit_logs(tmp_path):
     """The checkpoint falls between two logs (after step 5 of steps logged every 3): the sums of steps 4 and 5 are
     saved with it, so the resumed fit's first log (step 6) covers steps 4-6 as the uninterrupted one does; the group
@@ -209,7 +198,8 @@ def test_resume_mid_interval_logs_what_an_uninterrupted_fit_logs(tmp_path):
         return DigitsClassifier(num_features=dm.num_features, dropout=0.0, cosine_schedule=False), dm
 
     def callbacks():
-        return ll.SampleReweighting("group_dro", step_size=0.5, num_groups=2, media_every_n_steps=2), _LoggedValues(3)
+        reweighting = ll.SampleReweighting("group_dro", step_size=0.5, num_groups=2, media_every_n_steps=2)
+        return reweighting, LoggedMetrics(every=3, prefixes=("reweight/",))
 
     kwargs = {"limit_train_batches": 5, "enable_checkpointing": True, "log_every_n_steps": 3}
     model, dm = model_and_data()

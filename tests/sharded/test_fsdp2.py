@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 
-import lightning as L
 import pytest
 import torch
 
 import lightning_losses as ll
+from tests.helpers.trainers import LoggedMetrics
 
 from . import _fsdp2
 
@@ -169,24 +169,13 @@ def test_sam_step_under_fsdp2_packs_its_norms(ddp):
     assert ddp.run(_fsdp2.all_reduces_per_sam_step, True) == [4, 4]
 
 
-class _LoggedRows(L.Callback):
-    """``trainer.callback_metrics`` after every training batch (the wall-clock keys left out)."""
-
-    def __init__(self):
-        self.rows = []
-
-    def on_train_batch_end(self, trainer, pl_module, *args):
-        metrics = trainer.callback_metrics
-        self.rows.append({k: float(v) for k, v in metrics.items() if not k.endswith(("step_time", "time_ratio"))})
-
-
 def _logged_rows() -> dict[str, list[dict[str, float]]]:
     out = {}
     for strategy in ("fsdp2", "ddp"):
-        rows = _LoggedRows()
+        rows = LoggedMetrics(exclude=("step_time", "time_ratio"))
         callbacks = [ll.SampleReweighting("loss_softmax"), ll.EntropyControl(beta=0.1), ll.SAM(rho=0.5, **_SYNC), rows]
         _fsdp2.fit(strategy, callbacks, steps=4, trainer_kw={"log_every_n_steps": 1})
-        out[strategy] = rows.rows
+        out[strategy] = list(rows.rows.values())
     return out
 
 
