@@ -22,16 +22,17 @@ def quiet_trainer(callbacks: list[Any] | None = None, **kwargs: Any) -> L.Traine
 
 
 class LoggedMetrics(L.Callback):
-    """``trainer.callback_metrics`` as floats after the training batch of every optimizer step that ``every``
-    divides, by step (``rows``); ``prefixes``: keep only these keys, ``exclude``: drop the keys ending so (wall-clock
-    times)."""
+    """``trainer.callback_metrics`` as floats right after every optimizer step that ``every`` divides (the batch that
+    took it; not the accumulating micro-batches after it), by step (``rows``); ``prefixes``: keep only these keys,
+    ``exclude``: drop the keys ending so (wall-clock times)."""
 
     def __init__(self, every: int = 1, prefixes: tuple[str, ...] = ("",), exclude: tuple[str, ...] = ()) -> None:
         self.every, self.prefixes, self.exclude = every, prefixes, exclude
         self.rows: dict[int, dict[str, float]] = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
-        if trainer.global_step % self.every == 0:
+        step = trainer.global_step
+        if step and step % self.every == 0 and step not in self.rows:
             metrics = trainer.callback_metrics.items()
             kept = {k: float(v) for k, v in metrics if k.startswith(self.prefixes) and not k.endswith(self.exclude)}
-            self.rows[trainer.global_step] = kept
+            self.rows[step] = kept

@@ -169,21 +169,24 @@ def test_sam_step_under_fsdp2_packs_its_norms(ddp):
     assert ddp.run(_fsdp2.all_reduces_per_sam_step, True) == [4, 4]
 
 
-def _logged_rows() -> dict[str, list[dict[str, float]]]:
+def _logged_rows(accumulate: int) -> dict[str, list[dict[str, float]]]:
     out = {}
     for strategy in ("fsdp2", "ddp"):
         rows = LoggedMetrics(exclude=("step_time", "time_ratio"))
         callbacks = [ll.SampleReweighting("loss_softmax"), ll.EntropyControl(beta=0.1), ll.SAM(rho=0.5, **_SYNC), rows]
-        _fsdp2.fit(strategy, callbacks, steps=4, trainer_kw={"log_every_n_steps": 1})
+        kw = {"log_every_n_steps": 1, "accumulate_grad_batches": accumulate}
+        _fsdp2.fit(strategy, callbacks, steps=4, trainer_kw=kw)
         out[strategy] = list(rows.rows.values())
     return out
 
 
-def test_every_logged_statistic_under_fsdp2_equals_ddp(ddp):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_every_logged_statistic_under_fsdp2_equals_ddp(ddp, accumulate):
     """Reweighting, entropy, SAM and the objective together, logged every step: the weight statistics, the entropy
     window, the perturbation's norms, cosine and sharpness and the objective's counts are the same under FSDP2 as
-    under DDP, on both ranks (the logging fast path and the packed collectives included)."""
-    got = ddp.run(_logged_rows)
+    under DDP, on both ranks (the logging fast path and the packed collectives included), also with 2 micro-batches a
+    step."""
+    got = ddp.run(_logged_rows, accumulate)
     assert got[0] == got[1]  # every rank logs the same values
     fsdp2, plain = got[0]["fsdp2"], got[0]["ddp"]
     assert len(fsdp2) == len(plain) == 4
