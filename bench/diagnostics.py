@@ -38,7 +38,9 @@ the ``off`` run's total step time: the share of the step time the diagnostics ta
     OMP_NUM_THREADS=1 python bench/diagnostics.py --mode accounting --config default --logger csv --clock cpu
 
 ``--config default`` runs the default recipe instead (cross entropy, no callback, a CSV logger as in the recipe):
-its diagnostics are the objective's statistics.
+its diagnostics are the objective's statistics. ``--config reweighting`` / ``entropy`` / ``perturbation`` run one
+mechanism alone (group DRO on the spurious-group data; the entropy bonus with the ``CalibrationMonitor``; SAM), as a
+run that uses one of them has it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ from lightning_losses.demo import DigitsClassifier, DigitsDataModule
 #: machine, and to the W&B service's own process; the step runs on this one thread with ``OMP_NUM_THREADS=1``)
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 CLOCK = [time.perf_counter]
+#: ``--config``: every mechanism with diagnostics, one of them alone, or the default recipe
+CONFIGS = ("all", "reweighting", "entropy", "perturbation", "default")
 #: callbacks added to every fit (the accounting's)
 EXTRA: list[L.Callback] = []
 
@@ -96,23 +100,27 @@ def fit(
     baseline: str = "silent",
     config: str = "all",
 ) -> tuple[float, float, float]:
-    """One fit; ``(mean step seconds, wall seconds, excess of the mean step over the quiet steps)``. ``config``:
-    ``all`` (every mechanism with diagnostics) or ``default`` (the default recipe: cross entropy, no callback; the
-    objective's statistics are its diagnostics)."""
+    """One fit; ``(mean step seconds, wall seconds, excess of the mean step over the quiet steps)``. ``config``: one
+    of :data:`CONFIGS`: ``all`` (every mechanism with diagnostics), one mechanism alone, or ``default`` (the default
+    recipe: cross entropy, no callback; the objective's statistics are its diagnostics)."""
     media = None if diagnostics else 0
     quiet = not diagnostics and baseline == "lightning"  # Lightning's own step logs on, the callbacks' off
     clock = StepClock()
     callbacks = [clock, *EXTRA]
-    if config == "all":
-        callbacks += [
+    if config in ("all", "reweighting"):
+        callbacks.append(
             ll.SampleReweighting(
                 "group_dro", step_size=0.01, media_every_n_steps=media, log_every_n_steps=0 if quiet else None
-            ),
-            ll.EntropyControl(beta=0.1, media_every_n_steps=media, log_every_n_steps=10**9 if quiet else None),
-            ll.SAM(rho=0.05, log_every_n_steps=0 if quiet else None),
-        ]
+            )
+        )
+    if config in ("all", "entropy"):
+        callbacks.append(
+            ll.EntropyControl(beta=0.1, media_every_n_steps=media, log_every_n_steps=10**9 if quiet else None)
+        )
         if diagnostics:
             callbacks.append(ll.CalibrationMonitor())
+    if config in ("all", "perturbation"):
+        callbacks.append(ll.SAM(rho=0.05, log_every_n_steps=0 if quiet else None))
     if logger_kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
@@ -127,7 +135,7 @@ def fit(
         accelerator=device, devices=1, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=root,
     )  # fmt: skip
-    spurious = 0.9 if config == "all" else 0.0
+    spurious = 0.9 if config in ("all", "reweighting") else 0.0
     model = DigitsClassifier(num_features=74 if spurious else 64, hidden_dim=256, depth=2, dropout=0.1)
     model.objective_statistics = not quiet
     data = DigitsDataModule(batch_size=64, spurious=spurious)
@@ -250,7 +258,10 @@ def main() -> None:
     )
     parser.add_argument("--mode", choices=("pairs", "accounting"), default="pairs", help="see the module docstring")
     parser.add_argument(
-        "--config", choices=("all", "default"), default="all", help="every mechanism, or the default recipe"
+        "--config",
+        choices=CONFIGS,
+        default="all",
+        help="every mechanism, one of them alone, or the default recipe (see the module docstring)",
     )
     args = parser.parse_args()
     CLOCK[0] = CLOCKS[args.clock]

@@ -27,7 +27,7 @@ from lightning_losses._compat import (
     should_update_logs,
 )
 
-__all__ = ["log_scalars", "write_row"]
+__all__ = ["host_values", "log_scalars", "write_row"]
 
 _KEPT = "_ll_kept_row"
 
@@ -84,11 +84,34 @@ def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own
     if connector is None:
         pl_module.log_dict(dict(metrics), on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
         return
-    values = {k: v.detach() for k, v in metrics.items() if isinstance(v, torch.Tensor)}
-    numbers = {k: float(v) for k, v in metrics.items() if k not in values}
+    numbers = host_values(metrics)
+    # one float64 tensor for all of them (monitors read tensors), in views
     store = callback_metrics_store(trainer)  # what `trainer.callback_metrics` returns, without its refresh
-    if numbers:  # one float64 tensor for all of them (monitors read tensors), in views
-        store.update(zip(numbers, torch.tensor(list(numbers.values()), dtype=torch.float64).unbind(0)))
-    store.update(values)
-    # the row: numbers as they are (no `.item()` per key when the loggers' row is written), in the caller's order
-    write_row(trainer, {k: numbers[k] if k in numbers else values[k] for k in metrics})
+    store.update(zip(numbers, torch.tensor(list(numbers.values()), dtype=torch.float64).unbind(0)))
+    # the row: Python numbers (no `.item()` per key when the loggers' row is written), in the caller's order
+    write_row(trainer, numbers)
+
+
+def host_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """``metrics`` (numbers and one-element tensors) as Python floats, in their order; the tensors of a device read in
+    one ``stack`` and one host read (each ``.item()`` would be a kernel and a sync of its own).
+
+    Example:
+        >>> host_values({"a": torch.tensor(0.5), "b": 2, "c": torch.tensor([3], dtype=torch.int64)})
+        {'a': 0.5, 'b': 2.0, 'c': 3.0}
+    """
+    by_device: dict[Any, list[str]] = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            by_device.setdefault(value.device, []).append(key)
+    read: dict[str, float] = {}
+    with torch.no_grad():  # no graph, so no `detach` per tensor
+        for keys in by_device.values():
+            tensors = [metrics[k] if metrics[k].ndim == 0 else metrics[k].reshape(()) for k in keys]
+            if len(tensors) == 1:
+                read[keys[0]] = tensors[0].item()
+                continue
+            if any(t.dtype != tensors[0].dtype for t in tensors):  # exact: a stack would promote int64 to float32
+                tensors = [t.to(torch.float64) for t in tensors]
+            read.update(zip(keys, torch.stack(tensors).tolist()))
+    return {k: float(read[k] if k in read else v) for k, v in metrics.items()}

@@ -29,7 +29,7 @@ import torch
 from lightning_losses._compat import log_step, should_update_logs
 from lightning_losses._deferred import FOLD_EVERY
 from lightning_losses._log_rows import log_scalars
-from lightning_losses.distributed import global_sum, rank_zero_share
+from lightning_losses.distributed import global_sum, global_sum_values, rank_zero_share
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -73,7 +73,7 @@ def log_objective_diagnostics(module: Any, trainer: Any, out: Any) -> None:
     # micro-batches of one logging step each log the interval's count so far (the last one, complete, is kept)
     state[_LOGGED_AT] = log_step(trainer)
     metrics: dict[str, Any] = {f"objective/coef/{name}": float(c) for name, c in out.coefficients.items()}
-    reduced = [float(v) for v in global_sum(counts).tolist()]  # one host read (the row reads its values anyway)
+    reduced = [float(v) for v in global_sum_values(counts)]  # one host read (the row reads its values anyway)
     metrics["objective/nonfinite"] = reduced[0]
     metrics.update({f"objective/nonfinite/{name}": v for name, v in zip(names, reduced[1:])})
     log_scalars(trainer, module, metrics)  # in the Trainer's row of the step, with `train/*`
@@ -94,12 +94,13 @@ def _fold(
             if column is None:
                 names.append(name)
                 column = columns[name] = []
-            column.append(total if values is None else values.reshape(-1))
+            column.append(total if values is None else values if values.ndim == 1 else values.reshape(-1))
     parts = [totals] + [columns[name] for name in names]
     lengths = [sum(t.numel() for t in part) for part in parts]
-    # every value of every column in one pass: one concatenation, one test, one sum per column
+    # every value of every column in one pass: one concatenation, one test, one sum per column (`x - x` is 0 for a
+    # finite value, NaN for NaN / inf: two kernels, where `isfinite` + `logical_not` run five)
     flat = torch.cat([t for part in parts for t in part])
-    bad = torch.isfinite(flat).logical_not_()
+    bad = (flat - flat).ne(0) if flat.is_floating_point() else torch.zeros_like(flat, dtype=torch.bool)
     if len(set(lengths)) == 1:
         counts = bad.view(len(parts), lengths[0]).sum(1)
     else:  # a batch-level term, or a term missing from some steps

@@ -27,6 +27,7 @@ __all__ = [
     "global_mean",
     "global_reductions",
     "global_sum",
+    "global_sum_values",
     "is_distributed",
     "rank",
     "rank_zero_share",
@@ -106,6 +107,20 @@ def global_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=_DATA_PARALLEL_GROUP)
     return out
+
+
+def global_sum_values(tensor: torch.Tensor) -> list[Any]:
+    """:func:`global_sum` of ``tensor`` read to the host (``tolist``): for the values a logging step writes. In one
+    process, the read alone (no copy); under DDP, one collective on a copy.
+
+    Example:
+        >>> global_sum_values(torch.tensor([1.0, 2.0]))
+        [1.0, 2.0]
+    """
+    if is_distributed():
+        return global_sum(tensor).tolist()
+    _count()
+    return tensor.tolist()  # `tolist` reads values only: no detach needed
 
 
 def global_mean(tensor: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 import torch
 
-from lightning_losses.distributed import all_gather_with_grad, global_sum, rank, world_size
+from lightning_losses.distributed import all_gather_with_grad, global_sum, global_sum_values, rank, world_size
 from lightning_losses.reduction import weighted_mean
 
 # ---------------------------------------------------------------- functions run on every rank
@@ -12,6 +12,8 @@ def _collectives():
     r = rank()
     x = torch.tensor([1.0 + r, 10.0])
     summed = global_sum(x)
+    values = global_sum_values(x)  # the same sum, read to the host; `x` itself unchanged
+    assert values == summed.tolist() and x.tolist() == [1.0 + r, 10.0]
     # uneven sizes: rank 0 has 2 rows, rank 1 has 3
     local = torch.arange(2 + r, dtype=torch.float64).add(10 * r).requires_grad_(True)
     gathered = all_gather_with_grad(local)

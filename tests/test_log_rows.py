@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from lightning_losses._log_rows import write_row
+from lightning_losses._log_rows import host_values, write_row
 
 
 class _Connector:
@@ -53,3 +53,18 @@ def test_values_outside_a_training_batch_or_off_the_logging_steps_are_written_at
     trainer.fit_loop.epoch_loop.batch_progress.current.completed = 1  # e.g. `on_fit_end`
     write_row(trainer, {"b": 1.0})
     assert connector.rows == [({"a": 1.0}, 2), ({"b": 1.0}, 2)]
+
+
+def test_host_values_read_tensors_exactly_in_one_read_and_keep_the_order():
+    """Numbers and one-element tensors of any dtype (an int64 count beyond float32's integers, a tensor in a graph)
+    become Python floats in the caller's order; a mix of dtypes is read in float64 (a stack would promote it to
+    float32)."""
+    import torch
+
+    graph = torch.tensor(1.5, dtype=torch.float64, requires_grad=True) * 2
+    metrics = {"b": 2, "a": torch.tensor(0.1), "c": torch.tensor([2**25 + 1]), "d": graph, "e": torch.tensor(True)}
+    got = host_values(metrics)
+    assert list(got) == ["b", "a", "c", "d", "e"]
+    assert got == {"b": 2.0, "a": float(torch.tensor(0.1)), "c": 2.0**25 + 1, "d": 3.0, "e": 1.0}
+    assert all(type(v) is float for v in got.values())
+    assert host_values({"x": torch.tensor(0.25)}) == {"x": 0.25} and host_values({}) == {}

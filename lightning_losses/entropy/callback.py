@@ -39,7 +39,7 @@ from lightning_losses._state import step_skipped
 from lightning_losses._validation import check_bool, check_choice, check_int, check_number, check_state_keys
 from lightning_losses.callbacks import CALLBACKS, MixinCallback, step_logs_due
 from lightning_losses.diagnostics import MediaCadence, log_histogram, log_scalars, media_loggers
-from lightning_losses.distributed import global_sum, rank_zero_share
+from lightning_losses.distributed import global_sum, global_sum_values, rank_zero_share
 from lightning_losses.entropy.controller import EntropyController
 from lightning_losses.entropy.window import class_means, entropies, merge_window, upgrade_window, window_statistics
 from lightning_losses.errors import ConfigurationError
@@ -228,7 +228,7 @@ class EntropyControl(MixinCallback):
             if log_now and window is not None:
                 reduced = out[2]
         elif window is not None:
-            reduced = global_sum(window)
+            reduced = global_sum_values(window)
         if log_now and reduced is not None:
             self._log(trainer, pl_module, step, reduced)
         if log_now:
@@ -238,9 +238,12 @@ class EntropyControl(MixinCallback):
             log_histogram(trainer, f"{self.name}/per_sample", self._last_per_sample)
         self._last_per_sample = None
 
-    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, reduced: torch.Tensor) -> None:
+    def _log(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, reduced: torch.Tensor | list[float]
+    ) -> None:
         beta = self.beta(step)
-        window = reduced.tolist()  # one host read (the Trainer's row of the step reads its values anyway)
+        # one host read (the Trainer's row of the step reads its values anyway)
+        window = reduced if isinstance(reduced, list) else reduced.tolist()
         self.nonfinite += window[2]
         metrics: dict[str, float] = {
             f"{self.name}/mean": window[0] / max(window[1], 1.0),

@@ -46,12 +46,14 @@ def window_statistics(
         >>> window_statistics(torch.tensor([0.5, float("nan")]), None, torch.zeros(2, 3), None, per_class=False)
         tensor([0.5000, 1.0000, 1.0000])
     """
-    h = h.detach()
-    finite = torch.isfinite(h)
+    h = h.detach() if h.requires_grad else h
+    # (`h - h` is 0 for a finite value, NaN for NaN / inf: two kernels where `isfinite` runs four; a logging step
+    # folds its window after the backward, when each kernel costs most)
+    finite = (h - h).eq(0) if h.is_floating_point() else torch.ones_like(h, dtype=torch.bool)
     counted = finite if mask is None else mask & finite
     kept = counted.sum()
     seen = h.numel() if mask is None else mask.sum()  # the non-finite ones of these are counted apart
-    h = torch.where(counted, h, 0.0)
+    h = torch.nan_to_num(h, 0.0, 0.0, 0.0) if mask is None else torch.where(counted, h, 0.0)
     # one stack (promoted to h's dtype): sum over the counted samples, their count, the non-finite count
     head = torch.stack([h.sum(), kept, seen - kept])
     if not (per_class and logits.ndim == 2):

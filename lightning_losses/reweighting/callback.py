@@ -206,14 +206,13 @@ class SampleReweighting(MixinCallback):
                 if self._class_sums is None:
                     self._class_sums = GroupSums(logits.shape[-1], logits.device)
                 self._pending_classes.add(logits, target, losses, last.get("sample_mask"))
-        step = trainer.global_step
         if not self._committed:  # accumulating: no optimizer step in this micro-batch, its sums log with the step's
             due = False
         elif self.log_every_n_steps is None:
             due = step_logs_due(trainer)
         else:
-            due = step % self.log_every_n_steps == 0
-        if not due or step == self._last_logged_step:
+            due = trainer.global_step % self.log_every_n_steps == 0
+        if not due or (step := trainer.global_step) == self._last_logged_step:
             if self._pending_groups.full() or self._pending_classes.full():  # the same step on every rank
                 self._flush_metrics()
             return

@@ -21,43 +21,119 @@ import torch
 from lightning_losses.distributed import global_sum, is_distributed, rank_zero_share
 from lightning_losses.reweighting.metrics import (
     group_stats_from_sums,
-    group_sums,
     weight_stats_from_sums,
     weight_sums,
 )
 from lightning_losses.sync import sync_statistics
 
-__all__ = ["HOST_WEIGHTS", "GroupSums", "host_weight_sums", "restore_interval", "reweighting_row", "save_interval"]
+__all__ = [
+    "HOST_WEIGHTS",
+    "GroupSums",
+    "host_weight_sums",
+    "restore_interval",
+    "reweighting_row",
+    "save_interval",
+    "stats_from_taken",
+]
 
 #: in one process, a batch of at most this many weights is described from the host read itself
 HOST_WEIGHTS = 512
 
 
 class GroupSums:
-    """Per-group sample count, correct predictions and loss sum since the last :meth:`take` (local to the rank,
-    float64 ``[size, 3]``; :func:`~lightning_losses.reweighting.metrics.group_sums` added in place).
+    """Per-group sample count, correct predictions and loss sum since the last :meth:`take` (local to the rank).
+
+    Kept in two accumulators that a fold adds to with two ``bincount`` passes and two in-place sums (the fewest
+    kernels: a logging step folds every step since the last one after the backward, when each costs most): ``pairs``,
+    the sample count per ``(group, correct)`` pair (``2 * group + correct``, ``[2 * size]``), and ``losses``, the loss
+    sum per group (float64 ``[size]``). :attr:`sums` gives them as
+    :func:`~lightning_losses.reweighting.metrics.group_sums` does (``[size, 3]``: count, correct, loss; checkpoints
+    hold that), :func:`stats_from_taken` finishes
+    :meth:`take`'s values on the host.
 
     Example:
         >>> sums = GroupSums(2)
         >>> sums.add(torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([0.5, 1.5]))
-        >>> sums.take().tolist()
-        [1.0, 1.0, 0.5, 1.0, 0.0, 1.5]
+        >>> sums.sums.tolist()
+        [[1.0, 1.0, 0.5], [1.0, 0.0, 1.5]]
+        >>> pairs, losses = sums.take()
+        >>> pairs.tolist(), losses.tolist()
+        ([0.0, 1.0, 1.0, 0.0], [0.5, 1.5])
     """
 
     def __init__(self, size: int, device: Any = None) -> None:
         self.size = int(size)
-        self.sums = torch.zeros(self.size, 3, dtype=torch.float64, device=device)
+        self.device = device
+        # `None`: nothing since the last take (the first fold of an interval starts them: no zeros to add to)
+        self.pairs: torch.Tensor | None = None
+        self.losses: torch.Tensor | None = None
 
     def add(self, preds: Any, target: Any, group: Any, losses: Any = None, mask: Any = None) -> None:
-        sums = group_sums(preds, target, group, self.size, losses, mask)
-        if self.sums.device != sums.device:  # restored from a checkpoint (CPU)
-            self.sums = self.sums.to(sums.device)
-        self.sums.add_(sums)
+        """Add a batch: ``preds`` labels ``[N]`` or logits ``[N, C]``; ``mask`` leaves out the ``False`` samples (their
+        group id may be anything, e.g. an ignore_index, and their loss NaN)."""
+        if preds.is_floating_point() and preds.ndim == 2:
+            preds = preds.argmax(-1)
+        g = group if group.dtype == torch.int64 else group.long()
+        lead = 0
+        if mask is not None:  # a left-out sample goes to a bin of its own (group -1), cut off below
+            g, lead = (g + 1).mul_(mask), 1
+        key = torch.add(preds == target, g, alpha=2)  # 2 * group + correct
+        pairs = torch.bincount(key, minlength=2 * (self.size + lead))
+        if pairs.numel() > 2 * (self.size + lead):  # a shape, known on the host: no extra sync
+            raise ValueError(
+                f"GroupAccuracy got group id {(pairs.numel() - 1) // 2 - lead} but `num_groups` is {self.size}; "
+                "set `num_groups` to the true number of groups"
+            )
+        pairs = pairs[2 * lead :] if lead else pairs
+        if self.pairs is None:
+            self.pairs = pairs.to(torch.float64)
+        else:
+            self.pairs = self.pairs.to(pairs.device).add_(pairs)  # (a restored checkpoint's are on the CPU)
+        if losses is not None:  # (a stored step's losses are detached already)
+            losses = losses.detach() if losses.requires_grad else losses
+            sums = torch.bincount(g, losses.to(torch.float64), self.size + lead)
+            sums = sums[lead:] if lead else sums
+            self.losses = sums if self.losses is None else self.losses.to(sums.device).add_(sums)
 
-    def take(self) -> torch.Tensor:
-        """The sums, flattened (``[size * 3]``), and a fresh start."""
-        out, self.sums = self.sums.reshape(-1), torch.zeros_like(self.sums)
+    @property
+    def sums(self) -> torch.Tensor:
+        """Count, correct and loss sum per group, float64 ``[size, 3]``."""
+        pairs, losses = self._current()
+        pairs = pairs.view(self.size, 2)
+        return torch.stack([pairs.sum(1), pairs[:, 1], losses], 1)
+
+    @sums.setter
+    def sums(self, value: torch.Tensor) -> None:
+        value = value.to(torch.float64)
+        self.pairs = torch.stack([value[:, 0] - value[:, 1], value[:, 1]], 1).reshape(-1)
+        self.losses = value[:, 2].clone()
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pairs, losses)`` since the last take (float64), and a fresh start."""
+        out = self._current()
+        self.pairs = self.losses = None
         return out
+
+    def _current(self) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.device if self.pairs is None else self.pairs.device
+        pairs = torch.zeros(2 * self.size, dtype=torch.float64, device=device) if self.pairs is None else self.pairs
+        losses = torch.zeros(self.size, dtype=torch.float64, device=device) if self.losses is None else self.losses
+        return pairs, losses
+
+
+def stats_from_taken(pairs: list[float], losses: list[float]) -> dict[str, Any]:
+    """:func:`~lightning_losses.reweighting.metrics.group_stats_from_sums` of :meth:`GroupSums.take`'s values read to
+    the host (and summed over ranks).
+
+    Example:
+        >>> stats_from_taken([0.0, 1.0, 1.0, 0.0], [0.5, 1.5])["acc"]
+        [1.0, 0.0]
+    """
+    flat: list[float] = []
+    for g, loss in enumerate(losses):
+        wrong, right = pairs[2 * g], pairs[2 * g + 1]
+        flat += [wrong + right, right, loss]
+    return group_stats_from_sums(flat)
 
 
 def save_interval(groups: GroupSums | None, classes: GroupSums | None) -> dict[str, torch.Tensor | None]:
@@ -109,7 +185,7 @@ def reweighting_row(
             local["pending"] = reweighter.take_unsynced_nonfinite().reshape(1)
     for name, acc in (("groups", groups), ("classes", classes)):
         if acc is not None:
-            local[name] = acc.take()
+            local[f"{name}/pairs"], local[f"{name}/losses"] = acc.take()
     synced, _ = sync_statistics(local, {name: "max" if name == "extremes" else "sum" for name in local})
     if "pending" in synced:  # the state stays a device tensor (checkpointed); summed over ranks above
         reweighter.nonfinite = reweighter.nonfinite + synced["pending"][0].to(torch.int64)
@@ -133,8 +209,8 @@ def reweighting_row(
             metrics[f"reweight/{name}"] = got[0]
         else:
             metrics.update({f"reweight/{name}/{i}": v for i, v in enumerate(got)})
-    group_stats = None if groups is None else group_stats_from_sums(host["groups"])
-    class_stats = None if classes is None else group_stats_from_sums(host["classes"])
+    group_stats = None if groups is None else stats_from_taken(host["groups/pairs"], host["groups/losses"])
+    class_stats = None if classes is None else stats_from_taken(host["classes/pairs"], host["classes/losses"])
     if group_stats is not None:
         for g, (acc, loss) in enumerate(zip(group_stats["acc"], group_stats["loss"])):
             metrics[f"reweight/group_acc/{g}"] = acc

@@ -2,6 +2,7 @@
 logged; Tent resets to the source weights instead of applying a non-finite update; a skipped micro-batch leaves the
 controller's accumulators as they were."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -130,3 +131,15 @@ def test_tent_resets_to_the_source_weights_on_a_nonfinite_update(optimizer):
     assert all(bool(torch.isfinite(p).all()) for p in net.parameters())
     assert bool(torch.isfinite(net(torch.randn(4, 6))).all())
     tent.restore(net)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_window_statistics_leave_out_nan_and_both_infinities_as_a_loop_does(masked):
+    from lightning_losses.entropy.window import window_statistics
+
+    h = torch.tensor([0.5, NAN, float("inf"), float("-inf"), 1.25, 2.0], dtype=torch.float64)
+    mask = torch.tensor([True, True, False, True, True, False]) if masked else None
+    seen = [i for i in range(6) if mask is None or mask[i]]
+    finite = [float(h[i]) for i in seen if math.isfinite(float(h[i]))]
+    expected = [sum(finite), len(finite), len(seen) - len(finite)]
+    assert window_statistics(h, mask, torch.zeros(6, 3), None, per_class=False).tolist() == expected

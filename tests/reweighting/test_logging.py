@@ -79,6 +79,49 @@ def test_group_accuracy_rejects_unknown_group():
         GroupAccuracy(num_groups=2).update(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 2]))
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_group_sums_accumulate_the_loop_reference(masked):
+    """The interval accumulator (pair counts and loss sums, two bincounts a fold) over two batches: the loop's count,
+    correct and loss per group; a left-out sample's NaN loss and out-of-range id leave no trace."""
+    from lightning_losses.reweighting.step_logs import GroupSums, stats_from_taken
+
+    logits, target, group, losses, mask = _group_batch()
+    mask = mask if masked else torch.ones_like(mask)
+    if masked:
+        losses, group = losses.masked_fill(~mask, float("nan")), group.masked_fill(~mask, 99)
+    sums = GroupSums(4)
+    sums.add(logits[:15], target[:15], group[:15], losses[:15], mask[:15] if masked else None)
+    sums.add(logits[15:].argmax(-1), target[15:], group[15:].int(), losses[15:], mask[15:] if masked else None)
+    pred = logits.argmax(-1)
+    expected = [[0.0, 0.0, 0.0] for _ in range(4)]
+    for i in range(40):
+        if mask[i]:
+            row = expected[int(group[i])]
+            row[0] += 1
+            row[1] += float(pred[i] == target[i])
+            row[2] += float(losses[i])
+    torch.testing.assert_close(sums.sums, torch.tensor(expected, dtype=torch.float64))
+    pairs, taken = sums.take()
+    acc, loss, worst = _group_reference(pred, target, group, losses.tolist(), mask, 4)
+    stats = stats_from_taken(pairs.tolist(), taken.tolist())
+    assert stats["acc"] == pytest.approx(acc) and stats["loss"] == pytest.approx(loss)
+    assert stats["worst_acc"] == pytest.approx(worst) and float(sums.sums.abs().sum()) == 0.0
+    back = GroupSums(4)
+    back.sums = torch.tensor(expected)  # a checkpoint's [size, 3] layout
+    torch.testing.assert_close(back.sums, torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("correct", [False, True])
+def test_group_sums_reject_unknown_group(masked, correct):
+    from lightning_losses.reweighting.step_logs import GroupSums
+
+    mask = torch.tensor([True, True]) if masked else None
+    pred = torch.tensor([0, 1 if correct else 0])
+    with pytest.raises(ValueError, match=r"GroupAccuracy got group id 2 but `num_groups` is 2; set `num_groups`"):
+        GroupSums(2).add(pred, torch.tensor([0, 1]), torch.tensor([0, 2]), mask=mask)
+
+
 def _group_accuracy_on_rank():
     logits, target, group, losses, mask = _group_batch()
     part = slice(0, 13) if rank() == 0 else slice(13, None)
