@@ -1,7 +1,8 @@
 """Cost of the diagnostics (issue 17) at their default cadence, on the demo: step time with them on and off.
 
 Both variants train the demo (digits, the default recipe's MLP, batch 64, ``log_every_n_steps=10`` as in the default
-recipe) with every mechanism that has diagnostics: ``SampleReweighting("group_dro")`` on the spurious-group data,
+recipe; ``--log-every 50`` for Lightning's default) with every mechanism that has diagnostics:
+``SampleReweighting("group_dro")`` on the spurious-group data,
 ``EntropyControl(beta=0.1)`` and ``SAM(rho=0.05)``, and an offline W&B logger (``--logger wandb``, default) or a CSV
 logger. The mechanisms do the same work in both; only their diagnostics differ:
 
@@ -64,13 +65,15 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 CLOCK = [time.perf_counter]
 #: ``--config``: every mechanism with diagnostics, one of them alone, or the default recipe
 CONFIGS = ("all", "reweighting", "entropy", "perturbation", "default")
+#: ``--log-every``: the Trainer's ``log_every_n_steps`` (the default recipe's 10; Lightning's default is 50)
+LOG_EVERY = [10]
 #: callbacks added to every fit (the accounting's)
 EXTRA: list[L.Callback] = []
 
 
 class StepClock(L.Callback):
     """Intervals between consecutive ``on_train_batch_start`` calls of one epoch, and which of them are quiet: not a
-    logging step (every 10th) and not an epoch's first step (where media fall by default)."""
+    logging step (every ``LOG_EVERY``-th) and not an epoch's first step (where media fall by default)."""
 
     def __init__(self) -> None:
         self.intervals: list[float] = []
@@ -82,7 +85,7 @@ class StepClock(L.Callback):
         if self._last is not None and self._last[0] == trainer.current_epoch:
             self.intervals.append(now - self._last[1])
             step, first = self._last[2], self._last[3] == 0
-            if (step + 1) % 10 != 0 and not first:
+            if (step + 1) % LOG_EVERY[0] != 0 and not first:
                 self.quiet.append(now - self._last[1])
         self._last = (trainer.current_epoch, now, trainer.global_step, batch_idx)
 
@@ -131,9 +134,9 @@ def fit(
         logger = CSVLogger(root)
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(
-        max_epochs=epochs, callbacks=callbacks, logger=logger, log_every_n_steps=10 if diagnostics or quiet else 0,
-        accelerator=device, devices=1, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=root,
+        max_epochs=epochs, callbacks=callbacks, logger=logger,
+        log_every_n_steps=LOG_EVERY[0] if diagnostics or quiet else 0, accelerator=device, devices=1,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
     )  # fmt: skip
     spurious = 0.9 if config in ("all", "reweighting") else 0.0
     model = DigitsClassifier(num_features=74 if spurious else 64, hidden_dim=256, depth=2, dropout=0.1)
@@ -256,6 +259,9 @@ def main() -> None:
         default="silent",
         help="off: no step logs at all (silent), or Lightning's own train/* logs only (lightning)",
     )
+    parser.add_argument(
+        "--log-every", type=int, default=10, help="Trainer(log_every_n_steps=...): the recipe's 10, Lightning's 50"
+    )
     parser.add_argument("--mode", choices=("pairs", "accounting"), default="pairs", help="see the module docstring")
     parser.add_argument(
         "--config",
@@ -265,6 +271,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     CLOCK[0] = CLOCKS[args.clock]
+    LOG_EVERY[0] = args.log_every
     torch.set_num_threads(1)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     import os
