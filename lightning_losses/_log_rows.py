@@ -100,10 +100,12 @@ def host_values(metrics: Mapping[str, Any]) -> dict[str, float]:
         >>> host_values({"a": torch.tensor(0.5), "b": 2, "c": torch.tensor([3], dtype=torch.int64)})
         {'a': 0.5, 'b': 2.0, 'c': 3.0}
     """
+    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
+    if not keys:  # the usual case: the callers finish their values in Python
+        return {k: float(v) for k, v in metrics.items()}
     by_device: dict[Any, list[str]] = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor):
-            by_device.setdefault(value.device, []).append(key)
+    for key in keys:
+        by_device.setdefault(metrics[key].device, []).append(key)
     read: dict[str, float] = {}
     with torch.no_grad():  # no graph, so no `detach` per tensor
         for keys in by_device.values():

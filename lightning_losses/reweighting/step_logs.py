@@ -219,10 +219,19 @@ def reweighting_row(
     return metrics, group_stats, class_stats
 
 
-def _read_once(tensors: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+def _read_once(tensors: dict[str, torch.Tensor], separate: bool | None = None) -> dict[str, list[float]]:
     """Every tensor of ``tensors`` as a list of Python floats, by name, from one host read (one concatenation in
-    float64 on the first tensor's device)."""
+    float64 on the first tensor's device); with ``separate`` (default: every tensor on the CPU, where a read syncs
+    nothing) each tensor's own read."""
     device, flat = next(iter(tensors.values())).device, []
+    if separate is None:
+        separate = all(t.device.type == "cpu" for t in tensors.values())
+    if separate:  # each piece read as it is (a conversion and a concatenation would be kernels of their own)
+        out: dict[str, list[float]] = {}
+        for name, t in tensors.items():
+            got = (t if t.ndim <= 1 else t.reshape(-1)).tolist()
+            out[name] = [float(v) for v in got] if isinstance(got, list) else [float(got)]
+        return out
     for t in tensors.values():  # no call where there is nothing to do: each is a kernel launch on a cold step
         t = t.detach() if t.requires_grad else t
         t = t if t.ndim == 1 else t.reshape(-1)
