@@ -24,8 +24,9 @@ FOLD_EVERY = 64
 class Deferred:
     """Argument tuples of a per-sample-summing ``fold``, kept and folded together.
 
-    Entries with the same layout (which arguments are ``None``, and each tensor's dtype, device and trailing shape)
-    are concatenated along dim 0 and folded in one call; a change of layout starts a new call. Nothing here is a
+    Entries with the same layout (which arguments are ``None``, and each tensor's device and trailing shape) are
+    concatenated along dim 0 and folded in one call (dtypes promoted as ``torch.cat`` does: the fold sums over
+    samples); a change of layout starts a new call. Nothing here is a
     collective: ``fold`` must not be one either (it runs when ``flush`` is called, which callers do at the same
     point on every rank, or at a count of steps that every rank shares).
 
@@ -66,11 +67,13 @@ class Deferred:
     def flush(self) -> None:
         """Fold every kept entry (concatenated by layout) and forget them."""
         items, self._items = self._items, []
+        if len(items) > 1 and self._fold_at_once(items):
+            return
         run: list[tuple[Any, ...]] = []
         layout: tuple[Any, ...] | None = None
         for item in items:
             key = tuple(
-                (t.dtype, t.device, tuple(t.shape[1:])) if isinstance(t, torch.Tensor) else t is None for t in item
+                (t.device, tuple(t.shape[1:])) if isinstance(t, torch.Tensor) else t is None for t in item
             )
             if run and key != layout:
                 self._apply(run)
@@ -79,6 +82,21 @@ class Deferred:
             run.append(item)
         if run:
             self._apply(run)
+
+    def _fold_at_once(self, items: list[tuple[Any, ...]]) -> bool:
+        """The usual case, in one call: every entry with its ``None`` at the same places, and tensors that concatenate
+        (same trailing shapes and devices; ``torch.cat`` promotes dtypes). ``False`` (nothing folded) otherwise. A
+        fold runs after the backward, when each Python step costs most: no per-tensor layout key here."""
+        nones = [a is None for a in items[0]]
+        for item in items:
+            if [a is None for a in item] != nones:
+                return False
+        try:
+            columns = [None if none else torch.cat(col) for none, col in zip(nones, zip(*items))]
+        except (RuntimeError, TypeError):  # trailing shapes or devices differ, or an argument is not a tensor
+            return False
+        self.fold(*columns)
+        return True
 
     def _apply(self, run: list[tuple[Any, ...]]) -> None:
         if len(run) == 1:

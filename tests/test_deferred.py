@@ -63,3 +63,23 @@ def test_full_after_fold_every_steps_and_one_call_per_layout_run():
     assert kept.full()
     kept.flush()
     assert calls == [(FOLD_EVERY, True), (FOLD_EVERY, False)]  # two layouts, each folded once, concatenated
+
+
+def test_entries_concatenate_across_dtypes_and_split_where_trailing_shapes_differ():
+    """One call for entries whose dtypes differ (promoted, as `torch.cat` does); a change of trailing shape starts a
+    new call, in order; a lone entry is folded as it is."""
+    calls = []
+    kept = Deferred(lambda x, m: calls.append((x.dtype, tuple(x.shape), m)))
+    kept.add(torch.ones(2, 3, dtype=torch.float16), None)
+    kept.add(torch.ones(1, 3), None)
+    kept.flush()
+    assert calls == [(torch.float32, (3, 3), None)]
+    calls.clear()
+    for shape in ((2, 3), (1, 3), (2, 4)):
+        kept.add(torch.ones(shape), None)
+    kept.flush()
+    assert calls == [(torch.float32, (3, 3), None), (torch.float32, (2, 4), None)]
+    calls.clear()
+    kept.add(torch.ones(5, 3, dtype=torch.float64), None)
+    kept.flush()
+    assert calls == [(torch.float64, (5, 3), None)]

@@ -49,13 +49,16 @@ def should_update_logs(trainer: Any) -> bool:
     property walks the active loop each time (some 20 µs on a CPU step, most of it comparing string enums); in
     training its rule is evaluated on the counters directly: the fit loop's steps taken so far plus one divisible by
     ``log_every_n_steps`` (never when it is 0), or ``should_stop``. The compat test compares the two."""
-    connector = logger_connector(trainer)
+    try:  # direct reads (each diagnostic asks on every step: a `getattr` with a default costs more)
+        stage_value = trainer.state.stage._value_  # the raw value: comparing Lightning's str enums runs Python code
+        stepped = trainer.fit_loop.epoch_loop._batches_that_stepped
+        connector = trainer._logger_connector
+    except AttributeError:
+        stage_value = stepped = None
+        connector = logger_connector(trainer)
     if connector is None:
         return trainer.global_step % max(int(trainer.log_every_n_steps), 1) == 0
-    stage = getattr(getattr(trainer, "state", None), "stage", None)
-    stepped = getattr(getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None), "_batches_that_stepped", None)
-    # the raw value: comparing Lightning's str enums runs Python code
-    if getattr(stage, "_value_", None) == "train" and isinstance(stepped, int):
+    if stage_value == "train" and type(stepped) is int:
         every = trainer.log_every_n_steps
         return bool(every) and ((stepped + 1) % every == 0 or bool(trainer.should_stop))
     due = getattr(connector, "should_update_logs", None)  # a property: evaluated once
