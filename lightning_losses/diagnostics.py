@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -80,12 +82,17 @@ def histogram(values: torch.Tensor, bins: int = 64) -> tuple[list[int], list[flo
     """
     bins = check_int("bins", bins, low=1)
     flat = values.detach().reshape(-1)
-    flat = flat[torch.isfinite(flat)]
+    flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
     if not flat.numel():
         return None
-    flat = flat if flat.dtype in (torch.float32, torch.float64) else flat.float()
-    low, high = torch.aminmax(flat)
-    lo, hi = torch.stack([low, high]).tolist()
+    # the usual case first: the extremes of all the values are finite (a NaN or an infinity shows in them), so no
+    # test and no copy of the finite values (kernels of their own, on a step after the backward)
+    lo, hi = torch.stack(torch.aminmax(flat)).tolist()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        flat = flat[torch.isfinite(flat)]
+        if not flat.numel():
+            return None
+        lo, hi = torch.stack(torch.aminmax(flat)).tolist()
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
     counts = [int(c) for c in torch.histc(flat, bins=bins, min=lo, max=hi).tolist()]

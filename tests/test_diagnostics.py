@@ -190,6 +190,8 @@ def test_every_diagnostic_of_a_logging_step_is_in_the_trainers_own_row(tmp_path)
         torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 7 - 2,
         torch.full((5,), 1.0),  # equal values: the range widened as numpy does
         torch.tensor([3.0, float("inf"), float("nan"), -1.0]),
+        torch.tensor([2.0, float("-inf"), 0.5]),  # only the low extreme is not finite
+        torch.tensor([float("nan"), 2.0, 4.0]),  # a NaN first
         torch.arange(8, dtype=torch.int64),
     ],
 )
@@ -204,6 +206,7 @@ def test_device_histogram_equals_numpy(values):
     assert got[0] == counts.tolist()
     np.testing.assert_allclose(got[1], edges, rtol=1e-6, atol=1e-9)
     assert histogram(torch.tensor([float("nan")])) is None
+    assert histogram(torch.tensor([float("inf"), float("-inf")])) is None and histogram(torch.ones(0)) is None
 
 
 def test_histogram_bins_are_validated():
