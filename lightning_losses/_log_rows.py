@@ -12,6 +12,7 @@ accumulates gradients) goes out, at its own step, before the Trainer's next row.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -29,7 +30,7 @@ from lightning_losses._compat import (
 
 __all__ = ["host_values", "log_scalars", "write_row"]
 
-_KEPT = "_ll_kept_row"
+_KEPT, _MERGE = "_ll_kept_row", "_ll_merge_kept"
 
 
 def write_row(trainer: Any, values: dict[str, Any]) -> None:
@@ -44,7 +45,10 @@ def write_row(trainer: Any, values: dict[str, Any]) -> None:
         connector.log_metrics(kept[1], step=kept[0])
         kept = None
     if in_training_batch(trainer) and should_update_logs(trainer):
-        if intercept_logger_rows(trainer, partial(_merge_kept, trainer)):
+        merge = state.get(_MERGE)
+        if merge is None:  # one per Trainer
+            merge = state[_MERGE] = partial(_merge_kept, trainer)
+        if intercept_logger_rows(trainer, merge):
             if kept is None:
                 state[_KEPT] = (step, dict(values))
             else:
@@ -87,7 +91,9 @@ def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own
     numbers = host_values(metrics)
     # one float64 tensor for all of them (monitors read tensors), in views
     store = callback_metrics_store(trainer)  # what `trainer.callback_metrics` returns, without its refresh
-    store.update(zip(numbers, torch.tensor(list(numbers.values()), dtype=torch.float64).unbind(0)))
+    # (over the numbers' own buffer: no parsing of a Python list, about half the time of `torch.tensor` after a step)
+    values = torch.frombuffer(array("d", numbers.values()), dtype=torch.float64)
+    store.update(zip(numbers, values.unbind(0)))
     # the row: Python numbers (no `.item()` per key when the loggers' row is written), in the caller's order
     write_row(trainer, numbers)
 
