@@ -72,9 +72,7 @@ class Deferred:
         run: list[tuple[Any, ...]] = []
         layout: tuple[Any, ...] | None = None
         for item in items:
-            key = tuple(
-                (t.device, tuple(t.shape[1:])) if isinstance(t, torch.Tensor) else t is None for t in item
-            )
+            key = tuple((t.device, tuple(t.shape[1:])) if isinstance(t, torch.Tensor) else t is None for t in item)
             if run and key != layout:
                 self._apply(run)
                 run = []

@@ -238,12 +238,9 @@ class EntropyControl(MixinCallback):
             log_histogram(trainer, f"{self.name}/per_sample", self._last_per_sample)
         self._last_per_sample = None
 
-    def _log(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, reduced: torch.Tensor | list[float]
-    ) -> None:
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int, reduced: Any) -> None:
         beta = self.beta(step)
-        # one host read (the Trainer's row of the step reads its values anyway)
-        window = reduced if isinstance(reduced, list) else reduced.tolist()
+        window = reduced if isinstance(reduced, list) else reduced.tolist()  # one host read (the row reads anyway)
         self.nonfinite += window[2]
         metrics: dict[str, float] = {
             f"{self.name}/mean": window[0] / max(window[1], 1.0),
