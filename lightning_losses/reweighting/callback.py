@@ -191,12 +191,15 @@ class SampleReweighting(MixinCallback):
 
     @override
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._settle(pl_module, outputs) or self.log_every_n_steps == 0:
+        skipped = self._settle(pl_module, outputs)
+        if self.log_every_n_steps == 0 or (skipped and not self._committed):
             return
-        # kept by reference (the reweighter's `last` holds detached tensors) and folded on logging steps
+        # kept by reference (the reweighter's `last` holds detached tensors) and folded on logging steps; a skipped
+        # micro-batch adds nothing, but the optimizer step it ends (on the earlier ones) still logs its interval
         last = self.reweighter.last
         logits, target = last.get("logits"), last.get("target")
-        if isinstance(logits, Tensor) and isinstance(target, Tensor) and logits.ndim == 2 and target.ndim == 1:
+        kept = not skipped and isinstance(logits, Tensor) and isinstance(target, Tensor)
+        if kept and logits.ndim == 2 and target.ndim == 1:
             group, losses = last.get("group"), last.get("losses")
             if group is not None:
                 if self._group_sums is None:  # sized on the first step (a collective when the size is unknown)
@@ -218,14 +221,15 @@ class SampleReweighting(MixinCallback):
             return
         self._last_logged_step = step
         self._flush_metrics()
-        output = getattr(pl_module, "objective_output", None)
+        # (the skipped micro-batch's output: no weight statistics, no media from it)
+        output = None if skipped else getattr(pl_module, "objective_output", None)
         # every rank alike (an empty local batch too): every value from one collective and one host read (`step_logs`)
         weights = None if output is None else output.weights
         metrics, stats, class_stats = reweighting_row(self.reweighter, weights, self._group_sums, self._class_sums)
         # own interval: straight to the loggers, once (``self.log`` would repeat the value on the Trainer's later
         # logging steps, or drop it when they do not coincide)
         log_scalars(trainer, pl_module, metrics, own_interval=self.log_every_n_steps is not None)
-        if media_loggers(trainer) and self.media.due(step, trainer.current_epoch):
+        if not skipped and media_loggers(trainer) and self.media.due(step, trainer.current_epoch):
             publish = self._table_due(trainer.current_epoch, step)
             log_media(trainer, self.group_table, self.reweighter, output, last, stats, publish)
             if class_stats is not None:

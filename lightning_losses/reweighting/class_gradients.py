@@ -121,3 +121,6 @@ class PerClassNormalized(Reweighter):
 
     def log_values(self):
         return {"class_weight": self._class_weights}
+
+    def _extra_snapshot(self):
+        return {"_class_weights": self._class_weights}  # a skipped micro-batch's must not show in the logs

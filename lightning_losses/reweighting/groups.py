@@ -134,3 +134,6 @@ class GroupDRO(Reweighter):
 
     def log_values(self):
         return {"q": self.q, "batch_group_loss": self.group_loss}
+
+    def _extra_snapshot(self):
+        return {"group_loss": self.group_loss}  # a skipped micro-batch's must not show in the logs

@@ -225,3 +225,24 @@ def test_skipped_micro_batch_is_undone(name, skipped_at):
     assert int(state["step"]) == 2
     for key in expected:
         torch.testing.assert_close(state[key], expected[key], msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_an_undone_micro_batch_leaves_the_logged_values_as_they_were(name):
+    """What a strategy logs (``log_values``: group losses of the last batch, class weights, ...) after a micro-batch
+    that was undone equals what it logged before it: a skipped batch that ends an optimizer step logs the step's
+    values, and must not show in them (plain attributes that a step sets are in the snapshot too)."""
+    from lightning_losses.reweighting import build_reweighter
+
+    (_, first), (_, second) = make_steps(2, seed=3)
+    reweighter = build_reweighter(name, **{**STRATEGIES[name], **SIZED.get(name, {})})
+    reweighter(**first)
+    before = {k: v.clone() for k, v in reweighter.log_values().items()}
+    undo = reweighter.snapshot()
+    poisoned = {**second, "losses": second["losses"] * 3.0, "logits": second["logits"] * -2.0}
+    reweighter(**poisoned)
+    reweighter.restore(undo)
+    after = reweighter.log_values()
+    assert after.keys() == before.keys()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, msg=f"{name}: `{key}`")

@@ -2,6 +2,7 @@
 ``SampleReweighting(group_dro)`` + ``EntropyControl`` (+ ``SAF``) the states equal a run where that batch was absent."""
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -80,3 +81,45 @@ def test_skipped_step_leaves_every_state_as_it_was(tmp_path):
     assert bool((saf.stamp[4 * BATCH :] == -1).all())  # the skipped batch's rows were put back
     for p, q in zip(model.parameters(), clean.parameters()):
         torch.testing.assert_close(p, q)
+
+
+class _Rows(L.pytorch.loggers.Logger):
+    """The rows the Trainer writes, by step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[int, dict[str, float]] = {}
+
+    name, version = "rows", 0
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.setdefault(step, {}).update(metrics)
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def _logged_fit(tmp_path, batches, accumulate):
+    logger = _Rows()
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=1, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=str(tmp_path), accumulate_grad_batches=accumulate,
+        callbacks=[ll.SampleReweighting("group_dro", step_size=0.5, num_groups=2)],
+    )  # fmt: skip
+    trainer.fit(_Net(), train_dataloaders=DataLoader(batches, batch_size=None))
+    return logger.rows
+
+
+def test_a_skipped_last_micro_batch_still_logs_its_steps_interval(tmp_path):
+    """Gradient accumulation over 2 micro-batches, the second of the first step skipped (non-finite loss): the step is
+    taken on the first one, and its row has the reweighting values of that micro-batch alone (as one step on it
+    alone logs), not the skipped batch's: no weight statistics (its weights are the skipped batch's)."""
+    good, bad, *rest = _batches(poisoned=True)
+    skipped = _logged_fit(tmp_path / "skip", [good, bad, *rest], accumulate=2)
+    alone = _logged_fit(tmp_path / "alone", [good], accumulate=1)
+    keys = [k for k in alone[0] if k.startswith(("reweight/group_", "reweight/worst", "reweight/q/", "reweight/batch"))]
+    assert len(keys) >= 7 and "reweight/ess" in alone[0]
+    for key in keys:
+        assert skipped[0][key] == pytest.approx(alone[0][key], rel=1e-12), key
+    assert "reweight/ess" not in skipped[0] and "reweight/ess" in skipped[1]  # the next step's batch is its own
