@@ -45,11 +45,10 @@ class GroupSums:
 
     Kept in two accumulators that a fold adds to with two ``bincount`` passes and two in-place sums (the fewest
     kernels: a logging step folds every step since the last one after the backward, when each costs most): ``pairs``,
-    the sample count per ``(group, correct)`` pair (``2 * group + correct``, ``[2 * size]``), and ``losses``, the loss
-    sum per group (float64 ``[size]``). :attr:`sums` gives them as
+    the sample count per ``(group, correct)`` pair (``2 * group + correct``, ``[2 * size]``; int64, float64 after a
+    checkpoint), and ``losses``, the loss sum per group (float64 ``[size]``). :attr:`sums` gives them as
     :func:`~lightning_losses.reweighting.metrics.group_sums` does (``[size, 3]``: count, correct, loss; checkpoints
-    hold that), :func:`stats_from_taken` finishes
-    :meth:`take`'s values on the host.
+    hold that), :func:`stats_from_taken` finishes :meth:`take`'s values on the host.
 
     Example:
         >>> sums = GroupSums(2)
@@ -58,7 +57,7 @@ class GroupSums:
         [[1.0, 1.0, 0.5], [1.0, 0.0, 1.5]]
         >>> pairs, losses = sums.take()
         >>> pairs.tolist(), losses.tolist()
-        ([0.0, 1.0, 1.0, 0.0], [0.5, 1.5])
+        ([0, 1, 1, 0], [0.5, 1.5])
     """
 
     def __init__(self, size: int, device: Any = None) -> None:
@@ -85,8 +84,8 @@ class GroupSums:
                 "set `num_groups` to the true number of groups"
             )
         pairs = pairs[2 * lead :] if lead else pairs
-        if self.pairs is None:
-            self.pairs = pairs.to(torch.float64)
+        if self.pairs is None:  # int64 counts (exact; read and summed over ranks in float64)
+            self.pairs = pairs
         else:
             self.pairs = self.pairs.to(pairs.device).add_(pairs)  # (a restored checkpoint's are on the CPU)
         if losses is not None:  # (a stored step's losses are detached already)
@@ -109,7 +108,7 @@ class GroupSums:
         self.losses = value[:, 2].clone()
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(pairs, losses)`` since the last take (float64), and a fresh start."""
+        """``(pairs, losses)`` since the last take, and a fresh start."""
         out = self._current()
         self.pairs = self.losses = None
         return out
