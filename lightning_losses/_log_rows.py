@@ -35,24 +35,24 @@ _KEPT, _MERGE = "_ll_kept_row", "_ll_merge_kept"
 
 def write_row(trainer: Any, values: dict[str, Any]) -> None:
     """Send ``values`` (scalars or scalar tensors, already global) to the Trainer's loggers at :func:`log_step`: in
-    the Trainer's own row of this step when it writes one after this training batch, otherwise now."""
+    the Trainer's own row of this step when it writes one after this training batch, otherwise now; into a row
+    another diagnostic keeps for this step, if there is one."""
     connector = logger_connector(trainer)
     step = log_step(trainer)
     state = trainer.__dict__
     kept = state.get(_KEPT)
-    if kept is not None and kept[0] != step:  # a row kept for an earlier step: out first, at its own step
+    if kept is not None and kept[0] == step:  # another diagnostic's row of this step is kept: the same row
+        kept[1].update(values)
+        return
+    if kept is not None:  # a row kept for an earlier step: out first, at its own step
         del state[_KEPT]
         connector.log_metrics(kept[1], step=kept[0])
-        kept = None
     if in_training_batch(trainer) and should_update_logs(trainer):
         merge = state.get(_MERGE)
         if merge is None:  # one per Trainer
             merge = state[_MERGE] = partial(_merge_kept, trainer)
         if intercept_logger_rows(trainer, merge):
-            if kept is None:
-                state[_KEPT] = (step, dict(values))
-            else:
-                kept[1].update(values)
+            state[_KEPT] = (step, dict(values))
             return
     connector.log_metrics(values, step=step)
 

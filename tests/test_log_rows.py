@@ -55,6 +55,17 @@ def test_values_outside_a_training_batch_or_off_the_logging_steps_are_written_at
     assert connector.rows == [({"a": 1.0}, 2), ({"b": 1.0}, 2)]
 
 
+def test_a_value_of_a_step_whose_row_is_kept_joins_that_row_wherever_it_is_sent_from():
+    trainer = _trainer(8)
+    connector = trainer._logger_connector
+    write_row(trainer, {"a": 1.0})  # kept for the Trainer's row of step 8
+    trainer.fit_loop.epoch_loop.batch_progress.current.completed = 1  # outside the batch, the same step
+    write_row(trainer, {"b": 2.0})
+    assert connector.rows == []
+    connector.log_metrics({"train/loss": 0.1})
+    assert connector.rows == [({"train/loss": 0.1, "a": 1.0, "b": 2.0}, None)]
+
+
 def test_host_values_read_tensors_exactly_in_one_read_and_keep_the_order():
     """Numbers and one-element tensors of any dtype (an int64 count beyond float32's integers, a tensor in a graph)
     become Python floats in the caller's order; a mix of dtypes is read in float64 (a stack would promote it to
