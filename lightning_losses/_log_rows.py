@@ -28,7 +28,7 @@ from lightning_losses._compat import (
     should_update_logs,
 )
 
-__all__ = ["host_values", "log_scalars", "write_row"]
+__all__ = ["host_values", "log_scalars", "read_values", "write_row"]
 
 _KEPT, _MERGE = "_ll_kept_row", "_ll_merge_kept"
 
@@ -99,27 +99,44 @@ def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own
 
 
 def host_values(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """``metrics`` (numbers and one-element tensors) as Python floats, in their order; the tensors of a device read in
-    one ``stack`` and one host read (each ``.item()`` would be a kernel and a sync of its own).
+    """``metrics`` (numbers and one-element tensors) as Python floats, in their order; the tensors read with
+    :func:`read_values` (one host read off the CPU: each ``.item()`` would be a kernel and a sync of its own).
 
     Example:
         >>> host_values({"a": torch.tensor(0.5), "b": 2, "c": torch.tensor([3], dtype=torch.int64)})
         {'a': 0.5, 'b': 2.0, 'c': 3.0}
     """
-    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
-    if not keys:  # the usual case: the callers finish their values in Python
+    tensors = {k: v for k, v in metrics.items() if isinstance(v, torch.Tensor)}
+    if not tensors:  # the usual case: the callers finish their values in Python
         return {k: float(v) for k, v in metrics.items()}
-    by_device: dict[Any, list[str]] = {}
-    for key in keys:
-        by_device.setdefault(metrics[key].device, []).append(key)
-    read: dict[str, float] = {}
-    with torch.no_grad():  # no graph, so no `detach` per tensor
-        for keys in by_device.values():
-            tensors = [metrics[k] if metrics[k].ndim == 0 else metrics[k].reshape(()) for k in keys]
-            if len(tensors) == 1:
-                read[keys[0]] = tensors[0].item()
-                continue
-            if any(t.dtype != tensors[0].dtype for t in tensors):  # exact: a stack would promote int64 to float32
-                tensors = [t.to(torch.float64) for t in tensors]
-            read.update(zip(keys, torch.stack(tensors).tolist()))
-    return {k: float(read[k] if k in read else v) for k, v in metrics.items()}
+    read = read_values(tensors)
+    return {k: read[k][0] if k in read else float(v) for k, v in metrics.items()}
+
+
+def read_values(tensors: Mapping[str, torch.Tensor], separate: bool | None = None) -> dict[str, list[float]]:
+    """Every tensor of ``tensors`` as a flat list of Python floats, by name: from one host read (one concatenation in
+    float64 on the first tensor's device: exact for int64 counts, where a stack would promote to float32), or, with
+    ``separate`` (default: every tensor on the CPU, where a read syncs nothing), each tensor's own read (a conversion
+    and a concatenation would be kernels of their own, on a step after the backward).
+
+    Example:
+        >>> read_values({"n": torch.tensor(7), "q": torch.tensor([0.25, 0.75])})
+        {'n': [7.0], 'q': [0.25, 0.75]}
+    """
+    if separate is None:
+        separate = all(t.device.type == "cpu" for t in tensors.values())
+    out: dict[str, list[float]] = {}
+    if separate:
+        for name, t in tensors.items():
+            got = (t if t.ndim <= 1 else t.reshape(-1)).tolist()
+            out[name] = [float(v) for v in got] if isinstance(got, list) else [float(got)]
+        return out
+    device, flat = next(iter(tensors.values())).device, []
+    for t in tensors.values():  # no call where there is nothing to do: each is a kernel launch on a cold step
+        t = t.detach() if t.requires_grad else t
+        t = t if t.ndim == 1 else t.reshape(-1)
+        flat.append(t if t.dtype == torch.float64 and t.device == device else t.to(device, torch.float64))
+    values, at = torch.cat(flat).tolist(), 0
+    for name, t in zip(tensors, flat):
+        out[name], at = values[at : at + t.numel()], at + t.numel()
+    return out

@@ -5,7 +5,8 @@
   one collective of seven numbers per rank (only on logging steps); its halves :func:`weight_sums` (device) and
   :func:`weight_stats_from_sums` (Python floats) serve the callback's packed logging step
   (:mod:`~lightning_losses.reweighting.step_logs`).
-* :func:`group_sums` / :func:`group_stats_from_sums`: per-group count, correct and loss sums, and what they give.
+* :func:`group_pair_sums` (counts per group and correctness, loss sums: two ``bincount`` passes), :func:`group_sums`
+  (per-group count, correct and loss sums) and :func:`group_stats_from_sums` (what they give).
 * :class:`GroupAccuracy`: a ``torchmetrics.Metric`` with per-group correct / total / loss sums
   (``dist_reduce_fx="sum"``), whose ``compute`` gives per-group accuracy, loss and sample count and the worst-group
   accuracy (over the groups with samples: a batch, or a rank, without some group is normal).
@@ -25,8 +26,10 @@ from lightning_losses.sync import sync_statistics
 __all__ = [
     "GroupAccuracy",
     "global_weight_stats",
+    "group_pair_sums",
     "group_stats_from_sums",
     "group_sums",
+    "sums_from_pairs",
     "weight_stats_from_sums",
     "weight_sums",
 ]
@@ -96,6 +99,51 @@ def global_weight_stats(
     return dict(zip([*stats, *names], values.unbind(0)))
 
 
+def group_pair_sums(
+    preds: torch.Tensor,
+    target: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    losses: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per group, in two ``bincount`` passes: the sample count per ``(group, correct)`` pair (int64
+    ``[2 * num_groups]``, at ``2 * group + correct``) and the loss sum (float64 ``[num_groups]``; ``None`` without
+    ``losses``). ``preds``: labels ``[N]`` or logits ``[N, C]``; ``mask`` leaves out the ``False`` samples (their group
+    id may be anything, e.g. an ignore_index, and their loss NaN).
+
+    Example:
+        >>> preds, target, group = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1])
+        >>> pairs, losses = group_pair_sums(preds, target, group, 2)
+        >>> pairs.tolist(), losses
+        ([0, 2, 1, 0], None)
+    """
+    if preds.is_floating_point() and preds.ndim == 2:
+        preds = preds.argmax(-1)
+    g = group if group.dtype == torch.int64 else group.long()
+    lead = 0
+    if mask is not None:  # a left-out sample goes to a bin of its own (group -1), cut off below
+        g, lead = (g + 1).mul_(mask), 1
+    pairs = torch.bincount(torch.add(preds == target, g, alpha=2), minlength=2 * (num_groups + lead))
+    if pairs.numel() > 2 * (num_groups + lead):  # a shape, known on the host: no extra sync
+        raise ValueError(
+            f"GroupAccuracy got group id {(pairs.numel() - 1) // 2 - lead} but `num_groups` is {num_groups}; "
+            "set `num_groups` to the true number of groups"
+        )
+    if losses is None:
+        return pairs[2 * lead :], None
+    losses = losses.detach() if losses.requires_grad else losses
+    return pairs[2 * lead :], torch.bincount(g, losses.to(torch.float64), num_groups + lead)[lead:]
+
+
+def sums_from_pairs(pairs: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
+    """:func:`group_pair_sums`' values as :func:`group_sums` gives them: count, correct and loss sum per group, float64
+    ``[num_groups, 3]`` (loss 0 without ``losses``)."""
+    by_pair = pairs.view(-1, 2)
+    loss = torch.zeros(by_pair.shape[0], dtype=torch.float64, device=pairs.device) if losses is None else losses
+    return torch.stack([by_pair.sum(1), by_pair[:, 1], loss], 1).to(torch.float64)
+
+
 def group_sums(
     preds: torch.Tensor,
     target: torch.Tensor,
@@ -105,33 +153,15 @@ def group_sums(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per group: sample count, correct predictions and loss sum, float64 ``[num_groups, 3]`` (loss 0 without
-    ``losses``; ``mask`` leaves out the ``False`` samples). ``preds``: labels ``[N]`` or logits ``[N, C]``.
+    ``losses``; ``mask`` leaves out the ``False`` samples). ``preds``: labels ``[N]`` or logits ``[N, C]``
+    (:func:`group_pair_sums`, :func:`sums_from_pairs`).
 
     Example:
         >>> group_sums(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1]), 2)
         tensor([[2., 2., 0.],
                 [1., 0., 0.]], dtype=torch.float64)
     """
-    if preds.is_floating_point() and preds.ndim == 2:
-        preds = preds.argmax(-1)
-    g = group if group.dtype == torch.int64 else group.long()
-    correct = (preds == target).to(torch.float64)
-    loss = None if losses is None else losses.detach().to(torch.float64)
-    count = None
-    if mask is not None:  # a left-out sample adds 0 to group 0 (its id may be anything, e.g. an ignore_index)
-        g, count = g.masked_fill(~mask, 0), mask.to(torch.float64)
-        correct = correct * count
-        loss = None if loss is None else loss * count
-    # one bincount per column (each a single pass); the count's without weights when nothing is left out
-    columns = [torch.bincount(g, minlength=num_groups) if count is None else torch.bincount(g, count, num_groups)]
-    columns.append(torch.bincount(g, correct, num_groups))
-    columns.append(torch.zeros_like(columns[1]) if loss is None else torch.bincount(g, loss, num_groups))
-    if columns[0].numel() > num_groups:  # a shape, known on the host: no extra sync
-        raise ValueError(
-            f"GroupAccuracy got group id {columns[0].numel() - 1} but `num_groups` is {num_groups}; "
-            "set `num_groups` to the true number of groups"
-        )
-    return torch.stack(columns, 1).to(torch.float64)  # the unweighted count is int64: one cast with the stack
+    return sums_from_pairs(*group_pair_sums(preds, target, group, num_groups, losses, mask))
 
 
 def group_stats_from_sums(sums: Sequence[float]) -> dict[str, Any]:

@@ -5,8 +5,9 @@ strategy's own values (``q/0``, ...) and, per group, the accuracy and mean loss 
 a tensor would be a dozen tensor operations on a handful of numbers, and cold caches after the step's backward make
 each of them cost as much as a small matrix product. So the raw sums go into one float64 vector (device operations
 only: :func:`~lightning_losses.reweighting.metrics.weight_sums`, :class:`GroupSums`), are summed over the
-data-parallel group in one collective (:func:`~lightning_losses.sync.sync_statistics`), read to the host once, and
-finished in Python floats. The read is the host sync that Lightning's own row of the step makes anyway (it reads
+data-parallel group in one collective (:func:`~lightning_losses.sync.sync_statistics`), read to the host
+(:func:`~lightning_losses._log_rows.read_values`: once off the CPU, piece by piece on it) and finished in Python
+floats. The read is the host sync that Lightning's own row of the step makes anyway (it reads
 every logged value with ``.item()``); steps that do not log run none of this.
 """
 
@@ -18,9 +19,12 @@ from typing import Any
 
 import torch
 
+from lightning_losses._log_rows import read_values
 from lightning_losses.distributed import global_sum, is_distributed, rank_zero_share
 from lightning_losses.reweighting.metrics import (
+    group_pair_sums,
     group_stats_from_sums,
+    sums_from_pairs,
     weight_stats_from_sums,
     weight_sums,
 )
@@ -68,38 +72,19 @@ class GroupSums:
         self.losses: torch.Tensor | None = None
 
     def add(self, preds: Any, target: Any, group: Any, losses: Any = None, mask: Any = None) -> None:
-        """Add a batch: ``preds`` labels ``[N]`` or logits ``[N, C]``; ``mask`` leaves out the ``False`` samples (their
-        group id may be anything, e.g. an ignore_index, and their loss NaN)."""
-        if preds.is_floating_point() and preds.ndim == 2:
-            preds = preds.argmax(-1)
-        g = group if group.dtype == torch.int64 else group.long()
-        lead = 0
-        if mask is not None:  # a left-out sample goes to a bin of its own (group -1), cut off below
-            g, lead = (g + 1).mul_(mask), 1
-        key = torch.add(preds == target, g, alpha=2)  # 2 * group + correct
-        pairs = torch.bincount(key, minlength=2 * (self.size + lead))
-        if pairs.numel() > 2 * (self.size + lead):  # a shape, known on the host: no extra sync
-            raise ValueError(
-                f"GroupAccuracy got group id {(pairs.numel() - 1) // 2 - lead} but `num_groups` is {self.size}; "
-                "set `num_groups` to the true number of groups"
-            )
-        pairs = pairs[2 * lead :] if lead else pairs
+        """Add a batch (:func:`~lightning_losses.reweighting.metrics.group_pair_sums`' arguments)."""
+        pairs, sums = group_pair_sums(preds, target, group, self.size, losses, mask)
         if self.pairs is None:  # int64 counts (exact; read and summed over ranks in float64)
             self.pairs = pairs
         else:
             self.pairs = self.pairs.to(pairs.device).add_(pairs)  # (a restored checkpoint's are on the CPU)
-        if losses is not None:  # (a stored step's losses are detached already)
-            losses = losses.detach() if losses.requires_grad else losses
-            sums = torch.bincount(g, losses.to(torch.float64), self.size + lead)
-            sums = sums[lead:] if lead else sums
+        if sums is not None:
             self.losses = sums if self.losses is None else self.losses.to(sums.device).add_(sums)
 
     @property
     def sums(self) -> torch.Tensor:
         """Count, correct and loss sum per group, float64 ``[size, 3]``."""
-        pairs, losses = self._current()
-        pairs = pairs.view(self.size, 2)
-        return torch.stack([pairs.sum(1), pairs[:, 1], losses], 1)
+        return sums_from_pairs(*self._current())
 
     @sums.setter
     def sums(self, value: torch.Tensor) -> None:
@@ -193,7 +178,7 @@ def reweighting_row(
     read.update({f"value/{name}": v for name, v in values.items()})
     if on_host:
         read["raw_weights"] = weights  # type: ignore[assignment]
-    host = _read_once(read)
+    host = read_values(read)
     metrics: dict[str, float] = {}
     if weights is not None:
         if on_host:
@@ -216,29 +201,6 @@ def reweighting_row(
             metrics[f"reweight/group_loss/{g}"] = loss
         metrics["reweight/worst_group_acc"] = group_stats["worst_acc"]
     return metrics, group_stats, class_stats
-
-
-def _read_once(tensors: dict[str, torch.Tensor], separate: bool | None = None) -> dict[str, list[float]]:
-    """Every tensor of ``tensors`` as a list of Python floats, by name, from one host read (one concatenation in
-    float64 on the first tensor's device); with ``separate`` (default: every tensor on the CPU, where a read syncs
-    nothing) each tensor's own read."""
-    device, flat = next(iter(tensors.values())).device, []
-    if separate is None:
-        separate = all(t.device.type == "cpu" for t in tensors.values())
-    if separate:  # each piece read as it is (a conversion and a concatenation would be kernels of their own)
-        out: dict[str, list[float]] = {}
-        for name, t in tensors.items():
-            got = (t if t.ndim <= 1 else t.reshape(-1)).tolist()
-            out[name] = [float(v) for v in got] if isinstance(got, list) else [float(got)]
-        return out
-    for t in tensors.values():  # no call where there is nothing to do: each is a kernel launch on a cold step
-        t = t.detach() if t.requires_grad else t
-        t = t if t.ndim == 1 else t.reshape(-1)
-        flat.append(t if t.dtype == torch.float64 and t.device == device else t.to(device, torch.float64))
-    values, out, at = torch.cat(flat).tolist(), {}, 0
-    for name, t in zip(tensors, flat):
-        out[name], at = values[at : at + t.numel()], at + t.numel()
-    return out
 
 
 def host_weight_sums(weights: list[float]) -> tuple[list[float], list[float]]:

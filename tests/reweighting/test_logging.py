@@ -310,11 +310,11 @@ def test_explicit_interval_and_zero_turns_logging_off(tmp_path):
 def test_host_read_of_the_row_pieces_is_the_same_separately_and_concatenated():
     """On the CPU each piece is read as it is; elsewhere they are concatenated in float64 and read once: the same
     Python floats either way (0-d int, float32, 2-D, a tensor in a graph)."""
-    from lightning_losses.reweighting.step_logs import _read_once
+    from lightning_losses._log_rows import read_values
 
     graph = torch.tensor([0.1, 0.2], requires_grad=True) * 3
     pieces = {"n": torch.tensor(7), "q": torch.tensor([0.1, 0.9]), "m": torch.arange(6.0).view(2, 3), "g": graph}
-    separate, together = _read_once(pieces, separate=True), _read_once(pieces, separate=False)
-    assert separate == together == _read_once(pieces)
+    separate, together = read_values(pieces, separate=True), read_values(pieces, separate=False)
+    assert separate == together == read_values(pieces)
     assert separate["n"] == [7.0] and separate["m"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     assert separate["q"] == [float(v) for v in torch.tensor([0.1, 0.9]).tolist()]
