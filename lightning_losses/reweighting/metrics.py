@@ -130,10 +130,12 @@ def group_pair_sums(
             f"GroupAccuracy got group id {(pairs.numel() - 1) // 2 - lead} but `num_groups` is {num_groups}; "
             "set `num_groups` to the true number of groups"
         )
+    pairs = pairs[2:] if lead else pairs  # (no slice, a call of its own, when nothing is left out)
     if losses is None:
-        return pairs[2 * lead :], None
+        return pairs, None
     losses = losses.detach() if losses.requires_grad else losses
-    return pairs[2 * lead :], torch.bincount(g, losses.to(torch.float64), num_groups + lead)[lead:]
+    sums = torch.bincount(g, losses.to(torch.float64), num_groups + lead)
+    return pairs, sums[1:] if lead else sums
 
 
 def sums_from_pairs(pairs: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
