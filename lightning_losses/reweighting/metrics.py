@@ -5,8 +5,8 @@
   one collective of seven numbers per rank (only on logging steps); its halves :func:`weight_sums` (device) and
   :func:`weight_stats_from_sums` (Python floats) serve the callback's packed logging step
   (:mod:`~lightning_losses.reweighting.step_logs`).
-* :func:`group_pair_sums` (counts per group and correctness, loss sums: two ``bincount`` passes), :func:`group_sums`
-  (per-group count, correct and loss sums) and :func:`group_stats_from_sums` (what they give).
+* :func:`group_pair_sums` (counts per group and correctness, loss sums: two ``bincount`` passes),
+  :func:`sums_from_pairs` (per-group count, correct and loss sums) and :func:`group_stats_from_sums` (what they give).
 * :class:`GroupAccuracy`: a ``torchmetrics.Metric`` with per-group correct / total / loss sums
   (``dist_reduce_fx="sum"``), whose ``compute`` gives per-group accuracy, loss and sample count and the worst-group
   accuracy (over the groups with samples: a batch, or a rank, without some group is normal).
@@ -28,7 +28,6 @@ __all__ = [
     "global_weight_stats",
     "group_pair_sums",
     "group_stats_from_sums",
-    "group_sums",
     "sums_from_pairs",
     "weight_stats_from_sums",
     "weight_sums",
@@ -139,36 +138,23 @@ def group_pair_sums(
 
 
 def sums_from_pairs(pairs: torch.Tensor, losses: torch.Tensor | None) -> torch.Tensor:
-    """:func:`group_pair_sums`' values as :func:`group_sums` gives them: count, correct and loss sum per group, float64
-    ``[num_groups, 3]`` (loss 0 without ``losses``)."""
+    """:func:`group_pair_sums`' values as count, correct and loss sum per group, float64 ``[num_groups, 3]`` (loss 0
+    without ``losses``).
+
+    Example:
+        >>> preds, target, group = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1])
+        >>> sums_from_pairs(*group_pair_sums(preds, target, group, 2))
+        tensor([[2., 2., 0.],
+                [1., 0., 0.]], dtype=torch.float64)
+    """
     by_pair = pairs.view(-1, 2)
     loss = torch.zeros(by_pair.shape[0], dtype=torch.float64, device=pairs.device) if losses is None else losses
     return torch.stack([by_pair.sum(1), by_pair[:, 1], loss], 1).to(torch.float64)
 
 
-def group_sums(
-    preds: torch.Tensor,
-    target: torch.Tensor,
-    group: torch.Tensor,
-    num_groups: int,
-    losses: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per group: sample count, correct predictions and loss sum, float64 ``[num_groups, 3]`` (loss 0 without
-    ``losses``; ``mask`` leaves out the ``False`` samples). ``preds``: labels ``[N]`` or logits ``[N, C]``
-    (:func:`group_pair_sums`, :func:`sums_from_pairs`).
-
-    Example:
-        >>> group_sums(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1]), 2)
-        tensor([[2., 2., 0.],
-                [1., 0., 0.]], dtype=torch.float64)
-    """
-    return sums_from_pairs(*group_pair_sums(preds, target, group, num_groups, losses, mask))
-
-
 def group_stats_from_sums(sums: Sequence[float]) -> dict[str, Any]:
     """Per-group accuracy, mean loss and count, and the worst-group accuracy (over the groups with samples; NaN when
-    none has any), in Python floats, from the (global) values of :func:`group_sums` flattened.
+    none has any), in Python floats, from the (global) values of :func:`sums_from_pairs` flattened.
 
     Example:
         >>> group_stats_from_sums([2.0, 2.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 3.0])
@@ -220,7 +206,7 @@ class GroupAccuracy(torchmetrics.Metric):
         mask: torch.Tensor | None = None,
     ) -> None:
         """Add a batch; ``mask`` (boolean ``[N]``) leaves out the ``False`` samples (e.g. ``ignore_index``)."""
-        sums = group_sums(preds, target, group, self.num_groups, losses, mask)
+        sums = sums_from_pairs(*group_pair_sums(preds, target, group, self.num_groups, losses, mask))
         # in place: the states keep their tensors (no `Metric.__setattr__` per update)
         self.total.add_(sums[:, 0])
         self.correct.add_(sums[:, 1])

@@ -51,7 +51,7 @@ class GroupSums:
     kernels: a logging step folds every step since the last one after the backward, when each costs most): ``pairs``,
     the sample count per ``(group, correct)`` pair (``2 * group + correct``, ``[2 * size]``; int64, float64 after a
     checkpoint), and ``losses``, the loss sum per group (float64 ``[size]``). :attr:`sums` gives them as
-    :func:`~lightning_losses.reweighting.metrics.group_sums` does (``[size, 3]``: count, correct, loss; checkpoints
+    :func:`~lightning_losses.reweighting.metrics.sums_from_pairs` does (``[size, 3]``: count, correct, loss; checkpoints
     hold that), :func:`stats_from_taken` finishes :meth:`take`'s values on the host.
 
     Example:
