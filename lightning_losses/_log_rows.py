@@ -21,6 +21,7 @@ import torch
 
 from lightning_losses._compat import (
     callback_metrics_store,
+    forget_logged_metrics,
     in_training_batch,
     intercept_logger_rows,
     log_step,
@@ -28,33 +29,53 @@ from lightning_losses._compat import (
     should_update_logs,
 )
 
-__all__ = ["host_values", "log_scalars", "read_values", "write_row"]
+__all__ = ["host_values", "keep_media", "log_scalars", "read_values", "write_row"]
 
-_KEPT, _MERGE = "_ll_kept_row", "_ll_merge_kept"
+_KEPT, _MERGE, _MEDIA_KEYS = "_ll_kept_row", "_ll_merge_kept", "_ll_kept_media"
 
 
 def write_row(trainer: Any, values: dict[str, Any]) -> None:
     """Send ``values`` (scalars or scalar tensors, already global) to the Trainer's loggers at :func:`log_step`: in
     the Trainer's own row of this step when it writes one after this training batch, otherwise now; into a row
     another diagnostic keeps for this step, if there is one."""
+    if not _keep(trainer, values):
+        logger_connector(trainer).log_metrics(values, step=log_step(trainer))
+
+
+def keep_media(trainer: Any, media: dict[str, Any]) -> bool:
+    """Put W&B ``media`` (``wandb`` objects by key) into the Trainer's row of this step, as :func:`write_row` does
+    with scalars (a W&B log call of its own costs about as much as the whole row), when that row is kept or will be
+    written after this training batch; ``False``: there is none, the caller logs them itself. Only for a Trainer whose
+    loggers all take media (a CSV logger would get the objects too). They are sent, not kept in
+    ``trainer.logged_metrics`` (which holds metrics)."""
+    if not _keep(trainer, media):
+        return False
+    state = trainer.__dict__
+    state[_MEDIA_KEYS] = state.get(_MEDIA_KEYS, ()) + tuple(media)
+    return True
+
+
+def _keep(trainer: Any, values: dict[str, Any]) -> bool:
+    """Keep ``values`` for the Trainer's row of this step (``False``: it writes none; the caller writes them now); a
+    row kept for an earlier step goes out first, at its own step."""
     connector = logger_connector(trainer)
     step = log_step(trainer)
     state = trainer.__dict__
     kept = state.get(_KEPT)
     if kept is not None and kept[0] == step:  # another diagnostic's row of this step is kept: the same row
         kept[1].update(values)
-        return
+        return True
     if kept is not None:  # a row kept for an earlier step: out first, at its own step
         del state[_KEPT]
         connector.log_metrics(kept[1], step=kept[0])
     if in_training_batch(trainer) and should_update_logs(trainer):
-        merge = state.get(_MERGE)
-        if merge is None:  # one per Trainer
-            merge = state[_MERGE] = partial(_merge_kept, trainer)
-        if intercept_logger_rows(trainer, merge):
+        hooks = state.get(_MERGE)
+        if hooks is None:  # one pair per Trainer
+            hooks = state[_MERGE] = (partial(_merge_kept, trainer), partial(_forget_media, trainer))
+        if intercept_logger_rows(trainer, *hooks):
             state[_KEPT] = (step, dict(values))
-            return
-    connector.log_metrics(values, step=step)
+            return True
+    return False
 
 
 def _merge_kept(trainer: Any, metrics: dict[str, Any], step: int) -> dict[str, Any]:
@@ -67,6 +88,14 @@ def _merge_kept(trainer: Any, metrics: dict[str, Any], step: int) -> dict[str, A
         return {**metrics, **kept[1]}
     logger_connector(trainer).log_metrics(kept[1], step=kept[0])
     return metrics
+
+
+def _forget_media(trainer: Any, row: dict[str, Any]) -> None:
+    """Once a row is written: the media sent in it leave ``trainer.logged_metrics``."""
+    keys = trainer.__dict__.get(_MEDIA_KEYS)
+    if keys is not None and any(key in row for key in keys):
+        del trainer.__dict__[_MEDIA_KEYS]
+        forget_logged_metrics(trainer, keys)
 
 
 def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own_interval: bool = False) -> None:
@@ -89,13 +118,14 @@ def log_scalars(trainer: Any, pl_module: Any, metrics: Mapping[str, Any], *, own
         pl_module.log_dict(dict(metrics), on_step=True, on_epoch=False, sync_dist=False, batch_size=1)
         return
     numbers = host_values(metrics)
-    # one float64 tensor for all of them (monitors read tensors), in views
-    store = callback_metrics_store(trainer)  # what `trainer.callback_metrics` returns, without its refresh
+    # one float64 CPU tensor for all of them (monitors read tensors), in views
     # (over the numbers' own buffer: no parsing of a Python list, about half the time of `torch.tensor` after a step)
     values = torch.frombuffer(array("d", numbers.values()), dtype=torch.float64)
-    store.update(zip(numbers, values.unbind(0)))
-    # the row: Python numbers (no `.item()` per key when the loggers' row is written), in the caller's order
-    write_row(trainer, numbers)
+    row = dict(zip(numbers, values.unbind(0)))
+    callback_metrics_store(trainer).update(row)  # what `trainer.callback_metrics` returns, without its refresh
+    # the row: the same CPU tensors (Lightning turns a row of tensors into numbers in one pass, `.item()` each, without
+    # a sync; a row that mixes numbers and tensors takes its slow path, some µs a key), in the caller's order
+    write_row(trainer, row)
 
 
 def host_values(metrics: Mapping[str, Any]) -> dict[str, float]:

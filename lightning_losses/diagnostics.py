@@ -6,8 +6,9 @@
   ``train/*``.
 * :func:`log_histogram`, :func:`log_table`, :func:`log_image`: W&B loggers (``WandbLogger``) get a
   ``wandb.Histogram`` (of the global batch: gathered over the data-parallel group) / ``wandb.Table`` /
-  ``wandb.Image`` through the logger's documented API at the same step;
-  loggers without media (CSV, ...) are skipped without error and the values are not even moved to the host. ``wandb``
+  ``wandb.Image`` through the logger's ``log_metrics`` at the same step (on a logging step of a training batch,
+  when W&B loggers are the Trainer's only ones, in the Trainer's own row of the step: one W&B log call); loggers
+  without media (CSV, ...) are skipped without error and the values are not even moved to the host. ``wandb``
   is imported only when a W&B logger is there; W&B itself logs from rank 0 only.
 * :class:`MediaCadence`: when a callback logs media (``media_every_n_steps``: ``None`` about once per epoch and at
   most once per :data:`MEDIA_MIN_STEPS` steps, ``0`` never, ``N`` every ``N`` optimizer steps).
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 from lightning_losses._compat import log_step
-from lightning_losses._log_rows import log_scalars
+from lightning_losses._log_rows import keep_media, log_scalars
 from lightning_losses._validation import check_int
 from lightning_losses.distributed import all_gather_values, global_sum
 
@@ -113,7 +114,9 @@ def log_histograms(
 
     Call it on every rank, at a step that is the same on all of them (a media cadence): the values are gathered (two
     collectives a key) only when the Trainer has a media logger, a decision every rank takes alike. The bins are
-    counted on the device (:func:`histogram`) and handed to ``wandb.Histogram(np_histogram=...)``.
+    counted on the device (:func:`histogram`) and handed to ``wandb.Histogram(np_histogram=...)``. On the Trainer's
+    logging steps of a training batch (``step=None``), with W&B loggers only, they go into the Trainer's own row of
+    the step (:func:`~lightning_losses._log_rows.keep_media`).
     """
     loggers = media_loggers(trainer)
     if not loggers:
@@ -124,10 +127,18 @@ def log_histograms(
         return False
     import wandb
 
-    row = {key: wandb.Histogram(np_histogram=c) for key, c in counted.items()}
+    _send(trainer, loggers, {key: wandb.Histogram(np_histogram=c) for key, c in counted.items()}, step)
+    return True
+
+
+def _send(trainer: Any, loggers: list[Any], row: dict[str, Any], step: int | None) -> None:
+    """``row`` (``wandb`` objects) to the media ``loggers``: into the Trainer's row of a logging step (``step=None``)
+    when every logger of the Trainer takes media (:func:`~lightning_losses._log_rows.keep_media`: no W&B log call of
+    their own), else in a row of their own now."""
+    if step is None and len(loggers) == len(trainer.loggers) and keep_media(trainer, row):
+        return
     for logger in loggers:
         logger.log_metrics(row, step=_step(trainer, step))
-    return True
 
 
 def log_table(
@@ -135,8 +146,10 @@ def log_table(
 ) -> bool:
     """Log a table (``columns``, one list per row) to the media loggers; ``True`` when one took it."""
     loggers = media_loggers(trainer)
-    for logger in loggers:
-        logger.log_table(key, columns=list(columns), data=[list(r) for r in rows], step=_step(trainer, step))
+    if loggers:
+        import wandb
+
+        _send(trainer, loggers, {key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])}, step)
     return bool(loggers)
 
 
@@ -149,9 +162,9 @@ def log_image(trainer: Any, key: str, image: Any, *, step: int | None = None, ca
     if callable(image) and not getattr(trainer, "is_global_zero", True):
         return True  # W&B logs from rank 0 only: the picture is not drawn on the other ranks
     picture = image() if callable(image) else image
-    extra = {} if caption is None else {"caption": [caption]}
-    for logger in loggers:
-        logger.log_image(key, [picture], step=_step(trainer, step), **extra)
+    import wandb
+
+    _send(trainer, loggers, {key: [wandb.Image(picture, **({} if caption is None else {"caption": caption}))]}, step)
     return True
 
 

@@ -140,6 +140,13 @@ def _callback_metrics_store(trainer, module):
     assert _compat.callback_metrics_store(fallback) is fallback.callback_metrics
 
 
+def _forget_logged_metrics(trainer, module):
+    trainer._logger_connector._logged_metrics["probe/media"] = object()
+    _compat.forget_logged_metrics(trainer, ["probe/media", "probe/absent"])
+    assert "probe/media" not in trainer.logged_metrics and "probe/loss" in trainer.logged_metrics
+    _compat.forget_logged_metrics(SimpleNamespace(), ["a"])  # fallback: nothing
+
+
 def _epoch_to_run(trainer, module):
     assert _compat.epoch_to_run(trainer) == trainer.fit_loop.epoch_progress.current.processed
     assert _compat.epoch_to_run(SimpleNamespace(current_epoch=3)) == 3  # fallback
@@ -204,6 +211,10 @@ def _intercept_logger_rows(trainer, module):
     assert _compat.intercept_logger_rows(trainer, lambda metrics, step: metrics)  # installed once, `before` replaced
     connector.log_metrics({"c": 3.0}, step=1)
     assert len(seen) == 2
+    written = []  # `after` gets the row once the loggers have it
+    assert _compat.intercept_logger_rows(trainer, lambda metrics, step: {**metrics, "x": 0.0}, written.append)
+    connector.log_metrics({"d": 4.0}, step=2)
+    assert written == [{"d": 4.0, "x": 0.0}]
     assert not _compat.intercept_logger_rows(SimpleNamespace(), lambda metrics, step: metrics)  # fallback
 
 
@@ -225,6 +236,7 @@ CHECKS = {f.__name__[1:]: f for f in (_closure_parts, _closure_result, _logger_c
 CHECKS |= {f.__name__[1:]: f for f in (_attached_trainer, _state_key, _takes_batch_idx, _metric_snapshot)}
 CHECKS |= {f.__name__[1:]: f for f in (_norm_layer_types, _log_step, _intercept_logger_rows, _in_training_batch)}
 CHECKS |= {f.__name__[1:]: f for f in (_restart_train_iterator, _log_on_step, _callback_metrics_store, _epoch_to_run)}
+CHECKS |= {f.__name__[1:]: f for f in (_forget_logged_metrics,)}
 
 
 def test_every_accessor_is_checked():

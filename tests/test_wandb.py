@@ -124,6 +124,11 @@ def test_wandb_offline_run_holds_the_diagnostics_media(tmp_path, monkeypatch):
         assert all(r[f"{key}/_type"] == "histogram" and len(r[f"{key}/values"]) == 64 for r in hist)
         assert all(len(r[f"{key}/bins"]) == 65 and sum(r[f"{key}/values"]) == 64 for r in hist)  # batch of 64
     assert _steps(rows, "reweight/losses/_type") == train_steps
+    # on the Trainer's logging steps the histograms are in its row (no W&B row of their own), out of `logged_metrics`
+    assert all("train/loss" in r for r in rows if "reweight/weights/_type" in r or "reweight/groups/_type" in r)
+    entropy_rows = [r for r in rows if "entropy/per_sample/_type" in r]
+    assert ["train/loss" in r for r in entropy_rows] == [s in train_steps for s in range(6)]  # off them: a row each
+    assert not {"reweight/weights", "reweight/groups", "entropy/per_sample"} & set(trainer.logged_metrics)
     # the group table grows by one row per group at each of its steps; its file is under files/media/
     tables = [r for r in rows if "reweight/groups/_type" in r]
     assert [(r["trainer/global_step"], r["reweight/groups/nrows"]) for r in tables] == [(1, 2), (3, 4), (5, 6)]
@@ -173,6 +178,41 @@ def test_wandb_reweighting_without_groups_logs_a_per_class_table(tmp_path, monke
     first = [row for row in table["data"] if row[0] == 3]
     assert sum(row[2] for row in first) == 2 * 64  # the two batches since the last log, every class counted once
     assert {row[1] for row in first} <= set(range(10)) and all(row[5] > 0 for row in first)
+
+
+@pytest.mark.parametrize("with_csv", [False, True], ids=["wandb", "wandb+csv"])
+def test_media_join_the_trainers_row_when_every_logger_takes_media(tmp_path, monkeypatch, with_csv):
+    """The entropy histogram's default cadence is the first logging step of an epoch (``MEDIA_MIN_STEPS`` apart): with
+    W&B loggers only it is in the Trainer's row of the step (one W&B log call); beside a CSV logger, which must not
+    get W&B objects, in a row of its own, at the same step."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from lightning_losses import diagnostics
+    from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+
+    monkeypatch.setattr(diagnostics, "MEDIA_MIN_STEPS", 2)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(project="ll-test", save_dir=str(tmp_path), offline=True)
+    csv = CSVLogger(tmp_path / "csv")
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(
+        callbacks=[ll.EntropyControl(beta=0.1)], logger=[logger, csv] if with_csv else logger, max_epochs=2,
+        limit_train_batches=4, log_every_n_steps=2, limit_val_batches=0, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(DigitsClassifier(dropout=0.0), DigitsDataModule(batch_size=64))
+    logger.experiment.finish()
+    rows = read_history(finished_run_files(tmp_path)[0])
+    assert _steps(rows, "train/loss") == [1, 3, 5, 7]
+    hist = [r for r in rows if "entropy/per_sample/_type" in r]
+    assert [r["trainer/global_step"] for r in hist] == [1, 5]  # the first logging step of each epoch
+    assert all(("train/loss" in r) is not with_csv for r in hist)
+    assert "entropy/per_sample" not in trainer.logged_metrics and "entropy/mean" in trainer.logged_metrics
+    if with_csv:
+        header = (Path(csv.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+        assert "entropy/mean" in header and not any("per_sample" in c for c in header)
 
 
 def test_default_table_cadence_needs_ten_epochs_and_a_thousand_steps():

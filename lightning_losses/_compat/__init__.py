@@ -18,6 +18,7 @@ from __future__ import annotations
 from lightning_losses._compat._registry import ACCESSORS
 from lightning_losses._compat.logs import (
     callback_metrics_store,
+    forget_logged_metrics,
     in_training_batch,
     intercept_logger_rows,
     log_on_step,
@@ -44,6 +45,7 @@ __all__ = [
     "closure_parts",
     "closure_result",
     "epoch_to_run",
+    "forget_logged_metrics",
     "in_training_batch",
     "intercept_logger_rows",
     "log_on_step",

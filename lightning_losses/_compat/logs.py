@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ from lightning_losses._compat._registry import reads
 
 __all__ = [
     "callback_metrics_store",
+    "forget_logged_metrics",
     "in_training_batch",
     "intercept_logger_rows",
     "log_on_step",
@@ -143,25 +144,45 @@ _OWN_LOG: dict[type, bool] = {}
 
 # ---------------------------------------------------------------------------------------------- Lightning's rows
 @reads("Trainer._logger_connector.log_metrics (every row the Trainer writes; wrapped on the instance)")
-def intercept_logger_rows(trainer: Any, before: Callable[[dict[str, Any], int], dict[str, Any]]) -> bool:
+def intercept_logger_rows(
+    trainer: Any,
+    before: Callable[[dict[str, Any], int], dict[str, Any]],
+    after: Callable[[dict[str, Any]], None] | None = None,
+) -> bool:
     """Pass every row the Trainer writes to its loggers through ``before(metrics, step) -> metrics`` first (``step``:
-    the step the row is written at), installed once per Trainer; ``True`` when it is in place. Fallback without the
-    logger connector or its ``log_metrics``: ``False`` (the caller then writes its rows itself)."""
+    the step the row is written at) and, once written, to ``after(row)``; installed once per Trainer; ``True`` when it
+    is in place. Fallback without the logger connector or its ``log_metrics``: ``False`` (the caller then writes its
+    rows itself)."""
     connector = logger_connector(trainer)
     original = getattr(connector, "log_metrics", None)
     if original is None:
         return False
-    if connector.__dict__.get("_ll_rows_before") is None:
+    state = connector.__dict__
+    if state.get("_ll_rows_before") is None:
 
         def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
             at = step
             if at is None:  # Lightning's own rule: a `step` metric, else the steps that stepped so far
                 at = int(metrics["step"]) if "step" in metrics else log_step(trainer)
-            original(connector.__dict__["_ll_rows_before"](metrics, at), step)
+            row = state["_ll_rows_before"](metrics, at)
+            original(row, step)
+            done = state["_ll_rows_after"]
+            if done is not None:
+                done(row)
 
         connector.log_metrics = log_metrics
-    connector.__dict__["_ll_rows_before"] = before
+    state["_ll_rows_before"], state["_ll_rows_after"] = before, after
     return True
+
+
+@reads("Trainer._logger_connector._logged_metrics (what `trainer.logged_metrics` returns)")
+def forget_logged_metrics(trainer: Any, keys: Iterable[str]) -> None:
+    """Take ``keys`` out of ``trainer.logged_metrics`` (values sent to the loggers that are not metrics: W&B media in a
+    row of the Trainer's). Fallback: nothing."""
+    logged = getattr(logger_connector(trainer), "_logged_metrics", None)
+    if isinstance(logged, dict):
+        for key in keys:
+            logged.pop(key, None)
 
 
 @reads("Trainer.fit_loop.epoch_loop.batch_progress.current (.ready, .completed)")

@@ -73,7 +73,7 @@ class EntropyControl(MixinCallback):
         per_class: also log the mean entropy per class. Default False.
         log_every_n_steps: logging period in optimizer steps. Default ``None``: the Trainer's logging steps.
         media_every_n_steps: period of the per-sample entropy histogram (W&B loggers) in optimizer steps; default
-            ``None``: about once per epoch; ``0``: never.
+            ``None``: about once per epoch (on its first logging step); ``0``: never.
         name: metric prefix and term name (``{name}_bonus``); give each instance its own. Default ``"entropy"``.
 
     Example:
@@ -233,7 +233,8 @@ class EntropyControl(MixinCallback):
             self._log(trainer, pl_module, step, reduced)
         if log_now:
             self._window = None
-        due = self.media.every != 0 and self._last_per_sample is not None and media_loggers(trainer)
+        # (the default cadence on logging steps only: the histogram joins the Trainer's row of the step)
+        due = (log_now or self.media.every) and self._last_per_sample is not None and media_loggers(trainer)
         if due and self.media.due(step, trainer.current_epoch):
             log_histogram(trainer, f"{self.name}/per_sample", self._last_per_sample)
         self._last_per_sample = None

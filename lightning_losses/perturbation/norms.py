@@ -67,6 +67,7 @@ def delta_grad_statistics(
     grads: Sequence[Tensor | None],
     shard_sum: ShardSumFn | None = None,
     delta_norm: Tensor | None = None,
+    delta: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Cosine between the perturbation :math:`\delta` = ``shards - saved`` and ``grads`` (the gradient at
     :math:`w + \delta`) (float32 0-d), and the L2 norm of ``grads`` (0-d, float64 if a tensor is, else float32).
@@ -77,7 +78,8 @@ def delta_grad_statistics(
     :math:`w` and :math:`w + \delta`. Reuses the step's tensors: one tensor-sized temporary at a time
     (:math:`\delta_l`), no parameter-sized copy; the cosine is invariant to a gradient scale, the norm is not (divide
     it out). A caller that already has :math:`\|\delta\|` (the engine: its ``norm`` statistic) passes it as
-    ``delta_norm``, and only the dot products and the gradient's norms are computed. Sharded tensors (FSDP2):
+    ``delta_norm``, and only the dot products and the gradient's norms are computed; one that kept :math:`\delta`
+    itself passes it as ``delta`` (no subtraction: a kernel and a temporary per tensor less). Sharded tensors (FSDP2):
     ``shards``, ``saved`` and ``grads`` are the local pieces and ``shard_sum`` sums the per-tensor sums over the groups
     that shard each tensor (one collective). A tensor without gradient is left out (both NaN when none has one).
 
@@ -91,7 +93,8 @@ def delta_grad_statistics(
     dots: list[Tensor] = []  # per tensor of the local piece: <d, g> (and |d|^2); zeros without gradient
     squares: list[Tensor] = []
     flat_grads: list[Tensor] = []  # their norms in one kernel
-    for x, s, g in zip(shards, saved, grads):  # the engine's shards, saved copies and .grad need no detach
+    deltas = [None] * len(shards) if delta is None else delta
+    for x, s, g, d in zip(shards, saved, grads, deltas):  # the engine's shards, saved copies and .grad need no detach
         if g is None:
             dots.append(x.new_zeros((), dtype=torch.float32))
             squares.append(dots[-1])
@@ -101,7 +104,8 @@ def delta_grad_statistics(
             x, g = x.detach(), g.detach()
         if x.dtype not in (torch.float32, torch.float64):  # half precision: the sums in float32
             x, s, g = x.float(), s.float(), g.float()
-        d, g = (x - s).view(-1), g.reshape(-1)
+            d = None if d is None else d.float()
+        d, g = (x - s if d is None else d).reshape(-1), g.reshape(-1)
         g = g if g.dtype == d.dtype else g.to(d.dtype)
         dots.append(torch.dot(d, g))
         if delta_norm is None:

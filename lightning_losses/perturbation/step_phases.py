@@ -20,7 +20,11 @@ from lightning_losses.perturbation.passes import restored_buffers
 from lightning_losses.perturbation.sharding import grad_shard, local
 from lightning_losses.perturbation.step_state import StepState
 
-__all__ = ["StepPhases"]
+__all__ = ["KEEP_DELTA_NUMEL", "StepPhases"]
+
+#: on a statistics step, the perturbation of at most this many elements (local) is kept for the cosine: no
+#: subtraction kernel per tensor, for one parameter-sized buffer more during the descent (larger: w + delta - w)
+KEEP_DELTA_NUMEL = 1 << 22
 
 
 class StepPhases:
@@ -109,6 +113,8 @@ class StepPhases:
                 torch._foreach_add_(run.shards, delta)
                 if self.collect_stats:
                     stats["norm"] = F.global_norm(delta, run.shard_sum)
+                    if sum(d.numel() for d in delta) <= KEEP_DELTA_NUMEL:  # in the ascent gradients' storage
+                        run.delta = delta
             grads = None  # release the old gradients before the next backward (cache-friendly reuse)
             run.zero_grad()
             if i + 1 < self.inner_steps:
@@ -126,11 +132,14 @@ class StepPhases:
             run.stats["norm"] = torch.zeros(())
         with self._frozen_bn(run.frozen):
             loss = run.forward_backward("descent")
-        if perturbed and self.collect_stats:  # before `_restore`: delta = params - saved, no copy
+        if perturbed and self.collect_stats:  # before `_restore`: delta = params - saved where it was not kept
             grads = [grad_shard(p) for p in run.params]
+            delta, run.delta = run.delta, None
+            if delta is not None and any(g is not None and g.data_ptr() == d.data_ptr() for g, d in zip(grads, delta)):
+                delta = None  # the descent's gradients took its storage back (DDP's bucket views)
             # |delta| is the ascent's `norm`: only the dot products and |g_p| are computed (one collective if sharded)
             cos, run.descent_grad_norm = F.delta_grad_statistics(
-                run.shards, self._saved, grads, run.shard_sum, delta_norm=run.stats["norm"]
+                run.shards, self._saved, grads, run.shard_sum, delta_norm=run.stats["norm"], delta=delta
             )
             run.stats["cos_delta_grad"] = cos
         return loss

@@ -33,6 +33,7 @@ class StepState:
     shards: list[Tensor] = field(default_factory=list)  # the local shards of `params` (themselves when not sharded)
     shard_sum: ShardSum | None = None  # sums per-tensor local pieces over the shard groups (None: not sharded)
     descent_grad_norm: Tensor | None = None  # |.grad| at w + delta (loss scale included), from the cosine's sums
+    delta: list[Tensor] | None = None  # statistics steps: the perturbation itself (local shards), for the cosine
 
     def __post_init__(self) -> None:
         self.shard_sum = shard_sum_for(self.params)

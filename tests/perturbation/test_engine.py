@@ -323,16 +323,20 @@ def test_logged_statistics_equal_their_definitions():
     [("sam", {}), ("adversarial_model_perturbation", {"inner_steps": 3}), ("awp", {}), ("asam", {})],
 )
 def test_cosine_reuses_the_ascent_norm_of_the_whole_perturbation(monkeypatch, preset, options):
-    """The engine passes its ``norm`` statistic as ``|delta|``: it must be the norm of w + delta - w after the last
-    inner step (the whole perturbation, not the last increment); the cosine equals the one computed from scratch."""
+    """The engine passes its ``norm`` statistic as ``|delta|`` and the perturbation it kept as ``delta``: they must be
+    the norm of w + delta - w and w + delta - w after the last inner step (the whole perturbation, not the last
+    increment); the cosine equals the one computed from scratch."""
     from lightning_losses.perturbation import step_phases
 
     seen = {}
     original = step_phases.F.delta_grad_statistics
 
-    def spy(shards, saved, grads, shard_sum=None, delta_norm=None):
+    def spy(shards, saved, grads, shard_sum=None, delta_norm=None, delta=None):
+        assert delta is not None  # kept: no subtraction
+        for x, s, d in zip(shards, saved, delta):
+            torch.testing.assert_close(d, x - s, rtol=1e-12, atol=1e-15)
         seen["scratch"] = original(shards, saved, grads, shard_sum)
-        seen["reused"] = original(shards, saved, grads, shard_sum, delta_norm=delta_norm)
+        seen["reused"] = original(shards, saved, grads, shard_sum, delta_norm=delta_norm, delta=delta)
         return seen["reused"]
 
     monkeypatch.setattr(step_phases.F, "delta_grad_statistics", spy)
@@ -346,6 +350,41 @@ def test_cosine_reuses_the_ascent_norm_of_the_whole_perturbation(monkeypatch, pr
     # |g_p| over the perturbed tensors (AWP: the weights only), from the cosine's sums
     perturbed = [p.grad for n, p in model.named_parameters() if preset != "awp" or n.endswith("weight")]
     torch.testing.assert_close(engine.last_stats["grad_norm_perturbed"], F.global_norm(perturbed), rtol=1e-12, atol=0)
+
+
+def test_cosine_with_gradients_zeroed_in_place_falls_back_to_the_subtraction(monkeypatch):
+    """The kept perturbation lives in the ascent gradient's storage: a ``zero_grad`` that zeroes in place (or DDP's
+    bucket views) gives that storage to the descent gradient, and the cosine is then computed from w + delta - w; so
+    it is for a model above ``KEEP_DELTA_NUMEL`` elements."""
+    from lightning_losses.perturbation import step_phases
+
+    seen = {}
+    original = step_phases.F.delta_grad_statistics
+
+    def spy(shards, saved, grads, shard_sum=None, delta_norm=None, delta=None):
+        seen["delta"] = delta
+        seen["scratch"] = original(shards, saved, grads, shard_sum)
+        return original(shards, saved, grads, shard_sum, delta_norm=delta_norm, delta=delta)
+
+    monkeypatch.setattr(step_phases.F, "delta_grad_statistics", spy)
+    model = tiny_model()
+    x, y = tiny_batch()
+    engine = build_perturbation("sam", rho=0.5)
+
+    def zero_grad():
+        for p in model.parameters():
+            p.grad.zero_()
+
+    perturbed_backward(engine, model, lambda: nn.functional.cross_entropy(model(x), y), zero_grad=zero_grad)
+    assert seen["delta"] is None  # the storage was taken back: not used
+    assert float(engine.last_stats["cos_delta_grad"]) == float(seen["scratch"][0])
+    assert abs(float(seen["scratch"][0])) < 0.999
+    monkeypatch.setattr(step_phases, "KEEP_DELTA_NUMEL", sum(p.numel() for p in model.parameters()) - 1)
+    perturbed_backward(engine, model, lambda: nn.functional.cross_entropy(model(x), y))
+    assert seen["delta"] is None  # a larger model: no parameter-sized buffer more, the subtraction
+    monkeypatch.setattr(step_phases, "KEEP_DELTA_NUMEL", sum(p.numel() for p in model.parameters()))
+    perturbed_backward(engine, model, lambda: nn.functional.cross_entropy(model(x), y))
+    assert seen["delta"] is not None
 
 
 def test_restore_is_exact_in_bfloat16():
