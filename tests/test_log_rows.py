@@ -2,12 +2,12 @@
 
 from types import SimpleNamespace
 
-from lightning_losses._log_rows import host_values, write_row
+from lightning_losses._log_rows import host_values, log_scalars, write_row
 
 
 class _Connector:
     def __init__(self):
-        self.should_update_logs, self.rows = True, []
+        self.should_update_logs, self.rows, self._callback_metrics = True, [], {}
 
     def log_metrics(self, metrics, step=None):
         self.rows.append((dict(metrics), step))
@@ -79,3 +79,20 @@ def test_host_values_read_tensors_exactly_in_one_read_and_keep_the_order():
     assert got == {"b": 2.0, "a": float(torch.tensor(0.1)), "c": 2.0**25 + 1, "d": 3.0, "e": 1.0}
     assert all(type(v) is float for v in got.values())
     assert host_values({"x": torch.tensor(0.25)}) == {"x": 0.25} and host_values({}) == {}
+
+
+def test_log_scalars_puts_the_same_cpu_tensors_in_the_row_and_the_callback_metrics():
+    """The row holds float64 CPU 0-d tensors (Lightning turns a row of tensors into numbers in one pass; a row that
+    mixes its tensors with floats takes its slow path), the very ones ``trainer.callback_metrics`` gets."""
+    import torch
+
+    trainer = _trainer(5)
+    connector = trainer._logger_connector
+    log_scalars(trainer, None, {"a": 0.5, "n": torch.tensor(2**40 + 1), "x": torch.tensor(0.25, dtype=torch.float16)})
+    connector.log_metrics({"train/loss": torch.tensor(1.0)})
+    ((row, _),) = connector.rows
+    assert list(row) == ["train/loss", "a", "n", "x"]
+    for key, expected in (("a", 0.5), ("n", 2.0**40 + 1), ("x", 0.25)):
+        value = row[key]
+        assert isinstance(value, torch.Tensor) and value.dtype == torch.float64 and value.device.type == "cpu"
+        assert value.ndim == 0 and value.item() == expected and connector._callback_metrics[key] is value

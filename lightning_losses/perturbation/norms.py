@@ -90,15 +90,18 @@ def delta_grad_statistics(
     """
     if all(g is None for g in grads):
         return torch.tensor(float("nan")), torch.tensor(float("nan"))
-    dots: list[Tensor] = []  # per tensor of the local piece: <d, g> (and |d|^2); zeros without gradient
+    # per tensor of the local piece: <d, g>, |g|^2 (and |d|^2), all dot products (one kernel, warm after the first:
+    # a logging step runs these after the backward, when each new kernel costs most); zeros without gradient
+    dots: list[Tensor] = []
+    grad_squares: list[Tensor] = []
     squares: list[Tensor] = []
-    flat_grads: list[Tensor] = []  # their norms in one kernel
     deltas = [None] * len(shards) if delta is None else delta
     for x, s, g, d in zip(shards, saved, grads, deltas):  # the engine's shards, saved copies and .grad need no detach
         if g is None:
-            dots.append(x.new_zeros((), dtype=torch.float32))
-            squares.append(dots[-1])
-            flat_grads.append(x.new_zeros(0, dtype=torch.float32))
+            zero = x.new_zeros((), dtype=torch.float32)
+            dots.append(zero)
+            grad_squares.append(zero)
+            squares.append(zero)
             continue
         if x.requires_grad or g.requires_grad:  # a caller's own tensors: no graph
             x, g = x.detach(), g.detach()
@@ -108,15 +111,14 @@ def delta_grad_statistics(
         d, g = (x - s if d is None else d).reshape(-1), g.reshape(-1)
         g = g if g.dtype == d.dtype else g.to(d.dtype)
         dots.append(torch.dot(d, g))
+        grad_squares.append(torch.dot(g, g))
         if delta_norm is None:
             squares.append(torch.dot(d, d))
-        flat_grads.append(g)
-    columns = [torch.stack(dots), torch.stack(torch._foreach_norm(flat_grads)).square()]
-    if delta_norm is None:
-        columns.append(torch.stack(squares))
-    terms = torch.stack(columns, 1)  # [tensors, columns], promoted to float64 if a tensor is
+    columns = dots + grad_squares + (squares if delta_norm is None else [])
+    # [tensors, columns] (one stack, promoted to float64 if a tensor is)
+    terms = torch.stack(columns).view(len(columns) // len(dots), len(dots)).T
     if shard_sum is not None:  # one all-reduce for every column
-        terms = shard_sum(terms)
+        terms = shard_sum(terms.contiguous())
     sums = terms.sum(0)
     dtype = sums.dtype
     grad_norm = sums[1].sqrt()

@@ -143,3 +143,20 @@ def test_window_statistics_leave_out_nan_and_both_infinities_as_a_loop_does(mask
     finite = [float(h[i]) for i in seen if math.isfinite(float(h[i]))]
     expected = [sum(finite), len(finite), len(seen) - len(finite)]
     assert window_statistics(h, mask, torch.zeros(6, 3), None, per_class=False).tolist() == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_window_statistics_of_finite_values_on_the_cpu_equal_the_general_path(dtype):
+    """On the CPU without a mask a finite sum is the whole answer (no test per value); it equals the path that tests
+    every value (taken with a mask of all ``True``), in the values' dtype, and one NaN takes that path."""
+    from lightning_losses.entropy.window import window_statistics
+
+    h = torch.rand(640, generator=torch.Generator().manual_seed(0)).to(dtype) * 2.3
+    logits = torch.zeros(640, 3)
+    fast = window_statistics(h, None, logits, None, per_class=False)
+    general = window_statistics(h, torch.ones(640, dtype=torch.bool), logits, None, per_class=False)
+    assert fast.dtype == general.dtype == dtype and torch.equal(fast, general)
+    assert fast.tolist() == [float(h.sum()), 640.0, 0.0]
+    h[7] = NAN
+    expected = torch.tensor([639.0, 1.0], dtype=dtype)  # (a count in bfloat16 is rounded: 639 is 640 there)
+    assert torch.equal(window_statistics(h, None, logits, None, per_class=False)[1:], expected)
