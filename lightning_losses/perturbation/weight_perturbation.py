@@ -83,7 +83,9 @@ class WeightPerturbation(WrappedClosure, MixinCallback):
     optimizer steps so far; with ``every_n_steps`` / ``probability`` / LookSAM reuse the unperturbed steps log only
     ``skipped``, ``perturbed_fraction`` and the times), ``step_time`` (seconds of the step's closure, every pass) and
     ``time_ratio`` (that over the closure's first, unperturbed forward-backward: the step's cost against an
-    unperturbed one; :mod:`~lightning_losses.perturbation.timing`).
+    unperturbed one; :mod:`~lightning_losses.perturbation.timing`). On those steps a model of at most
+    :data:`~lightning_losses.perturbation.step_phases.KEEP_DELTA_NUMEL` elements keeps :math:`\delta` during the
+    descent pass for the cosine (one parameter-sized buffer more; larger ones subtract the saved weights instead).
 
     Example:
         >>> import lightning as L
