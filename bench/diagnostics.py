@@ -37,6 +37,7 @@ the ``off`` run's total step time: the share of the step time the diagnostics ta
     OMP_NUM_THREADS=1 python bench/diagnostics.py --pairs 12 --epochs 6 --clock cpu   # a shared machine
     OMP_NUM_THREADS=1 python bench/diagnostics.py --mode accounting --pairs 4 --epochs 6 --clock cpu
     OMP_NUM_THREADS=1 python bench/diagnostics.py --mode accounting --config default --logger csv --clock cpu
+    OMP_NUM_THREADS=1 python bench/diagnostics.py --mode accounting --clock cpu --epochs 20  # the demo's own length
 
 ``--config default`` runs the default recipe instead (cross entropy, no callback, a CSV logger as in the recipe):
 its diagnostics are the objective's statistics. ``--config reweighting`` / ``entropy`` / ``perturbation`` run one
