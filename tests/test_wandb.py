@@ -313,3 +313,46 @@ def test_pictures_are_drawn_on_rank_zero_only():
     logger = WandbLogger.__new__(WandbLogger)  # a media logger; never called on rank 1
     trainer = SimpleNamespace(loggers=[logger], is_global_zero=False)
     assert log_image(trainer, "val/reliability", draw)
+
+
+def _media_fit_on_rank(root):
+    """A 2-process fit with a W&B logger: rank 0 reads its offline run back; rank 1 only trains."""
+    import os
+
+    import lightning as L
+    import torch.distributed as dist
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_losses.demo import DigitsClassifier, DigitsDataModule
+    from tests.helpers.ddp import lightning_env
+
+    os.environ.update(WANDB_MODE="offline", WANDB_DIR=str(root), WANDB_SILENT="true")
+    with lightning_env():
+        logger = WandbLogger(project="ll-test", save_dir=str(root), offline=True)
+        L.seed_everything(0, verbose=False)
+        callbacks = [
+            ll.SampleReweighting("group_dro", step_size=0.01, media_every_n_steps=2),
+            ll.EntropyControl(beta=0.1, media_every_n_steps=2),
+        ]
+        trainer = L.Trainer(
+            callbacks=callbacks, logger=logger, accelerator="cpu", devices=2, strategy="ddp", max_steps=4,
+            log_every_n_steps=2, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, default_root_dir=root,
+        )  # fmt: skip
+        trainer.fit(DigitsClassifier(num_features=74, dropout=0.0), DigitsDataModule(batch_size=32, spurious=0.9))
+        media_kept = {"reweight/weights", "entropy/per_sample"} & set(trainer.logged_metrics)
+        if dist.get_rank() != 0:
+            return None, media_kept
+        logger.experiment.finish()
+        rows = read_history(finished_run_files(root)[0])
+        return [(r["trainer/global_step"], "train/loss" in r, "entropy/per_sample/_type" in r) for r in rows
+                if "reweight/weights/_type" in r], media_kept  # fmt: skip
+
+
+@pytest.mark.ddp
+def test_media_join_rank_zeros_row_under_ddp(ddp, tmp_path):
+    """Under DDP every rank keeps the media for the Trainer's row (the gathers are collectives on every rank); rank 0's
+    W&B row holds them, the other ranks' loggers write nothing, and no rank keeps them in ``logged_metrics``."""
+    (rows, kept0), (none, kept1) = ddp.run(_media_fit_on_rank, tmp_path)
+    assert rows == [(1, True, True), (3, True, True)] and none is None
+    assert kept0 == kept1 == set()
