@@ -234,8 +234,8 @@ class EntropyControl(MixinCallback):
         if log_now:
             self._window = None
         # (the default cadence on logging steps only: the histogram joins the Trainer's row of the step)
-        due = (log_now or self.media.every) and self._last_per_sample is not None and media_loggers(trainer)
-        if due and self.media.due(step, trainer.current_epoch):
+        due = self.media.every != 0 and (log_now or self.media.every is not None) and self._last_per_sample is not None
+        if due and media_loggers(trainer) and self.media.due(step, trainer.current_epoch):
             log_histogram(trainer, f"{self.name}/per_sample", self._last_per_sample)
         self._last_per_sample = None
 

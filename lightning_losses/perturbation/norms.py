@@ -103,12 +103,14 @@ def delta_grad_statistics(
             grad_squares.append(zero)
             squares.append(zero)
             continue
-        if x.requires_grad or g.requires_grad:  # a caller's own tensors: no graph
-            x, g = x.detach(), g.detach()
-        if x.dtype not in (torch.float32, torch.float64):  # half precision: the sums in float32
-            x, s, g = x.float(), s.float(), g.float()
-            d = None if d is None else d.float()
-        d, g = (x - s if d is None else d).reshape(-1), g.reshape(-1)
+        full = (torch.float32, torch.float64)  # half precision: the difference and the sums in float32
+        if d is None:  # w + delta - w (a caller's own tensors: no graph)
+            x = x.detach() if x.requires_grad else x
+            d = x - s if x.dtype in full else x.float() - s.float()
+        elif d.dtype not in full:
+            d = d.float()
+        g = g.detach() if g.requires_grad else g
+        d, g = d.reshape(-1), g.reshape(-1)
         g = g if g.dtype == d.dtype else g.to(d.dtype)
         dots.append(torch.dot(d, g))
         grad_squares.append(torch.dot(g, g))
